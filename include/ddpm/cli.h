@@ -1,0 +1,26 @@
+/* cli: one function per subcommand (src/cli/<name>.c). Each returns the process exit
+ * code: 0 success, 1 runtime failure, 2 usage or config error; errors are printed by
+ * cli_fail() as one line on stderr. */
+#ifndef DDPM_CLI_H
+#define DDPM_CLI_H
+
+#include "ddpm/config.h"
+
+int cmd_noise(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_sample(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* Print "ddpm: <err_msg()>" and return rc (for `return cli_fail(rc);`). */
+int cli_fail(int rc);
+/* Usage error: print "ddpm <cmd>: <msg>" and "Try 'ddpm <cmd> --help'." Returns 2. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Parse an int / float option value strictly (whole string, range). 0 ok, 2 on error
+ * (message printed). */
+int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, int *out);
+int cli_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out);
+/* Load the config from `path` (NULL = defaults) and apply the --set assignments. */
+int cli_config(Config *c, const char *path, char **sets, int n_sets);
+
+#endif

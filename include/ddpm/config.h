@@ -1,0 +1,86 @@
+/* config: one schema for every command. JSON (cJSON) -> Config with defaults.
+ * Every key, its type, range and default lives in one table in src/config.c;
+ * configs/README.md documents the same table. */
+#ifndef DDPM_CONFIG_H
+#define DDPM_CONFIG_H
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#define CFG_MAX_LEVELS 8
+#define CFG_STR 256
+
+typedef struct {
+    struct {
+        char format[16];     /* "idx" | "cifar10" | "folder" */
+        char path[CFG_STR];  /* idx: folder or images file; cifar10: cifar-10-batches-bin; folder: root */
+        int image_size;      /* square side the images are cropped/resized to */
+        int channels;        /* 1 (grey) or 3 (RGB); images are converted to it */
+        bool hflip;          /* random horizontal flip in training */
+        int limit;           /* use only the first N images (0 = all) */
+    } data;
+    struct {
+        int ch;                          /* base width */
+        int ch_mult[CFG_MAX_LEVELS];     /* width multiplier per level */
+        int n_levels;
+        int num_res_blocks;
+        int attn_res[CFG_MAX_LEVELS];    /* resolutions with self-attention */
+        int n_attn;
+        float dropout;
+        int groups;                      /* GroupNorm groups */
+    } model;
+    struct {
+        int T;
+        char schedule[16];   /* "linear" | "cosine" | "sigmoid" */
+        float beta_start, beta_end;
+        float cosine_s;
+        char objective[8];   /* "eps" | "x0" | "v" */
+        float min_snr_gamma; /* 0 = off */
+    } diffusion;
+    struct {
+        char out_dir[CFG_STR];
+        int batch_size;
+        int steps;
+        float max_minutes;   /* stop (and save) after this wall time; 0 = no limit */
+        char optimizer[8];   /* "adam" | "adamw" */
+        float lr, beta1, beta2, eps, weight_decay;
+        int warmup;
+        char lr_decay[8];    /* "none" | "cosine" */
+        float min_lr;
+        float grad_clip;     /* 0 = off */
+        float ema_decay;
+        bool ema_warmup;     /* decay = min(ema_decay, (1+step)/(10+step)) */
+        int seed;
+        int log_every, sample_every, ckpt_every, keep;
+        int sample_n, sample_steps; /* in-training preview grid: count, DDIM steps */
+    } train;
+    struct {
+        char sampler[8];     /* "ddpm" | "ddim" */
+        int steps;           /* DDIM steps (ddpm always uses T) */
+        float eta;
+        char var[8];         /* "small" | "large" */
+        char spacing[12];    /* "uniform" | "quadratic" */
+        bool clip;
+        int batch;
+        int seed;
+    } sample;
+} Config;
+
+/* Defaults for every key. */
+void config_defaults(Config *c);
+/* Load a JSON file over the defaults. Errors (exit code returned, message in err_msg()):
+ * missing file / bad JSON (ERUNTIME? no: EUSAGE), unknown key with suggestion, wrong type,
+ * out-of-range value. All config errors are DDPM_EUSAGE. */
+int config_load(Config *c, const char *path);
+/* Parse a JSON text over c (label names the source in messages). */
+int config_parse(Config *c, const char *json, const char *label);
+/* Apply "section.key=value" (value parsed as JSON, else taken as a string). */
+int config_set(Config *c, const char *assignment);
+/* Cross-key validation (model widths vs groups, resolution vs levels, ...). */
+int config_validate(const Config *c);
+/* Resolved config as pretty JSON (malloc'd, caller frees). */
+char *config_to_json(const Config *c);
+/* Print the key table (key, type, default, help) for docs/--help. */
+void config_print_keys(FILE *f);
+
+#endif

@@ -1,0 +1,59 @@
+/* data: dataset loaders (into memory as uint8) and the seeded batch sampler.
+ *
+ * Formats (config data.format):
+ *  - "idx":     MNIST-format IDX, plain or .gz. data.path is a folder holding
+ *               train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz], or the
+ *               images file itself (labels looked up by replacing "images-idx3" with
+ *               "labels-idx1"; missing labels -> all label 0).
+ *  - "cifar10": data.path is cifar-10-batches-bin/ with data_batch_{1..5}.bin, 3073-byte
+ *               records (label byte, 1024 R, 1024 G, 1024 B).
+ *  - "folder":  PNG/JPEG files under data.path, recursive; the first-level subfolder name
+ *               is the class (files directly in the root get class "" ); classes sorted by name.
+ * Images are converted to data.channels and center-cropped/resized to data.image_size.
+ * Bad data -> one error naming the file, DDPM_ERUNTIME; never a partial load. */
+#ifndef DDPM_DATA_H
+#define DDPM_DATA_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "ddpm/config.h"
+
+typedef struct {
+    int n, size, c;       /* n images of size x size x c */
+    uint8_t *pix;         /* n*size*size*c, HWC per image */
+    int *labels;          /* n */
+    int n_classes;
+    char **class_names;   /* n_classes strings (may be NULL for idx/cifar: then "0".."9") */
+} Dataset;
+
+int dataset_load(Dataset *ds, const Config *cfg);
+/* Individual loaders, for tests. limit 0 = all. */
+int dataset_load_idx(Dataset *ds, const char *path, int size, int channels, int limit);
+int dataset_load_cifar10(Dataset *ds, const char *dir, int size, int channels, int limit);
+int dataset_load_folder(Dataset *ds, const char *dir, int size, int channels, int limit);
+void dataset_free(Dataset *ds);
+/* Per-channel mean and std of pixels scaled to [0,1]. */
+void dataset_stats(const Dataset *ds, double mean[3], double std[3]);
+
+/* Batch sampler: each epoch is a permutation of 0..n-1, a pure function of (seed, epoch)
+ * (Fisher-Yates driven by rng stream RNG_SHUFFLE). A batch of B takes the next B indices;
+ * when fewer than B remain the rest of the epoch is skipped and the next epoch starts.
+ * State is just (epoch, pos), so a run resumes exactly. */
+typedef struct {
+    int n;
+    uint64_t seed;
+    bool hflip;
+    int epoch, pos;
+    int *perm;        /* permutation for `epoch` */
+    int perm_epoch;   /* which epoch perm holds (-1 = none) */
+} Batcher;
+
+void batcher_init(Batcher *b, int n, uint64_t seed, bool hflip);
+void batcher_free(Batcher *b);
+/* Advance by one global batch of B images and write images lo..hi-1 of it (hi-lo images)
+ * to out, (hi-lo, size, size, c) NHWC floats in [-1,1]; labels (may be NULL).
+ * Flip of image at global position p (= epoch*n + pos) is decided by rng stream RNG_FLIP.
+ * lo/hi let MPI ranks take their shard of the same global batch. */
+void batcher_next(Batcher *b, const Dataset *ds, float *out, int *labels, int B, int lo, int hi);
+
+#endif

@@ -1,0 +1,35 @@
+/* image: PNG/JPEG in (stb_image), PNG out (stb_image_write), resize (stb_image_resize),
+ * float <-> uint8 conversion, grids and strips. Every write is atomic (temp + rename). */
+#ifndef DDPM_IMAGE_H
+#define DDPM_IMAGE_H
+
+#include <stdint.h>
+
+typedef struct {
+    int w, h, c;     /* c = 1 or 3 */
+    uint8_t *pix;    /* h*w*c, row-major HWC */
+} Image;
+
+/* Load any PNG/JPEG (grey, grey+alpha, RGB, RGBA) converted to `channels` (1 or 3):
+ * alpha is dropped (composited on black? no: simply dropped), grey->RGB replicates,
+ * RGB->grey uses 0.299R+0.587G+0.114B. Error (ERUNTIME) names the file. */
+int image_load(Image *img, const char *path, int channels);
+void image_free(Image *img);
+
+/* Center-crop to a square, then resize to size x size (stb_image_resize) when it differs.
+ * Writes size*size*c bytes to out. */
+void image_crop_resize(uint8_t *out, const uint8_t *in, int w, int h, int c, int size);
+
+/* [-1,1] float -> uint8 with clipping: round((x+1)*127.5). */
+uint8_t image_to_u8(float x);
+static inline float image_to_float(uint8_t v) { return v / 127.5f - 1.0f; }
+
+/* Write a PNG atomically (path.tmp.<pid>, fsync, rename). ERUNTIME on failure. */
+int image_write_png(const char *path, const uint8_t *pix, int w, int h, int c);
+
+/* Write n float images (n,h,w,c) in [-1,1] as a grid with `cols` columns (0 = ~sqrt(n)),
+ * 2-pixel gap filled with `pad` (0..255). Atomic. */
+int image_write_grid(const char *path, const float *imgs, int n, int h, int w, int c, int cols,
+                     uint8_t pad);
+
+#endif

@@ -1,0 +1,45 @@
+/* tensor: the GEMM wrapper (the only BLAS call site), its naive reference, and the arena.
+ *
+ * Layout convention of the whole project: activations are NHWC, i.e. a batch of images
+ * is (B,H,W,C) row-major, channels fastest. A (B,H,W,C) tensor is also a (B*H*W, C)
+ * matrix, so 1x1 convolutions and per-pixel linear maps are single GEMMs. */
+#ifndef DDPM_TENSOR_H
+#define DDPM_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* C(M,N) = alpha * op(A) * op(B) + beta * C, row-major.
+ * op(A) is (M,K): A is (M,K) with lda >= K when transA == 0, (K,M) with lda >= M when 1.
+ * op(B) is (K,N): B is (K,N) with ldb >= N when transB == 0, (N,K) with ldb >= K when 1. */
+void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc);
+/* Same contract, triple loop with double accumulation. Tests only. */
+void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Total FLOPs issued through gemm() since start (2 per multiply-add); for bench. */
+double gemm_flops_total(void);
+
+/* Threads for OpenBLAS and OpenMP together (n <= 0: all cores). Returns the count set. */
+int threads_set(int n);
+int threads_get(void);
+
+/* Arena: one allocation, bump-pointer sub-allocations aligned to 64 bytes.
+ * Sized up front; arena_alloc CHECKs that it fits (sizing is a programming contract). */
+typedef struct {
+    char *base;
+    size_t cap, used;
+} Arena;
+
+void arena_init(Arena *a, size_t bytes);
+float *arena_floats(Arena *a, size_t n);
+void arena_reset(Arena *a);
+void arena_free(Arena *a);
+/* Bytes arena_floats(n) consumes (including alignment), for sizing passes. */
+size_t arena_need(size_t n_floats);
+
+/* Monotonic clock in seconds. */
+double now_s(void);
+
+#endif

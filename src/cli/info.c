@@ -1,0 +1,80 @@
+/* ddpm info: the resolved config, the dataset summary and the model summary. */
+#include <getopt.h>
+#include <string.h>
+
+#include "ddpm/cli.h"
+#include "ddpm/data.h"
+#include "ddpm/err.h"
+#include "ddpm/unet.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: ddpm info [--config FILE] [options]\n"
+            "\n"
+            "Prints the resolved config (defaults + FILE + --set), the dataset summary and the\n"
+            "model summary: parameters per block, forward GFLOP per image, training memory.\n"
+            "\n"
+            "options:\n"
+            "  -c, --config FILE   JSON config (default: built-in defaults)\n"
+            "  --set KEY=VALUE     override a config key, e.g. --set model.ch=32 (repeatable)\n"
+            "  --batch B           batch size for the memory estimate (default train.batch_size)\n"
+            "  --no-data           skip loading the dataset\n"
+            "  --keys              list every config key with its type, range and default\n"
+            "  -h, --help          this help\n");
+}
+
+int cmd_info(int argc, char **argv) {
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
+                                         {"batch", required_argument, 0, 'b'},  {"no-data", no_argument, 0, 'n'},
+                                         {"keys", no_argument, 0, 'k'},         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *cfg_path = NULL;
+    char *sets[64];
+    int n_sets = 0, batch = 0, no_data = 0, rc, o;
+    optind = 1;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': cfg_path = optarg; break;
+        case 'S':
+            if (n_sets == 64) return cli_usage_error("info", "too many --set options (at most 64)");
+            sets[n_sets++] = optarg;
+            break;
+        case 'b': if ((rc = cli_int("info", "--batch", optarg, 1, 1 << 16, &batch))) return rc; break;
+        case 'n': no_data = 1; break;
+        case 'k': config_print_keys(stdout); return 0;
+        case 'h': usage(stdout); return 0;
+        case ':': return cli_usage_error("info", "option '%s' needs a value", argv[optind - 1]);
+        default: return cli_usage_error("info", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return cli_usage_error("info", "unexpected argument '%s'", argv[optind]);
+    Config c;
+    if ((rc = cli_config(&c, cfg_path, sets, n_sets))) return cli_fail(rc);
+    char *json = config_to_json(&c);
+    printf("config%s%s\n%s\n\n", cfg_path ? " " : " (defaults)", cfg_path ? cfg_path : "", json);
+    free(json);
+
+    if (!no_data) {
+        Dataset ds;
+        if ((rc = dataset_load(&ds, &c))) return cli_fail(rc);
+        double mean[3], sd[3];
+        dataset_stats(&ds, mean, sd);
+        printf("dataset\n  %s: %s\n  %d images, %dx%dx%d, %d classes\n", c.data.format, c.data.path, ds.n, ds.size, ds.size,
+               ds.c, ds.n_classes);
+        printf("  per-channel mean/std (pixels in [0,1]):");
+        for (int i = 0; i < ds.c; i++) printf(" %.4f/%.4f", mean[i], sd[i]);
+        printf("\n\n");
+        dataset_free(&ds);
+    }
+
+    if (!batch) batch = c.train.batch_size;
+    UNet u;
+    if ((rc = unet_init(&u, &c, batch, 1))) return cli_fail(rc);
+    unet_print_summary(&u, stdout);
+    double pbytes = u.n_floats * 4.0;
+    printf("  training memory at batch %d: activations %.1f MB + parameters, gradients, Adam moments, EMA %.1f MB\n", batch,
+           u.act_bytes / 1e6, 5 * pbytes / 1e6);
+    unet_free(&u);
+    return 0;
+}

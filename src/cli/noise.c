@@ -1,0 +1,171 @@
+/* ddpm noise IMG: the forward process q(x_t | x_0) as a strip of frames. */
+#include <getopt.h>
+#include <libgen.h>
+#include <math.h>
+#include <string.h>
+
+#include "ddpm/cli.h"
+#include "ddpm/diffusion.h"
+#include "ddpm/err.h"
+#include "ddpm/fsio.h"
+#include "ddpm/image.h"
+#include "ddpm/rng.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: ddpm noise IMG [options]\n"
+            "\n"
+            "Writes a PNG strip of K frames x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at evenly\n"
+            "spaced t from 0 to T-1 (left to right, the same eps for every frame).\n"
+            "\n"
+            "options:\n"
+            "  --steps T        diffusion steps (default 1000)\n"
+            "  --schedule S     linear | cosine | sigmoid (default linear: 1e-4 -> 0.02)\n"
+            "  --frames K       frames in the strip (default 10)\n"
+            "  --size N         center-crop and resize to N x N (default: the image's own size,\n"
+            "                   or 256 when its longer side exceeds 512)\n"
+            "  --seed N         noise seed (default 0)\n"
+            "  -o, --out FILE   output PNG (default: <IMG name>_noise.png in the current folder)\n"
+            "  --csv FILE       also write the schedule: t,beta,alpha_bar,snr\n"
+            "  --plot FILE      also write a PNG plot of alpha_bar_t for all schedules\n"
+            "  -h, --help       this help\n");
+}
+
+/* Plot alpha_bar_t of the three schedules (chosen one drawn thicker) on a 640x400 canvas. */
+static int write_plot(const char *path, int T, int chosen) {
+    enum { PW = 640, PH = 400, M = 30 };
+    uint8_t *pix = xmalloc(PW * PH * 3);
+    memset(pix, 255, PW * PH * 3);
+    static const uint8_t col[3][3] = {{31, 119, 180}, {214, 39, 40}, {44, 160, 44}};
+    for (int g = 0; g <= 10; g++) { /* grid: every 0.1 in alpha_bar, every T/10 in t */
+        int y = M + (PH - 2 * M) * g / 10, x = M + (PW - 2 * M) * g / 10;
+        for (int i = M; i <= PW - M; i++) memset(&pix[(y * PW + i) * 3], g % 5 ? 225 : 170, 3);
+        for (int j = M; j <= PH - M; j++) memset(&pix[(j * PW + x) * 3], g % 5 ? 225 : 170, 3);
+    }
+    for (int k = 0; k < 3; k++) {
+        Schedule s;
+        if (schedule_init(&s, (ScheduleKind)k, T, 1e-4, 0.02, 0.008)) continue;
+        int thick = k == chosen ? 2 : 1, py = -1;
+        for (int x = M; x <= PW - M; x++) {
+            int t = (int)((double)(x - M) / (PW - 2 * M) * (T - 1) + 0.5);
+            int y = M + (int)((1 - s.alpha_bar[t]) * (PH - 2 * M) + 0.5);
+            int y0 = py < 0 ? y : (py < y ? py : y), y1 = py < 0 ? y : (py > y ? py : y);
+            for (int yy = y0; yy <= y1; yy++)
+                for (int dy = -thick; dy <= thick; dy++)
+                    for (int dx = 1 - thick; dx <= thick - 1; dx++) {
+                        int X = x + dx, Y = yy + dy;
+                        if (X >= 0 && X < PW && Y >= 0 && Y < PH) memcpy(&pix[(Y * PW + X) * 3], col[k], 3);
+                    }
+            py = y;
+        }
+        schedule_free(&s);
+    }
+    int rc = image_write_png(path, pix, PW, PH, 3);
+    free(pix);
+    return rc;
+}
+
+static int write_csv(const char *path, const Schedule *s) {
+    AtomicFile af;
+    int rc = atomic_open(&af, path);
+    if (rc) return rc;
+    fprintf(af.fp, "t,beta,alpha_bar,snr\n");
+    for (int t = 0; t < s->T; t++) fprintf(af.fp, "%d,%.9g,%.9g,%.9g\n", t, s->beta[t], s->alpha_bar[t], s->snr[t]);
+    return atomic_commit(&af);
+}
+
+int cmd_noise(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"steps", required_argument, 0, 'T'}, {"schedule", required_argument, 0, 'S'},
+        {"frames", required_argument, 0, 'K'}, {"size", required_argument, 0, 'N'},
+        {"seed", required_argument, 0, 's'},  {"out", required_argument, 0, 'o'},
+        {"csv", required_argument, 0, 'c'},   {"plot", required_argument, 0, 'p'},
+        {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
+    int T = 1000, K = 10, size = 0, seed = 0, rc, o;
+    const char *sched = "linear", *out = NULL, *csv = NULL, *plot = NULL;
+    optind = 1;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'T': if ((rc = cli_int("noise", "--steps", optarg, 2, 100000, &T))) return rc; break;
+        case 'K': if ((rc = cli_int("noise", "--frames", optarg, 1, 1000, &K))) return rc; break;
+        case 'N': if ((rc = cli_int("noise", "--size", optarg, 1, 4096, &size))) return rc; break;
+        case 's': if ((rc = cli_int("noise", "--seed", optarg, 0, 2147483647, &seed))) return rc; break;
+        case 'S': sched = optarg; break;
+        case 'o': out = optarg; break;
+        case 'c': csv = optarg; break;
+        case 'p': plot = optarg; break;
+        case 'h': usage(stdout); return 0;
+        case ':': return cli_usage_error("noise", "option '%s' needs a value", argv[optind - 1]);
+        default: return cli_usage_error("noise", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 1)
+        return cli_usage_error("noise", optind >= argc ? "missing the image to noise" : "expected one image, got %d",
+                               argc - optind);
+    const char *in = argv[optind];
+    int kind = schedule_kind(sched);
+    if (kind < 0) return cli_usage_error("noise", "--schedule '%s': use linear, cosine or sigmoid", sched);
+
+    Schedule s;
+    if ((rc = schedule_init(&s, (ScheduleKind)kind, T, 1e-4, 0.02, 0.008))) return cli_fail(rc);
+    Image img;
+    if ((rc = image_load(&img, in, 3))) {
+        schedule_free(&s);
+        return cli_fail(rc);
+    }
+    int w = img.w, h = img.h;
+    uint8_t *src = img.pix;
+    if (!size && (w > 512 || h > 512)) size = 256;
+    if (size) {
+        src = xmalloc((size_t)size * size * 3);
+        image_crop_resize(src, img.pix, img.w, img.h, 3, size);
+        w = h = size;
+    }
+    size_t D = (size_t)w * h * 3;
+    float *x0 = xmalloc(D * sizeof(float)), *eps = xmalloc(D * sizeof(float)), *xt = xmalloc(D * sizeof(float));
+    for (size_t i = 0; i < D; i++) x0[i] = image_to_float(src[i]);
+    rng_normal(eps, D, (uint64_t)seed, RNG_STREAM(RNG_NOISECMD, 0), 0);
+    uint8_t *strip = xmalloc(D * K);
+    double mean = 0, var = 0;
+    int t_last = 0;
+    for (int k = 0; k < K; k++) {
+        int t = K > 1 ? (int)((long)k * (T - 1) / (K - 1)) : 0;
+        q_sample(xt, x0, eps, &t, &s, 1, D);
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w * 3; x++) strip[((size_t)y * w * K + (size_t)k * w) * 3 + x] = image_to_u8(xt[(size_t)y * w * 3 + x]);
+        if (k == K - 1) {
+            t_last = t;
+            for (size_t i = 0; i < D; i++) mean += xt[i];
+            mean /= D;
+            for (size_t i = 0; i < D; i++) var += (xt[i] - mean) * (xt[i] - mean);
+            var /= D;
+        }
+    }
+    char defpath[4096];
+    if (!out) {
+        char *copy = strdup(in), *base = basename(copy), *dot = strrchr(base, '.');
+        if (dot && dot != base) *dot = 0;
+        snprintf(defpath, sizeof defpath, "%s_noise.png", base);
+        free(copy);
+        out = defpath;
+    }
+    rc = image_write_png(out, strip, w * K, h, 3);
+    if (!rc && csv) rc = write_csv(csv, &s);
+    if (!rc && plot) rc = write_plot(plot, T, kind);
+    if (!rc) {
+        printf("%s\n", out);
+        fprintf(stderr, "%d frames of %dx%d, t = 0..%d (%s schedule); last frame (t = %d): mean %.3f, std %.3f before clipping\n",
+                K, w, h, T - 1, sched, t_last, mean, sqrt(var));
+        if (csv) printf("%s\n", csv);
+        if (plot) printf("%s  (blue linear, red cosine, green sigmoid; x: t, y: alpha_bar from 1 at top to 0)\n", plot);
+    }
+    free(strip);
+    free(x0);
+    free(eps);
+    free(xt);
+    if (src != img.pix) free(src);
+    image_free(&img);
+    schedule_free(&s);
+    return cli_fail(rc);
+}

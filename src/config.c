@@ -1,0 +1,422 @@
+/* config: the schema table below is the single source of truth for every key: its type,
+ * where it lives in Config, its allowed range or values, its default and its help text.
+ * Loading, --set, validation, serialization and the docs all walk this table. */
+#include "ddpm/config.h"
+
+#include <cJSON.h>
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "ddpm/err.h"
+#include "ddpm/fsio.h"
+
+typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_INTS } KeyType;
+
+typedef struct {
+    const char *key;      /* "section.name" */
+    KeyType type;
+    size_t off;           /* offset in Config */
+    size_t count_off;     /* K_INTS: offset of the element count */
+    double lo, hi;        /* numeric range (inclusive); K_STR: max length via hi */
+    const char *choices;  /* K_STR: "a|b|c" or NULL for free text */
+    const char *def;      /* default, as JSON text */
+    const char *help;
+} Key;
+
+#define OFF(f) offsetof(Config, f)
+#define CNT(f) offsetof(Config, f)
+static const Key KEYS[] = {
+    {"data.format", K_STR, OFF(data.format), 0, 0, 15, "idx|cifar10|folder", "\"idx\"",
+     "dataset format (idx: MNIST-style, cifar10: binary batches, folder: PNG/JPEG tree)"},
+    {"data.path", K_STR, OFF(data.path), 0, 0, CFG_STR - 1, NULL, "\"/usr/share/datasets/fashion-mnist\"",
+     "dataset file or folder (see data/README.md)"},
+    {"data.image_size", K_INT, OFF(data.image_size), 0, 1, 1024, NULL, "28",
+     "images are center-cropped and resized to this square size"},
+    {"data.channels", K_INT, OFF(data.channels), 0, 1, 3, NULL, "1", "1 (grey) or 3 (RGB)"},
+    {"data.hflip", K_BOOL, OFF(data.hflip), 0, 0, 1, NULL, "false", "random horizontal flip"},
+    {"data.limit", K_INT, OFF(data.limit), 0, 0, 1e9, NULL, "0", "use only the first N images (0 = all)"},
+
+    {"model.ch", K_INT, OFF(model.ch), 0, 1, 4096, NULL, "64", "base channel width"},
+    {"model.ch_mult", K_INTS, OFF(model.ch_mult), CNT(model.n_levels), 1, 64, NULL, "[1, 2, 2]",
+     "width multiplier per resolution level"},
+    {"model.num_res_blocks", K_INT, OFF(model.num_res_blocks), 0, 1, 16, NULL, "2",
+     "residual blocks per level"},
+    {"model.attn_resolutions", K_INTS, OFF(model.attn_res), CNT(model.n_attn), 1, 1024, NULL, "[14]",
+     "resolutions that get self-attention"},
+    {"model.dropout", K_FLOAT, OFF(model.dropout), 0, 0, 0.99, NULL, "0.1", "dropout in residual blocks"},
+    {"model.groups", K_INT, OFF(model.groups), 0, 1, 1024, NULL, "32", "GroupNorm groups"},
+
+    {"diffusion.T", K_INT, OFF(diffusion.T), 0, 2, 100000, NULL, "1000", "number of diffusion steps"},
+    {"diffusion.schedule", K_STR, OFF(diffusion.schedule), 0, 0, 15, "linear|cosine|sigmoid", "\"linear\"",
+     "beta schedule"},
+    {"diffusion.beta_start", K_FLOAT, OFF(diffusion.beta_start), 0, 1e-8, 0.5, NULL, "0.0001",
+     "first beta (linear, sigmoid)"},
+    {"diffusion.beta_end", K_FLOAT, OFF(diffusion.beta_end), 0, 1e-8, 0.999, NULL, "0.02",
+     "last beta (linear, sigmoid)"},
+    {"diffusion.cosine_s", K_FLOAT, OFF(diffusion.cosine_s), 0, 0, 1, NULL, "0.008", "cosine schedule offset s"},
+    {"diffusion.objective", K_STR, OFF(diffusion.objective), 0, 0, 7, "eps|x0|v", "\"eps\"",
+     "what the network predicts"},
+    {"diffusion.min_snr_gamma", K_FLOAT, OFF(diffusion.min_snr_gamma), 0, 0, 1e6, NULL, "0",
+     "min-SNR-gamma loss weighting (0 = off; 5 is the paper's value)"},
+
+    {"train.out_dir", K_STR, OFF(train.out_dir), 0, 0, CFG_STR - 1, NULL, "\"runs/default\"", "run folder"},
+    {"train.batch_size", K_INT, OFF(train.batch_size), 0, 1, 1 << 16, NULL, "64", "global batch size"},
+    {"train.steps", K_INT, OFF(train.steps), 0, 1, 1e9, NULL, "10000", "training steps"},
+    {"train.max_minutes", K_FLOAT, OFF(train.max_minutes), 0, 0, 1e7, NULL, "0",
+     "stop and save after this many minutes (0 = no limit)"},
+    {"train.optimizer", K_STR, OFF(train.optimizer), 0, 0, 7, "adam|adamw", "\"adam\"", "optimizer"},
+    {"train.lr", K_FLOAT, OFF(train.lr), 0, 0, 10, NULL, "0.0002", "peak learning rate"},
+    {"train.beta1", K_FLOAT, OFF(train.beta1), 0, 0, 0.999999, NULL, "0.9", "Adam beta1"},
+    {"train.beta2", K_FLOAT, OFF(train.beta2), 0, 0, 0.999999, NULL, "0.999", "Adam beta2"},
+    {"train.eps", K_FLOAT, OFF(train.eps), 0, 1e-12, 1, NULL, "1e-8", "Adam epsilon"},
+    {"train.weight_decay", K_FLOAT, OFF(train.weight_decay), 0, 0, 1, NULL, "0",
+     "weight decay (decoupled with adamw, L2 with adam)"},
+    {"train.warmup", K_INT, OFF(train.warmup), 0, 0, 1e9, NULL, "5000", "linear LR warmup steps"},
+    {"train.lr_decay", K_STR, OFF(train.lr_decay), 0, 0, 7, "none|cosine", "\"none\"",
+     "LR decay after warmup"},
+    {"train.min_lr", K_FLOAT, OFF(train.min_lr), 0, 0, 10, NULL, "0", "final LR of cosine decay"},
+    {"train.grad_clip", K_FLOAT, OFF(train.grad_clip), 0, 0, 1e9, NULL, "1.0",
+     "clip gradients to this global norm (0 = off)"},
+    {"train.ema_decay", K_FLOAT, OFF(train.ema_decay), 0, 0, 1, NULL, "0.9999", "EMA decay"},
+    {"train.ema_warmup", K_BOOL, OFF(train.ema_warmup), 0, 0, 1, NULL, "false",
+     "EMA decay min(ema_decay, (1+step)/(10+step))"},
+    {"train.seed", K_INT, OFF(train.seed), 0, 0, 2147483647, NULL, "0", "seed for init, data and noise"},
+    {"train.log_every", K_INT, OFF(train.log_every), 0, 1, 1e9, NULL, "50",
+     "log.csv / plain progress line every N steps"},
+    {"train.sample_every", K_INT, OFF(train.sample_every), 0, 0, 1e9, NULL, "1000",
+     "preview grid every N steps (0 = off)"},
+    {"train.ckpt_every", K_INT, OFF(train.ckpt_every), 0, 1, 1e9, NULL, "1000",
+     "checkpoint every N steps"},
+    {"train.keep", K_INT, OFF(train.keep), 0, 0, 1e6, NULL, "3", "milestone checkpoints kept (0 = none)"},
+    {"train.sample_n", K_INT, OFF(train.sample_n), 0, 1, 1024, NULL, "36", "images in the preview grid"},
+    {"train.sample_steps", K_INT, OFF(train.sample_steps), 0, 1, 100000, NULL, "20",
+     "DDIM steps for the preview grid"},
+
+    {"sample.sampler", K_STR, OFF(sample.sampler), 0, 0, 7, "ddpm|ddim", "\"ddpm\"", "sampler"},
+    {"sample.steps", K_INT, OFF(sample.steps), 0, 1, 100000, NULL, "50", "DDIM steps"},
+    {"sample.eta", K_FLOAT, OFF(sample.eta), 0, 0, 1, NULL, "0", "DDIM eta (0 = deterministic)"},
+    {"sample.var", K_STR, OFF(sample.var), 0, 0, 7, "small|large", "\"small\"",
+     "DDPM variance: posterior (small) or beta (large)"},
+    {"sample.spacing", K_STR, OFF(sample.spacing), 0, 0, 11, "uniform|quadratic", "\"uniform\"",
+     "DDIM timestep spacing"},
+    {"sample.clip", K_BOOL, OFF(sample.clip), 0, 0, 1, NULL, "true", "clip predicted x0 to [-1,1]"},
+    {"sample.batch", K_INT, OFF(sample.batch), 0, 1, 4096, NULL, "16", "images per forward pass"},
+    {"sample.seed", K_INT, OFF(sample.seed), 0, 0, 2147483647, NULL, "0", "sampling seed"},
+};
+#define N_KEYS (int)(sizeof KEYS / sizeof KEYS[0])
+static const char *SECTIONS[] = {"data", "model", "diffusion", "train", "sample"};
+#define N_SECTIONS 5
+
+static const Key *find_key(const char *path) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (!strcmp(KEYS[i].key, path)) return &KEYS[i];
+    return NULL;
+}
+
+/* Similarity of two names: 2 * LCS / (len a + len b), as difflib's ratio, in [0, 1]. */
+static double similarity(const char *a, const char *b) {
+    int la = (int)strlen(a), lb = (int)strlen(b);
+    if (la > 63 || lb > 63) return 0;
+    int d[64][64];
+    for (int i = 0; i <= la; i++)
+        for (int j = 0; j <= lb; j++)
+            d[i][j] = !i || !j ? 0 : a[i - 1] == b[j - 1] ? d[i - 1][j - 1] + 1
+                   : d[i - 1][j] > d[i][j - 1] ? d[i - 1][j] : d[i][j - 1];
+    return la + lb ? 2.0 * d[la][lb] / (la + lb) : 0;
+}
+
+/* Nearest valid key (or section) for a suggestion; NULL when nothing is close. */
+static const char *nearest(const char *path, int sections_only) {
+    const char *best = NULL;
+    double bs = 0;
+    int n = sections_only ? N_SECTIONS : N_KEYS;
+    for (int i = 0; i < n; i++) {
+        const char *cand = sections_only ? SECTIONS[i] : KEYS[i].key;
+        double sc = similarity(path, cand);
+        if (sc > bs) bs = sc, best = cand;
+    }
+    return bs >= 0.6 ? best : NULL;
+}
+
+static int unknown_key(const char *label, const char *path, int sections_only) {
+    const char *s = nearest(path, sections_only);
+    if (s) return err_set(DDPM_EUSAGE, "%s: unknown key \"%s\" (did you mean \"%s\"?)", label, path, s);
+    return err_set(DDPM_EUSAGE, "%s: unknown key \"%s\" (run 'ddpm info --keys' for the list)", label, path);
+}
+
+static const char *type_name(const Key *k) {
+    switch (k->type) {
+    case K_INT: return "an integer";
+    case K_FLOAT: return "a number";
+    case K_BOOL: return "true or false";
+    case K_STR: return "a string";
+    case K_INTS: return "a list of integers";
+    }
+    return "?";
+}
+
+static int range_error(const char *label, const Key *k, const char *got) {
+    if (k->type == K_INTS)
+        return err_set(DDPM_EUSAGE, "%s: \"%s\" = %s is out of range: each element must be in [%g, %g] (1 to %d elements)",
+                       label, k->key, got, k->lo, k->hi, CFG_MAX_LEVELS);
+    return err_set(DDPM_EUSAGE, "%s: \"%s\" = %s is out of range: allowed [%g, %g]", label, k->key, got, k->lo, k->hi);
+}
+
+static int is_integer(double v) { return isfinite(v) && v == floor(v) && fabs(v) < 9e15; }
+
+/* Store JSON value v into c for key k, type- and range-checked. */
+static int set_value(Config *c, const Key *k, const cJSON *v, const char *label) {
+    char *p = (char *)c + k->off;
+    char got[96] = "";
+    if (cJSON_IsString(v)) snprintf(got, sizeof got, "\"%.80s\"", v->valuestring);
+    else if (cJSON_IsNumber(v)) snprintf(got, sizeof got, "%.10g", v->valuedouble);
+    else if (cJSON_IsBool(v)) snprintf(got, sizeof got, "%s", cJSON_IsTrue(v) ? "true" : "false");
+    else if (cJSON_IsNull(v)) snprintf(got, sizeof got, "null");
+    else if (cJSON_IsArray(v)) snprintf(got, sizeof got, "a list");
+    else snprintf(got, sizeof got, "an object");
+    switch (k->type) {
+    case K_INT:
+        if (!cJSON_IsNumber(v) || !is_integer(v->valuedouble))
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s, got %s", label, k->key, type_name(k), got);
+        if (v->valuedouble < k->lo || v->valuedouble > k->hi) return range_error(label, k, got);
+        *(int *)p = (int)v->valuedouble;
+        return DDPM_OK;
+    case K_FLOAT:
+        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s, got %s", label, k->key, type_name(k), got);
+        if (v->valuedouble < k->lo || v->valuedouble > k->hi) return range_error(label, k, got);
+        *(float *)p = (float)v->valuedouble;
+        return DDPM_OK;
+    case K_BOOL:
+        if (!cJSON_IsBool(v))
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s, got %s", label, k->key, type_name(k), got);
+        *(bool *)p = cJSON_IsTrue(v);
+        return DDPM_OK;
+    case K_STR: {
+        if (!cJSON_IsString(v))
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s, got %s", label, k->key, type_name(k), got);
+        const char *s = v->valuestring;
+        if (strlen(s) > (size_t)k->hi)
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" is too long (at most %d characters)", label, k->key, (int)k->hi);
+        if (k->choices) {
+            int ok = 0;
+            const char *q = k->choices;
+            size_t n = strlen(s);
+            while (*q) {
+                const char *bar = strchr(q, '|');
+                size_t m = bar ? (size_t)(bar - q) : strlen(q);
+                if (m == n && !strncmp(q, s, n)) ok = 1;
+                q += m + (bar ? 1 : 0);
+            }
+            if (!ok)
+                return err_set(DDPM_EUSAGE, "%s: \"%s\" = %s is not allowed: use one of %s", label, k->key, got,
+                               k->choices);
+        }
+        strcpy(p, s);
+        return DDPM_OK;
+    }
+    case K_INTS: {
+        if (!cJSON_IsArray(v))
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s, got %s", label, k->key, type_name(k), got);
+        int n = cJSON_GetArraySize(v);
+        if (n > CFG_MAX_LEVELS) return range_error(label, k, got);
+        int tmp[CFG_MAX_LEVELS];
+        for (int i = 0; i < n; i++) {
+            const cJSON *e = cJSON_GetArrayItem(v, i);
+            if (!cJSON_IsNumber(e) || !is_integer(e->valuedouble))
+                return err_set(DDPM_EUSAGE, "%s: \"%s\"[%d] must be an integer", label, k->key, i);
+            if (e->valuedouble < k->lo || e->valuedouble > k->hi) {
+                snprintf(got, sizeof got, "%.10g (element %d)", e->valuedouble, i);
+                return range_error(label, k, got);
+            }
+            tmp[i] = (int)e->valuedouble;
+        }
+        memcpy(p, tmp, sizeof(int) * n);
+        *(int *)((char *)c + k->count_off) = n;
+        return DDPM_OK;
+    }
+    }
+    return DDPM_OK;
+}
+
+void config_defaults(Config *c) {
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < N_KEYS; i++) {
+        cJSON *v = cJSON_Parse(KEYS[i].def);
+        int rc = set_value(c, &KEYS[i], v, "defaults");
+        CHECK(rc == 0, "bad default for %s: %s", KEYS[i].key, err_msg());
+        cJSON_Delete(v);
+    }
+}
+
+/* Line and column of byte offset `pos` in text. */
+static void line_col(const char *text, size_t pos, int *line, int *col) {
+    *line = 1;
+    *col = 1;
+    for (size_t i = 0; i < pos && text[i]; i++) {
+        if (text[i] == '\n') (*line)++, *col = 1;
+        else (*col)++;
+    }
+}
+
+int config_parse(Config *c, const char *json, const char *label) {
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
+    if (!root) {
+        int line, col;
+        size_t pos = end ? (size_t)(end - json) : 0;
+        const char *e = cJSON_GetErrorPtr();
+        if (e && e >= json && e <= json + strlen(json)) pos = (size_t)(e - json);
+        line_col(json, pos, &line, &col);
+        return err_set(DDPM_EUSAGE, "%s:%d:%d: malformed JSON (check for a missing comma, quote or brace near here)",
+                       label, line, col);
+    }
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return err_set(DDPM_EUSAGE, "%s: the config must be a JSON object with sections data, model, diffusion, train, sample", label);
+    }
+    int rc = DDPM_OK;
+    for (cJSON *sec = root->child; sec && !rc; sec = sec->next) {
+        int known = 0;
+        for (int i = 0; i < N_SECTIONS; i++) known |= !strcmp(sec->string, SECTIONS[i]);
+        if (!known) {
+            rc = unknown_key(label, sec->string, 1);
+            break;
+        }
+        if (!cJSON_IsObject(sec)) {
+            rc = err_set(DDPM_EUSAGE, "%s: \"%s\" must be an object of keys", label, sec->string);
+            break;
+        }
+        for (cJSON *kv = sec->child; kv && !rc; kv = kv->next) {
+            char path[160];
+            snprintf(path, sizeof path, "%s.%s", sec->string, kv->string);
+            const Key *k = find_key(path);
+            rc = k ? set_value(c, k, kv, label) : unknown_key(label, path, 0);
+        }
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
+int config_load(Config *c, const char *path) {
+    char *text;
+    size_t n;
+    if (file_read_all(path, &text, &n))
+        return err_set(DDPM_EUSAGE, "%s: cannot read config: %s (check the path)", path,
+                       path_exists(path) ? "not a readable file" : "no such file");
+    int rc = config_parse(c, text, path);
+    free(text);
+    return rc ? rc : config_validate(c);
+}
+
+int config_set(Config *c, const char *assignment) {
+    const char *eq = strchr(assignment, '=');
+    if (!eq || eq == assignment)
+        return err_set(DDPM_EUSAGE, "--set %s: expected section.key=value, e.g. --set train.lr=1e-4", assignment);
+    char path[160];
+    size_t n = (size_t)(eq - assignment);
+    if (n >= sizeof path) n = sizeof path - 1;
+    memcpy(path, assignment, n);
+    path[n] = 0;
+    const Key *k = find_key(path);
+    if (!k) return unknown_key("--set", path, 0);
+    const char *val = eq + 1;
+    cJSON *v = cJSON_Parse(val);
+    if (!v || (k->type == K_STR && !cJSON_IsString(v))) {
+        cJSON_Delete(v);
+        v = cJSON_CreateString(val); /* bare words are strings: --set data.format=cifar10 */
+    }
+    int rc = set_value(c, k, v, "--set");
+    cJSON_Delete(v);
+    return rc;
+}
+
+int config_validate(const Config *c) {
+    const char *L = "config";
+    if (c->model.n_levels < 1) return err_set(DDPM_EUSAGE, "%s: \"model.ch_mult\" needs at least one level", L);
+    int div = 1 << (c->model.n_levels - 1);
+    if (c->data.image_size % div)
+        return err_set(DDPM_EUSAGE,
+                       "%s: \"data.image_size\" = %d must be divisible by 2^(levels-1) = %d for %d levels (\"model.ch_mult\")",
+                       L, c->data.image_size, div, c->model.n_levels);
+    for (int i = 0; i < c->model.n_levels; i++) {
+        int w = c->model.ch * c->model.ch_mult[i];
+        if (w % c->model.groups)
+            return err_set(DDPM_EUSAGE, "%s: width %d (model.ch * model.ch_mult[%d]) is not divisible by \"model.groups\" = %d",
+                           L, w, i, c->model.groups);
+    }
+    if (c->model.ch % c->model.groups)
+        return err_set(DDPM_EUSAGE, "%s: \"model.ch\" = %d is not divisible by \"model.groups\" = %d", L, c->model.ch,
+                       c->model.groups);
+    if (c->model.ch % 2 || c->model.ch < 4)
+        return err_set(DDPM_EUSAGE, "%s: \"model.ch\" = %d must be even and >= 4 (timestep embedding)", L, c->model.ch);
+    for (int a = 0; a < c->model.n_attn; a++) {
+        int found = 0, res = c->data.image_size;
+        for (int i = 0; i < c->model.n_levels; i++, res /= 2) found |= res == c->model.attn_res[a];
+        if (!found) {
+            char lv[128] = "";
+            res = c->data.image_size;
+            for (int i = 0; i < c->model.n_levels; i++, res /= 2)
+                snprintf(lv + strlen(lv), sizeof lv - strlen(lv), "%s%d", i ? ", " : "", res);
+            return err_set(DDPM_EUSAGE, "%s: \"model.attn_resolutions\" has %d, which is not a resolution of this model (%s)",
+                           L, c->model.attn_res[a], lv);
+        }
+    }
+    if (!strcmp(c->diffusion.schedule, "linear") && c->diffusion.beta_end < c->diffusion.beta_start)
+        return err_set(DDPM_EUSAGE, "%s: \"diffusion.beta_end\" must be >= \"diffusion.beta_start\"", L);
+    return DDPM_OK;
+}
+
+char *config_to_json(const Config *c) {
+    cJSON *root = cJSON_CreateObject();
+    for (int s = 0; s < N_SECTIONS; s++) {
+        cJSON *sec = cJSON_AddObjectToObject(root, SECTIONS[s]);
+        size_t sl = strlen(SECTIONS[s]);
+        for (int i = 0; i < N_KEYS; i++) {
+            const Key *k = &KEYS[i];
+            if (strncmp(k->key, SECTIONS[s], sl) || k->key[sl] != '.') continue;
+            const char *name = k->key + sl + 1;
+            const char *p = (const char *)c + k->off;
+            switch (k->type) {
+            case K_INT: cJSON_AddNumberToObject(sec, name, *(const int *)p); break;
+            case K_FLOAT: {
+                /* shortest decimal that reads back as the same float */
+                char buf[32];
+                float f = *(const float *)p;
+                for (int prec = 6; prec <= 9; prec++) {
+                    snprintf(buf, sizeof buf, "%.*g", prec, f);
+                    if (strtof(buf, NULL) == f) break;
+                }
+                cJSON_AddItemToObject(sec, name, cJSON_CreateRaw(buf));
+                break;
+            }
+            case K_BOOL: cJSON_AddBoolToObject(sec, name, *(const bool *)p); break;
+            case K_STR: cJSON_AddStringToObject(sec, name, p); break;
+            case K_INTS: {
+                int n = *(const int *)((const char *)c + k->count_off);
+                cJSON_AddItemToObject(sec, name, cJSON_CreateIntArray((const int *)p, n));
+                break;
+            }
+            }
+        }
+    }
+    char *out = cJSON_Print(root);
+    cJSON_Delete(root);
+    return out;
+}
+
+void config_print_keys(FILE *f) {
+    fprintf(f, "| key | type | default | meaning |\n|---|---|---|---|\n");
+    for (int i = 0; i < N_KEYS; i++) {
+        const Key *k = &KEYS[i];
+        char range[96] = "";
+        if (k->type == K_STR && k->choices) snprintf(range, sizeof range, " (%s)", k->choices);
+        else if (k->type == K_INT || k->type == K_FLOAT || k->type == K_INTS)
+            snprintf(range, sizeof range, " [%g, %g]", k->lo, k->hi);
+        static const char *tn[] = {"int", "float", "bool", "string", "int list"};
+        fprintf(f, "| `%s` | %s%s | `%s` | %s |\n", k->key, tn[k->type], range, k->def, k->help);
+    }
+}

@@ -1,0 +1,28 @@
+#include "ddpm/err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+static _Thread_local char g_msg[1024];
+
+int err_set(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_msg, sizeof g_msg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *err_msg(void) { return g_msg; }
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    CHECK(p, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    CHECK(p, "out of memory allocating %zu x %zu bytes", n, size);
+    return p;
+}

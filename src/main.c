@@ -1,0 +1,56 @@
+/* ddpm: denoising diffusion models on the CPU. `ddpm <command> [options]`. */
+#include <stdio.h>
+#include <string.h>
+
+#include "ddpm/cli.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} COMMANDS[] = {
+    {"noise", cmd_noise, "show the forward process: an image dissolving into noise"},
+    {"info", cmd_info, "print the resolved config, the dataset and the model summary"},
+    {"train", cmd_train, "train the U-Net (or --resume a run)"},
+    {"sample", cmd_sample, "generate images from a trained checkpoint"},
+    {"bench", cmd_bench, "time a training step and a forward pass"},
+};
+#define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: ddpm <command> [options]\n"
+            "\n"
+            "Denoising diffusion probabilistic models (Ho et al. 2020) on the CPU.\n"
+            "\n"
+            "commands:\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-8s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+    fprintf(f,
+            "\n"
+            "options:\n"
+            "  -h, --help     this help\n"
+            "  --version      print the version\n"
+            "\n"
+            "Run 'ddpm <command> --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
+        printf("ddpm %s\n", DDPM_VERSION);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(cmd, COMMANDS[i].name)) return COMMANDS[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "ddpm: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,65 @@
+/* Minimal test harness: every check counts, the binary prints "N passed, N failed"
+ * last and exits 1 if anything failed. Checks print their measured value so a log
+ * shows how close each one came to its bound. */
+#ifndef DDPM_TEST_H
+#define DDPM_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int t_pass, t_fail;
+
+#define T_OK(cond, ...)                                                     \
+    do {                                                                    \
+        if (cond) {                                                         \
+            t_pass++;                                                       \
+            printf("  ok   ");                                              \
+        } else {                                                            \
+            t_fail++;                                                       \
+            printf("  FAIL %s:%d: ", __FILE__, __LINE__);                   \
+        }                                                                   \
+        printf(__VA_ARGS__);                                                \
+        printf("\n");                                                       \
+        fflush(stdout);                                                     \
+    } while (0)
+
+/* |a-b| <= tol, printing both. */
+#define T_NEAR(a, b, tol, what)                                                          \
+    do {                                                                                 \
+        double _a = (a), _b = (b);                                                       \
+        T_OK(fabs(_a - _b) <= (tol), "%s: %.9g vs %.9g (|d| %.3g, tol %.3g)", what, _a, _b, \
+             fabs(_a - _b), (double)(tol));                                              \
+    } while (0)
+
+static inline int t_done(void) {
+    printf("%d passed, %d failed\n", t_pass, t_fail);
+    return t_fail ? 1 : 0;
+}
+
+/* Relative L2 difference ||a-b|| / max(||b||, tiny). */
+static inline double t_rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num) / (den > 1e-30 ? sqrt(den) : 1e-15);
+}
+
+/* A temp folder unique to this test binary run (mkdtemp under /tmp). */
+static inline const char *t_tmpdir(void) {
+    static char dir[256];
+    if (!dir[0]) {
+        snprintf(dir, sizeof dir, "/tmp/ddpm_test_XXXXXX");
+        if (!mkdtemp(dir)) {
+            perror("mkdtemp");
+            exit(1);
+        }
+    }
+    return dir;
+}
+
+#endif

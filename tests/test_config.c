@@ -1,0 +1,85 @@
+/* Config: defaults, every kind of error (unknown key with suggestion, wrong type, out of
+ * range, bad JSON with position, cross-key validation), --set, and the JSON round trip. */
+#include "ddpm/config.h"
+#include "ddpm/err.h"
+#include "test.h"
+
+static int parse(Config *c, const char *json) {
+    config_defaults(c);
+    int rc = config_parse(c, json, "x.json");
+    return rc ? rc : config_validate(c);
+}
+
+static void expect_err(const char *json, const char *needle, const char *what) {
+    Config c;
+    int rc = parse(&c, json);
+    T_OK(rc == 2 && strstr(err_msg(), needle), "%s -> exit 2 naming %s: %s", what, needle, err_msg());
+}
+
+int main(void) {
+    Config c;
+    config_defaults(&c);
+    T_OK(c.model.ch == 64 && c.model.n_levels == 3 && c.diffusion.T == 1000 && !strcmp(c.diffusion.schedule, "linear") &&
+             c.sample.clip,
+         "defaults");
+    T_OK(parse(&c, "{}") == 0, "empty object is valid");
+    T_OK(parse(&c, "{\"model\": {\"ch\": 32, \"ch_mult\": [1,2], \"groups\": 8, \"attn_resolutions\": []}}") == 0 && c.model.ch == 32 &&
+             c.model.n_levels == 2 && c.model.n_attn == 0,
+         "values override defaults");
+
+    expect_err("{\"model\": {\"chanels\": 3}}", "did you mean \"model.ch\"", "misspelt key");
+    expect_err("{\"model\": {\"chanels\": 3}}", "\"model.chanels\"", "misspelt key full path");
+    expect_err("{\"trian\": {}}", "did you mean \"train\"", "misspelt section");
+    expect_err("{\"train\": {\"lr\": \"fast\"}}", "\"train.lr\" must be a number", "string for a number");
+    expect_err("{\"data\": {\"image_size\": -3}}", "\"data.image_size\"", "negative size");
+    expect_err("{\"data\": {\"image_size\": 2.5}}", "must be an integer", "fraction for an integer");
+    expect_err("{\"data\": {\"hflip\": 1}}", "true or false", "number for a bool");
+    expect_err("{\"diffusion\": {\"schedule\": \"quadratic\"}}", "linear|cosine|sigmoid", "bad choice");
+    expect_err("{\"model\": {\"ch_mult\": [1, \"2\"]}}", "\"model.ch_mult\"[1]", "bad list element");
+    expect_err("{\"model\": {\"ch\": 30}}", "not divisible by \"model.groups\"", "groups");
+    expect_err("{\"data\": {\"image_size\": 30}}", "divisible by 2^(levels-1)", "resolution vs levels");
+    expect_err("{\"model\": {\"attn_resolutions\": [8]}}", "not a resolution of this model (28, 14, 7)", "attention resolution");
+    expect_err("[1,2]", "must be a JSON object", "not an object");
+    expect_err("{\"model\": 3}", "\"model\" must be an object", "section not an object");
+    expect_err("{\n  \"model\": {\"ch\": 64,}\n}", "x.json:2:", "malformed JSON names line");
+
+    T_OK(config_load(&c, "/nonexistent/cfg.json") == 2 && strstr(err_msg(), "/nonexistent/cfg.json"), "missing file: %s",
+         err_msg());
+
+    config_defaults(&c);
+    T_OK(config_set(&c, "train.lr=1e-4") == 0 && fabsf(c.train.lr - 1e-4f) < 1e-10, "--set float");
+    T_OK(config_set(&c, "data.format=cifar10") == 0 && !strcmp(c.data.format, "cifar10"), "--set bare string");
+    T_OK(config_set(&c, "model.ch_mult=[1,2,2,2]") == 0 && c.model.n_levels == 4, "--set list");
+    T_OK(config_set(&c, "data.hflip=true") == 0 && c.data.hflip, "--set bool");
+    T_OK(config_set(&c, "train.lr=abc") == 2 && strstr(err_msg(), "train.lr"), "--set wrong type: %s", err_msg());
+    T_OK(config_set(&c, "model.chanels=3") == 2 && strstr(err_msg(), "did you mean \"model.ch\""), "--set unknown: %s", err_msg());
+    T_OK(config_set(&c, "novalue") == 2, "--set without '='");
+
+    /* round trip: to_json then parse gives identical structs */
+    Config a, b;
+    config_defaults(&a);
+    config_set(&a, "train.lr=0.00013");
+    config_set(&a, "model.attn_resolutions=[14,7]");
+    config_set(&a, "data.path=some \"quoted\" path");
+    char *js = config_to_json(&a);
+    config_defaults(&b);
+    int rc = config_parse(&b, js, "roundtrip");
+    T_OK(rc == 0 && !memcmp(&a, &b, sizeof a), "config_to_json round-trips exactly");
+    free(js);
+
+    /* shipped configs load */
+    const char *files[] = {"configs/cifar.json", "configs/cifar_small.json", "configs/fashion_mnist.json", "configs/demo.json",
+                           "configs/bench.json"};
+    for (int i = 0; i < 5; i++) {
+        rc = config_load(&c, files[i]);
+        T_OK(rc == 0, "%s loads (%s)", files[i], rc ? err_msg() : "ok");
+    }
+    config_load(&c, "configs/cifar.json");
+    T_OK(c.model.ch == 128 && c.model.n_levels == 4 && c.model.ch_mult[3] == 2 && c.model.num_res_blocks == 2 &&
+             c.model.n_attn == 1 && c.model.attn_res[0] == 16 && fabsf(c.model.dropout - 0.1f) < 1e-7 &&
+             c.diffusion.T == 1000 && fabsf(c.diffusion.beta_start - 1e-4f) < 1e-10 && fabsf(c.diffusion.beta_end - 0.02f) < 1e-9 &&
+             fabsf(c.train.lr - 2e-4f) < 1e-10 && c.train.warmup == 5000 && c.train.batch_size == 128 &&
+             fabsf(c.train.ema_decay - 0.9999f) < 1e-7 && c.data.hflip && fabsf(c.train.grad_clip - 1) < 1e-7,
+         "configs/cifar.json holds Ho et al.'s CIFAR-10 settings");
+    return t_done();
+}

@@ -1,0 +1,113 @@
+/* Tensor core: GEMM against the naive reference; the counter RNG's moments, stream
+ * independence and thread-count independence; the arena. */
+#include <omp.h>
+#include <stdint.h>
+
+#include "ddpm/rng.h"
+#include "ddpm/tensor.h"
+#include "test.h"
+
+static void test_gemm(void) {
+    const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 13, 29}, {64, 3, 128}, {33, 65, 1}, {128, 96, 200}};
+    double worst = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int beta1 = 0; beta1 < 2; beta1++) {
+                    int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+                    float *A = malloc(na * 4), *Bm = malloc(nb * 4), *C1 = malloc(nc * 4), *C2 = malloc(nc * 4);
+                    rng_normal(A, na, 1, si * 8 + ta * 4 + tb * 2, 0);
+                    rng_normal(Bm, nb, 2, si * 8 + ta * 4 + tb * 2, 0);
+                    rng_normal(C1, nc, 3, si, 0);
+                    memcpy(C2, C1, nc * 4);
+                    float beta = beta1 ? 0.5f : 0.0f;
+                    gemm(ta, tb, M, N, K, 1.5f, A, lda, Bm, ldb, beta, C1, ldc);
+                    gemm_ref(ta, tb, M, N, K, 1.5f, A, lda, Bm, ldb, beta, C2, ldc);
+                    double e = 0;
+                    for (int i = 0; i < M; i++)
+                        for (int j = 0; j < N; j++) {
+                            double d = fabs(C1[i * ldc + j] - C2[i * ldc + j]) / (1 + fabs(C2[i * ldc + j]));
+                            if (d > e) e = d;
+                        }
+                    /* padding columns untouched */
+                    int pad_ok = 1;
+                    for (int i = 0; i < M; i++) pad_ok &= C1[i * ldc + N] == C2[i * ldc + N];
+                    if (e > worst) worst = e;
+                    if (e > 1e-4 || !pad_ok)
+                        T_OK(0, "gemm %dx%dx%d ta=%d tb=%d beta=%g: max rel err %.3g, padding kept %d", M, N, K, ta, tb, beta, e, pad_ok);
+                    free(A), free(Bm), free(C1), free(C2);
+                }
+    }
+    T_OK(worst <= 1e-4, "gemm matches the reference for 6 shapes x all transposes x beta (worst %.3g <= 1e-4)", worst);
+}
+
+static void test_rng(void) {
+    /* Known-answer: Philox4x32-10 test vector (Random123 kat_vectors: ctr 0, key 0). */
+    uint32_t ctr[4] = {0, 0, 0, 0}, key[2] = {0, 0}, out[4];
+    philox4x32_10(ctr, key, out);
+    T_OK(out[0] == 0x6627e8d5u && out[1] == 0xe169c58du && out[2] == 0xbc57ac4cu && out[3] == 0x9b00dbd8u,
+         "philox4x32-10 known answer for zero counter and key: %08x %08x %08x %08x", out[0], out[1], out[2], out[3]);
+    uint32_t ctr2[4] = {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}, key2[2] = {0xffffffffu, 0xffffffffu};
+    philox4x32_10(ctr2, key2, out);
+    T_OK(out[0] == 0x408f276du && out[1] == 0x41c83b0eu && out[2] == 0xa20bc7c6u && out[3] == 0x6d5451fdu,
+         "philox4x32-10 known answer for all-ones: %08x %08x %08x %08x", out[0], out[1], out[2], out[3]);
+
+    size_t n = 1 << 20;
+    float *x = malloc(n * 4), *y = malloc(n * 4);
+    rng_normal(x, n, 42, 7, 0);
+    double m = 0, v = 0, m3 = 0, m4 = 0;
+    for (size_t i = 0; i < n; i++) m += x[i];
+    m /= n;
+    for (size_t i = 0; i < n; i++) {
+        double d = x[i] - m;
+        v += d * d, m3 += d * d * d, m4 += d * d * d * d;
+    }
+    v /= n, m3 /= n, m4 /= n;
+    double se = 1 / sqrt((double)n);
+    T_NEAR(m, 0, 5 * se, "normal mean (2^20 samples, 5 sigma)");
+    T_NEAR(v, 1, 5 * sqrt(2.0) * se, "normal variance");
+    T_NEAR(m3, 0, 5 * sqrt(15.0) * se, "normal third moment");
+    T_NEAR(m4, 3, 5 * sqrt(96.0) * se, "normal fourth moment");
+    rng_uniform(y, n, 42, 7, 0);
+    double um = 0, umin = 1, umax = 0;
+    for (size_t i = 0; i < n; i++) um += y[i], umin = fmin(umin, y[i]), umax = fmax(umax, y[i]);
+    um /= n;
+    T_NEAR(um, 0.5, 5 * se / sqrt(12.0), "uniform mean");
+    T_OK(umin >= 0 && umax < 1, "uniform in [0,1): min %g max %g", umin, umax);
+
+    /* streams: correlation between two streams near 0 */
+    rng_normal(y, n, 42, 8, 0);
+    double cxy = 0;
+    for (size_t i = 0; i < n; i++) cxy += (double)x[i] * y[i];
+    cxy /= n;
+    T_NEAR(cxy, 0, 5 * se, "correlation of streams 7 and 8");
+    /* offsets: numbers [1000, 2000) equal the slice of a longer draw */
+    float z[1000];
+    rng_normal(z, 1000, 42, 7, 1000);
+    T_OK(!memcmp(z, x + 1000, sizeof z), "rng_normal(offset) equals the slice of a longer draw");
+    /* thread count: identical bits with 1 and 2 threads */
+    omp_set_num_threads(1);
+    rng_normal(y, n, 9, 3, 0);
+    omp_set_num_threads(2);
+    rng_normal(x, n, 9, 3, 0);
+    T_OK(!memcmp(x, y, n * 4), "normal stream identical with 1 and 2 threads");
+    free(x), free(y);
+}
+
+static void test_arena(void) {
+    Arena a;
+    arena_init(&a, arena_need(10) + arena_need(100));
+    float *p = arena_floats(&a, 10), *q = arena_floats(&a, 100);
+    T_OK(((uintptr_t)p % 64) == 0 && ((uintptr_t)q % 64) == 0 && q >= p + 10, "arena: 64-byte aligned, disjoint");
+    T_OK(a.used == a.cap, "arena: sizing pass matches the allocations (%zu of %zu)", a.used, a.cap);
+    arena_free(&a);
+}
+
+int main(void) {
+    test_gemm();
+    test_rng();
+    test_arena();
+    return t_done();
+}
