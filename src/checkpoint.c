@@ -167,7 +167,7 @@ static int write_check_args(const char *path, const StTensorOut *t, int n,
         uint64_t numel = 1;
         int zero = 0;
         for (int d = 0; d < x->ndim; d++) {
-            if (x->shape[d] < 0 || (double)x->shape[d] > ST_MAX_INT)
+            if (x->shape[d] < 0 || (double)x->shape[d] >= ST_MAX_INT)
                 return err_set(DDPM_ERUNTIME,
                                "%s: cannot write checkpoint: tensor %s has bad dim %" PRId64,
                                path, qname(x->name).s, x->shape[d]);

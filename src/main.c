@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "ddpm/cli.h"
+#include "ddpm/dist.h"
 
 static const struct {
     const char *name;
@@ -49,7 +50,13 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (int i = 0; i < N_COMMANDS; i++)
-        if (!strcmp(cmd, COMMANDS[i].name)) return COMMANDS[i].fn(argc - 1, argv + 1);
+        if (!strcmp(cmd, COMMANDS[i].name)) {
+            dist_init(&argc, &argv);
+            int rc = COMMANDS[i].fn(argc - 1, argv + 1);
+            if (rc) dist_abort(rc); /* one failing rank stops the others instead of leaving them waiting */
+            dist_finalize();
+            return rc;
+        }
     fprintf(stderr, "ddpm: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

@@ -602,6 +602,20 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
                     P + u->temb_p[0], B, u->ch, T);
 }
 
+const float *unet_activation(const UNet *u, const char *name, int *H, int *W, int *C) {
+    if (!strcmp(name, "temb")) return *H = *W = 1, *C = u->ch, u->temb_sin;
+    if (!strcmp(name, "temb.out")) return *H = *W = 1, *C = u->temb_ch, u->temb;
+    for (int i = 0; i < u->nblk; i++) {
+        const Block *b = &u->blk[i];
+        if (strcmp(b->name[0] ? b->name : "out", name)) continue;
+        int OH = b->kind == BLK_DOWN ? (b->H + 1) / 2 : b->kind == BLK_UP ? 2 * b->H : b->H;
+        int OW = b->kind == BLK_DOWN ? (b->W + 1) / 2 : b->kind == BLK_UP ? 2 * b->W : b->W;
+        *H = OH, *W = OW, *C = b->cout;
+        return b->out;
+    }
+    return NULL;
+}
+
 /* ---- summary ----------------------------------------------------------------------------- */
 
 static size_t count_params(const UNet *u, int p0, int np) {

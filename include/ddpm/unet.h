@@ -82,6 +82,11 @@ void unet_forward(UNet *u, float *out, const float *x, const int *t, int B);
 void unet_backward(UNet *u, const float *dout, float *dx);
 void unet_zero_grad(UNet *u);
 const Param *unet_param(const UNet *u, const char *name);
+/* Output of the block named `name` ("conv_in", "down.0.res.1", "down.0.downsample",
+ * "mid.attn.0", "up.1.upsample", ...) from the last forward, (B,OH,OW,C) NHWC; its
+ * shape in *H, *W, *C. NULL if no such block. "temb" gives the sinusoidal embedding
+ * (B, ch) and "temb.out" the MLP output before the SiLU (B, 4ch). For tests. */
+const float *unet_activation(const UNet *u, const char *name, int *H, int *W, int *C);
 /* Print the per-block summary (parameters per block, totals, GFLOP, memory) to f. */
 void unet_print_summary(const UNet *u, FILE *f);
 

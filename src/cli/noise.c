@@ -9,6 +9,7 @@
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
+#include "ddpm/plot.h"
 #include "ddpm/rng.h"
 
 static void usage(FILE *f) {
@@ -31,37 +32,21 @@ static void usage(FILE *f) {
             "  -h, --help       this help\n");
 }
 
-/* Plot alpha_bar_t of the three schedules (chosen one drawn thicker) on a 640x400 canvas. */
+/* Plot alpha_bar_t of the three schedules, the chosen one drawn thicker. */
 static int write_plot(const char *path, int T, int chosen) {
-    enum { PW = 640, PH = 400, M = 30 };
-    uint8_t *pix = xmalloc(PW * PH * 3);
-    memset(pix, 255, PW * PH * 3);
-    static const uint8_t col[3][3] = {{31, 119, 180}, {214, 39, 40}, {44, 160, 44}};
-    for (int g = 0; g <= 10; g++) { /* grid: every 0.1 in alpha_bar, every T/10 in t */
-        int y = M + (PH - 2 * M) * g / 10, x = M + (PW - 2 * M) * g / 10;
-        for (int i = M; i <= PW - M; i++) memset(&pix[(y * PW + i) * 3], g % 5 ? 225 : 170, 3);
-        for (int j = M; j <= PH - M; j++) memset(&pix[(j * PW + x) * 3], g % 5 ? 225 : 170, 3);
-    }
+    Schedule s[3];
+    PlotSeries ps[3];
+    double *x = xmalloc(sizeof(double) * T);
+    for (int t = 0; t < T; t++) x[t] = t;
+    int ns = 0;
     for (int k = 0; k < 3; k++) {
-        Schedule s;
-        if (schedule_init(&s, (ScheduleKind)k, T, 1e-4, 0.02, 0.008)) continue;
-        int thick = k == chosen ? 2 : 1, py = -1;
-        for (int x = M; x <= PW - M; x++) {
-            int t = (int)((double)(x - M) / (PW - 2 * M) * (T - 1) + 0.5);
-            int y = M + (int)((1 - s.alpha_bar[t]) * (PH - 2 * M) + 0.5);
-            int y0 = py < 0 ? y : (py < y ? py : y), y1 = py < 0 ? y : (py > y ? py : y);
-            for (int yy = y0; yy <= y1; yy++)
-                for (int dy = -thick; dy <= thick; dy++)
-                    for (int dx = 1 - thick; dx <= thick - 1; dx++) {
-                        int X = x + dx, Y = yy + dy;
-                        if (X >= 0 && X < PW && Y >= 0 && Y < PH) memcpy(&pix[(Y * PW + X) * 3], col[k], 3);
-                    }
-            py = y;
-        }
-        schedule_free(&s);
+        if (schedule_init(&s[ns], (ScheduleKind)k, T, 1e-4, 0.02, 0.008)) continue;
+        ps[ns] = (PlotSeries){x, s[ns].alpha_bar, T, k == chosen ? 3 : 2};
+        ns++;
     }
-    int rc = image_write_png(path, pix, PW, PH, 3);
-    free(pix);
+    int rc = plot_png(path, ps, ns, 0, 1, 0);
+    for (int k = 0; k < ns; k++) schedule_free(&s[k]);
+    free(x);
     return rc;
 }
 
@@ -158,7 +143,7 @@ int cmd_noise(int argc, char **argv) {
         fprintf(stderr, "%d frames of %dx%d, t = 0..%d (%s schedule); last frame (t = %d): mean %.3f, std %.3f before clipping\n",
                 K, w, h, T - 1, sched, t_last, mean, sqrt(var));
         if (csv) printf("%s\n", csv);
-        if (plot) printf("%s  (blue linear, red cosine, green sigmoid; x: t, y: alpha_bar from 1 at top to 0)\n", plot);
+        if (plot) printf("%s  (alpha_bar_t from 1 at the top to 0; blue linear, red cosine, green sigmoid)\n", plot);
     }
     free(strip);
     free(x0);

@@ -1,0 +1,34 @@
+/* model_io: a U-Net (+ optimizer state) <-> a safetensors checkpoint.
+ *
+ * Tensor names: the model's parameter names as they are ("down.0.res.0.conv1.weight", ...)
+ * hold the raw weights, so any safetensors reader gets the model directly; "ema.<name>"
+ * the EMA weights; "adam_m.<name>" / "adam_v.<name>" the Adam moments. Conv weights are
+ * (OC,KH,KW,C). Metadata (all strings): format "ddpm-1", config (the resolved config as
+ * JSON), step, epoch, pos (data order), loss_sum, loss_count (the open log interval),
+ * elapsed (seconds), rng ("philox4x32-10", every stream is a function of seed and step). */
+#ifndef DDPM_MODEL_IO_H
+#define DDPM_MODEL_IO_H
+
+#include "ddpm/checkpoint.h"
+#include "ddpm/config.h"
+#include "ddpm/optim.h"
+#include "ddpm/unet.h"
+
+typedef struct {
+    long step;             /* updates done */
+    int epoch, pos;        /* batch sampler state */
+    double loss_sum;       /* losses of the log interval still open */
+    long loss_count;
+    double elapsed;        /* training seconds so far */
+} TrainState;
+
+/* Atomic write of weights, and with o != NULL the EMA and Adam moments. */
+int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts);
+/* Read and validate a checkpoint and parse its config (ERUNTIME on anything wrong). */
+int ckpt_open(StFile *f, const char *path, Config *c);
+/* Copy the tensors "<prefix><name>" of every parameter into dst (the block layout),
+ * checking each shape against the model. */
+int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *dst);
+int ckpt_load_state(const StFile *f, TrainState *ts);
+
+#endif

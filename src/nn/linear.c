@@ -1,0 +1,23 @@
+/* linear: out (N,OUT) = inp (N,IN) . w (OUT,IN)^T + bias (OUT), PyTorch weight layout. */
+#include "ddpm/nn.h"
+#include "ddpm/tensor.h"
+
+void linear_forward(float *out, const float *inp, const float *w, const float *bias, int N, int IN,
+                    int OUT) {
+    gemm(0, 1, N, OUT, IN, 1.0f, inp, IN, w, IN, 0.0f, out, OUT);
+    if (!bias) return;
+#pragma omp parallel for schedule(static) if ((size_t)N * OUT > 65536)
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * OUT;
+        for (int j = 0; j < OUT; j++) o[j] += bias[j];
+    }
+}
+
+/* dinp (N,IN) += dout . w; dw (OUT,IN) += dout^T . inp; dbias (OUT) += column sums of dout.
+ * Any of dinp, dw, dbias may be NULL (not wanted). */
+void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                     const float *w, int N, int IN, int OUT) {
+    if (dinp) gemm(0, 0, N, IN, OUT, 1.0f, dout, OUT, w, IN, 1.0f, dinp, IN);
+    if (dw) gemm(1, 0, OUT, IN, N, 1.0f, dout, OUT, inp, IN, 1.0f, dw, IN);
+    if (dbias) add_bcast_backward(dbias, dout, 1, N, OUT);
+}

@@ -1,0 +1,247 @@
+/* Elementwise and data-movement kernels: silu, nearest upsample x2, channel concat,
+ * broadcast add, elementwise add, sinusoidal timestep embedding, inverted dropout.
+ * All NHWC; every backward adds into its gradient. */
+#include <math.h>
+#include <string.h>
+
+#include "ddpm/err.h"
+#include "ddpm/nn.h"
+#include "ddpm/rng.h"
+
+/* Below this many floats a loop runs on the calling thread only. */
+#define PAR_MIN 32768
+
+/* exp(x) for float, vectorizable (no libm call): x = n ln2 + r, |r| <= ln2/2, e^r by its
+ * degree-7 Taylor polynomial (truncation < 1e-8 relative), times 2^n built from the bits.
+ * Inputs are clamped to [-87, 88] so 2^n stays a normal float. Max relative error ~2e-7.
+ * (The same helper is kept in groupnorm.c and attention.c.) */
+static inline float nn_expf(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round: 1.5*2^23 */
+    float r = x - n * 0.693145751953125f; /* ln2 split in two: the high part is exact in n*hi */
+    r = r - n * 1.428606765330187e-06f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } sc = {((int32_t)n + 127) << 23};
+    return p * sc.f;
+}
+
+/* ---- silu ---------------------------------------------------------------------------- */
+
+void silu_forward(float *out, const float *inp, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = x / (1.0f + nn_expf(-x));
+    }
+}
+
+/* d/dx x*s(x) = s + x*s*(1-s) = s*(1 + x*(1-s)) */
+void silu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float s = 1.0f / (1.0f + nn_expf(-x));
+        dinp[i] += dout[i] * s * (1.0f + x * (1.0f - s));
+    }
+}
+
+/* ---- nearest upsample x2 ------------------------------------------------------------- */
+
+/* out (B,2H,2W,C)[b,y,x,:] = inp (B,H,W,C)[b,y/2,x/2,:] */
+void upsample_forward(float *out, const float *inp, int B, int H, int W, int C) {
+    const int OH = 2 * H, OW = 2 * W;
+    const long NL = (long)B * OH;
+#pragma omp parallel for schedule(static) if ((size_t)NL * OW * C > PAR_MIN)
+    for (long L = 0; L < NL; L++) {
+        long b = L / OH, oy = L % OH;
+        const float *src = inp + ((size_t)b * H + oy / 2) * W * C;
+        float *dst = out + (size_t)L * OW * C;
+        for (int x = 0; x < W; x++) {
+            memcpy(dst + (size_t)(2 * x) * C, src + (size_t)x * C, C * sizeof(float));
+            memcpy(dst + (size_t)(2 * x + 1) * C, src + (size_t)x * C, C * sizeof(float));
+        }
+    }
+}
+
+/* dinp[b,y,x,:] += sum of the 2x2 block of dout it was copied to */
+void upsample_backward(float *dinp, const float *dout, int B, int H, int W, int C) {
+    const size_t OWC = (size_t)2 * W * C;
+    const long NL = (long)B * H;
+#pragma omp parallel for schedule(static) if ((size_t)NL * W * C > PAR_MIN / 4)
+    for (long L = 0; L < NL; L++) {
+        const float *r0 = dout + (size_t)(2 * L) * OWC; /* output line 2y of the same image */
+        const float *r1 = r0 + OWC;
+        float *d = dinp + (size_t)L * W * C;
+        for (int x = 0; x < W; x++) {
+            const float *a = r0 + (size_t)(2 * x) * C, *b = r1 + (size_t)(2 * x) * C;
+            float *dd = d + (size_t)x * C;
+            for (int c = 0; c < C; c++) dd[c] += (a[c] + a[C + c]) + (b[c] + b[C + c]);
+        }
+    }
+}
+
+/* ---- channel concat ------------------------------------------------------------------ */
+
+void concat_forward(float *out, const float *a, const float *b, size_t P, int C1, int C2) {
+    const size_t C = (size_t)C1 + C2;
+#pragma omp parallel for schedule(static) if (P * C > PAR_MIN)
+    for (size_t p = 0; p < P; p++) {
+        memcpy(out + p * C, a + p * C1, C1 * sizeof(float));
+        memcpy(out + p * C + C1, b + p * C2, C2 * sizeof(float));
+    }
+}
+
+/* da (P,C1) += dout[:, :C1], db (P,C2) += dout[:, C1:]; either may be NULL. */
+void concat_backward(float *da, float *db, const float *dout, size_t P, int C1, int C2) {
+    const size_t C = (size_t)C1 + C2;
+#pragma omp parallel for schedule(static) if (P * C > PAR_MIN)
+    for (size_t p = 0; p < P; p++) {
+        const float *g = dout + p * C;
+        if (da) {
+            float *d = da + p * C1;
+            for (int c = 0; c < C1; c++) d[c] += g[c];
+        }
+        if (db) {
+            float *d = db + p * C2;
+            for (int c = 0; c < C2; c++) d[c] += g[C1 + c];
+        }
+    }
+}
+
+/* ---- broadcast add ------------------------------------------------------------------- */
+
+/* h (B,HW,C) += v (B,C) */
+void add_bcast_forward(float *h, const float *v, int B, int HW, int C) {
+    const long NP = (long)B * HW;
+#pragma omp parallel for schedule(static) if ((size_t)NP * C > PAR_MIN)
+    for (long p = 0; p < NP; p++) {
+        const float *vb = v + (size_t)(p / HW) * C;
+        float *r = h + (size_t)p * C;
+        for (int c = 0; c < C; c++) r[c] += vb[c];
+    }
+}
+
+/* dv (B,C) += sum over HW of dh (B,HW,C). One thread owns each (image, block of 16
+ * channels) and sums its column(s) in row order in double: the result does not depend on
+ * the thread count. Also used for the bias gradients of conv2d and linear (B = 1). */
+#define BCAST_CB 16
+void add_bcast_backward(float *dv, const float *dh, int B, int HW, int C) {
+    const int nblk = (C + BCAST_CB - 1) / BCAST_CB;
+    const long items = (long)B * nblk;
+#pragma omp parallel for schedule(static) if ((size_t)B * HW * C > PAR_MIN)
+    for (long it = 0; it < items; it++) {
+        int b = (int)(it / nblk), c0 = (int)(it % nblk) * BCAST_CB;
+        int cb = C - c0 < BCAST_CB ? C - c0 : BCAST_CB;
+        const float *base = dh + (size_t)b * HW * C + c0;
+        double acc[BCAST_CB] = {0};
+        if (cb == BCAST_CB) {
+            for (int i = 0; i < HW; i++) {
+                const float *r = base + (size_t)i * C;
+                for (int j = 0; j < BCAST_CB; j++) acc[j] += r[j];
+            }
+        } else {
+            for (int i = 0; i < HW; i++) {
+                const float *r = base + (size_t)i * C;
+                for (int j = 0; j < cb; j++) acc[j] += r[j];
+            }
+        }
+        float *d = dv + (size_t)b * C + c0;
+        for (int j = 0; j < cb; j++) d[j] += (float)acc[j];
+    }
+}
+
+/* ---- elementwise add ----------------------------------------------------------------- */
+
+void add_forward(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void add_inplace(float *d, const float *s, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+    for (size_t i = 0; i < n; i++) d[i] += s[i];
+}
+
+/* ---- timestep embedding -------------------------------------------------------------- */
+
+/* out (B,dim): [sin(t f_i) | cos(t f_i)], f_i = exp(-ln(10000) i / (half-1)), computed in
+ * double. half == 1 uses f_0 = 1; an odd dim leaves a last column of zeros (as the TF
+ * reference pads). */
+void timestep_embedding(float *out, const int *t, int B, int dim) {
+    CHECK(dim >= 2, "timestep_embedding: dim %d < 2", dim);
+    const int half = dim / 2;
+    const double lf = half > 1 ? log(10000.0) / (half - 1) : 0.0;
+    for (int b = 0; b < B; b++) {
+        float *o = out + (size_t)b * dim;
+        for (int i = 0; i < half; i++) {
+            double a = (double)t[b] * exp(-lf * i);
+            o[i] = (float)sin(a);
+            o[half + i] = (float)cos(a);
+        }
+        if (dim & 1) o[dim - 1] = 0.0f;
+    }
+}
+
+/* ---- dropout ------------------------------------------------------------------------- */
+
+/* Philox block `blk` of (seed, stream): must produce exactly what rng_u32(seed, stream,
+ * 4*blk + j) returns as word j (counter = (blk, stream), key = seed, as in rng.c). The
+ * test compares the mask against rng_uniform() element by element. */
+static inline void dropout_block(uint64_t seed, uint64_t stream, uint64_t blk, uint32_t r[4]) {
+    uint32_t ctr[4] = {(uint32_t)blk, (uint32_t)(blk >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)};
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    philox4x32_10(ctr, key, r);
+}
+
+/* keep iff uniform >= p, with uniform computed as in rng_uniform(): (r >> 8) / 2^24 */
+static inline int dropout_keep(uint32_t r, float p) { return (float)(r >> 8) * (1.0f / 16777216.0f) >= p; }
+
+void dropout_forward(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t stream) {
+    CHECK(p >= 0.0f && p < 1.0f, "dropout: p = %g outside [0,1)", (double)p);
+    if (p == 0.0f) {
+        if (out != inp) memcpy(out, inp, n * sizeof(float));
+        return;
+    }
+    const float scale = 1.0f / (1.0f - p);
+    const size_t nblk = (n + 3) / 4;
+#pragma omp parallel for schedule(static) if (n > PAR_MIN / 4)
+    for (size_t k = 0; k < nblk; k++) {
+        uint32_t r[4];
+        dropout_block(seed, stream, k, r);
+        size_t i0 = 4 * k;
+        int m = n - i0 < 4 ? (int)(n - i0) : 4;
+        for (int j = 0; j < m; j++) out[i0 + j] = dropout_keep(r[j], p) ? inp[i0 + j] * scale : 0.0f;
+    }
+}
+
+/* dinp += mask * dout / (1-p). dinp must not alias dout (backward adds). */
+void dropout_backward(float *dinp, const float *dout, size_t n, float p, uint64_t seed,
+                      uint64_t stream) {
+    CHECK(p >= 0.0f && p < 1.0f, "dropout: p = %g outside [0,1)", (double)p);
+    if (p == 0.0f) {
+        add_inplace(dinp, dout, n);
+        return;
+    }
+    const float scale = 1.0f / (1.0f - p);
+    const size_t nblk = (n + 3) / 4;
+#pragma omp parallel for schedule(static) if (n > PAR_MIN / 4)
+    for (size_t k = 0; k < nblk; k++) {
+        uint32_t r[4];
+        dropout_block(seed, stream, k, r);
+        size_t i0 = 4 * k;
+        int m = n - i0 < 4 ? (int)(n - i0) : 4;
+        for (int j = 0; j < m; j++)
+            if (dropout_keep(r[j], p)) dinp[i0 + j] += dout[i0 + j] * scale;
+    }
+}
