@@ -68,7 +68,7 @@ static const Key KEYS[] = {
     {"train.max_minutes", K_FLOAT, OFF(train.max_minutes), 0, 0, 1e7, NULL, "0",
      "stop and save after this many minutes (0 = no limit)"},
     {"train.optimizer", K_STR, OFF(train.optimizer), 0, 0, 7, "adam|adamw", "\"adam\"", "optimizer"},
-    {"train.lr", K_FLOAT, OFF(train.lr), 0, 0, 10, NULL, "0.0002", "peak learning rate"},
+    {"train.lr", K_FLOAT, OFF(train.lr), 0, 0, 1e12, NULL, "0.0002", "peak learning rate"},
     {"train.beta1", K_FLOAT, OFF(train.beta1), 0, 0, 0.999999, NULL, "0.9", "Adam beta1"},
     {"train.beta2", K_FLOAT, OFF(train.beta2), 0, 0, 0.999999, NULL, "0.999", "Adam beta2"},
     {"train.eps", K_FLOAT, OFF(train.eps), 0, 1e-12, 1, NULL, "1e-8", "Adam epsilon"},

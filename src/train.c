@@ -204,13 +204,16 @@ static int setup(Run *r) {
     StFile f = {0};
     int resume = r->o->resume != NULL;
     if (resume) {
+        /* the checkpoint defines the model, data and diffusion; --set may change train.* only */
         Config stored;
         if ((rc = ckpt_open(&f, p, &stored))) return rc;
-        /* the stored model and data define the run; train.* may be changed with --set */
-        Config want = *c;
-        *c = stored;
-        c->train = want.train;
-        memcpy(c->train.out_dir, r->dir, sizeof c->train.out_dir);
+        Config a = stored, b = *c;
+        memset(&a.train, 0, sizeof a.train), memset(&b.train, 0, sizeof b.train);
+        memset(&a.sample, 0, sizeof a.sample), memset(&b.sample, 0, sizeof b.sample);
+        if (memcmp(&a, &b, sizeof a)) {
+            rc = err_set(DDPM_EUSAGE, "%s: --set can change only train.* and sample.* keys when resuming", r->dir);
+            goto fail;
+        }
     } else if (path_exists(p) && !r->o->force) {
         return err_set(DDPM_EUSAGE, "%s already holds a run; continue it with 'ddpm train --resume %s' or start over with --force",
                        r->dir, r->dir);

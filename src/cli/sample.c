@@ -143,6 +143,10 @@ int cmd_sample(int argc, char **argv) {
         st_free(&f);
         return cli_fail(rc);
     }
+    if (!no_ema && !st_find(&f, "ema.conv_in.weight")) {
+        fprintf(stderr, "ddpm: %s holds no EMA weights; sampling with its raw weights\n", path);
+        no_ema = 1;
+    }
     if ((rc = unet_init(&u, &c, B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : "ema.", &u, u.params))) {
         st_free(&f);
         schedule_free(&s);

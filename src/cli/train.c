@@ -5,6 +5,7 @@
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
 #include "ddpm/err.h"
+#include "ddpm/model_io.h"
 #include "ddpm/tensor.h"
 #include "ddpm/train.h"
 
@@ -60,7 +61,19 @@ int cmd_train(int argc, char **argv) {
     if (!cfg_path && !to.resume) return cli_usage_error("train", "give --config FILE or --resume RUN_DIR");
     if (cfg_path && to.resume) return cli_usage_error("train", "--resume takes the config from the checkpoint; drop --config");
     Config c;
-    if ((rc = cli_config(&c, cfg_path, sets, n_sets))) return cli_fail(rc);
+    if (to.resume) {
+        /* start from the run's own config, then apply --set */
+        char p[1024];
+        StFile f;
+        snprintf(p, sizeof p, "%s/latest.safetensors", to.resume);
+        if ((rc = ckpt_open(&f, p, &c))) return cli_fail(rc);
+        st_free(&f);
+        for (int i = 0; !rc && i < n_sets; i++) rc = config_set(&c, sets[i]);
+        if (!rc) rc = config_validate(&c);
+    } else {
+        rc = cli_config(&c, cfg_path, sets, n_sets);
+    }
+    if (rc) return cli_fail(rc);
     threads_set(threads);
     rc = train_main(&c, &to);
     return cli_fail(rc);

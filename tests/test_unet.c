@@ -1,0 +1,424 @@
+/* U-Net against PyTorch: tests/fixtures/unet_ref.safetensors (scripts/make_reference.py, a
+ * float64 PyTorch autograd run of the same network) holds the weights, input, output,
+ * block activations, loss and every gradient of a small model (8x8 RGB, ch 16,
+ * ch_mult [1,2], 1 res block, attention at 4, 4 groups). We load it, run the C
+ * forward/backward and compare every tensor by relative L2 error.
+ * Also: the CIFAR-10 model's parameter count and FLOPs, a 28x28 Fashion-MNIST model
+ * forward+backward, thread-count independence, gradient accumulation / zero_grad,
+ * and config rejection. */
+#include <stdint.h>
+
+#include "ddpm/checkpoint.h"
+#include "ddpm/config.h"
+#include "ddpm/err.h"
+#include "ddpm/rng.h"
+#include "ddpm/tensor.h"
+#include "ddpm/unet.h"
+#include "test.h"
+
+#define REF_TOL 1e-4  /* relative L2 bound for every tensor against PyTorch */
+#define REF_SHOW 1e-5 /* tensors above this are printed even when they pass */
+
+/* Repository-relative path, found from the working directory or from this file's path. */
+static const char *repo_path(const char *rel) {
+    static char buf[4][512];
+    static int k;
+    char *b = buf[k++ & 3];
+    snprintf(b, 512, "%s", rel);
+    FILE *f = fopen(b, "rb");
+    if (f) {
+        fclose(f);
+        return b;
+    }
+    const char *src = __FILE__; /* .../tests/test_unet.c */
+    const char *s = strstr(src, "tests/test_unet.c");
+    if (s) snprintf(b, 512, "%.*s%s", (int)(s - src), src, rel);
+    return b;
+}
+
+static int starts(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+
+/* Fill every parameter with small random values (nothing zero, GroupNorm gamma near 1). */
+static void random_params(UNet *u, uint64_t seed) {
+    for (int i = 0; i < u->nP; i++) {
+        const Param *p = &u->P[i];
+        float *w = u->params + p->off;
+        rng_uniform(w, p->n, seed, RNG_STREAM(RNG_INIT, i), 0);
+        float bound = p->fan_in ? 1.0f / sqrtf((float)p->fan_in) : 0.1f;
+        for (size_t j = 0; j < p->n; j++) w[j] = (2.0f * w[j] - 1.0f) * bound + (p->init == PINIT_ONE ? 1.0f : 0.0f);
+    }
+}
+
+static double diff_l2(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+    return sqrt(s);
+}
+
+static int all_finite(const float *a, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(a[i])) return 0;
+    return 1;
+}
+
+/* ---- the PyTorch reference ---------------------------------------------------------- */
+
+typedef struct {
+    double worst;
+    char worst_name[128];
+    int n, over;
+} Worst;
+
+/* L2 norm of the fixture's F32 tensor `name` (-1 if absent). */
+static double ref_norm(const StFile *f, const char *name) {
+    const StEntry *e = st_find(f, name);
+    if (!e || strcmp(e->dtype, "F32")) return -1;
+    const float *d = (const float *)(f->data + e->begin); /* the data section is 8-aligned */
+    double s = 0;
+    for (size_t i = 0; i < (e->end - e->begin) / 4; i++) s += (double)d[i] * d[i];
+    return sqrt(s);
+}
+
+/* Compare a C tensor with the fixture's F32 tensor `name` (shape given); one check each.
+ * The error is ||a-b|| / ||b||, or ||a-b|| / scale when scale > 0 (for tensors that are
+ * zero in exact arithmetic). */
+static void cmp_scaled(Worst *w, const StFile *f, const char *name, const float *a, int ndim, const int64_t *shape,
+                       double scale);
+static void cmp(Worst *w, const StFile *f, const char *name, const float *a, int ndim, const int64_t *shape) {
+    cmp_scaled(w, f, name, a, ndim, shape, 0);
+}
+static void cmp_scaled(Worst *w, const StFile *f, const char *name, const float *a, int ndim, const int64_t *shape,
+                       double scale) {
+    size_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= (size_t)shape[d];
+    float *ref = malloc(n * sizeof(float) + 4);
+    if (st_get_f32(f, name, ndim, shape, ref)) {
+        T_OK(0, "%s: %s", name, err_msg());
+        free(ref);
+        return;
+    }
+    double e = t_rel_l2(a, ref, n);
+    if (scale > 0) e = diff_l2(a, ref, n) / scale;
+    if (isnan(e)) e = INFINITY;
+    if (w->n++ == 0 || e > w->worst) {
+        w->worst = e;
+        snprintf(w->worst_name, sizeof w->worst_name, "%s", name);
+    }
+    if (e > REF_SHOW) {
+        w->over++;
+        printf("    above %.0e: %s %.3g\n", REF_SHOW, name, e);
+    }
+    if (scale > 0)
+        T_OK(e <= REF_TOL, "%-40s ||C - ref|| / %.3g = %.3g (n %zu)", name, scale, e, n);
+    else
+        T_OK(e <= REF_TOL, "%-40s rel L2 %.3g (n %zu)", name, e, n);
+    free(ref);
+}
+
+static void test_reference(void) {
+    const char *path = repo_path("tests/fixtures/unet_ref.safetensors");
+    StFile f;
+    int rc = st_read(&f, path);
+    T_OK(rc == 0, "read %s%s%s", path, rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) return;
+    const char *cfg = st_meta(&f, "config");
+    T_OK(cfg != NULL, "fixture has config metadata");
+    if (!cfg) return st_free(&f);
+    Config c;
+    config_defaults(&c);
+    rc = config_parse(&c, cfg, "fixture config");
+    if (!rc) rc = config_validate(&c);
+    T_OK(rc == 0, "fixture config parses and validates%s%s", rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) return st_free(&f);
+
+    const StEntry *ex = st_find(&f, "input.x");
+    T_OK(ex && ex->ndim == 4, "input.x is (B,H,W,C)");
+    if (!ex || ex->ndim != 4) return st_free(&f);
+    const int B = (int)ex->shape[0], H = (int)ex->shape[1], W = (int)ex->shape[2], C = (int)ex->shape[3];
+    T_OK(H == c.data.image_size && W == H && C == c.data.channels, "input %dx%dx%dx%d matches the config", B, H, W, C);
+
+    UNet u;
+    rc = unet_init(&u, &c, B, 1);
+    T_OK(rc == 0, "unet_init on the fixture config (%d parameter tensors)", u.nP);
+    if (rc) return st_free(&f);
+
+    /* parameters: every C parameter from the file, with its shape */
+    int missing = 0;
+    size_t n_values = 0;
+    for (int i = 0; i < u.nP; i++) {
+        const Param *p = &u.P[i];
+        int64_t shp[4];
+        for (int d = 0; d < p->ndim; d++) shp[d] = p->shape[d];
+        if (st_get_f32(&f, p->name, p->ndim, shp, u.params + p->off)) {
+            printf("    %s\n", err_msg());
+            missing++;
+        }
+        n_values += p->n;
+    }
+    T_OK(missing == 0, "all %d C parameters (%zu values) loaded from the fixture, %d missing or misshapen", u.nP, n_values,
+         missing);
+    /* ... and the fixture has nothing the C model lacks */
+    int extra = 0, n_file_params = 0, n_grads = 0;
+    for (int i = 0; i < f.n; i++) {
+        const char *nm = f.e[i].name;
+        if (starts(nm, "act.") || starts(nm, "input.") || !strcmp(nm, "target") || !strcmp(nm, "output") ||
+            !strcmp(nm, "loss") || !strcmp(nm, "grad.input"))
+            continue;
+        const char *pn = starts(nm, "grad.") ? nm + 5 : nm;
+        if (starts(nm, "grad.")) n_grads++;
+        else n_file_params++;
+        if (!unet_param(&u, pn)) {
+            printf("    fixture tensor %s is not a parameter of the C model\n", nm);
+            extra++;
+        }
+    }
+    T_OK(extra == 0 && n_file_params == u.nP && n_grads == u.nP,
+         "fixture: %d parameters and %d gradients, C model: %d parameters; %d unknown to C", n_file_params, n_grads, u.nP,
+         extra);
+
+    size_t nx = (size_t)B * H * W * C;
+    int64_t xs[4] = {B, H, W, C}, ts[1] = {B}, ls[1] = {1};
+    float *x = malloc(nx * 4), *tgt = malloc(nx * 4), *out = malloc(nx * 4), *dout = malloc(nx * 4), *dx = calloc(nx, 4);
+    float tf[64], lossf[1];
+    int t[64];
+    rc = st_get_f32(&f, "input.x", 4, xs, x);
+    rc = rc ? rc : st_get_f32(&f, "target", 4, xs, tgt);
+    rc = rc ? rc : (B <= 64 ? st_get_f32(&f, "input.t", 1, ts, tf) : DDPM_ERUNTIME);
+    rc = rc ? rc : st_get_f32(&f, "loss", 1, ls, lossf);
+    T_OK(rc == 0, "inputs, target and loss read%s%s", rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) goto done;
+    for (int b = 0; b < B; b++) t[b] = (int)lroundf(tf[b]);
+
+    Worst w = {0};
+    unet_forward(&u, out, x, t, B);
+    printf("  forward: output and block activations\n");
+    cmp(&w, &f, "output", out, 4, xs);
+    int n_act = 0, act_missing = 0;
+    for (int i = 0; i < f.n; i++) {
+        const StEntry *e = &f.e[i];
+        if (!starts(e->name, "act.")) continue;
+        int aH, aW, aC;
+        const float *a = unet_activation(&u, e->name + 4, &aH, &aW, &aC);
+        if (!a) {
+            T_OK(0, "%s: unet_activation knows no block \"%s\"", e->name, e->name + 4);
+            act_missing++;
+            continue;
+        }
+        n_act++;
+        if (e->ndim == 2) {
+            int64_t s2[2] = {B, aC};
+            T_OK(aH == 1 && aW == 1, "%s is (B,C)", e->name);
+            cmp(&w, &f, e->name, a, 2, s2);
+        } else {
+            int64_t s4[4] = {B, aH, aW, aC};
+            cmp(&w, &f, e->name, a, 4, s4);
+        }
+    }
+    T_OK(n_act >= 5 && !act_missing, "%d activations compared", n_act);
+    Worst wf = w;
+
+    /* loss = mean (out - target)^2, dout = 2 (out - target) / numel */
+    double loss = 0;
+    for (size_t i = 0; i < nx; i++) {
+        double d = (double)out[i] - tgt[i];
+        loss += d * d;
+        dout[i] = (float)(2.0 * d / (double)nx);
+    }
+    loss /= (double)nx;
+    T_OK(fabs(loss - lossf[0]) <= REF_TOL * fabs(lossf[0]), "loss %.9g vs PyTorch %.9g (rel %.3g)", loss, (double)lossf[0],
+         fabs(loss - lossf[0]) / fabs(lossf[0]));
+
+    printf("  backward: every parameter gradient and the input gradient\n");
+    unet_zero_grad(&u);
+    unet_backward(&u, dout, dx);
+    Worst wb = {0};
+    char gname[128];
+    for (int i = 0; i < u.nP; i++) {
+        const Param *p = &u.P[i];
+        int64_t shp[4];
+        for (int d = 0; d < p->ndim; d++) shp[d] = p->shape[d];
+        snprintf(gname, sizeof gname, "grad.%s", p->name);
+        size_t ln = strlen(p->name);
+        if (ln > 7 && !strcmp(p->name + ln - 7, ".k.bias")) {
+            /* The key bias adds q_i.b_k to every logit of row i: softmax ignores it, so its
+             * gradient is zero in exact arithmetic (PyTorch's float64 value is rounding noise).
+             * Measure the C value against the size of the query bias gradient instead. */
+            char qn[128];
+            snprintf(qn, sizeof qn, "grad.%.*s.q.bias", (int)ln - 7, p->name);
+            double zref = ref_norm(&f, gname), qref = ref_norm(&f, qn);
+            T_OK(qref > 0 && zref >= 0 && zref <= 1e-9 * qref, "%s is zero in PyTorch: %.3g (||%s|| %.3g)", gname, zref, qn,
+                 qref);
+            cmp_scaled(&wb, &f, gname, u.grads + p->off, p->ndim, shp, qref > 0 ? qref : 1);
+        } else {
+            cmp(&wb, &f, gname, u.grads + p->off, p->ndim, shp);
+        }
+    }
+    cmp(&wb, &f, "grad.input", dx, 4, xs);
+    printf("  forward: %d tensors, worst %s rel L2 %.3g; backward: %d tensors, worst %s rel L2 %.3g; %d tensors above %.0e\n",
+           wf.n, wf.worst_name, wf.worst, wb.n, wb.worst_name, wb.worst, wf.over + wb.over, REF_SHOW);
+    T_OK(wf.worst <= REF_TOL && wb.worst <= REF_TOL, "reference: worst tensor %s rel L2 %.3g (bound %.0e)",
+         wb.worst >= wf.worst ? wb.worst_name : wf.worst_name, fmax(wb.worst, wf.worst), REF_TOL);
+
+    /* (d) backward again without zero_grad: exactly twice the gradient (and dx) */
+    {
+        size_t n = u.n_floats;
+        float *g1 = malloc(n * 4), *dx1 = malloc(nx * 4);
+        memcpy(g1, u.grads, n * 4);
+        memcpy(dx1, dx, nx * 4);
+        unet_backward(&u, dout, dx);
+        double e = 0, ex = 0, den = 0, denx = 0;
+        for (size_t i = 0; i < n; i++) {
+            double d = (double)u.grads[i] - 2.0 * g1[i];
+            e += d * d, den += 4.0 * g1[i] * g1[i];
+        }
+        for (size_t i = 0; i < nx; i++) {
+            double d = (double)dx[i] - 2.0 * dx1[i];
+            ex += d * d, denx += 4.0 * dx1[i] * dx1[i];
+        }
+        e = sqrt(e / den), ex = sqrt(ex / denx);
+        T_OK(e <= 1e-6 && ex <= 1e-6, "second backward accumulates 2x: grads rel L2 %.3g, dx rel L2 %.3g", e, ex);
+        unet_zero_grad(&u);
+        int zero = 1;
+        for (size_t i = 0; i < n; i++) zero &= u.grads[i] == 0.0f;
+        T_OK(zero, "zero_grad clears every gradient");
+        unet_backward(&u, dout, NULL);
+        T_OK(memcmp(u.grads, g1, n * 4) == 0, "zero_grad + backward reproduces the first gradient bit for bit");
+        free(g1), free(dx1);
+    }
+done:
+    free(x), free(tgt), free(out), free(dout), free(dx);
+    unet_free(&u);
+    st_free(&f);
+}
+
+/* ---- (a) CIFAR-10 model size ------------------------------------------------------------ */
+
+static void test_cifar_size(void) {
+    Config c;
+    config_defaults(&c);
+    int rc = config_load(&c, repo_path("configs/cifar.json"));
+    T_OK(rc == 0, "load configs/cifar.json%s%s", rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) return;
+    UNet u;
+    rc = unet_init(&u, &c, 1, 0);
+    T_OK(rc == 0, "unet_init cifar (inference, batch 1): %.1f MB activations", u.act_bytes / 1e6);
+    if (rc) return;
+    size_t n = 0;
+    for (int i = 0; i < u.nP; i++) n += u.P[i].n;
+    T_OK(n == 35746307, "cifar parameters %zu (Ho et al.: 35746307)", n);
+    double gf = u.flops / 1e9;
+    T_OK(fabs(gf - 12.44) <= 0.01 * 12.44, "cifar forward %.4f GFLOP per image (Ho et al. ~12.44, 1%%)", gf);
+    T_OK(u.grads == NULL, "inference build allocates no gradients");
+    unet_free(&u);
+}
+
+/* ---- (b) Fashion-MNIST model, (c) thread-count independence ----------------------------- */
+
+static void test_fashion(void) {
+    Config c;
+    config_defaults(&c);
+    int rc = config_load(&c, repo_path("configs/fashion_mnist.json"));
+    T_OK(rc == 0, "load configs/fashion_mnist.json%s%s", rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) return;
+    const int B = 2;
+    UNet u;
+    rc = unet_init(&u, &c, B, 1);
+    T_OK(rc == 0 && u.res == 28 && u.C_img == 1, "unet_init fashion_mnist %dx%dx%d, batch %d", u.res, u.res, u.C_img, B);
+    if (rc) return;
+    random_params(&u, 7);
+    size_t nx = (size_t)B * u.res * u.res * u.C_img;
+    float *x = malloc(nx * 4), *out1 = malloc(nx * 4), *out2 = malloc(nx * 4), *dout = malloc(nx * 4), *dx = calloc(nx, 4);
+    rng_normal(x, nx, 11, 0, 0);
+    rng_normal(dout, nx, 12, 0, 0);
+    int t[2] = {3, 870};
+    int th0 = threads_get();
+
+    threads_set(1);
+    double t0 = now_s();
+    unet_forward(&u, out1, x, t, B);
+    double t1 = now_s();
+    threads_set(2);
+    unet_forward(&u, out2, x, t, B);
+    double t2 = now_s();
+    double e = t_rel_l2(out2, out1, nx);
+    T_OK(all_finite(out1, nx), "fashion forward: finite output (1 thread %.2f s, 2 threads %.2f s)", t1 - t0, t2 - t1);
+    double s = 0;
+    for (size_t i = 0; i < nx; i++) s += (double)out1[i] * out1[i];
+    T_OK(s > 0, "fashion forward: non-zero output (rms %.3g)", sqrt(s / nx));
+    T_OK(e <= 1e-6, "forward 1 vs 2 threads: rel L2 %.3g", e);
+
+    unet_zero_grad(&u);
+    unet_backward(&u, dout, dx);
+    int fin = all_finite(u.grads, u.n_floats) && all_finite(dx, nx);
+    int nonzero = 0;
+    for (int i = 0; i < u.nP; i++) {
+        const float *g = u.grads + u.P[i].off;
+        int nz = 0;
+        for (size_t j = 0; j < u.P[i].n && !nz; j++) nz = g[j] != 0.0f;
+        nonzero += nz;
+    }
+    T_OK(fin, "fashion backward: finite gradients and dx (%.2f s)", now_s() - t2);
+    {
+        /* not a check (only the forward is specified): how far the thread count moves the
+         * gradients; OpenBLAS sgemm is not bitwise thread-count independent for every shape */
+        float *g2 = malloc(u.n_floats * 4);
+        memcpy(g2, u.grads, u.n_floats * 4);
+        threads_set(1);
+        unet_forward(&u, out1, x, t, B);
+        unet_zero_grad(&u);
+        unet_backward(&u, dout, NULL);
+        printf("    gradients, 1 vs 2 threads: rel L2 %.3g\n", t_rel_l2(u.grads, g2, u.n_floats));
+        free(g2);
+    }
+    T_OK(nonzero == u.nP, "fashion backward: %d of %d parameter gradients non-zero", nonzero, u.nP);
+
+    threads_set(th0 > 0 ? th0 : 0);
+    free(x), free(out1), free(out2), free(dout), free(dx);
+    unet_free(&u);
+}
+
+/* ---- (e) invalid configs ------------------------------------------------------------------ */
+
+static void test_bad_configs(void) {
+    Config base;
+    config_defaults(&base);
+    base.data.image_size = 8, base.data.channels = 3;
+    base.model.ch = 16, base.model.n_levels = 2, base.model.ch_mult[0] = 1, base.model.ch_mult[1] = 2;
+    base.model.num_res_blocks = 1, base.model.n_attn = 1, base.model.attn_res[0] = 4, base.model.groups = 4;
+    UNet u;
+    int rc = unet_init(&u, &base, 1, 0);
+    T_OK(rc == 0, "small valid config builds");
+    if (!rc) unet_free(&u);
+
+    struct {
+        const char *what;
+        Config c;
+    } bad[5];
+    int nb = 0;
+    bad[nb].what = "groups 5 does not divide ch 16", bad[nb].c = base, bad[nb++].c.model.groups = 5;
+    bad[nb].what = "groups 16 divides width 16 (level 0) but not 24 (level 1)", bad[nb].c = base, bad[nb].c.model.ch = 8,
+    bad[nb].c.model.ch_mult[0] = 2, bad[nb].c.model.ch_mult[1] = 3, bad[nb++].c.model.groups = 16;
+    bad[nb].what = "image 10 not divisible by 2^(3-1)", bad[nb].c = base, bad[nb].c.data.image_size = 10,
+    bad[nb].c.model.n_levels = 3, bad[nb].c.model.ch_mult[2] = 2, bad[nb++].c.model.n_attn = 0;
+    bad[nb].what = "attention at 3, not a resolution", bad[nb].c = base, bad[nb++].c.model.attn_res[0] = 3;
+    bad[nb].what = "odd ch 9", bad[nb].c = base, bad[nb].c.model.ch = 9, bad[nb++].c.model.groups = 3;
+    for (int i = 0; i < nb; i++) {
+        rc = unet_init(&u, &bad[i].c, 1, 0);
+        T_OK(rc == DDPM_EUSAGE && u.params == NULL, "rejected (%s): rc %d, \"%s\"", bad[i].what, rc, err_msg());
+        if (!rc) unet_free(&u);
+    }
+}
+
+int main(void) {
+    double t0 = now_s();
+    printf("PyTorch reference (tests/fixtures/unet_ref.safetensors)\n");
+    test_reference();
+    printf("CIFAR-10 model size\n");
+    test_cifar_size();
+    printf("Fashion-MNIST model, threads\n");
+    test_fashion();
+    printf("config rejection\n");
+    test_bad_configs();
+    printf("  (%.1f s)\n", now_s() - t0);
+    return t_done();
+}
