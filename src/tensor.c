@@ -12,6 +12,28 @@
 
 static double g_gemm_flops;
 
+/* OpenBLAS 0.3.21 (Debian 12) does not know some newer CPUs and then runs its generic
+ * "Prescott" SSE3 kernels, 4-5x slower than the CPU allows. When the user has not chosen
+ * a kernel (OPENBLAS_CORETYPE unset) and the CPU has AVX-512 or AVX2+FMA, restart the
+ * program once with the matching kernel. OpenBLAS reads the variable when it loads, so a
+ * restart is the only way; this constructor runs after OpenBLAS's own and before main.
+ * DDPM_BLAS_CHECKED marks the restarted process (and lets a user turn this off). */
+__attribute__((constructor)) static void blas_pick_core(int argc, char **argv, char **envp) {
+    if (getenv("OPENBLAS_CORETYPE") || getenv("DDPM_BLAS_CHECKED") || !argv) return;
+    const char *name = openblas_get_corename();
+    if (!name || strcmp(name, "Prescott")) return;
+    __builtin_cpu_init();
+    const char *core = __builtin_cpu_supports("avx512f") ? "SkylakeX"
+                     : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell" : NULL;
+    if (!core) return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    setenv("DDPM_BLAS_CHECKED", "1", 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed: carry on with the generic kernels */
+}
+
+const char *blas_core_name(void) { return openblas_get_corename(); }
+
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;

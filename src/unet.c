@@ -7,6 +7,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
+#include "ddpm/prof.h"
 #include "ddpm/rng.h"
 #include "ddpm/tensor.h"
 
@@ -395,32 +396,32 @@ static void res_forward(UNet *u, int i, const float *x, int B) {
     size_t nout = (size_t)B * HW * b->cout;
     ConvShape s1 = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
     ConvShape s2 = conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1);
-    groupnorm_forward(b->a1, b->m1, b->r1, x, P + b->p[RES_N1W], P + b->p[RES_N1B], B, HW, b->cin, G, 1);
-    conv2d_forward(b->h1, b->a1, P + b->p[RES_C1W], P + b->p[RES_C1B], s1, u->conv_scr);
-    linear_forward(b->tp, u->temb_act, P + b->p[RES_TW], P + b->p[RES_TB], B, u->temb_ch, b->cout);
-    add_bcast_forward(b->h1, b->tp, B, HW, b->cout);
-    groupnorm_forward(b->a2, b->m2, b->r2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], B, HW, b->cout, G, 1);
-    if (u->drop_on && u->dropout > 0) dropout_apply(u, i, b->a2, B, (size_t)HW * b->cout, 0);
-    conv2d_forward(b->out, b->a2, P + b->p[RES_C2W], P + b->p[RES_C2B], s2, u->conv_scr);
+    PROF(PROF_NORM, groupnorm_forward(b->a1, b->m1, b->r1, x, P + b->p[RES_N1W], P + b->p[RES_N1B], B, HW, b->cin, G, 1));
+    PROF(PROF_CONV, conv2d_forward(b->h1, b->a1, P + b->p[RES_C1W], P + b->p[RES_C1B], s1, u->conv_scr));
+    PROF(PROF_GEMM, linear_forward(b->tp, u->temb_act, P + b->p[RES_TW], P + b->p[RES_TB], B, u->temb_ch, b->cout));
+    PROF(PROF_ELEM, add_bcast_forward(b->h1, b->tp, B, HW, b->cout));
+    PROF(PROF_NORM, groupnorm_forward(b->a2, b->m2, b->r2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], B, HW, b->cout, G, 1));
+    if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_apply(u, i, b->a2, B, (size_t)HW * b->cout, 0));
+    PROF(PROF_CONV, conv2d_forward(b->out, b->a2, P + b->p[RES_C2W], P + b->p[RES_C2B], s2, u->conv_scr));
     if (b->shortcut) {
         ConvShape ss = conv_shape(B, b->H, b->W, b->cin, b->cout, 1, 1);
-        conv2d_forward(u->scr[0], x, P + b->p[RES_SW], P + b->p[RES_SB], ss, u->conv_scr);
-        add_inplace(b->out, u->scr[0], nout);
+        PROF(PROF_CONV, conv2d_forward(u->scr[0], x, P + b->p[RES_SW], P + b->p[RES_SB], ss, u->conv_scr));
+        PROF(PROF_ELEM, add_inplace(b->out, u->scr[0], nout));
     } else {
-        add_inplace(b->out, x, nout);
+        PROF(PROF_ELEM, add_inplace(b->out, x, nout));
     }
 }
 
 static void attn_forward(UNet *u, Block *b, const float *x, int B) {
     const float *P = u->params;
     int N = b->H * b->W, C = b->cin, BN = B * N;
-    groupnorm_forward(b->a1, b->m1, b->r1, x, P + b->p[ATT_NW], P + b->p[ATT_NB], B, N, C, u->groups, 0);
-    linear_forward(b->q, b->a1, P + b->p[ATT_QW], P + b->p[ATT_QB], BN, C, C);
-    linear_forward(b->k, b->a1, P + b->p[ATT_KW], P + b->p[ATT_KB], BN, C, C);
-    linear_forward(b->v, b->a1, P + b->p[ATT_VW], P + b->p[ATT_VB], BN, C, C);
-    attention_forward(b->o, b->att, b->q, b->k, b->v, B, N, C);
-    linear_forward(b->out, b->o, P + b->p[ATT_PW], P + b->p[ATT_PB], BN, C, C);
-    add_inplace(b->out, x, (size_t)BN * C);
+    PROF(PROF_NORM, groupnorm_forward(b->a1, b->m1, b->r1, x, P + b->p[ATT_NW], P + b->p[ATT_NB], B, N, C, u->groups, 0));
+    PROF(PROF_GEMM, linear_forward(b->q, b->a1, P + b->p[ATT_QW], P + b->p[ATT_QB], BN, C, C));
+    PROF(PROF_GEMM, linear_forward(b->k, b->a1, P + b->p[ATT_KW], P + b->p[ATT_KB], BN, C, C));
+    PROF(PROF_GEMM, linear_forward(b->v, b->a1, P + b->p[ATT_VW], P + b->p[ATT_VB], BN, C, C));
+    PROF(PROF_ATTN, attention_forward(b->o, b->att, b->q, b->k, b->v, B, N, C));
+    PROF(PROF_GEMM, linear_forward(b->out, b->o, P + b->p[ATT_PW], P + b->p[ATT_PB], BN, C, C));
+    PROF(PROF_ELEM, add_inplace(b->out, x, (size_t)BN * C));
 }
 
 void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) {
@@ -429,32 +430,32 @@ void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) {
     const float *P = u->params;
     int T = u->temb_ch;
     memcpy(u->x_in, x, sizeof(float) * B * u->res * u->res * u->C_img);
-    timestep_embedding(u->temb_sin, t, B, u->ch);
-    linear_forward(u->temb_h, u->temb_sin, P + u->temb_p[0], P + u->temb_p[1], B, u->ch, T);
-    silu_forward(u->temb_hs, u->temb_h, (size_t)B * T);
-    linear_forward(u->temb, u->temb_hs, P + u->temb_p[2], P + u->temb_p[3], B, T, T);
-    silu_forward(u->temb_act, u->temb, (size_t)B * T);
+    PROF(PROF_ELEM, timestep_embedding(u->temb_sin, t, B, u->ch));
+    PROF(PROF_GEMM, linear_forward(u->temb_h, u->temb_sin, P + u->temb_p[0], P + u->temb_p[1], B, u->ch, T));
+    PROF(PROF_ELEM, silu_forward(u->temb_hs, u->temb_h, (size_t)B * T));
+    PROF(PROF_GEMM, linear_forward(u->temb, u->temb_hs, P + u->temb_p[2], P + u->temb_p[3], B, T, T));
+    PROF(PROF_ELEM, silu_forward(u->temb_act, u->temb, (size_t)B * T));
     const float *h = u->x_in;
     for (int i = 0; i < u->nblk; i++) {
         Block *b = &u->blk[i];
         switch (b->kind) {
         case BLK_CONV_IN:
-            conv2d_forward(b->out, h, P + b->p[CONV_W], P + b->p[CONV_B], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1),
-                           u->conv_scr);
+            PROF(PROF_CONV, conv2d_forward(b->out, h, P + b->p[CONV_W], P + b->p[CONV_B], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1),
+                           u->conv_scr));
             break;
         case BLK_DOWN:
-            conv2d_forward(b->out, h, P + b->p[CONV_W], P + b->p[CONV_B], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2),
-                           u->conv_scr);
+            PROF(PROF_CONV, conv2d_forward(b->out, h, P + b->p[CONV_W], P + b->p[CONV_B], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2),
+                           u->conv_scr));
             break;
         case BLK_UP:
-            upsample_forward(b->a1, h, B, b->H, b->W, b->cin);
-            conv2d_forward(b->out, b->a1, P + b->p[CONV_W], P + b->p[CONV_B],
-                           conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1), u->conv_scr);
+            PROF(PROF_ELEM, upsample_forward(b->a1, h, B, b->H, b->W, b->cin));
+            PROF(PROF_CONV, conv2d_forward(b->out, b->a1, P + b->p[CONV_W], P + b->p[CONV_B],
+                           conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1), u->conv_scr));
             break;
         case BLK_RES:
             if (b->skip >= 0) {
                 const Block *s = &u->blk[b->skip];
-                concat_forward(b->cat, h, s->out, (size_t)B * b->H * b->W, b->cin - s->cout, s->cout);
+                PROF(PROF_ELEM, concat_forward(b->cat, h, s->out, (size_t)B * b->H * b->W, b->cin - s->cout, s->cout));
                 h = b->cat;
             }
             res_forward(u, i, h, B);
@@ -463,9 +464,9 @@ void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) {
             attn_forward(u, b, h, B);
             break;
         case BLK_OUT:
-            groupnorm_forward(b->a1, b->m1, b->r1, h, P + b->p[OUT_NW], P + b->p[OUT_NB], B, b->H * b->W, b->cin, u->groups, 1);
-            conv2d_forward(b->out, b->a1, P + b->p[OUT_CW], P + b->p[OUT_CB], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1),
-                           u->conv_scr);
+            PROF(PROF_NORM, groupnorm_forward(b->a1, b->m1, b->r1, h, P + b->p[OUT_NW], P + b->p[OUT_NB], B, b->H * b->W, b->cin, u->groups, 1));
+            PROF(PROF_CONV, conv2d_forward(b->out, b->a1, P + b->p[OUT_CW], P + b->p[OUT_CB], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1),
+                           u->conv_scr));
             break;
         }
         h = b->out;
@@ -491,27 +492,27 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
     ConvShape s2 = conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1);
     /* out = conv2(a2) + shortcut(x) */
     if (b->shortcut)
-        conv2d_backward(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW],
-                        conv_shape(B, b->H, b->W, b->cin, b->cout, 1, 1), u->conv_scr);
+        PROF(PROF_CONV, conv2d_backward(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW],
+                        conv_shape(B, b->H, b->W, b->cin, b->cout, 1, 1), u->conv_scr));
     else
-        add_inplace(dx, b->dout, nout);
+        PROF(PROF_ELEM, add_inplace(dx, b->dout, nout));
     float *da2 = zeroed(u->scr[0], nout);
-    conv2d_backward(da2, Gp + b->p[RES_C2W], Gp + b->p[RES_C2B], b->dout, b->a2, P + b->p[RES_C2W], s2, u->conv_scr);
-    if (u->drop_on && u->dropout > 0) dropout_apply(u, i, da2, B, (size_t)HW * b->cout, 1);
+    PROF(PROF_CONV, conv2d_backward(da2, Gp + b->p[RES_C2W], Gp + b->p[RES_C2B], b->dout, b->a2, P + b->p[RES_C2W], s2, u->conv_scr));
+    if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_apply(u, i, da2, B, (size_t)HW * b->cout, 1));
     /* a2 = silu(gn2(h1)) */
     float *dh1 = zeroed(u->scr[1], nout);
-    groupnorm_backward(dh1, Gp + b->p[RES_N2W], Gp + b->p[RES_N2B], da2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], b->m2,
-                       b->r2, B, HW, b->cout, G, 1);
+    PROF(PROF_NORM, groupnorm_backward(dh1, Gp + b->p[RES_N2W], Gp + b->p[RES_N2B], da2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], b->m2,
+                       b->r2, B, HW, b->cout, G, 1));
     /* h1 = conv1(a1) + temb_proj(silu(temb)) */
     float *dtp = zeroed(u->scr[2], (size_t)B * b->cout);
-    add_bcast_backward(dtp, dh1, B, HW, b->cout);
-    linear_backward(u->d_temb_act, Gp + b->p[RES_TW], Gp + b->p[RES_TB], dtp, u->temb_act, P + b->p[RES_TW], B,
-                    u->temb_ch, b->cout);
+    PROF(PROF_ELEM, add_bcast_backward(dtp, dh1, B, HW, b->cout));
+    PROF(PROF_GEMM, linear_backward(u->d_temb_act, Gp + b->p[RES_TW], Gp + b->p[RES_TB], dtp, u->temb_act, P + b->p[RES_TW], B,
+                    u->temb_ch, b->cout));
     float *da1 = zeroed(u->scr[0], (size_t)B * HW * b->cin);
-    conv2d_backward(da1, Gp + b->p[RES_C1W], Gp + b->p[RES_C1B], dh1, b->a1, P + b->p[RES_C1W], s1, u->conv_scr);
+    PROF(PROF_CONV, conv2d_backward(da1, Gp + b->p[RES_C1W], Gp + b->p[RES_C1B], dh1, b->a1, P + b->p[RES_C1W], s1, u->conv_scr));
     /* a1 = silu(gn1(x)) */
-    groupnorm_backward(dx, Gp + b->p[RES_N1W], Gp + b->p[RES_N1B], da1, x, P + b->p[RES_N1W], P + b->p[RES_N1B], b->m1,
-                       b->r1, B, HW, b->cin, G, 1);
+    PROF(PROF_NORM, groupnorm_backward(dx, Gp + b->p[RES_N1W], Gp + b->p[RES_N1B], da1, x, P + b->p[RES_N1W], P + b->p[RES_N1B], b->m1,
+                       b->r1, B, HW, b->cin, G, 1));
 }
 
 static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
@@ -519,17 +520,17 @@ static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
     float *Gp = u->grads;
     int N = b->H * b->W, C = b->cin, BN = B * N;
     size_t n = (size_t)BN * C;
-    add_inplace(dx, b->dout, n); /* residual */
+    PROF(PROF_ELEM, add_inplace(dx, b->dout, n)); /* residual */
     float *dO = zeroed(u->scr[0], n);
-    linear_backward(dO, Gp + b->p[ATT_PW], Gp + b->p[ATT_PB], b->dout, b->o, P + b->p[ATT_PW], BN, C, C);
+    PROF(PROF_GEMM, linear_backward(dO, Gp + b->p[ATT_PW], Gp + b->p[ATT_PB], b->dout, b->o, P + b->p[ATT_PW], BN, C, C));
     float *dq = zeroed(u->scr[1], n), *dk = zeroed(u->scr[2], n), *dv = zeroed(u->scr[3], n);
-    attention_backward(dq, dk, dv, dO, b->q, b->k, b->v, b->att, B, N, C, u->att_scr);
+    PROF(PROF_ATTN, attention_backward(dq, dk, dv, dO, b->q, b->k, b->v, b->att, B, N, C, u->att_scr));
     float *dh = zeroed(u->scr[4], n);
-    linear_backward(dh, Gp + b->p[ATT_QW], Gp + b->p[ATT_QB], dq, b->a1, P + b->p[ATT_QW], BN, C, C);
-    linear_backward(dh, Gp + b->p[ATT_KW], Gp + b->p[ATT_KB], dk, b->a1, P + b->p[ATT_KW], BN, C, C);
-    linear_backward(dh, Gp + b->p[ATT_VW], Gp + b->p[ATT_VB], dv, b->a1, P + b->p[ATT_VW], BN, C, C);
-    groupnorm_backward(dx, Gp + b->p[ATT_NW], Gp + b->p[ATT_NB], dh, x, P + b->p[ATT_NW], P + b->p[ATT_NB], b->m1, b->r1, B, N,
-                       C, u->groups, 0);
+    PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_QW], Gp + b->p[ATT_QB], dq, b->a1, P + b->p[ATT_QW], BN, C, C));
+    PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_KW], Gp + b->p[ATT_KB], dk, b->a1, P + b->p[ATT_KW], BN, C, C));
+    PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_VW], Gp + b->p[ATT_VB], dv, b->a1, P + b->p[ATT_VW], BN, C, C));
+    PROF(PROF_NORM, groupnorm_backward(dx, Gp + b->p[ATT_NW], Gp + b->p[ATT_NB], dh, x, P + b->p[ATT_NW], P + b->p[ATT_NB], b->m1, b->r1, B, N,
+                       C, u->groups, 0));
 }
 
 void unet_backward(UNet *u, const float *dout, float *dx) {
@@ -553,18 +554,18 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
         float *dxb = i > 0 ? u->blk[i - 1].dout : NULL;
         switch (b->kind) {
         case BLK_CONV_IN:
-            conv2d_backward(dx, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x, P + b->p[CONV_W],
-                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr);
+            PROF(PROF_CONV, conv2d_backward(dx, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x, P + b->p[CONV_W],
+                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr));
             break;
         case BLK_DOWN:
-            conv2d_backward(dxb, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x, P + b->p[CONV_W],
-                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2), u->conv_scr);
+            PROF(PROF_CONV, conv2d_backward(dxb, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x, P + b->p[CONV_W],
+                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2), u->conv_scr));
             break;
         case BLK_UP: {
             float *du = zeroed(u->scr[0], (size_t)B * 4 * b->H * b->W * b->cin);
-            conv2d_backward(du, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, b->a1, P + b->p[CONV_W],
-                            conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1), u->conv_scr);
-            upsample_backward(dxb, du, B, b->H, b->W, b->cin);
+            PROF(PROF_CONV, conv2d_backward(du, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, b->a1, P + b->p[CONV_W],
+                            conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1), u->conv_scr));
+            PROF(PROF_ELEM, upsample_backward(dxb, du, B, b->H, b->W, b->cin));
             break;
         }
         case BLK_RES:
@@ -574,7 +575,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
                 size_t P_ = (size_t)B * b->H * b->W;
                 float *dcat = zeroed(u->scr[3], P_ * b->cin);
                 res_backward(u, i, b->cat, dcat, B);
-                concat_backward(dxb, s->dout, dcat, P_, b->cin - s->cout, s->cout);
+                PROF(PROF_ELEM, concat_backward(dxb, s->dout, dcat, P_, b->cin - s->cout, s->cout));
             } else {
                 res_backward(u, i, x, dxb, B);
             }
@@ -584,22 +585,22 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
             break;
         case BLK_OUT: {
             float *da = zeroed(u->scr[0], (size_t)B * b->H * b->W * b->cin);
-            conv2d_backward(da, Gp + b->p[OUT_CW], Gp + b->p[OUT_CB], b->dout, b->a1, P + b->p[OUT_CW],
-                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr);
-            groupnorm_backward(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB], b->m1, b->r1,
-                               B, b->H * b->W, b->cin, u->groups, 1);
+            PROF(PROF_CONV, conv2d_backward(da, Gp + b->p[OUT_CW], Gp + b->p[OUT_CB], b->dout, b->a1, P + b->p[OUT_CW],
+                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr));
+            PROF(PROF_NORM, groupnorm_backward(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB], b->m1, b->r1,
+                               B, b->H * b->W, b->cin, u->groups, 1));
             break;
         }
         }
     }
     /* timestep MLP: temb_act = silu(temb), temb = dense1(silu(dense0(sin))) */
     size_t nt = (size_t)B * T;
-    silu_backward(zeroed(u->d_temb, nt), u->d_temb_act, u->temb, nt);
-    linear_backward(zeroed(u->d_temb_hs, nt), Gp + u->temb_p[2], Gp + u->temb_p[3], u->d_temb, u->temb_hs, P + u->temb_p[2], B,
-                    T, T);
-    silu_backward(zeroed(u->d_temb_h, nt), u->d_temb_hs, u->temb_h, nt);
-    linear_backward(zeroed(u->d_temb_sin, (size_t)B * u->ch), Gp + u->temb_p[0], Gp + u->temb_p[1], u->d_temb_h, u->temb_sin,
-                    P + u->temb_p[0], B, u->ch, T);
+    PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb, nt), u->d_temb_act, u->temb, nt));
+    PROF(PROF_GEMM, linear_backward(zeroed(u->d_temb_hs, nt), Gp + u->temb_p[2], Gp + u->temb_p[3], u->d_temb, u->temb_hs, P + u->temb_p[2], B,
+                    T, T));
+    PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb_h, nt), u->d_temb_hs, u->temb_h, nt));
+    PROF(PROF_GEMM, linear_backward(zeroed(u->d_temb_sin, (size_t)B * u->ch), Gp + u->temb_p[0], Gp + u->temb_p[1], u->d_temb_h, u->temb_sin,
+                    P + u->temb_p[0], B, u->ch, T));
 }
 
 const float *unet_activation(const UNet *u, const char *name, int *H, int *W, int *C) {

@@ -18,6 +18,9 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
 
+/* OpenBLAS's kernel family in use (e.g. "SkylakeX", "Haswell"). */
+const char *blas_core_name(void);
+
 /* Total FLOPs issued through gemm() since start (2 per multiply-add); for bench. */
 double gemm_flops_total(void);
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "ddpm/cli.h"
+#include "ddpm/data.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
@@ -15,6 +16,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ddpm noise IMG [options]\n"
+            "       ddpm noise --config FILE [--index N] [options]\n"
             "\n"
             "Writes a PNG strip of K frames x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps at evenly\n"
             "spaced t from 0 to T-1 (left to right, the same eps for every frame).\n"
@@ -27,6 +29,9 @@ static void usage(FILE *f) {
             "                   or 256 when its longer side exceeds 512)\n"
             "  --seed N         noise seed (default 0)\n"
             "  -o, --out FILE   output PNG (default: <IMG name>_noise.png in the current folder)\n"
+            "  --config FILE    take the image from this config's dataset instead of a file\n"
+            "  --index N        which dataset image (default 0); the config's T and schedule apply\n"
+            "                   unless --steps or --schedule is given\n"
             "  --csv FILE       also write the schedule: t,beta,alpha_bar,snr\n"
             "  --plot FILE      also write a PNG plot of alpha_bar_t for all schedules\n"
             "  -h, --help       this help\n");
@@ -50,6 +55,25 @@ static int write_plot(const char *path, int T, int chosen) {
     return rc;
 }
 
+/* Image `index` of the config's dataset, with the dataset's channels. */
+static int dataset_image(Image *img, const char *cfg_path, int index) {
+    Config c;
+    Dataset ds;
+    int rc = cli_config(&c, cfg_path, NULL, 0);
+    if (rc || (rc = dataset_load(&ds, &c))) return rc;
+    if (index >= ds.n) {
+        rc = err_set(DDPM_EUSAGE, "--index %d: the dataset has %d images", index, ds.n);
+        dataset_free(&ds);
+        return rc;
+    }
+    size_t n = (size_t)ds.size * ds.size * ds.c;
+    img->w = img->h = ds.size, img->c = ds.c;
+    img->pix = xmalloc(n);
+    memcpy(img->pix, ds.pix + (size_t)index * n, n);
+    dataset_free(&ds);
+    return DDPM_OK;
+}
+
 static int write_csv(const char *path, const Schedule *s) {
     AtomicFile af;
     int rc = atomic_open(&af, path);
@@ -65,49 +89,64 @@ int cmd_noise(int argc, char **argv) {
         {"frames", required_argument, 0, 'K'}, {"size", required_argument, 0, 'N'},
         {"seed", required_argument, 0, 's'},  {"out", required_argument, 0, 'o'},
         {"csv", required_argument, 0, 'c'},   {"plot", required_argument, 0, 'p'},
+        {"config", required_argument, 0, 'C'}, {"index", required_argument, 0, 'I'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
-    int T = 1000, K = 10, size = 0, seed = 0, rc, o;
+    int T = 1000, K = 10, size = 0, seed = 0, index = 0, rc, o;
+    const char *cfg_path = NULL;
+    int steps_set = 0, sched_set = 0;
+    char sched_buf[16];
     const char *sched = "linear", *out = NULL, *csv = NULL, *plot = NULL;
     optind = 1;
     opterr = 0;
     while ((o = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
         switch (o) {
-        case 'T': if ((rc = cli_int("noise", "--steps", optarg, 2, 100000, &T))) return rc; break;
+        case 'T': if ((rc = cli_int("noise", "--steps", optarg, 2, 100000, &T))) return rc; steps_set = 1; break;
         case 'K': if ((rc = cli_int("noise", "--frames", optarg, 1, 1000, &K))) return rc; break;
         case 'N': if ((rc = cli_int("noise", "--size", optarg, 1, 4096, &size))) return rc; break;
         case 's': if ((rc = cli_int("noise", "--seed", optarg, 0, 2147483647, &seed))) return rc; break;
-        case 'S': sched = optarg; break;
+        case 'S': sched = optarg, sched_set = 1; break;
         case 'o': out = optarg; break;
         case 'c': csv = optarg; break;
         case 'p': plot = optarg; break;
+        case 'C': cfg_path = optarg; break;
+        case 'I': if ((rc = cli_int("noise", "--index", optarg, 0, 2147483647, &index))) return rc; break;
         case 'h': usage(stdout); return 0;
         case ':': return cli_usage_error("noise", "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("noise", "unknown option '%s'", argv[optind - 1]);
         }
     }
-    if (optind != argc - 1)
-        return cli_usage_error("noise", optind >= argc ? "missing the image to noise" : "expected one image, got %d",
-                               argc - optind);
-    const char *in = argv[optind];
+    if (optind != argc - (cfg_path ? 0 : 1))
+        return cli_usage_error("noise", optind >= argc ? "missing the image to noise (or --config FILE)"
+                                                       : "expected one image, got %d", argc - optind);
+    const char *in = cfg_path ? "dataset" : argv[optind];
+    if (cfg_path && !steps_set && !sched_set) { /* the config's own forward process */
+        Config c;
+        if ((rc = cli_config(&c, cfg_path, NULL, 0))) return cli_fail(rc);
+        T = c.diffusion.T;
+        snprintf(sched_buf, sizeof sched_buf, "%s", c.diffusion.schedule);
+        sched = sched_buf;
+    }
     int kind = schedule_kind(sched);
     if (kind < 0) return cli_usage_error("noise", "--schedule '%s': use linear, cosine or sigmoid", sched);
 
     Schedule s;
     if ((rc = schedule_init(&s, (ScheduleKind)kind, T, 1e-4, 0.02, 0.008))) return cli_fail(rc);
     Image img;
-    if ((rc = image_load(&img, in, 3))) {
+    rc = cfg_path ? dataset_image(&img, cfg_path, index) : image_load(&img, in, 3);
+    if (rc) {
         schedule_free(&s);
         return cli_fail(rc);
     }
     int w = img.w, h = img.h;
+    int C = img.c;
     uint8_t *src = img.pix;
     if (!size && (w > 512 || h > 512)) size = 256;
     if (size) {
-        src = xmalloc((size_t)size * size * 3);
-        image_crop_resize(src, img.pix, img.w, img.h, 3, size);
+        src = xmalloc((size_t)size * size * C);
+        image_crop_resize(src, img.pix, img.w, img.h, C, size);
         w = h = size;
     }
-    size_t D = (size_t)w * h * 3;
+    size_t D = (size_t)w * h * C;
     float *x0 = xmalloc(D * sizeof(float)), *eps = xmalloc(D * sizeof(float)), *xt = xmalloc(D * sizeof(float));
     for (size_t i = 0; i < D; i++) x0[i] = image_to_float(src[i]);
     rng_normal(eps, D, (uint64_t)seed, RNG_STREAM(RNG_NOISECMD, 0), 0);
@@ -118,7 +157,7 @@ int cmd_noise(int argc, char **argv) {
         int t = K > 1 ? (int)((long)k * (T - 1) / (K - 1)) : 0;
         q_sample(xt, x0, eps, &t, &s, 1, D);
         for (int y = 0; y < h; y++)
-            for (int x = 0; x < w * 3; x++) strip[((size_t)y * w * K + (size_t)k * w) * 3 + x] = image_to_u8(xt[(size_t)y * w * 3 + x]);
+            for (int x = 0; x < w * C; x++) strip[((size_t)y * w * K + (size_t)k * w) * C + x] = image_to_u8(xt[(size_t)y * w * C + x]);
         if (k == K - 1) {
             t_last = t;
             for (size_t i = 0; i < D; i++) mean += xt[i];
@@ -135,7 +174,7 @@ int cmd_noise(int argc, char **argv) {
         free(copy);
         out = defpath;
     }
-    rc = image_write_png(out, strip, w * K, h, 3);
+    rc = image_write_png(out, strip, w * K, h, C);
     if (!rc && csv) rc = write_csv(csv, &s);
     if (!rc && plot) rc = write_plot(plot, T, kind);
     if (!rc) {

@@ -1,0 +1,168 @@
+/* ddpm bench: median time of a training step (forward + backward + optimizer) and of a
+ * no-grad forward on random data, next to this machine's sgemm ceiling. */
+#include <cblas.h>
+#include <getopt.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "ddpm/cli.h"
+#include "ddpm/diffusion.h"
+#include "ddpm/err.h"
+#include "ddpm/optim.h"
+#include "ddpm/prof.h"
+#include "ddpm/rng.h"
+#include "ddpm/tensor.h"
+#include "ddpm/unet.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: ddpm bench [--config FILE] [options]\n"
+            "\n"
+            "Times a training step (forward + backward + Adam/EMA) and a no-grad forward on random\n"
+            "data at train.batch_size, after warm-up, and reports medians, GFLOP/s (nominal: 2 per\n"
+            "multiply-add, backward counted as 2x forward), this machine's sgemm ceiling and peak RSS.\n"
+            "\n"
+            "options:\n"
+            "  -c, --config FILE   model and batch (default configs/bench.json)\n"
+            "  --set KEY=VALUE     override a config key (repeatable)\n"
+            "  --steps N           timed repetitions of each (default 10)\n"
+            "  --threads N         threads (default: all cores)\n"
+            "  --profile           time per kind of work (conv, gemm, norm, attention, elementwise, optimizer)\n"
+            "  --json              one JSON object on stdout instead of the table\n"
+            "  -h, --help          this help\n");
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Median GFLOP/s of a large square sgemm with every thread: the ceiling of a GEMM-built net. */
+static double sgemm_ceiling(int threads) {
+    int n = 2048;
+    float *a = xmalloc(sizeof(float) * n * n), *b = xmalloc(sizeof(float) * n * n), *c = xmalloc(sizeof(float) * n * n);
+    rng_uniform(a, (size_t)n * n, 1, 1, 0);
+    rng_uniform(b, (size_t)n * n, 1, 2, 0);
+    openblas_set_num_threads(threads);
+    double t[5];
+    for (int r = 0; r < 6; r++) {
+        double t0 = now_s();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        if (r) t[r - 1] = now_s() - t0;
+    }
+    threads_set(threads); /* back to the project's threading */
+    free(a), free(b), free(c);
+    return 2.0 * n * n * n / median(t, 5) / 1e9;
+}
+
+int cmd_bench(int argc, char **argv) {
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
+                                         {"steps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 'j'},
+                                         {"profile", no_argument, 0, 'p'},      {"json", no_argument, 0, 'J'},
+                                         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    const char *cfg_path = "configs/bench.json";
+    char *sets[64];
+    int n_sets = 0, steps = 10, threads = 0, profile = 0, json = 0, rc, o;
+    optind = 1;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': cfg_path = optarg; break;
+        case 'S':
+            if (n_sets == 64) return cli_usage_error("bench", "too many --set options (at most 64)");
+            sets[n_sets++] = optarg;
+            break;
+        case 'n': if ((rc = cli_int("bench", "--steps", optarg, 1, 100000, &steps))) return rc; break;
+        case 'j': if ((rc = cli_int("bench", "--threads", optarg, 1, 1024, &threads))) return rc; break;
+        case 'p': profile = 1; break;
+        case 'J': json = 1; break;
+        case 'h': usage(stdout); return 0;
+        case ':': return cli_usage_error("bench", "option '%s' needs a value", argv[optind - 1]);
+        default: return cli_usage_error("bench", "unknown option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return cli_usage_error("bench", "unexpected argument '%s'", argv[optind]);
+    Config c;
+    if ((rc = cli_config(&c, cfg_path, sets, n_sets))) return cli_fail(rc);
+    threads = threads_set(threads);
+    int B = c.train.batch_size;
+    UNet u;
+    if ((rc = unet_init(&u, &c, B, 1))) return cli_fail(rc);
+    unet_init_params(&u, 0);
+    Optim opt;
+    optim_init(&opt, u.n_floats);
+    memcpy(opt.ema, u.params, sizeof(float) * u.n_floats);
+    size_t D = (size_t)u.res * u.res * u.C_img;
+    float *x = xmalloc(sizeof(float) * B * D), *y = xmalloc(sizeof(float) * B * D), *d = xmalloc(sizeof(float) * B * D);
+    int *t = xmalloc(sizeof(int) * B);
+    rng_normal(x, B * D, 1, 1, 0);
+    rng_normal(d, B * D, 1, 2, 0);
+    for (int i = 0; i < B; i++) t[i] = (int)(rng_u32(1, 3, i) % (uint32_t)c.diffusion.T);
+    u.drop_on = c.model.dropout > 0, u.drop_seed = 1;
+    double *ts = xmalloc(sizeof(double) * steps), *tf = xmalloc(sizeof(double) * steps);
+    for (int r = -2; r < steps; r++) { /* 2 warm-up steps */
+        if (r == 0 && profile) g_prof_on = 1;
+        double t0 = now_s();
+        u.drop_step = (uint64_t)(r + 2);
+        unet_forward(&u, y, x, t, B);
+        unet_zero_grad(&u);
+        unet_backward(&u, d, NULL);
+        double gn = optim_grad_norm(u.grads, u.n_floats);
+        PROF(PROF_OPTIM, optim_step(&opt, u.params, u.grads, &c, r + 2, 1e-6, gn > 1 ? 1 / gn : 1, 0.999));
+        if (r >= 0) ts[r] = now_s() - t0;
+    }
+    g_prof_on = 0;
+    u.drop_on = 0;
+    for (int r = -1; r < steps; r++) {
+        double t0 = now_s();
+        unet_forward(&u, y, x, t, B);
+        if (r >= 0) tf[r] = now_s() - t0;
+    }
+    double step_s = median(ts, steps), fwd_s = median(tf, steps);
+    double ceiling = sgemm_ceiling(threads);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_mb = ru.ru_maxrss / 1024.0;
+    double gf_step = 3.0 * u.flops * B / 1e9, gf_fwd = u.flops * B / 1e9;
+    size_t nparams = 0;
+    for (int i = 0; i < u.nP; i++) nparams += u.P[i].n;
+    if (json) {
+        printf("{\"config\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\", \"batch\": %d, \"params\": %zu, "
+               "\"gflop_per_step\": %.3f, \"gflop_per_forward\": %.3f, \"train_step_s\": %.5f, \"forward_s\": %.5f, "
+               "\"train_gflops\": %.2f, \"forward_gflops\": %.2f, \"sgemm_gflops\": %.2f, \"ceiling_fraction\": %.4f, "
+               "\"peak_rss_mb\": %.1f",
+               cfg_path, threads, blas_core_name(), B, nparams, gf_step, gf_fwd, step_s, fwd_s, gf_step / step_s, gf_fwd / fwd_s,
+               ceiling, gf_step / step_s / ceiling, rss_mb);
+        if (profile) {
+            printf(", \"profile_s\": {");
+            for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], g_prof_s[k] / steps);
+            printf("}");
+        }
+        printf("}\n");
+    } else {
+        printf("bench %s: %zu parameters, batch %d, %d threads, OpenBLAS core %s\n", cfg_path, nparams, B, threads, blas_core_name());
+        printf("  training step   %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP per step, median of %d)\n", step_s, gf_step / step_s, gf_step,
+               steps);
+        printf("  no-grad forward %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP)\n", fwd_s, gf_fwd / fwd_s, gf_fwd);
+        printf("  sgemm ceiling              %7.1f GFLOP/s  (2048^3, %d threads); training step reaches %.0f%%\n", ceiling, threads,
+               100 * gf_step / step_s / ceiling);
+        printf("  peak RSS        %8.0f MB\n", rss_mb);
+        if (profile) {
+            double tot = 0;
+            for (int k = 0; k < PROF_N; k++) tot += g_prof_s[k];
+            printf("  time per training step by kind of work:\n");
+            for (int k = 0; k < PROF_N; k++)
+                printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * g_prof_s[k] / steps, 100 * g_prof_s[k] / tot);
+            printf("    %-20s %8.1f ms\n", "(other)", 1000 * (step_s - tot / steps));
+        }
+    }
+    free(x), free(y), free(d), free(t), free(ts), free(tf);
+    optim_free(&opt);
+    unet_free(&u);
+    return 0;
+}
