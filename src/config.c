@@ -413,7 +413,11 @@ void config_print_keys(FILE *f) {
     for (int i = 0; i < N_KEYS; i++) {
         const Key *k = &KEYS[i];
         char range[96] = "";
-        if (k->type == K_STR && k->choices) snprintf(range, sizeof range, " (%s)", k->choices);
+        if (k->type == K_STR && k->choices) {
+            snprintf(range, sizeof range, " (%s)", k->choices);
+            for (char *q = range; *q; q++)
+                if (*q == '|') *q = '/'; /* a bar would split the markdown cell */
+        }
         else if (k->type == K_INT || k->type == K_FLOAT || k->type == K_INTS)
             snprintf(range, sizeof range, " [%g, %g]", k->lo, k->hi);
         static const char *tn[] = {"int", "float", "bool", "string", "int list"};
