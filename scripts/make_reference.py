@@ -8,7 +8,8 @@ Regenerate (from the repository root; deterministic, same bytes every run):
 Needs only the standard library and torch (Debian's python3-torch is enough; no
 `safetensors` module: the file is written by hand below).
 
-What it does. It builds, as plain nn.Module code independent of the C sources, the
+What it does. It builds, as plain nn.Module code independent of the C sources (the
+module scripts/ddpm_torch.py, shared with the benchmark), the
 Ho et al. (2020) DDPM U-Net exactly as src/unet.c assembles it, for a small config:
 8x8 RGB images, ch 16, ch_mult [1, 2], num_res_blocks 1 (so 1x1 nin_shortcuts where the
 width changes), self-attention at resolution 4 (level 1), GroupNorm with 4 groups,
@@ -41,8 +42,9 @@ import struct
 import sys
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ddpm_torch  # noqa: E402
 
 SEED = 20240611
 B, RES, C_IMG = 3, 8, 3
@@ -60,188 +62,11 @@ CONFIG = {
     "sample": {"sampler": "ddpm"},
 }
 
-# ---- the model ------------------------------------------------------------------------
+# ---- the model: scripts/ddpm_torch.py (shared with scripts/bench_pytorch.py) -------------
 
 
-def timestep_embedding(t, dim):
-    """[sin(t f_i), cos(t f_i)], f_i = exp(-ln(10000) i / (half-1)), float64."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / (half - 1))
-    a = t.to(torch.float64)[:, None] * freqs[None, :]
-    return torch.cat([torch.sin(a), torch.cos(a)], dim=1)
-
-
-def gn(c):
-    return nn.GroupNorm(GROUPS, c, eps=1e-6)
-
-
-class TimeMLP(nn.Module):
-    def __init__(self, ch, temb_ch):
-        super().__init__()
-        self.dense0 = nn.Linear(ch, temb_ch)
-        self.dense1 = nn.Linear(temb_ch, temb_ch)
-
-    def forward(self, s):
-        return self.dense1(F.silu(self.dense0(s)))
-
-
-class ResBlock(nn.Module):
-    def __init__(self, cin, cout, temb_ch):
-        super().__init__()
-        self.norm1 = gn(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.temb_proj = nn.Linear(temb_ch, cout)
-        self.norm2 = gn(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        if cin != cout:
-            self.nin_shortcut = nn.Conv2d(cin, cout, 1)
-        else:
-            self.nin_shortcut = None
-
-    def forward(self, x, temb_act):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb_proj(temb_act)[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))  # dropout 0
-        sc = self.nin_shortcut(x) if self.nin_shortcut is not None else x
-        return sc + h
-
-
-class AttnBlock(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.norm = gn(c)
-        self.q = nn.Linear(c, c)
-        self.k = nn.Linear(c, c)
-        self.v = nn.Linear(c, c)
-        self.proj_out = nn.Linear(c, c)
-
-    def forward(self, x):
-        Bn, C, H, W = x.shape
-        h = self.norm(x).permute(0, 2, 3, 1).reshape(Bn, H * W, C)
-        q, k, v = self.q(h), self.k(h), self.v(h)
-        w = torch.softmax(torch.bmm(q, k.transpose(1, 2)) / math.sqrt(C), dim=-1)
-        o = self.proj_out(torch.bmm(w, v))
-        return x + o.reshape(Bn, H, W, C).permute(0, 3, 1, 2)
-
-
-class Downsample(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, stride=2, padding=0)
-
-    def forward(self, x):
-        # TF "SAME" for stride 2 on even sizes: one zero row at the bottom, one column right.
-        H, W = x.shape[2], x.shape[3]
-        ph = max((-(-H // 2) - 1) * 2 + 3 - H, 0)
-        pw = max((-(-W // 2) - 1) * 2 + 3 - W, 0)
-        return self.conv(F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
-class Level(nn.Module):
-    pass
-
-
-class UNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        T = 4 * CH
-        self.temb = TimeMLP(CH, T)
-        self.conv_in = nn.Conv2d(C_IMG, CH, 3, padding=1)
-        n = len(CH_MULT)
-        skip_ch = [CH]
-        c, res = CH, RES
-        self.down = nn.ModuleList()
-        for L in range(n):
-            lv = Level()
-            lv.res, lv.attn = nn.ModuleList(), nn.ModuleList()
-            co = CH * CH_MULT[L]
-            for _ in range(NRB):
-                lv.res.append(ResBlock(c, co, T))
-                c = co
-                if res in ATTN_RES:
-                    lv.attn.append(AttnBlock(c))
-                skip_ch.append(c)
-            if L != n - 1:
-                lv.downsample = Downsample(c)
-                res //= 2
-                skip_ch.append(c)
-            self.down.append(lv)
-        self.mid = Level()
-        self.mid.res = nn.ModuleList([ResBlock(c, c, T), ResBlock(c, c, T)])
-        self.mid.attn = nn.ModuleList([AttnBlock(c)])
-        ups = [None] * n
-        for L in reversed(range(n)):
-            lv = Level()
-            lv.res, lv.attn = nn.ModuleList(), nn.ModuleList()
-            co = CH * CH_MULT[L]
-            for _ in range(NRB + 1):
-                lv.res.append(ResBlock(c + skip_ch.pop(), co, T))
-                c = co
-                if res in ATTN_RES:
-                    lv.attn.append(AttnBlock(c))
-            if L != 0:
-                lv.upsample = Upsample(c)
-                res *= 2
-            ups[L] = lv
-        assert not skip_ch
-        self.up = nn.ModuleList(ups)
-        self.norm_out = gn(c)
-        self.conv_out = nn.Conv2d(c, C_IMG, 3, padding=1)
-
-    def forward(self, x, t, acts):
-        """x (B,C,H,W) NCHW; acts collects every block output by ddpm block name."""
-        s = timestep_embedding(t, CH)
-        acts["temb"] = s
-        temb = self.temb(s)
-        acts["temb.out"] = temb
-        ta = F.silu(temb)
-        h = self.conv_in(x)
-        acts["conv_in"] = h
-        hs = [h]
-        n = len(CH_MULT)
-        for L in range(n):
-            lv = self.down[L]
-            for i in range(NRB):
-                h = lv.res[i](h, ta)
-                acts["down.%d.res.%d" % (L, i)] = h
-                if len(lv.attn):
-                    h = lv.attn[i](h)
-                    acts["down.%d.attn.%d" % (L, i)] = h
-                hs.append(h)
-            if L != n - 1:
-                h = lv.downsample(h)
-                acts["down.%d.downsample" % L] = h
-                hs.append(h)
-        h = self.mid.res[0](h, ta)
-        acts["mid.res.0"] = h
-        h = self.mid.attn[0](h)
-        acts["mid.attn.0"] = h
-        h = self.mid.res[1](h, ta)
-        acts["mid.res.1"] = h
-        for L in reversed(range(n)):
-            lv = self.up[L]
-            for i in range(NRB + 1):
-                h = lv.res[i](torch.cat([h, hs.pop()], dim=1), ta)
-                acts["up.%d.res.%d" % (L, i)] = h
-                if len(lv.attn):
-                    h = lv.attn[i](h)
-                    acts["up.%d.attn.%d" % (L, i)] = h
-            if L != 0:
-                h = lv.upsample(h)
-                acts["up.%d.upsample" % L] = h
-        assert not hs
-        h = self.conv_out(F.silu(self.norm_out(h)))
-        acts["out"] = h
-        return h
+def UNet():
+    return ddpm_torch.UNet(CH, CH_MULT, NRB, ATTN_RES, GROUPS, RES, C_IMG, dropout=0.0)
 
 
 # ---- helpers ------------------------------------------------------------------------------

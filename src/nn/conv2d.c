@@ -13,8 +13,11 @@
 #include "ddpm/nn.h"
 #include "ddpm/tensor.h"
 
-/* im2col tile budget in floats (16 MB) and bounds on rows per tile. */
-#define CONV_TILE_FLOATS ((size_t)1 << 22)
+/* im2col tile budget in floats (4 MB) and bounds on rows per tile (measured on 2 cores:
+ * 1, 4 and 16 MB budgets run within noise of each other and of one big GEMM). */
+#ifndef CONV_TILE_FLOATS
+#define CONV_TILE_FLOATS ((size_t)1 << 20)
+#endif
 #define CONV_TILE_MIN_ROWS 256
 #define CONV_TILE_MAX_ROWS 4096
 

@@ -195,17 +195,71 @@ void timestep_embedding(float *out, const int *t, int B, int dim) {
 
 /* ---- dropout ------------------------------------------------------------------------- */
 
-/* Philox block `blk` of (seed, stream): must produce exactly what rng_u32(seed, stream,
- * 4*blk + j) returns as word j (counter = (blk, stream), key = seed, as in rng.c). The
- * test compares the mask against rng_uniform() element by element. */
-static inline void dropout_block(uint64_t seed, uint64_t stream, uint64_t blk, uint32_t r[4]) {
-    uint32_t ctr[4] = {(uint32_t)blk, (uint32_t)(blk >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)};
-    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-    philox4x32_10(ctr, key, r);
+/* The mask must be exactly rng_uniform(seed, stream, i) >= p, i.e. word i&3 of Philox4x32-10
+ * block i>>2 with counter (blk, stream) and key seed, as rng.c defines it. rng_u32() costs
+ * a whole block per element and cannot vectorize, so the 10 rounds are written out here
+ * over DROP_NB blocks at a time as plain array loops that gcc vectorizes. The test
+ * compares every mask element with rng_uniform(). A dropped element is x * 0 (so a NaN or
+ * inf input stays visible as NaN, as in PyTorch). */
+#define DROP_NB 16 /* blocks per batch = 64 elements */
+static void philox_blocks(uint64_t seed, uint64_t stream, uint64_t blk0, uint32_t r[4][DROP_NB]) {
+    uint32_t c0[DROP_NB], c1[DROP_NB], c2[DROP_NB], c3[DROP_NB];
+    for (int j = 0; j < DROP_NB; j++) {
+        uint64_t b = blk0 + (uint64_t)j;
+        c0[j] = (uint32_t)b;
+        c1[j] = (uint32_t)(b >> 32);
+        c2[j] = (uint32_t)stream;
+        c3[j] = (uint32_t)(stream >> 32);
+    }
+    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+    for (int round = 0; round < 10; round++) {
+#pragma omp simd
+        for (int j = 0; j < DROP_NB; j++) {
+            uint64_t p0 = (uint64_t)0xD2511F53u * c0[j];
+            uint64_t p1 = (uint64_t)0xCD9E8D57u * c2[j];
+            uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1[j] ^ k0;
+            uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3[j] ^ k1;
+            c1[j] = (uint32_t)p1;
+            c3[j] = (uint32_t)p0;
+            c0[j] = n0;
+            c2[j] = n2;
+        }
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    for (int j = 0; j < DROP_NB; j++) {
+        r[0][j] = c0[j];
+        r[1][j] = c1[j];
+        r[2][j] = c2[j];
+        r[3][j] = c3[j];
+    }
 }
 
 /* keep iff uniform >= p, with uniform computed as in rng_uniform(): (r >> 8) / 2^24 */
 static inline int dropout_keep(uint32_t r, float p) { return (float)(r >> 8) * (1.0f / 16777216.0f) >= p; }
+
+/* mode 0: out = keep ? x * scale : 0;  mode 1: out += keep ? x * scale : 0 */
+static void dropout_apply(float *out, const float *x, size_t n, float p, uint64_t seed, uint64_t stream,
+                          int accumulate) {
+    const float scale = 1.0f / (1.0f - p);
+    const size_t nbatch = (n + 4 * DROP_NB - 1) / (4 * DROP_NB);
+#pragma omp parallel for schedule(static) if (n > PAR_MIN / 4)
+    for (size_t k = 0; k < nbatch; k++) {
+        uint32_t r[4][DROP_NB];
+        philox_blocks(seed, stream, k * DROP_NB, r);
+        size_t i0 = k * 4 * DROP_NB;
+        size_t m = n - i0 < 4 * DROP_NB ? n - i0 : 4 * DROP_NB;
+        float f[4 * DROP_NB]; /* element 4j+w is word w of block j */
+        for (int j = 0; j < DROP_NB; j++)
+            for (int w = 0; w < 4; w++) f[4 * j + w] = dropout_keep(r[w][j], p) ? scale : 0.0f;
+        float *o = out + i0;
+        const float *xi = x + i0;
+        if (accumulate)
+            for (size_t e = 0; e < m; e++) o[e] += xi[e] * f[e];
+        else
+            for (size_t e = 0; e < m; e++) o[e] = xi[e] * f[e];
+    }
+}
 
 void dropout_forward(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t stream) {
     CHECK(p >= 0.0f && p < 1.0f, "dropout: p = %g outside [0,1)", (double)p);
@@ -213,16 +267,7 @@ void dropout_forward(float *out, const float *inp, size_t n, float p, uint64_t s
         if (out != inp) memcpy(out, inp, n * sizeof(float));
         return;
     }
-    const float scale = 1.0f / (1.0f - p);
-    const size_t nblk = (n + 3) / 4;
-#pragma omp parallel for schedule(static) if (n > PAR_MIN / 4)
-    for (size_t k = 0; k < nblk; k++) {
-        uint32_t r[4];
-        dropout_block(seed, stream, k, r);
-        size_t i0 = 4 * k;
-        int m = n - i0 < 4 ? (int)(n - i0) : 4;
-        for (int j = 0; j < m; j++) out[i0 + j] = dropout_keep(r[j], p) ? inp[i0 + j] * scale : 0.0f;
-    }
+    dropout_apply(out, inp, n, p, seed, stream, 0);
 }
 
 /* dinp += mask * dout / (1-p). dinp must not alias dout (backward adds). */
@@ -233,15 +278,5 @@ void dropout_backward(float *dinp, const float *dout, size_t n, float p, uint64_
         add_inplace(dinp, dout, n);
         return;
     }
-    const float scale = 1.0f / (1.0f - p);
-    const size_t nblk = (n + 3) / 4;
-#pragma omp parallel for schedule(static) if (n > PAR_MIN / 4)
-    for (size_t k = 0; k < nblk; k++) {
-        uint32_t r[4];
-        dropout_block(seed, stream, k, r);
-        size_t i0 = 4 * k;
-        int m = n - i0 < 4 ? (int)(n - i0) : 4;
-        for (int j = 0; j < m; j++)
-            if (dropout_keep(r[j], p)) dinp[i0 + j] += dout[i0 + j] * scale;
-    }
+    dropout_apply(dinp, dout, n, p, seed, stream, 1);
 }
