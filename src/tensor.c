@@ -12,24 +12,30 @@
 
 static double g_gemm_flops;
 
-/* OpenBLAS 0.3.21 (Debian 12) does not know some newer CPUs and then runs its generic
- * "Prescott" SSE3 kernels, 4-5x slower than the CPU allows. When the user has not chosen
- * a kernel (OPENBLAS_CORETYPE unset) and the CPU has AVX-512 or AVX2+FMA, restart the
- * program once with the matching kernel. OpenBLAS reads the variable when it loads, so a
- * restart is the only way; this constructor runs after OpenBLAS's own and before main.
- * DDPM_BLAS_CHECKED marks the restarted process (and lets a user turn this off). */
+/* Two settings are read only when the program loads, so they are fixed up by restarting
+ * the program once (this constructor runs after the libraries' and before main):
+ *  - OpenBLAS 0.3.21 (Debian 12) does not know some newer CPUs and then runs its generic
+ *    "Prescott" SSE3 kernels, 4-5x slower than the CPU allows: with OPENBLAS_CORETYPE unset
+ *    and AVX-512 or AVX2+FMA present, pick SkylakeX or Haswell.
+ *  - OpenMP's idle threads busy-wait by default and starve OpenBLAS's own threads (on 2
+ *    cores a 3x3 conv ran 4x slower): with OMP_WAIT_POLICY unset, make them sleep.
+ * A variable the user has set is never changed. DDPM_BLAS_CHECKED marks the restarted
+ * process (setting it turns all this off). */
 __attribute__((constructor)) static void blas_pick_core(int argc, char **argv, char **envp) {
-    if (getenv("OPENBLAS_CORETYPE") || getenv("DDPM_BLAS_CHECKED") || !argv) return;
+    if (getenv("DDPM_BLAS_CHECKED") || !argv) return;
+    int restart = 0;
     const char *name = openblas_get_corename();
-    if (!name || strcmp(name, "Prescott")) return;
-    __builtin_cpu_init();
-    const char *core = __builtin_cpu_supports("avx512f") ? "SkylakeX"
-                     : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell" : NULL;
-    if (!core) return;
-    setenv("OPENBLAS_CORETYPE", core, 1);
+    if (!getenv("OPENBLAS_CORETYPE") && name && !strcmp(name, "Prescott")) {
+        __builtin_cpu_init();
+        const char *core = __builtin_cpu_supports("avx512f") ? "SkylakeX"
+                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell" : NULL;
+        if (core) setenv("OPENBLAS_CORETYPE", core, 1), restart = 1;
+    }
+    if (!getenv("OMP_WAIT_POLICY")) setenv("OMP_WAIT_POLICY", "passive", 1), restart = 1;
+    if (!restart) return;
     setenv("DDPM_BLAS_CHECKED", "1", 1);
     execv("/proc/self/exe", argv);
-    /* exec failed: carry on with the generic kernels */
+    /* exec failed: carry on as we are */
 }
 
 const char *blas_core_name(void) { return openblas_get_corename(); }
