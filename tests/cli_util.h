@@ -9,12 +9,12 @@
 
 static char g_out[1 << 16], g_err[1 << 16];
 
-static const char *bin(void) {
+static inline const char *bin(void) {
     const char *b = getenv("DDPM_BIN");
     return b ? b : "./ddpm";
 }
 
-static void slurp(const char *path, char *buf, size_t n) {
+static inline void slurp(const char *path, char *buf, size_t n) {
     FILE *f = fopen(path, "rb");
     size_t k = f ? fread(buf, 1, n - 1, f) : 0;
     buf[k] = 0;
@@ -22,7 +22,7 @@ static void slurp(const char *path, char *buf, size_t n) {
 }
 
 /* Run "ddpm <args>" through the shell; returns the exit code; stdout/stderr in g_out/g_err. */
-static int run(const char *fmt, ...) {
+static inline int run(const char *fmt, ...) {
     char args[4096], cmd[8192], o[512], e[512];
     va_list ap;
     va_start(ap, fmt);
@@ -38,13 +38,13 @@ static int run(const char *fmt, ...) {
 }
 
 /* Lines in s. */
-static int n_lines(const char *s) {
+static inline int n_lines(const char *s) {
     int n = 0;
     for (; *s; s++) n += *s == '\n';
     return n;
 }
 
-static void write_text(const char *path, const char *text) {
+static inline void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     fputs(text, f);
     fclose(f);

@@ -5,10 +5,15 @@
 #include <string.h>
 
 #include "ddpm/cli.h"
+#include "ddpm/dist.h"
 #include "ddpm/err.h"
 
 int cli_fail(int rc) {
-    if (rc) fprintf(stderr, "ddpm: %s\n", err_msg());
+    /* Under MPI a usage error is the same on every rank: rank 0 says it. A runtime error
+     * may be one rank's own (its disk, its file), so that rank says it, with its number. */
+    if (!rc) return rc;
+    if (dist_size() == 1) fprintf(stderr, "ddpm: %s\n", err_msg());
+    else if (rc != DDPM_EUSAGE || dist_rank() == 0) fprintf(stderr, "ddpm (rank %d): %s\n", dist_rank(), err_msg());
     return rc;
 }
 
