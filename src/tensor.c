@@ -10,7 +10,6 @@
 
 #include "ddpm/err.h"
 
-static double g_gemm_flops;
 
 /* Two settings are read only when the program loads, so they are fixed up by restarting
  * the program once (this constructor runs after the libraries' and before main):
@@ -19,6 +18,9 @@ static double g_gemm_flops;
  *    and AVX-512 or AVX2+FMA present, pick SkylakeX or Haswell.
  *  - OpenMP's idle threads busy-wait by default and starve OpenBLAS's own threads (on 2
  *    cores a 3x3 conv ran 4x slower): with OMP_WAIT_POLICY unset, make them sleep.
+ *  - OpenBLAS's worker threads in turn spin for ~0.1 s after each threaded GEMM and take
+ *    the cores from the OpenMP loops that follow: with OPENBLAS_THREAD_TIMEOUT unset, use
+ *    its shortest spin (4, i.e. 2^4 cycles).
  * A variable the user has set is never changed. DDPM_BLAS_CHECKED marks the restarted
  * process (setting it turns all this off). */
 __attribute__((constructor)) static void blas_pick_core(int argc, char **argv, char **envp) {
@@ -32,6 +34,7 @@ __attribute__((constructor)) static void blas_pick_core(int argc, char **argv, c
         if (core) setenv("OPENBLAS_CORETYPE", core, 1), restart = 1;
     }
     if (!getenv("OMP_WAIT_POLICY")) setenv("OMP_WAIT_POLICY", "passive", 1), restart = 1;
+    if (!getenv("OPENBLAS_THREAD_TIMEOUT")) setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1), restart = 1;
     if (!restart) return;
     setenv("DDPM_BLAS_CHECKED", "1", 1);
     execv("/proc/self/exe", argv);
@@ -43,7 +46,6 @@ const char *blas_core_name(void) { return openblas_get_corename(); }
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    g_gemm_flops += 2.0 * M * N * K;
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                 M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
@@ -63,7 +65,6 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
         }
 }
 
-double gemm_flops_total(void) { return g_gemm_flops; }
 
 static int g_threads = 1;
 

@@ -34,6 +34,7 @@ struct Block {
     float *m1, *r1, *m2, *r2;
     float *q, *k, *v, *att, *o;  /* attention (a1 holds the normalized input) */
     float *dout;           /* gradient of out (training) */
+    int dfresh;            /* backward: dout not written yet in this pass (see dout_for_add) */
 };
 
 /* ---- parameter table ---------------------------------------------------------------- */
@@ -381,11 +382,14 @@ static uint64_t drop_stream(const UNet *u, int i, uint64_t g) {
     return RNG_STREAM(RNG_DROPOUT, (((u->drop_step << 10) + (uint64_t)i) << 20) + g);
 }
 
-static void dropout_apply(UNet *u, int i, float *a, int B, size_t D, int backward) {
+/* In place on a. Forward: a = mask * a / (1-p). Backward: a holds the gradient of the
+ * dropout output and becomes the gradient of its input, mask * a / (1-p) -- the same map,
+ * so it is dropout_forward again (dropout_backward adds into a separate dinp and must not
+ * be given dinp == dout: that would give a + mask * a / (1-p)). */
+static void dropout_mask(UNet *u, int i, float *a, int B, size_t D) {
     for (int b = 0; b < B; b++) {
         uint64_t st = drop_stream(u, i, u->img0 + b);
-        if (backward) dropout_backward(a + b * D, a + b * D, D, u->dropout, u->drop_seed, st);
-        else dropout_forward(a + b * D, a + b * D, D, u->dropout, u->drop_seed, st);
+        dropout_forward(a + b * D, a + b * D, D, u->dropout, u->drop_seed, st);
     }
 }
 
@@ -401,11 +405,10 @@ static void res_forward(UNet *u, int i, const float *x, int B) {
     PROF(PROF_GEMM, linear_forward(b->tp, u->temb_act, P + b->p[RES_TW], P + b->p[RES_TB], B, u->temb_ch, b->cout));
     PROF(PROF_ELEM, add_bcast_forward(b->h1, b->tp, B, HW, b->cout));
     PROF(PROF_NORM, groupnorm_forward(b->a2, b->m2, b->r2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], B, HW, b->cout, G, 1));
-    if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_apply(u, i, b->a2, B, (size_t)HW * b->cout, 0));
+    if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, b->a2, B, (size_t)HW * b->cout));
     PROF(PROF_CONV, conv2d_forward(b->out, b->a2, P + b->p[RES_C2W], P + b->p[RES_C2B], s2, u->conv_scr));
-    if (b->shortcut) {
-        ConvShape ss = conv_shape(B, b->H, b->W, b->cin, b->cout, 1, 1);
-        PROF(PROF_CONV, conv2d_forward(u->scr[0], x, P + b->p[RES_SW], P + b->p[RES_SB], ss, u->conv_scr));
+    if (b->shortcut) { /* 1x1 conv: in NHWC a linear layer over the B*HW pixels, same weight layout */
+        PROF(PROF_GEMM, linear_forward(u->scr[0], x, P + b->p[RES_SW], P + b->p[RES_SB], B * HW, b->cin, b->cout));
         PROF(PROF_ELEM, add_inplace(b->out, u->scr[0], nout));
     } else {
         PROF(PROF_ELEM, add_inplace(b->out, x, nout));
@@ -476,13 +479,42 @@ void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) {
 
 /* ---- backward ---------------------------------------------------------------------------- */
 
+/* Gradient buffers. Kernels add into gradients; rather than zeroing every buffer first,
+ * the first writer of a fresh buffer writes it (the _set kernel variants, or a copy),
+ * and only a buffer whose first writer can only add (conv2d_backward, silu_backward) is
+ * zeroed, right before that writer. Block output gradients can have two writers (the
+ * next block and a skip connection), so each block tracks whether its dout is fresh. */
 static float *zeroed(float *p, size_t n) {
     memset(p, 0, n * sizeof(float));
     return p;
 }
 
-/* x is the block input (cat buffer for up-path res), dx receives dL/dx (added). */
-static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
+/* floats in blk[j].out (and dout) at batch B */
+static size_t block_out_n(const Block *b, int B) {
+    size_t HW = b->kind == BLK_DOWN ? (size_t)((b->H + 1) / 2) * ((b->W + 1) / 2)
+              : b->kind == BLK_UP   ? (size_t)4 * b->H * b->W
+                                    : (size_t)b->H * b->W;
+    return (size_t)B * HW * b->cout;
+}
+
+/* blk[j].dout for a writer that adds: zeroed if nothing has written it yet */
+static float *dout_for_add(UNet *u, int j, int B) {
+    Block *b = &u->blk[j];
+    if (b->dfresh) zeroed(b->dout, block_out_n(b, B));
+    b->dfresh = 0;
+    return b->dout;
+}
+
+/* 1 if blk[j].dout is still fresh, so its writer must write (=); it is not fresh after */
+static int dout_claim(UNet *u, int j) {
+    int f = u->blk[j].dfresh;
+    u->blk[j].dfresh = 0;
+    return f;
+}
+
+/* x is the block input (cat buffer for up-path res), dx receives dL/dx (added; written
+ * when dx_fresh). */
+static void res_backward(UNet *u, int i, const float *x, float *dx, int dx_fresh, int B) {
     Block *b = &u->blk[i];
     const float *P = u->params;
     float *Gp = u->grads;
@@ -491,17 +523,24 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
     ConvShape s1 = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
     ConvShape s2 = conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1);
     /* out = conv2(a2) + shortcut(x) */
-    if (b->shortcut)
-        PROF(PROF_CONV, conv2d_backward(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW],
-                        conv_shape(B, b->H, b->W, b->cin, b->cout, 1, 1), u->conv_scr));
-    else
+    if (b->shortcut) { /* 1x1 conv as a linear layer (see res_forward) */
+        if (dx_fresh)
+            PROF(PROF_GEMM, linear_backward_set(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW], B * HW,
+                                                b->cin, b->cout));
+        else
+            PROF(PROF_GEMM, linear_backward(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW], B * HW,
+                                            b->cin, b->cout));
+    } else if (dx_fresh) {
+        PROF(PROF_ELEM, memcpy(dx, b->dout, nout * sizeof(float)));
+    } else {
         PROF(PROF_ELEM, add_inplace(dx, b->dout, nout));
+    }
     float *da2 = zeroed(u->scr[0], nout);
     PROF(PROF_CONV, conv2d_backward(da2, Gp + b->p[RES_C2W], Gp + b->p[RES_C2B], b->dout, b->a2, P + b->p[RES_C2W], s2, u->conv_scr));
-    if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_apply(u, i, da2, B, (size_t)HW * b->cout, 1));
+    if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, da2, B, (size_t)HW * b->cout));
     /* a2 = silu(gn2(h1)) */
-    float *dh1 = zeroed(u->scr[1], nout);
-    PROF(PROF_NORM, groupnorm_backward(dh1, Gp + b->p[RES_N2W], Gp + b->p[RES_N2B], da2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], b->m2,
+    float *dh1 = u->scr[1];
+    PROF(PROF_NORM, groupnorm_backward_set(dh1, Gp + b->p[RES_N2W], Gp + b->p[RES_N2B], da2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], b->m2,
                        b->r2, B, HW, b->cout, G, 1));
     /* h1 = conv1(a1) + temb_proj(silu(temb)) */
     float *dtp = zeroed(u->scr[2], (size_t)B * b->cout);
@@ -515,18 +554,22 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
                        b->r1, B, HW, b->cin, G, 1));
 }
 
-static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
+/* dx receives dL/dx (added; written when dx_fresh) */
+static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int dx_fresh, int B) {
     const float *P = u->params;
     float *Gp = u->grads;
     int N = b->H * b->W, C = b->cin, BN = B * N;
     size_t n = (size_t)BN * C;
-    PROF(PROF_ELEM, add_inplace(dx, b->dout, n)); /* residual */
-    float *dO = zeroed(u->scr[0], n);
-    PROF(PROF_GEMM, linear_backward(dO, Gp + b->p[ATT_PW], Gp + b->p[ATT_PB], b->dout, b->o, P + b->p[ATT_PW], BN, C, C));
-    float *dq = zeroed(u->scr[1], n), *dk = zeroed(u->scr[2], n), *dv = zeroed(u->scr[3], n);
-    PROF(PROF_ATTN, attention_backward(dq, dk, dv, dO, b->q, b->k, b->v, b->att, B, N, C, u->att_scr));
-    float *dh = zeroed(u->scr[4], n);
-    PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_QW], Gp + b->p[ATT_QB], dq, b->a1, P + b->p[ATT_QW], BN, C, C));
+    if (dx_fresh) /* residual */
+        PROF(PROF_ELEM, memcpy(dx, b->dout, n * sizeof(float)));
+    else
+        PROF(PROF_ELEM, add_inplace(dx, b->dout, n));
+    float *dO = u->scr[0];
+    PROF(PROF_GEMM, linear_backward_set(dO, Gp + b->p[ATT_PW], Gp + b->p[ATT_PB], b->dout, b->o, P + b->p[ATT_PW], BN, C, C));
+    float *dq = u->scr[1], *dk = u->scr[2], *dv = u->scr[3];
+    PROF(PROF_ATTN, attention_backward_set(dq, dk, dv, dO, b->q, b->k, b->v, b->att, B, N, C, u->att_scr));
+    float *dh = u->scr[4];
+    PROF(PROF_GEMM, linear_backward_set(dh, Gp + b->p[ATT_QW], Gp + b->p[ATT_QB], dq, b->a1, P + b->p[ATT_QW], BN, C, C));
     PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_KW], Gp + b->p[ATT_KB], dk, b->a1, P + b->p[ATT_KW], BN, C, C));
     PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_VW], Gp + b->p[ATT_VB], dv, b->a1, P + b->p[ATT_VW], BN, C, C));
     PROF(PROF_NORM, groupnorm_backward(dx, Gp + b->p[ATT_NW], Gp + b->p[ATT_NB], dh, x, P + b->p[ATT_NW], P + b->p[ATT_NB], b->m1, b->r1, B, N,
@@ -538,34 +581,32 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     int B = u->last_B, T = u->temb_ch;
     const float *P = u->params;
     float *Gp = u->grads;
-    for (int i = 0; i < u->nblk; i++) {
-        Block *b = &u->blk[i];
-        size_t HW = b->kind == BLK_DOWN ? (size_t)((b->H + 1) / 2) * ((b->W + 1) / 2)
-                  : b->kind == BLK_UP   ? (size_t)4 * b->H * b->W
-                                        : (size_t)b->H * b->W;
-        zeroed(b->dout, (size_t)B * HW * b->cout);
-    }
+    for (int i = 0; i < u->nblk; i++) u->blk[i].dfresh = 1;
     zeroed(u->d_temb_act, (size_t)B * T);
     Block *last = &u->blk[u->nblk - 1];
     memcpy(last->dout, dout, sizeof(float) * B * u->res * u->res * u->C_img);
+    last->dfresh = 0;
     for (int i = u->nblk - 1; i >= 0; i--) {
         Block *b = &u->blk[i];
         const float *x = i > 0 ? u->blk[i - 1].out : u->x_in;
-        float *dxb = i > 0 ? u->blk[i - 1].dout : NULL;
+        float *dxb = i > 0 ? u->blk[i - 1].dout : NULL; /* written through dout_for_add/dout_claim */
         switch (b->kind) {
         case BLK_CONV_IN:
             PROF(PROF_CONV, conv2d_backward(dx, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x, P + b->p[CONV_W],
                             conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr));
             break;
         case BLK_DOWN:
-            PROF(PROF_CONV, conv2d_backward(dxb, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x, P + b->p[CONV_W],
-                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2), u->conv_scr));
+            PROF(PROF_CONV, conv2d_backward(dout_for_add(u, i - 1, B), Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x,
+                            P + b->p[CONV_W], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2), u->conv_scr));
             break;
         case BLK_UP: {
             float *du = zeroed(u->scr[0], (size_t)B * 4 * b->H * b->W * b->cin);
             PROF(PROF_CONV, conv2d_backward(du, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, b->a1, P + b->p[CONV_W],
                             conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1), u->conv_scr));
-            PROF(PROF_ELEM, upsample_backward(dxb, du, B, b->H, b->W, b->cin));
+            if (dout_claim(u, i - 1))
+                PROF(PROF_ELEM, upsample_backward_set(dxb, du, B, b->H, b->W, b->cin));
+            else
+                PROF(PROF_ELEM, upsample_backward(dxb, du, B, b->H, b->W, b->cin));
             break;
         }
         case BLK_RES:
@@ -573,22 +614,32 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
                 /* the concat gradient goes through scr[3], which res_backward does not use */
                 Block *s = &u->blk[b->skip];
                 size_t P_ = (size_t)B * b->H * b->W;
-                float *dcat = zeroed(u->scr[3], P_ * b->cin);
-                res_backward(u, i, b->cat, dcat, B);
-                PROF(PROF_ELEM, concat_backward(dxb, s->dout, dcat, P_, b->cin - s->cout, s->cout));
+                float *dcat = u->scr[3];
+                res_backward(u, i, b->cat, dcat, 1, B);
+                if (u->blk[i - 1].dfresh && s->dfresh) {
+                    dout_claim(u, i - 1), dout_claim(u, b->skip);
+                    PROF(PROF_ELEM, concat_backward_set(dxb, s->dout, dcat, P_, b->cin - s->cout, s->cout));
+                } else {
+                    PROF(PROF_ELEM, concat_backward(dout_for_add(u, i - 1, B), dout_for_add(u, b->skip, B), dcat, P_,
+                                                    b->cin - s->cout, s->cout));
+                }
             } else {
-                res_backward(u, i, x, dxb, B);
+                res_backward(u, i, x, dxb, dout_claim(u, i - 1), B);
             }
             break;
         case BLK_ATTN:
-            attn_backward(u, b, x, dxb, B);
+            attn_backward(u, b, x, dxb, dout_claim(u, i - 1), B);
             break;
         case BLK_OUT: {
             float *da = zeroed(u->scr[0], (size_t)B * b->H * b->W * b->cin);
             PROF(PROF_CONV, conv2d_backward(da, Gp + b->p[OUT_CW], Gp + b->p[OUT_CB], b->dout, b->a1, P + b->p[OUT_CW],
                             conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr));
-            PROF(PROF_NORM, groupnorm_backward(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB], b->m1, b->r1,
-                               B, b->H * b->W, b->cin, u->groups, 1));
+            if (dout_claim(u, i - 1))
+                PROF(PROF_NORM, groupnorm_backward_set(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB],
+                                                       b->m1, b->r1, B, b->H * b->W, b->cin, u->groups, 1));
+            else
+                PROF(PROF_NORM, groupnorm_backward(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB], b->m1,
+                                                   b->r1, B, b->H * b->W, b->cin, u->groups, 1));
             break;
         }
         }

@@ -8,6 +8,10 @@
  *    SAME padding, direct attention, double groupnorm, the embedding formula in double);
  *  - conv on shapes large enough to span several im2col tiles, forward and backward
  *    against the naive reference; results identical for 1 and 3 OpenMP threads;
+ *  - 3x3 stride-1 convs (Winograd F(4x4,3x3) by default, im2col with DDPM_CONV=im2col):
+ *    forward, dinp, dw, dbias against the direct reference within WINO_TOL = 1e-5 of max|ref|
+ *    on odd sizes (7x7, 14x14, 28x28, 5x3, 1x1), C != OC, channel tails, batch > 1 and several
+ *    tile blocks; the FD checks above run on both paths;
  *  - dropout: mask equals rng_uniform(seed, stream, i) >= p, keep rate, backward = mask. */
 #include <math.h>
 #include <stdint.h>
@@ -21,6 +25,7 @@
 #include "ddpm/nn.h"
 #include "ddpm/rng.h"
 #include "ddpm/tensor.h"
+#include "../src/nn/winograd.h" /* wino_plan: how a shape is split, to test several blocks */
 #include "test.h"
 
 #define FD_TOL 1e-2   /* max relative FD error (float32 kernels, eps 1e-2) */
@@ -298,13 +303,22 @@ static void test_conv_same_literal(void) {
 }
 
 /* shapes spanning several im2col tiles (tile boundaries inside an image), forward and
- * backward against the direct reference; dinp = NULL path; thread-count independence. */
+ * backward against the direct reference; dinp = NULL path; thread-count independence.
+ * Stride 1 runs with DDPM_CONV=im2col (the fallback), set by the caller. */
 static void test_conv_tiled(int B, int H, int W, int C, int OC, int stride) {
     ConvShape s = conv_shape(B, H, W, C, OC, 3, stride);
     char name[96];
-    snprintf(name, sizeof name, "conv tiled 3x3 s%d B%d %dx%dx%d->%d", stride, B, H, W, C, OC);
+    snprintf(name, sizeof name, "conv tiled%s 3x3 s%d B%d %dx%dx%d->%d", stride == 1 ? " (im2col)" : "", stride, B,
+             H, W, C, OC);
     size_t ni = (size_t)B * H * W * C, nw = (size_t)OC * 9 * C, no = (size_t)B * s.OH * s.OW * OC;
+    /* im2col tile rows: conv2d.c's rule (4 MB of floats / 9C rows, within [256, 4096], whole
+     * output lines); the stride-1 scratch is larger because it also holds Winograd buffers */
     size_t rows_per_tile = conv2d_scratch(s) / (9 * (size_t)C);
+    if (stride == 1) {
+        size_t r = ((size_t)1 << 20) / (9 * (size_t)C);
+        r = r < 256 ? 256 : r > 4096 ? 4096 : r;
+        rows_per_tile = r / s.OW * s.OW;
+    }
     T_OK(rows_per_tile < (size_t)B * s.OH * s.OW && rows_per_tile % s.OW == 0 &&
              (rows_per_tile / s.OW) % s.OH != 0,
          "%s: %zu output rows in tiles of %zu (several tiles, boundary inside an image)", name,
@@ -345,6 +359,84 @@ static void test_conv_tiled(int B, int H, int W, int C, int OC, int stride) {
     free(o1), free(di1), free(dw1), free(o3), free(di3), free(dw3);
 #endif
     free(ref), free(rdi), free(rdw), free(rdb), free(dw2), free(db2);
+    conv_ctx_free(&c);
+}
+
+/* ---- conv2d: the Winograd F(4x4,3x3) path of 3x3 stride-1 convolutions ---------------------
+ * Forward, dinp, dw and dbias against the direct double reference on odd sizes (partial 4x4
+ * tiles: 7x7, 14x14, 5x3, 1x1), C != OC, channel counts that are not multiples of 16, batch > 1
+ * and shapes spanning several tile blocks and dW partial sums. Error metric: max|err| /
+ * max|ref| (max_rel) <= WINO_TOL. Also: dinp = NULL and dw = NULL give the same other
+ * gradients; identical bits with 1 and 3 OpenMP threads and run to run; the im2col fallback
+ * (DDPM_CONV=im2col) on the same data within the same tolerance. */
+#define WINO_TOL 1e-5
+
+static void conv_grads(ConvCtx *c, float *dinp, float *dw, float *db) {
+    size_t ni = (size_t)c->s.B * c->s.H * c->s.W * c->s.C, nw = (size_t)c->s.OC * 9 * c->s.C;
+    if (dinp) memset(dinp, 0, ni * sizeof(float));
+    if (dw) memset(dw, 0, nw * sizeof(float));
+    if (db) memset(db, 0, c->s.OC * sizeof(float));
+    conv2d_backward(dinp, dw, db, c->R, c->inp, c->w, c->s, c->scratch);
+}
+
+static void test_conv_wino(int B, int H, int W, int C, int OC, int multi) {
+    ConvShape s = conv_shape(B, H, W, C, OC, 3, 1);
+    char name[96];
+    snprintf(name, sizeof name, "conv winograd B%d %dx%dx%d->%d", B, H, W, C, OC);
+    size_t ni = (size_t)B * H * W * C, nw = (size_t)OC * 9 * C, no = (size_t)B * H * W * OC;
+    WinoPlan p = wino_plan(s);
+    if (multi)
+        T_OK(p.tiles > p.fwd_tb && p.tiles > p.dx_tb && p.tiles > p.dw_tb,
+             "%s: %ld tiles in blocks of %d (forward), %d (dinp), %d (dw, %d partial sums): several blocks", name,
+             p.tiles, p.fwd_tb, p.dx_tb, p.dw_tb, p.dw_parts);
+    ConvCtx c;
+    conv_ctx_init(&c, s);
+    double *ref = malloc(no * sizeof(double)), *rdi = malloc(ni * sizeof(double)),
+           *rdw = malloc(nw * sizeof(double)), *rdb = malloc(OC * sizeof(double));
+    conv_ref_forward(ref, c.inp, c.w, c.b, s);
+    conv_ref_backward(rdi, rdw, rdb, c.R, c.inp, c.w, s);
+    /* Winograd */
+    conv_fwd(&c);
+    conv_grads(&c, c.dinp, c.dw, c.db);
+    double ef = max_rel(c.out, ref, no), e1 = max_rel(c.dinp, rdi, ni), e2 = max_rel(c.dw, rdw, nw),
+           e3 = max_rel(c.db, rdb, OC);
+    T_OK(ef <= WINO_TOL && e1 <= WINO_TOL && e2 <= WINO_TOL && e3 <= WINO_TOL,
+         "%s: vs direct, max rel err forward %.2e dinp %.2e dw %.2e db %.2e (tol %.0e)", name, ef, e1, e2, e3,
+         WINO_TOL);
+    /* one gradient alone gives the same bits */
+    float *di2 = alloc0(ni), *dw2 = alloc0(nw), *db2 = alloc0(OC);
+    conv_grads(&c, NULL, dw2, db2);
+    conv_grads(&c, di2, NULL, NULL);
+    T_OK(!memcmp(di2, c.dinp, ni * 4) && !memcmp(dw2, c.dw, nw * 4) && !memcmp(db2, c.db, OC * 4),
+         "%s: dinp = NULL / dw = NULL give the same other gradients", name);
+    /* run to run and thread-count independence */
+    float *o1 = alloc0(no), *o3 = alloc0(no), *di3 = alloc0(ni), *dw3 = alloc0(nw);
+    conv2d_forward(o1, c.inp, c.w, c.b, s, c.scratch);
+#ifdef _OPENMP
+    int nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+    conv2d_forward(o1, c.inp, c.w, c.b, s, c.scratch);
+    conv_grads(&c, di2, dw2, NULL);
+    omp_set_num_threads(3);
+    conv2d_forward(o3, c.inp, c.w, c.b, s, c.scratch);
+    conv_grads(&c, di3, dw3, NULL);
+    omp_set_num_threads(nt);
+    T_OK(!memcmp(o1, c.out, no * 4) && !memcmp(o3, c.out, no * 4) && !memcmp(di2, c.dinp, ni * 4) &&
+             !memcmp(di3, c.dinp, ni * 4) && !memcmp(dw2, c.dw, nw * 4) && !memcmp(dw3, c.dw, nw * 4),
+         "%s: identical results run to run and with 1, %d and 3 OpenMP threads", name, nt);
+#else
+    T_OK(!memcmp(o1, c.out, no * 4), "%s: identical results run to run", name);
+#endif
+    /* the im2col fallback on the same data */
+    setenv("DDPM_CONV", "im2col", 1);
+    conv2d_forward(o3, c.inp, c.w, c.b, s, c.scratch);
+    conv_grads(&c, di3, dw3, db2);
+    unsetenv("DDPM_CONV");
+    double g0 = max_rel(o3, ref, no), g1 = max_rel(di3, rdi, ni), g2 = max_rel(dw3, rdw, nw);
+    T_OK(g0 <= WINO_TOL && g1 <= WINO_TOL && g2 <= WINO_TOL,
+         "%s: DDPM_CONV=im2col vs direct, max rel err forward %.2e dinp %.2e dw %.2e", name, g0, g1, g2);
+    free(ref), free(rdi), free(rdw), free(rdb), free(di2), free(dw2), free(db2);
+    free(o1), free(o3), free(di3), free(dw3);
     conv_ctx_free(&c);
 }
 
@@ -801,6 +893,437 @@ static void test_bcast_threads(void) {
 }
 #endif
 
+/* ---- groupnorm: double reference for forward and backward, work splits ------------------ */
+
+/* Forward and backward of one groupnorm(+SiLU) in double: out, dinp (gradient of
+ * sum(out * R)), dgamma, dbeta. */
+static void gn_ref(double *out, double *dinp, double *dgamma, double *dbeta, const GnCtx *c) {
+    int B = c->B, HW = c->HW, C = c->C, G = c->G, cg = C / G;
+    double N = (double)HW * cg;
+    for (int j = 0; j < C; j++) dgamma[j] = dbeta[j] = 0;
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < G; g++) {
+            double m = 0, v = 0;
+            for (int p = 0; p < HW; p++)
+                for (int j = g * cg; j < (g + 1) * cg; j++) m += c->inp[((size_t)b * HW + p) * C + j];
+            m /= N;
+            for (int p = 0; p < HW; p++)
+                for (int j = g * cg; j < (g + 1) * cg; j++) {
+                    double d = c->inp[((size_t)b * HW + p) * C + j] - m;
+                    v += d * d;
+                }
+            double r = 1.0 / sqrt(v / N + GN_EPS), k1 = 0, k2 = 0;
+            for (int pass = 0; pass < 2; pass++)
+                for (int p = 0; p < HW; p++)
+                    for (int j = g * cg; j < (g + 1) * cg; j++) {
+                        size_t i = ((size_t)b * HW + p) * C + j;
+                        double xh = (c->inp[i] - m) * r, y = c->gamma[j] * xh + c->beta[j], dy = c->R[i];
+                        if (c->silu) {
+                            double s = 1 / (1 + exp(-y));
+                            dy *= s * (1 + y * (1 - s));
+                        }
+                        if (pass == 0) {
+                            out[i] = c->silu ? y / (1 + exp(-y)) : y;
+                            dbeta[j] += dy, dgamma[j] += dy * xh;
+                            k1 += c->gamma[j] * dy / N, k2 += c->gamma[j] * dy * xh / N;
+                        } else {
+                            dinp[i] = r * (c->gamma[j] * dy - k1 - xh * k2);
+                        }
+                    }
+        }
+}
+
+/* Shapes with a channel tail (C % 16 != 0), odd group sizes and a mean far from zero
+ * (|mean| / std ~ 25: the one-pass statistics must not cancel), against gn_ref(). */
+static void test_groupnorm_ref(int B, int HW, int C, int G, int silu, float offset) {
+    char name[96];
+    snprintf(name, sizeof name, "groupnorm%s B%d HW%d C%d G%d mean %g", silu ? "+silu" : "", B, HW, C, G, (double)offset);
+    GnCtx c;
+    gn_ctx_init(&c, B, HW, C, G, silu);
+    size_t n = (size_t)B * HW * C;
+    for (size_t i = 0; i < n; i++) c.inp[i] += offset;
+    double *ro = malloc(n * sizeof(double)), *rd = malloc(n * sizeof(double)), *rg = malloc(C * sizeof(double)),
+           *rb = malloc(C * sizeof(double));
+    gn_ref(ro, rd, rg, rb, &c);
+    gn_fwd(&c);
+    gn_bwd(&c);
+    double eo = max_rel(c.out, ro, n), ed = max_rel(c.dinp, rd, n), eg = max_rel(c.dgamma, rg, C), eb = max_rel(c.dbeta, rb, C);
+    T_OK(eo < 1e-5 && ed < 1e-4 && eg < 1e-4 && eb < 1e-5,
+         "%s: forward+backward vs double reference, max rel err out %.2e dinp %.2e dgamma %.2e dbeta %.2e", name, eo, ed,
+         eg, eb);
+    free(ro), free(rd), free(rg), free(rb);
+    gn_ctx_free(&c);
+}
+
+/* SiLU far in its tails: pre-activations beyond +-88 (where e^-y leaves the float range)
+ * stay finite and match the reference. */
+static void test_groupnorm_tails(void) {
+    GnCtx c;
+    gn_ctx_init(&c, 2, 16, 32, 8, 1);
+    for (int j = 0; j < 32; j++) c.beta[j] = (j % 4 == 0) ? -150.0f : (j % 4 == 1) ? 150.0f : c.beta[j], c.gamma[j] *= 40.0f;
+    size_t n = (size_t)2 * 16 * 32;
+    double *ro = malloc(n * 8), *rd = malloc(n * 8), rg[32], rb[32];
+    gn_ref(ro, rd, rg, rb, &c);
+    gn_fwd(&c);
+    gn_bwd(&c);
+    int finite = 1;
+    for (size_t i = 0; i < n; i++) finite &= isfinite(c.out[i]) && isfinite(c.dinp[i]);
+    double eo = max_rel(c.out, ro, n), ed = max_rel(c.dinp, rd, n), eg = max_rel(c.dgamma, rg, 32), eb = max_rel(c.dbeta, rb, 32);
+    T_OK(finite && eo < 1e-5 && ed < 1e-5 && eg < 1e-5 && eb < 1e-5,
+         "groupnorm+silu with |pre-activation| up to ~300: finite, max rel err out %.1e dinp %.1e dgamma %.1e dbeta %.1e", eo, ed, eg,
+         eb);
+    free(ro), free(rd);
+    gn_ctx_free(&c);
+}
+
+#ifdef _OPENMP
+/* The work split changes with the batch size and the thread count (blocks of groups,
+ * down to single groups when there are few images): image 1 normalized alone with 3
+ * threads, and inside a batch of 3 with 1 thread, must give the same bits. */
+static void test_groupnorm_split(int HW, int C, int G, int silu) {
+    GnCtx a, b;
+    g_rs = 4242;
+    gn_ctx_init(&a, 3, HW, C, G, silu);
+    gn_ctx_init(&b, 1, HW, C, G, silu);
+    size_t n1 = (size_t)HW * C;
+    memcpy(b.inp, a.inp + n1, n1 * 4);
+    memcpy(b.R, a.R + n1, n1 * 4);
+    memcpy(b.gamma, a.gamma, C * 4);
+    memcpy(b.beta, a.beta, C * 4);
+    int nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gn_fwd(&a);
+    gn_bwd(&a);
+    omp_set_num_threads(3);
+    gn_fwd(&b);
+    gn_bwd(&b);
+    omp_set_num_threads(nt);
+    T_OK(!memcmp(a.out + n1, b.out, n1 * 4) && !memcmp(a.mean + G, b.mean, G * 4) && !memcmp(a.rstd + G, b.rstd, G * 4) &&
+             !memcmp(a.dinp + n1, b.dinp, n1 * 4),
+         "groupnorm%s HW%d C%d G%d: image alone (3 threads) and in a batch of 3 (1 thread) give identical results",
+         silu ? "+silu" : "", HW, C, G);
+    gn_ctx_free(&a);
+    gn_ctx_free(&b);
+}
+#endif
+
+#include "ddpm/optim.h" /* test_optim_vector */
+
+/* ---- write-once (_set) variants, large-shape paths, optimizer vector loop ---------------- */
+
+/* Garbage-filled buffer g; after set(g) it must equal add(zeros). */
+static float *garbage(size_t n) {
+    float *p = alloc_rand(n, 1e3f, 0);
+    return p;
+}
+
+static void test_set_variants(void) {
+    /* groupnorm */
+    for (int silu = 0; silu < 2; silu++) {
+        GnCtx a, b;
+        g_rs = 99;
+        gn_ctx_init(&a, 3, 40, 48, 8, silu);
+        g_rs = 99;
+        gn_ctx_init(&b, 3, 40, 48, 8, silu);
+        size_t n = (size_t)3 * 40 * 48;
+        gn_fwd(&a);
+        gn_fwd(&b);
+        gn_bwd(&a); /* adds into zeros */
+        free(b.dinp);
+        b.dinp = garbage(n);
+        groupnorm_backward_set(b.dinp, b.dgamma, b.dbeta, b.R, b.inp, b.gamma, b.beta, b.mean, b.rstd, 3, 40, 48, 8, silu);
+        T_OK(!memcmp(a.dinp, b.dinp, n * 4) && !memcmp(a.dgamma, b.dgamma, 48 * 4) && !memcmp(a.dbeta, b.dbeta, 48 * 4),
+             "groupnorm_backward_set%s: writes dinp (same bits as adding into zeros), adds dgamma, dbeta",
+             silu ? " +silu" : "");
+        gn_ctx_free(&a);
+        gn_ctx_free(&b);
+    }
+    /* linear, small and split paths */
+    int shapes[2][3] = {{5, 7, 6}, {4100, 64, 80}};
+    for (int s = 0; s < 2; s++) {
+        int N = shapes[s][0], IN = shapes[s][1], OUT = shapes[s][2];
+        float *inp = alloc_rand((size_t)N * IN, 1, 0), *w = alloc_rand((size_t)OUT * IN, 0.3f, 0);
+        float *dout = alloc_rand((size_t)N * OUT, 1, 0);
+        float *d1 = alloc0((size_t)N * IN), *d2 = garbage((size_t)N * IN);
+        float *w1 = alloc_rand((size_t)OUT * IN, 1, 0), *w2 = dup(w1, (size_t)OUT * IN);
+        float *b1 = alloc_rand(OUT, 1, 0), *b2 = dup(b1, OUT);
+        linear_backward(d1, w1, b1, dout, inp, w, N, IN, OUT);
+        linear_backward_set(d2, w2, b2, dout, inp, w, N, IN, OUT);
+        T_OK(!memcmp(d1, d2, (size_t)N * IN * 4) && !memcmp(w1, w2, (size_t)OUT * IN * 4) && !memcmp(b1, b2, OUT * 4),
+             "linear_backward_set %dx%d->%d: writes dinp, adds dw, dbias", N, IN, OUT);
+        free(inp), free(w), free(dout), free(d1), free(d2), free(w1), free(w2), free(b1), free(b2);
+    }
+    /* attention */
+    {
+        int B = 3, N = 20, C = 8;
+        size_t n = (size_t)B * N * C;
+        float *q = alloc_rand(n, 1, 0), *k = alloc_rand(n, 1, 0), *v = alloc_rand(n, 1, 0), *o = alloc0(n);
+        float *att = alloc0((size_t)B * N * N), *scr = alloc0(attention_scratch(N)), *dout = alloc_rand(n, 1, 0);
+        float *a[3], *g[3];
+        for (int i = 0; i < 3; i++) a[i] = alloc0(n), g[i] = garbage(n);
+        attention_forward(o, att, q, k, v, B, N, C);
+        attention_backward(a[0], a[1], a[2], dout, q, k, v, att, B, N, C, scr);
+        attention_backward_set(g[0], g[1], g[2], dout, q, k, v, att, B, N, C, scr);
+        T_OK(!memcmp(a[0], g[0], n * 4) && !memcmp(a[1], g[1], n * 4) && !memcmp(a[2], g[2], n * 4),
+             "attention_backward_set B3 N20 C8: writes dq, dk, dv (same bits as adding into zeros)");
+        for (int i = 0; i < 3; i++) free(a[i]), free(g[i]);
+        free(q), free(k), free(v), free(o), free(att), free(scr), free(dout);
+    }
+    /* upsample, concat */
+    {
+        int B = 2, H = 3, W = 5, C = 7;
+        size_t ni = (size_t)B * H * W * C;
+        float *dout = alloc_rand(ni * 4, 1, 0), *d1 = alloc0(ni), *d2 = garbage(ni);
+        upsample_backward(d1, dout, B, H, W, C);
+        upsample_backward_set(d2, dout, B, H, W, C);
+        T_OK(!memcmp(d1, d2, ni * 4), "upsample_backward_set: writes dinp");
+        free(dout), free(d1), free(d2);
+        size_t P = 33;
+        float *dc = alloc_rand(P * 11, 1, 0), *a1 = alloc0(P * 4), *b1 = alloc0(P * 7), *a2 = garbage(P * 4), *b2 = garbage(P * 7);
+        concat_backward(a1, b1, dc, P, 4, 7);
+        concat_backward_set(a2, b2, dc, P, 4, 7);
+        T_OK(!memcmp(a1, a2, P * 16) && !memcmp(b1, b2, P * 28), "concat_backward_set: writes da, db");
+        free(dc), free(a1), free(b1), free(a2), free(b2);
+    }
+}
+
+/* Large shapes take the per-thread GEMM paths (linear split by rows, attention by image):
+ * against double references, and 1 vs 3 threads within float tolerance. */
+static void test_linear_large(void) {
+    int N = 3000, IN = 96, OUT = 72;
+    float *inp = alloc_rand((size_t)N * IN, 1, 0), *w = alloc_rand((size_t)OUT * IN, 0.2f, 0), *b = alloc_rand(OUT, 1, 0);
+    float *dout = alloc_rand((size_t)N * OUT, 1, 0);
+    float *o1 = alloc0((size_t)N * OUT), *o3 = alloc0((size_t)N * OUT);
+    float *dx1 = alloc0((size_t)N * IN), *dx3 = alloc0((size_t)N * IN), *dw1 = alloc0((size_t)OUT * IN), *dw3 = alloc0((size_t)OUT * IN);
+    float *db1 = alloc0(OUT), *db3 = alloc0(OUT);
+    double *ro = malloc(sizeof(double) * N * OUT), *rdx = malloc(sizeof(double) * N * IN), *rdw = calloc((size_t)OUT * IN, 8),
+           *rdb = calloc(OUT, 8);
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < OUT; j++) {
+            double a = b[j];
+            for (int i = 0; i < IN; i++) a += (double)inp[(size_t)n * IN + i] * w[(size_t)j * IN + i];
+            ro[(size_t)n * OUT + j] = a;
+            rdb[j] += dout[(size_t)n * OUT + j];
+            for (int i = 0; i < IN; i++) rdw[(size_t)j * IN + i] += (double)dout[(size_t)n * OUT + j] * inp[(size_t)n * IN + i];
+        }
+    for (int n = 0; n < N; n++)
+        for (int i = 0; i < IN; i++) {
+            double a = 0;
+            for (int j = 0; j < OUT; j++) a += (double)dout[(size_t)n * OUT + j] * w[(size_t)j * IN + i];
+            rdx[(size_t)n * IN + i] = a;
+        }
+#ifdef _OPENMP
+    int nt = omp_get_max_threads();
+    omp_set_num_threads(1);
+#endif
+    linear_forward(o1, inp, w, b, N, IN, OUT);
+    linear_backward(dx1, dw1, db1, dout, inp, w, N, IN, OUT);
+#ifdef _OPENMP
+    omp_set_num_threads(3);
+#endif
+    linear_forward(o3, inp, w, b, N, IN, OUT);
+    linear_backward(dx3, dw3, db3, dout, inp, w, N, IN, OUT);
+#ifdef _OPENMP
+    omp_set_num_threads(nt);
+#endif
+    double eo = max_rel(o3, ro, (size_t)N * OUT), ex = max_rel(dx3, rdx, (size_t)N * IN), ew = max_rel(dw3, rdw, (size_t)OUT * IN),
+           eb = max_rel(db3, rdb, OUT);
+    double d13 = t_rel_l2(o1, o3, (size_t)N * OUT) + t_rel_l2(dx1, dx3, (size_t)N * IN) + t_rel_l2(dw1, dw3, (size_t)OUT * IN) +
+                 t_rel_l2(db1, db3, OUT);
+    T_OK(eo < 1e-5 && ex < 1e-5 && ew < 1e-5 && eb < 1e-6 && d13 < 1e-5,
+         "linear 3000x96->72 (row-split GEMMs): max rel err out %.1e dinp %.1e dw %.1e dbias %.1e; 1 vs 3 threads rel L2 %.1e", eo,
+         ex, ew, eb, d13);
+    free(inp), free(w), free(b), free(dout), free(o1), free(o3), free(dx1), free(dx3), free(dw1), free(dw3), free(db1), free(db3);
+    free(ro), free(rdx), free(rdw), free(rdb);
+}
+
+static void test_attention_large(void) {
+    int B = 4, N = 96, C = 32;
+    size_t n = (size_t)B * N * C;
+    float *q = alloc_rand(n, 1.5f, 0), *k = alloc_rand(n, 1.5f, 0), *v = alloc_rand(n, 1, 0), *dout = alloc_rand(n, 1, 0);
+    float *o[2], *att[2], *dq[2], *dk[2], *dv[2], *scr = alloc0(attention_scratch(N));
+    int threads[2] = {1, 3};
+#ifdef _OPENMP
+    int nt = omp_get_max_threads();
+#endif
+    for (int r = 0; r < 2; r++) {
+        o[r] = alloc0(n), att[r] = alloc0((size_t)B * N * N), dq[r] = alloc0(n), dk[r] = alloc0(n), dv[r] = alloc0(n);
+#ifdef _OPENMP
+        omp_set_num_threads(threads[r]);
+#endif
+        attention_forward(o[r], att[r], q, k, v, B, N, C);
+        attention_backward(dq[r], dk[r], dv[r], dout, q, k, v, att[r], B, N, C, scr);
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(nt);
+#endif
+    /* double reference: forward and the three gradients */
+    double *ro = calloc(n, 8), *rq = calloc(n, 8), *rk = calloc(n, 8), *rv = calloc(n, 8), *A = malloc(sizeof(double) * N * N),
+           *D = malloc(sizeof(double) * N * N);
+    double sc = 1 / sqrt((double)C);
+    for (int b = 0; b < B; b++) {
+        const float *qb = q + (size_t)b * N * C, *kb = k + (size_t)b * N * C, *vb = v + (size_t)b * N * C, *gb = dout + (size_t)b * N * C;
+        for (int i = 0; i < N; i++) {
+            double mx = -1e300, s = 0;
+            for (int j = 0; j < N; j++) {
+                double d = 0;
+                for (int c = 0; c < C; c++) d += (double)qb[i * C + c] * kb[j * C + c];
+                A[i * N + j] = d * sc;
+                mx = A[i * N + j] > mx ? A[i * N + j] : mx;
+            }
+            for (int j = 0; j < N; j++) s += A[i * N + j] = exp(A[i * N + j] - mx);
+            for (int j = 0; j < N; j++) A[i * N + j] /= s;
+        }
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++) {
+                double d = 0;
+                for (int c = 0; c < C; c++) d += (double)gb[i * C + c] * vb[j * C + c];
+                D[i * N + j] = d;
+            }
+        for (int i = 0; i < N; i++) {
+            double dot = 0;
+            for (int j = 0; j < N; j++) dot += D[i * N + j] * A[i * N + j];
+            for (int j = 0; j < N; j++) D[i * N + j] = A[i * N + j] * (D[i * N + j] - dot) * sc;
+        }
+        for (int i = 0; i < N; i++)
+            for (int j = 0; j < N; j++)
+                for (int c = 0; c < C; c++) {
+                    size_t oi = ((size_t)b * N + i) * C + c, oj = ((size_t)b * N + j) * C + c;
+                    ro[oi] += A[i * N + j] * vb[j * C + c];
+                    rv[oj] += A[i * N + j] * gb[i * C + c];
+                    rq[oi] += D[i * N + j] * kb[j * C + c];
+                    rk[oj] += D[i * N + j] * qb[i * C + c];
+                }
+    }
+    double e = 0, d13 = 0;
+    for (int r = 0; r < 2; r++) {
+        double t[4] = {max_rel(o[r], ro, n), max_rel(dq[r], rq, n), max_rel(dk[r], rk, n), max_rel(dv[r], rv, n)};
+        for (int i = 0; i < 4; i++) e = t[i] > e ? t[i] : e;
+    }
+    d13 = t_rel_l2(o[0], o[1], n) + t_rel_l2(dq[0], dq[1], n) + t_rel_l2(dk[0], dk[1], n) + t_rel_l2(dv[0], dv[1], n);
+    T_OK(e < 1e-5 && d13 < 1e-5, "attention B4 N96 C32 (per-image GEMMs): max rel err vs double %.1e (1 and 3 threads); 1 vs 3 threads rel L2 %.1e",
+         e, d13);
+    for (int r = 0; r < 2; r++) free(o[r]), free(att[r]), free(dq[r]), free(dk[r]), free(dv[r]);
+    free(q), free(k), free(v), free(dout), free(scr), free(ro), free(rq), free(rk), free(rv), free(A), free(D);
+}
+
+/* optim_step: the vector loop (blocks of 8) against the formula in double, and identical
+ * results with 1 and 3 threads. */
+static void test_optim_vector(void) {
+    Config c;
+    config_defaults(&c);
+    size_t n = 10007; /* several blocks of STEP_BLOCK and a scalar tail */
+    for (int mode = 0; mode < 3; mode++) {
+        c.train.weight_decay = mode ? 0.05f : 0.0f;
+        strcpy(c.train.optimizer, mode == 2 ? "adamw" : "adam");
+        Optim o1, o3;
+        optim_init(&o1, n);
+        optim_init(&o3, n);
+        float *p1 = alloc_rand(n, 1, 0), *p3 = dup(p1, n), *g = alloc_rand(n, 2, 0);
+        double *rp = malloc(n * 8), *rm = calloc(n, 8), *rv = calloc(n, 8), *re = calloc(n, 8);
+        for (size_t i = 0; i < n; i++) o1.ema[i] = o3.ema[i] = p1[i], rp[i] = p1[i], re[i] = p1[i];
+        double lr = 1e-2, gs = 0.5, d = 0.9, b1 = c.train.beta1, b2 = c.train.beta2, wd = c.train.weight_decay;
+        for (int step = 0; step < 3; step++) {
+#ifdef _OPENMP
+            int nt = omp_get_max_threads();
+            omp_set_num_threads(1);
+#endif
+            optim_step(&o1, p1, g, &c, step, lr, gs, d);
+#ifdef _OPENMP
+            omp_set_num_threads(3);
+#endif
+            optim_step(&o3, p3, g, &c, step, lr, gs, d);
+#ifdef _OPENMP
+            omp_set_num_threads(nt);
+#endif
+            for (size_t i = 0; i < n; i++) {
+                double gi = g[i] * gs;
+                if (mode == 1) gi += wd * rp[i];
+                rm[i] = b1 * rm[i] + (1 - b1) * gi;
+                rv[i] = b2 * rv[i] + (1 - b2) * gi * gi;
+                double u = (rm[i] / (1 - pow(b1, step + 1))) / (sqrt(rv[i] / (1 - pow(b2, step + 1))) + c.train.eps);
+                if (mode == 2) rp[i] -= lr * wd * rp[i];
+                rp[i] -= lr * u;
+                re[i] = d * re[i] + (1 - d) * rp[i];
+            }
+        }
+        double ep = max_rel(p1, rp, n), ee = max_rel(o1.ema, re, n), em = max_rel(o1.m, rm, n), ev = max_rel(o1.v, rv, n);
+        int same = !memcmp(p1, p3, n * 4) && !memcmp(o1.m, o3.m, n * 4) && !memcmp(o1.v, o3.v, n * 4) && !memcmp(o1.ema, o3.ema, n * 4);
+        T_OK(ep < 1e-6 && ee < 1e-6 && em < 1e-6 && ev < 1e-6 && same,
+             "optim_step %s%s, %zu params: max rel err vs double p %.1e ema %.1e m %.1e v %.1e; 1 and 3 threads %s",
+             mode == 2 ? "adamw" : "adam", mode == 1 ? " + L2" : "", n, ep, ee, em, ev, same ? "identical" : "DIFFER");
+        optim_free(&o1);
+        optim_free(&o3);
+        free(p1), free(p3), free(g), free(rp), free(rm), free(rv), free(re);
+    }
+    float big[3] = {3e30f, 4e30f, 0};
+    double want = sqrt((double)big[0] * big[0] + (double)big[1] * big[1]);
+    T_NEAR(optim_grad_norm(big, 3) / want, 1.0, 1e-12, "optim_grad_norm in double (no float overflow)");
+}
+
+/* U-Net training with dropout (unet.c applies the dropout mask to the gradient of a2 in
+ * place): parameter gradients of a tiny model with p = 0.3 against central differences of
+ * L = sum(out * R) under the same masks. (unet.h's Param is renamed here: this file has
+ * its own.) */
+#define Param UnetParam
+#include "ddpm/unet.h"
+#undef Param
+static UNet g_du;
+static float *g_dx, *g_dy, *g_dR;
+static int g_dt[2] = {10, 500};
+static double drop_loss(void) {
+    unet_forward(&g_du, g_dy, g_dx, g_dt, 2);
+    size_t n = (size_t)2 * g_du.res * g_du.res * g_du.C_img;
+    double L = 0;
+    for (size_t i = 0; i < n; i++) L += (double)g_dy[i] * g_dR[i];
+    return L;
+}
+static void test_unet_dropout_grad(void) {
+    Config c;
+    config_defaults(&c);
+    int rc = config_parse(&c,
+                          "{\"data\": {\"image_size\": 8, \"channels\": 1}, \"model\": {\"ch\": 16, \"ch_mult\": [1, 2], "
+                          "\"num_res_blocks\": 1, \"attn_resolutions\": [4], \"dropout\": 0.3, \"groups\": 4}}",
+                          "dropout test");
+    if (!rc) rc = unet_init(&g_du, &c, 2, 1);
+    T_OK(rc == 0, "tiny U-Net with dropout 0.3 builds");
+    if (rc) return;
+    unet_init_params(&g_du, 1);
+    for (int i = 0; i < g_du.nP; i++) /* zero-initialized tensors get small values so every path carries gradient */
+        if (g_du.P[i].init == PINIT_ZERO)
+            for (size_t j = 0; j < g_du.P[i].n; j++) g_du.params[g_du.P[i].off + j] = 0.1f * frand();
+    size_t n = (size_t)2 * 8 * 8;
+    g_dx = alloc_rand(n, 1, 0), g_dy = alloc0(n), g_dR = alloc_rand(n, 1, 0);
+    g_du.drop_on = 1, g_du.drop_seed = 5, g_du.drop_step = 3, g_du.img0 = 0;
+    drop_loss();
+    unet_zero_grad(&g_du);
+    unet_backward(&g_du, g_dR, NULL);
+    const char *names[] = {"down.0.res.0.conv1.weight", "down.0.res.0.norm2.weight", "mid.res.0.conv1.bias", "up.0.res.0.norm1.weight"};
+    double worst = 0;
+    for (int k = 0; k < 4; k++) {
+        const UnetParam *p = unet_param(&g_du, names[k]);
+        if (!p) {
+            worst = INFINITY;
+            continue;
+        }
+        for (int j = 0; j < 4; j++) {
+            size_t i = p->off + (size_t)(j * 7919) % p->n;
+            float s = g_du.params[i], h = 1e-2f * (fabsf(s) > 1 ? fabsf(s) : 1);
+            g_du.params[i] = s + h;
+            double Lp = drop_loss();
+            g_du.params[i] = s - h;
+            double Lm = drop_loss();
+            g_du.params[i] = s;
+            double fd = (Lp - Lm) / (2.0 * h), an = g_du.grads[i], den = fabs(fd) + fabs(an);
+            double e = fabs(fd - an) / (den > FD_FLOOR ? den : FD_FLOOR);
+            worst = e > worst || e != e ? e : worst;
+        }
+    }
+    T_OK(worst < 2e-2, "U-Net with dropout 0.3: parameter gradients vs FD, max rel err %.2e", worst);
+    unet_free(&g_du);
+    free(g_dx), free(g_dy), free(g_dR);
+}
+
 int main(void) {
     double t0 = now_s();
     printf("conv2d\n");
@@ -810,8 +1333,19 @@ int main(void) {
     test_conv_case(2, 5, 7, 3, 4, 3, 2); /* odd: one zero on each side */
     test_conv_case(1, 6, 5, 4, 4, 3, 2); /* even H, odd W */
     test_conv_case(2, 5, 5, 6, 4, 1, 1);
+    setenv("DDPM_CONV", "im2col", 1);
+    test_conv_case(2, 5, 5, 4, 6, 3, 1); /* the im2col fallback of 3x3 stride 1 */
     test_conv_tiled(8, 24, 24, 8, 8, 1);
+    unsetenv("DDPM_CONV");
     test_conv_tiled(8, 47, 47, 8, 8, 2);
+    test_conv_case(2, 7, 5, 5, 3, 3, 1);       /* Winograd FD: odd sizes, tails */
+    test_conv_wino(2, 7, 7, 16, 24, 0);        /* Fashion-MNIST bottom size, C != OC */
+    test_conv_wino(3, 14, 14, 20, 12, 0);      /* channel tails, C > OC */
+    test_conv_wino(2, 5, 3, 5, 7, 0);          /* 5x3 */
+    test_conv_wino(2, 1, 1, 4, 3, 0);          /* a single pixel */
+    test_conv_wino(4, 28, 28, 32, 40, 0);      /* Fashion-MNIST top size */
+    test_conv_wino(6, 14, 14, 96, 112, 1);     /* several blocks in every pass */
+    test_conv_wino(2, 8, 8, 256, 128, 0);      /* the widest conv of the bench model */
     printf("linear\n");
     test_linear();
     printf("groupnorm\n");
@@ -840,6 +1374,21 @@ int main(void) {
     test_timestep();
     printf("dropout\n");
     test_dropout();
+    printf("groupnorm: double reference, work splits\n");
+    test_groupnorm_ref(2, 37, 40, 8, 1, 20.0f);
+    test_groupnorm_ref(3, 64, 96, 32, 0, -20.0f);
+    test_groupnorm_ref(2, 300, 48, 16, 1, 0.0f);
+    test_groupnorm_tails();
+#ifdef _OPENMP
+    test_groupnorm_split(1024, 64, 32, 1);
+    test_groupnorm_split(300, 200, 8, 0);
+#endif
+    printf("write-once variants, per-thread GEMM paths, optimizer\n");
+    test_set_variants();
+    test_linear_large();
+    test_attention_large();
+    test_optim_vector();
+    test_unet_dropout_grad();
     printf("time %.2f s\n", now_s() - t0);
     return t_done();
 }

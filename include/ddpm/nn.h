@@ -61,7 +61,7 @@ void silu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 /* ---- attention core (single head) ----------------------------------------------------
  * q, k, v (B,N,C) with N = H*W positions. att (B,N,N) = softmax_rows(q k^T / sqrt(C)),
  * saved for backward. out (B,N,C) = att v. Projections are linear_* calls around it.
- * scratch: attention_scratch(N) floats. */
+ * scratch: attention_scratch(N) floats (an N x N matrix per processor, at most 64). */
 size_t attention_scratch(int N);
 void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B,
                        int N, int C);
@@ -99,5 +99,20 @@ void timestep_embedding(float *out, const int *t, int B, int dim);
 void dropout_forward(float *out, const float *inp, size_t n, float p, uint64_t seed, uint64_t stream);
 void dropout_backward(float *dinp, const float *dout, size_t n, float p, uint64_t seed,
                       uint64_t stream);
+
+/* ---- write-once variants ---------------------------------------------------------------
+ * The same as the functions without _set, except that the input gradients (dinp; dq, dk,
+ * dv; da, db) are written (=) instead of added to, so a fresh buffer needs no zeroing
+ * first. Parameter gradients (dw, dbias, dgamma, dbeta) are still added to. */
+void groupnorm_backward_set(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                            const float *gamma, const float *beta, const float *mean, const float *rstd,
+                            int B, int HW, int C, int G, int silu);
+void linear_backward_set(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int N, int IN, int OUT);
+void attention_backward_set(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const float *att, int B, int N, int C,
+                            float *scratch);
+void upsample_backward_set(float *dinp, const float *dout, int B, int H, int W, int C);
+void concat_backward_set(float *da, float *db, const float *dout, size_t P, int C1, int C2);
 
 #endif

@@ -21,8 +21,6 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
 /* OpenBLAS's kernel family in use (e.g. "SkylakeX", "Haswell"). */
 const char *blas_core_name(void);
 
-/* Total FLOPs issued through gemm() since start (2 per multiply-add); for bench. */
-double gemm_flops_total(void);
 
 /* Threads for OpenBLAS and OpenMP together (n <= 0: all cores). Returns the count set. */
 int threads_set(int n);

@@ -1,12 +1,26 @@
 /* groupnorm (+ optional fused SiLU) over NHWC: inp (B,HW,C), G groups of C/G consecutive
  * channels per image, statistics over HW x C/G values.
  *
- * Determinism: statistics are per-channel sums over pixels in pixel order (double), then
- * summed over the channels of a group in channel order; parameter gradients add the
- * per-image contributions in image order. A thread owns whole groups (blocks of
- * consecutive groups) or whole pixels, so no value depends on the thread count or on how
- * groups are blocked. */
+ * Work split. A work item is (image, block of consecutive groups): one thread makes the
+ * statistics pass over the block and then the elementwise pass while the block is still
+ * in its L2 cache, so every tensor crosses the memory bus once. Blocks are as wide as
+ * fits 1 MB per tensor (all C channels for the images of the bench model) and
+ * narrower when there are fewer items than threads. Backward adds the part of dx that
+ * needs the SiLU derivative in its first pass, so the second pass reads only x and dx.
+ *
+ * Determinism. Every statistic is a per-channel sum over pixels from pixel 0 in order
+ * (float within blocks of SUM_PB pixels, double across them), then summed over the
+ * channels of a group in channel order; a channel's sum never depends on the block it
+ * was computed in or the thread that made it, so every thread count gives the same bits.
+ * Parameter gradients sum the per-image contributions in image order (double) and add
+ * them once.
+ *
+ * The SiLU loops are bound by arithmetic rather than memory. The sigmoid 1/(1+e^-y) takes
+ * its reciprocal without a division (~10 cycles per 16 lanes on AVX-512): vrcp14ps and a
+ * Newton step with AVX-512 intrinsics, else rcp_nr() (bit-trick seed, three Newton
+ * steps) in loops the compiler vectorizes for any ISA. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "ddpm/err.h"
@@ -16,7 +30,8 @@
 #endif
 
 #define PAR_MIN 32768
-#define PIX_CHUNK 64 /* pixels per work item in the elementwise passes */
+#define BLK_FLOATS 262144 /* most floats per tensor per work item (1 MB) */
+#define PART_MAX 4096    /* doubles of per-image partial parameter gradients per batch chunk */
 
 /* Vectorizable exp; identical to the one in misc.c (see there). */
 static inline float nn_expf(float x) {
@@ -40,185 +55,371 @@ static inline float nn_expf(float x) {
     return p * sc.f;
 }
 
-/* Groups per block: about 16 channels per block, fewer when that leaves threads idle.
- * (Only the work split depends on it, never a result.) */
-static int groups_per_block(int B, int C, int G) {
-    int cg = C / G;
-    int gpb = cg >= 16 ? 1 : 16 / cg;
-    if (gpb > G) gpb = G;
-    int nt = 1;
+/* 1/d for d in [1, 2^125]: seed from the bits (~12% error), three Newton steps
+ * (error squares each step): max 2.5 ulp. Vectorizes on any ISA. (Above ~2^126 the seed
+ * bits wrap to a NaN, hence the clamp in sigmoid_f.) */
+static inline float rcp_nr(float d) {
+    union {
+        float f;
+        uint32_t i;
+    } u = {d};
+    u.i = 0x7EF311C3u - u.i;
+    float x = u.f;
+    x = x * (2.0f - d * x);
+    x = x * (2.0f - d * x);
+    x = x * (2.0f - d * x);
+    return x;
+}
+
+/* s = sigmoid(y) = 1 / (1 + e), e = e^-y (at most e^87 < 2^126); 1 - s = e s without
+ * the cancellation of 1 - s (which costs ~y ulp in the SiLU derivative for large y). */
+static inline float sigmoid_f(float y, float *e) {
+    float t = -y;
+    t = t > 87.0f ? 87.0f : t;
+    *e = nn_expf(t);
+    return rcp_nr(1.0f + *e);
+}
+
+static int max_threads(void) {
 #ifdef _OPENMP
-    nt = omp_get_max_threads();
+    return omp_get_max_threads();
+#else
+    return 1;
 #endif
-    while (gpb > 1 && (long)B * ((G + gpb - 1) / gpb) < nt) gpb /= 2;
+}
+
+/* ---- AVX-512 SiLU loops ------------------------------------------------------------------
+ * Intrinsics: exp through vscalefps (no integer exponent assembly, no blends for the
+ * clamps; the same polynomial as nn_expf) and 1/(1+e) through vrcp14ps plus one Newton
+ * step (~1 ulp). Other ISAs use the portable loops further down. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define GN_AVX512 1
+
+/* sigmoid(y) = 1 / (1 + e), e = e^-y, as sigmoid_f() */
+static inline __m512 v_sigmoid(__m512 y, __m512 *e) {
+    __m512 x = _mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), y), _mm512_set1_ps(87.0f)); /* -y, e^x finite */
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    *e = _mm512_scalef_ps(p, n);
+    __m512 d = _mm512_add_ps(*e, _mm512_set1_ps(1.0f)); /* 1 + e^-y, in [1, 2^126) */
+    __m512 q = _mm512_rcp14_ps(d);
+    return _mm512_fmadd_ps(q, _mm512_fnmadd_ps(d, q, _mm512_set1_ps(1.0f)), q);
+}
+
+static inline __mmask16 tail_mask(int rem) { return rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1); }
+
+/* fwd_apply() with SiLU, see there */
+static void fwd_apply_silu_avx512(float *restrict out, const float *restrict x, int HW, int C, int n,
+                                  const float *restrict mc, const float *restrict ac, const float *restrict beta) {
+    for (int p = 0; p < HW; p++) {
+        const float *xr = x + (size_t)p * C;
+        float *o = out + (size_t)p * C;
+        for (int c = 0; c < n; c += 16) {
+            __mmask16 m = tail_mask(n - c);
+            __m512 xv = _mm512_maskz_loadu_ps(m, xr + c);
+            __m512 y = _mm512_fmadd_ps(_mm512_sub_ps(xv, _mm512_maskz_loadu_ps(m, mc + c)), _mm512_maskz_loadu_ps(m, ac + c),
+                                       _mm512_maskz_loadu_ps(m, beta + c));
+            __m512 e;
+            _mm512_mask_storeu_ps(o + c, m, _mm512_mul_ps(y, v_sigmoid(y, &e)));
+        }
+    }
+}
+
+/* bwd_pass1_rows() with SiLU, see there */
+static void bwd_pass1_silu_avx512(float *restrict fs, float *restrict fx, float *restrict dx, const float *restrict x,
+                                  const float *restrict go, int p0, int p1, int C, int n, const float *restrict mc,
+                                  const float *restrict rc, const float *restrict ga, const float *restrict be, int wdx) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int p = p0; p < p1; p++) {
+        const float *xr = x + (size_t)p * C, *gr = go + (size_t)p * C;
+        for (int j = 0; j < n; j += 16) {
+            __mmask16 m = tail_mask(n - j);
+            __m512 rv = _mm512_maskz_loadu_ps(m, rc + j), gv = _mm512_maskz_loadu_ps(m, ga + j);
+            __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + j), _mm512_maskz_loadu_ps(m, mc + j)), rv);
+            __m512 y = _mm512_fmadd_ps(gv, xh, _mm512_maskz_loadu_ps(m, be + j));
+            __m512 e, sg = v_sigmoid(y, &e);
+            __m512 dy = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gr + j),
+                                      _mm512_mul_ps(sg, _mm512_fmadd_ps(y, _mm512_mul_ps(e, sg), one)));
+            _mm512_mask_storeu_ps(fs + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, fs + j), dy));
+            _mm512_mask_storeu_ps(fx + j, m, _mm512_fmadd_ps(dy, xh, _mm512_maskz_loadu_ps(m, fx + j)));
+            if (wdx) {
+                float *d = dx + (size_t)p * C + j;
+                __m512 t = _mm512_mul_ps(_mm512_mul_ps(rv, gv), dy);
+                _mm512_mask_storeu_ps(d, m, wdx == 2 ? t : _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, d)));
+            }
+        }
+    }
+}
+#endif
+
+/* ---- pieces of a work item: channels j < n of one image, pointers at the block's first
+ * channel in pixel 0, pixel stride C ------------------------------------------------------ */
+
+/* Channel sums of x - k (k[j] = x at pixel 0, a shift that keeps the sum of squares free
+ * of cancellation when |mean| >> std): s[j] = sum (x - k), ss[j] = sum (x - k)^2 over
+ * the HW pixels. Blocks of SUM_PB pixels are summed in float, the block sums added in
+ * double, always from pixel 0 in order. */
+#define SUM_PB 16
+static void chan_sums(double *restrict s, double *restrict ss, float *restrict k, const float *restrict x, int HW, int C,
+                      int n) {
+    float fs[n], fss[n];
+    for (int j = 0; j < n; j++) s[j] = ss[j] = 0.0, k[j] = x[j];
+    for (int p0 = 0; p0 < HW; p0 += SUM_PB) {
+        int p1 = p0 + SUM_PB < HW ? p0 + SUM_PB : HW;
+        for (int j = 0; j < n; j++) fs[j] = fss[j] = 0.0f;
+        for (int p = p0; p < p1; p++) {
+            const float *r = x + (size_t)p * C;
+#pragma omp simd
+            for (int j = 0; j < n; j++) {
+                float d = r[j] - k[j];
+                fs[j] += d;
+                fss[j] += d * d;
+            }
+        }
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            s[j] += fs[j];
+            ss[j] += fss[j];
+        }
+    }
+}
+
+/* mean, rstd of the ng groups of cg channels from the shifted channel sums:
+ * per channel, sum (x - m)^2 = ss - 2 (m - k) s + HW (m - k)^2. */
+static void group_stats(float *mean, float *rstd, const double *s, const double *ss, const float *k, int ng, int cg,
+                        int HW) {
+    const double N = (double)HW * cg;
+    for (int g = 0; g < ng; g++) {
+        const int j0 = g * cg, j1 = j0 + cg;
+        double S = 0, V = 0;
+        for (int j = j0; j < j1; j++) S += s[j] + (double)HW * k[j];
+        double m = S / N;
+        for (int j = j0; j < j1; j++) {
+            double d = m - k[j];
+            V += ss[j] - 2.0 * d * s[j] + (double)HW * d * d;
+        }
+        double var = V / N;
+        if (var < 0) var = 0;
+        mean[g] = (float)m;
+        rstd[g] = (float)(1.0 / sqrt(var + (double)GN_EPS));
+    }
+}
+
+/* out = (x - mc) * ac + beta [then SiLU] */
+static void fwd_apply(float *restrict out, const float *restrict x, int HW, int C, int n, const float *restrict mc,
+                      const float *restrict ac, const float *restrict beta, int silu) {
+#ifdef GN_AVX512
+    if (silu) {
+        fwd_apply_silu_avx512(out, x, HW, C, n, mc, ac, beta);
+        return;
+    }
+#endif
+    for (int p = 0; p < HW; p++) {
+        const float *xr = x + (size_t)p * C;
+        float *o = out + (size_t)p * C;
+        if (silu) {
+#pragma omp simd
+            for (int c = 0; c < n; c++) {
+                float y = (xr[c] - mc[c]) * ac[c] + beta[c];
+                float e;
+                o[c] = y * sigmoid_f(y, &e);
+            }
+        } else {
+#pragma omp simd
+            for (int c = 0; c < n; c++) o[c] = (xr[c] - mc[c]) * ac[c] + beta[c];
+        }
+    }
+}
+
+/* Backward pass 1, with xh = (x - mc) * rc and dy = dout, or with SiLU
+ * dy = dout * s(y) (1 + y (1 - s(y))) (1 - s = e^-y s), y = gamma xh + beta:
+ *   sdy[j] = sum dy, sdyx[j] = sum dy xh  (float over blocks of SUM_PB pixels, then double),
+ *   dx += rc gamma dy  (the part of dx that needs dy; wdx: 0 no dx, 1 add, 2 write (=)). */
+static inline __attribute__((always_inline)) void bwd_pass1_rows(
+    float *restrict fs, float *restrict fx, float *restrict dx, const float *restrict x, const float *restrict go, int p0,
+    int p1, int C, int n, const float *restrict mc, const float *restrict rc, const float *restrict ga,
+    const float *restrict be, const int silu, const int wdx) {
+    for (int p = p0; p < p1; p++) {
+        const float *xr = x + (size_t)p * C, *gr = go + (size_t)p * C;
+        float *d = wdx ? dx + (size_t)p * C : NULL;
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            float xh = (xr[j] - mc[j]) * rc[j];
+            float dy = gr[j];
+            if (silu) {
+                float y = ga[j] * xh + be[j];
+                float e, s = sigmoid_f(y, &e);
+                dy *= s * (1.0f + y * (e * s));
+            }
+            fs[j] += dy;
+            fx[j] += dy * xh;
+            if (wdx == 1) d[j] += (rc[j] * ga[j]) * dy;
+            if (wdx == 2) d[j] = (rc[j] * ga[j]) * dy;
+        }
+    }
+}
+
+static void bwd_pass1(double *restrict sdy, double *restrict sdyx, float *restrict dx, const float *restrict x,
+                      const float *restrict go, int HW, int C, int n, const float *restrict mc, const float *restrict rc,
+                      const float *restrict ga, const float *restrict be, int silu, int wdx) {
+    float fs[n], fx[n];
+    for (int j = 0; j < n; j++) sdy[j] = sdyx[j] = 0.0;
+    for (int p0 = 0; p0 < HW; p0 += SUM_PB) {
+        int p1 = p0 + SUM_PB < HW ? p0 + SUM_PB : HW;
+        for (int j = 0; j < n; j++) fs[j] = fx[j] = 0.0f;
+        if (silu) {
+#ifdef GN_AVX512
+            bwd_pass1_silu_avx512(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, wdx);
+#else
+            if (wdx == 1) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 1);
+            else if (wdx == 2) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 2);
+            else bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 0);
+#endif
+        } else {
+            if (wdx == 1) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 0, 1);
+            else if (wdx == 2) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 0, 2);
+            else bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 0, 0);
+        }
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            sdy[j] += fs[j];
+            sdyx[j] += fx[j];
+        }
+    }
+}
+
+/* Per-group terms from the channel sums of ng groups: k1 = mean_g(gamma dy),
+ * k2 = mean_g(gamma dy xh), times rstd, spread to the channels as q1, q2. */
+static void bwd_terms(float *q1, float *q2, const double *sdy, const double *sdyx, const float *gamma,
+                      const float *rc, int ng, int cg, double invN) {
+    for (int g = 0; g < ng; g++) {
+        const int j0 = g * cg, j1 = j0 + cg;
+        double a1 = 0, a2 = 0;
+        for (int j = j0; j < j1; j++) {
+            a1 += gamma[j] * sdy[j];
+            a2 += gamma[j] * sdyx[j];
+        }
+        float k1 = (float)(a1 * invN) * rc[j0], k2 = (float)(a2 * invN);
+        for (int j = j0; j < j1; j++) q1[j] = k1, q2[j] = k2;
+    }
+}
+
+/* Backward pass 2: dx -= rc q1 + xh q2 rc  (pass 1 added rc gamma dy) */
+static void bwd_pass2(float *restrict dx, const float *restrict x, int HW, int C, int n, const float *restrict mc,
+                      const float *restrict rc, const float *restrict q1, const float *restrict q2) {
+    for (int p = 0; p < HW; p++) {
+        const float *xr = x + (size_t)p * C;
+        float *d = dx + (size_t)p * C;
+#pragma omp simd
+        for (int c = 0; c < n; c++) {
+            float xh = (xr[c] - mc[c]) * rc[c];
+            d[c] -= q1[c] + xh * (q2[c] * rc[c]);
+        }
+    }
+}
+
+/* Groups per work item: the widest block with at most BLK_FLOATS floats per tensor and
+ * enough items for every thread, but not under 16 channels unless C is. (Only the work
+ * split depends on it, never a result.) */
+static int groups_per_item(int B, int HW, int C, int G, int nt) {
+    const int cg = C / G;
+    int gpb = G;
+    while (gpb > 1 && (gpb + 1) / 2 * cg >= 16 && ((size_t)HW * gpb * cg > BLK_FLOATS || (long)B * ((G + gpb - 1) / gpb) < nt))
+        gpb = (gpb + 1) / 2;
     return gpb;
 }
+
+/* ---- forward --------------------------------------------------------------------------- */
 
 /* out = gamma * (x - mean) * rstd + beta  [then SiLU]; mean, rstd (B,G) */
 void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *gamma,
                        const float *beta, int B, int HW, int C, int G, int silu) {
     CHECK(G > 0 && C % G == 0, "groupnorm: C=%d not divisible by G=%d", C, G);
-    const int cg = C / G, gpb = groups_per_block(B, C, G), nblk = (G + gpb - 1) / gpb;
-    const double N = (double)HW * cg;
+    const int cg = C / G;
     const size_t total = (size_t)B * HW * C;
-
-    /* statistics: one item = (image, block of groups) */
-#pragma omp parallel for schedule(static) if (total > PAR_MIN)
+    const int nt = total > PAR_MIN ? max_threads() : 1;
+    const int gpb = groups_per_item(B, HW, C, G, nt), nblk = (G + gpb - 1) / gpb;
+#pragma omp parallel for schedule(static) if (nt > 1)
     for (long it = 0; it < (long)B * nblk; it++) {
-        int b = (int)(it / nblk), g0 = (int)(it % nblk) * gpb;
-        int g1 = g0 + gpb < G ? g0 + gpb : G;
-        int c0 = g0 * cg, cb = (g1 - g0) * cg;
-        double s[cb], ss[cb];
-        for (int j = 0; j < cb; j++) s[j] = ss[j] = 0.0;
-        const float *base = inp + (size_t)b * HW * C + c0;
-        for (int p = 0; p < HW; p++) {
-            const float *r = base + (size_t)p * C;
-            for (int j = 0; j < cb; j++) {
-                double x = r[j];
-                s[j] += x;
-                ss[j] += x * x;
-            }
-        }
-        for (int g = g0; g < g1; g++) {
-            double S = 0, SS = 0;
-            for (int j = (g - g0) * cg; j < (g - g0 + 1) * cg; j++) {
-                S += s[j];
-                SS += ss[j];
-            }
-            double m = S / N, var = SS / N - m * m;
-            if (var < 0) var = 0;
-            mean[(size_t)b * G + g] = (float)m;
-            rstd[(size_t)b * G + g] = (float)(1.0 / sqrt(var + (double)GN_EPS));
-        }
-    }
-
-    /* normalize + affine (+ SiLU): one item = (image, chunk of pixels), all channels */
-    const int nch = (HW + PIX_CHUNK - 1) / PIX_CHUNK;
-#pragma omp parallel for schedule(static) if (total > PAR_MIN)
-    for (long it = 0; it < (long)B * nch; it++) {
-        int b = (int)(it / nch), p0 = (int)(it % nch) * PIX_CHUNK;
-        int p1 = p0 + PIX_CHUNK < HW ? p0 + PIX_CHUNK : HW;
-        float mc[C], ac[C];
-        for (int c = 0; c < C; c++) {
-            mc[c] = mean[(size_t)b * G + c / cg];
-            ac[c] = rstd[(size_t)b * G + c / cg] * gamma[c];
-        }
-        for (int p = p0; p < p1; p++) {
-            const float *x = inp + ((size_t)b * HW + p) * C;
-            float *o = out + ((size_t)b * HW + p) * C;
-            if (silu) {
-                for (int c = 0; c < C; c++) {
-                    float y = (x[c] - mc[c]) * ac[c] + beta[c];
-                    o[c] = y / (1.0f + nn_expf(-y));
-                }
-            } else {
-                for (int c = 0; c < C; c++) o[c] = (x[c] - mc[c]) * ac[c] + beta[c];
-            }
-        }
+        const int b = (int)(it / nblk), g0 = (int)(it % nblk) * gpb, ng = g0 + gpb < G ? gpb : G - g0;
+        const int c0 = g0 * cg, n = ng * cg;
+        const size_t off = (size_t)b * HW * C + c0;
+        float *m = mean + (size_t)b * G + g0, *r = rstd + (size_t)b * G + g0;
+        double s[n], ss[n];
+        float k[n], mc[n], ac[n];
+        chan_sums(s, ss, k, inp + off, HW, C, n);
+        group_stats(m, r, s, ss, k, ng, cg, HW);
+        for (int j = 0; j < n; j++) mc[j] = m[j / cg], ac[j] = r[j / cg] * gamma[c0 + j];
+        fwd_apply(out + off, inp + off, HW, C, n, mc, ac, beta + c0, silu);
     }
 }
 
+/* ---- backward -------------------------------------------------------------------------- */
+
 /* With xh = (x - mean) * rstd, y = gamma * xh + beta, o = y or silu(y):
  *   dy = do (or do * s(y) (1 + y (1 - s(y)))),  dbeta += sum dy,  dgamma += sum dy * xh,
- *   dx = rstd * (gamma dy - mean_g(gamma dy) - xh * mean_g(gamma dy xh)). */
+ *   dx = rstd * (gamma dy - mean_g(gamma dy) - xh * mean_g(gamma dy xh)).
+ * set: dx is written (=) instead of added to. */
+static void gn_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                        const float *gamma, const float *beta, const float *mean, const float *rstd, int B, int HW,
+                        int C, int G, int silu, int set) {
+    CHECK(G > 0 && C % G == 0, "groupnorm: C=%d not divisible by G=%d", C, G);
+    const int cg = C / G;
+    const double invN = 1.0 / ((double)HW * cg);
+    const size_t total = (size_t)B * HW * C;
+    const int nt = total > PAR_MIN ? max_threads() : 1;
+    const int gpb = groups_per_item(B, HW, C, G, nt), nblk = (G + gpb - 1) / gpb;
+    /* per-image channel sums of a chunk of images, then summed in image order */
+    const int BCH = C >= PART_MAX ? 1 : (PART_MAX / C < B ? PART_MAX / C : B);
+    double pb[(size_t)BCH * C], pg[(size_t)BCH * C], accb[C], accg[C];
+    for (int c = 0; c < C; c++) accb[c] = accg[c] = 0.0;
+    for (int b0 = 0; b0 < B; b0 += BCH) {
+        const int b1 = b0 + BCH < B ? b0 + BCH : B;
+#pragma omp parallel for schedule(static) if (nt > 1)
+        for (long it = (long)b0 * nblk; it < (long)b1 * nblk; it++) {
+            const int b = (int)(it / nblk), g0 = (int)(it % nblk) * gpb, ng = g0 + gpb < G ? gpb : G - g0;
+            const int c0 = g0 * cg, n = ng * cg;
+            const size_t off = (size_t)b * HW * C + c0;
+            double *sdy = pb + (size_t)(b - b0) * C + c0, *sdyx = pg + (size_t)(b - b0) * C + c0;
+            float mc[n], rc[n], q1[n], q2[n];
+            for (int j = 0; j < n; j++) mc[j] = mean[(size_t)b * G + g0 + j / cg], rc[j] = rstd[(size_t)b * G + g0 + j / cg];
+            bwd_pass1(sdy, sdyx, dinp ? dinp + off : NULL, inp + off, dout + off, HW, C, n, mc, rc, gamma + c0, beta + c0,
+                      silu, !dinp ? 0 : set ? 2 : 1);
+            if (!dinp) continue;
+            bwd_terms(q1, q2, sdy, sdyx, gamma + c0, rc, ng, cg, invN);
+            bwd_pass2(dinp + off, inp + off, HW, C, n, mc, rc, q1, q2);
+        }
+        for (int b = b0; b < b1; b++)
+            for (int c = 0; c < C; c++) {
+                accb[c] += pb[(size_t)(b - b0) * C + c];
+                accg[c] += pg[(size_t)(b - b0) * C + c];
+            }
+    }
+    for (int c = 0; c < C; c++) {
+        if (dbeta) dbeta[c] += (float)accb[c];
+        if (dgamma) dgamma[c] += (float)accg[c];
+    }
+}
+
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *gamma, const float *beta, const float *mean, const float *rstd,
                         int B, int HW, int C, int G, int silu) {
-    CHECK(G > 0 && C % G == 0, "groupnorm: C=%d not divisible by G=%d", C, G);
-    const int cg = C / G, gpb = groups_per_block(1, C, G), nblk = (G + gpb - 1) / gpb;
-    const double invN = 1.0 / ((double)HW * cg);
-    /* images per chunk, so the per-(image,group) terms fit a small stack array */
-    const int BCH = G >= 4096 ? 1 : (4096 / G < B ? 4096 / G : B);
-    float k1[BCH * G], k2[BCH * G];
+    gn_backward(dinp, dgamma, dbeta, dout, inp, gamma, beta, mean, rstd, B, HW, C, G, silu, 0);
+}
 
-    for (int b0 = 0; b0 < B; b0 += BCH) {
-        const int b1 = b0 + BCH < B ? b0 + BCH : B;
-        const size_t chunk = (size_t)(b1 - b0) * HW * C;
-
-        /* pass 1: one item = block of groups, all images of the chunk in order */
-#pragma omp parallel for schedule(static) if (chunk > PAR_MIN)
-        for (int blk = 0; blk < nblk; blk++) {
-            int g0 = blk * gpb, g1 = g0 + gpb < G ? g0 + gpb : G;
-            int c0 = g0 * cg, cb = (g1 - g0) * cg;
-            const float *ga = gamma + c0, *be = beta + c0;
-            float mc[cb], rc[cb];
-            double sdy[cb], sdyx[cb];
-            for (int b = b0; b < b1; b++) {
-                for (int j = 0; j < cb; j++) {
-                    mc[j] = mean[(size_t)b * G + (c0 + j) / cg];
-                    rc[j] = rstd[(size_t)b * G + (c0 + j) / cg];
-                    sdy[j] = sdyx[j] = 0.0;
-                }
-                const size_t off = (size_t)b * HW * C + c0;
-                for (int p = 0; p < HW; p++) {
-                    const float *x = inp + off + (size_t)p * C, *go = dout + off + (size_t)p * C;
-                    if (silu) {
-                        for (int j = 0; j < cb; j++) {
-                            float xh = (x[j] - mc[j]) * rc[j];
-                            float y = ga[j] * xh + be[j];
-                            float s = 1.0f / (1.0f + nn_expf(-y));
-                            float dy = go[j] * s * (1.0f + y * (1.0f - s));
-                            sdy[j] += dy;
-                            sdyx[j] += (double)dy * xh;
-                        }
-                    } else {
-                        for (int j = 0; j < cb; j++) {
-                            float xh = (x[j] - mc[j]) * rc[j];
-                            sdy[j] += go[j];
-                            sdyx[j] += (double)go[j] * xh;
-                        }
-                    }
-                }
-                for (int j = 0; j < cb; j++) {
-                    if (dbeta) dbeta[c0 + j] += (float)sdy[j];
-                    if (dgamma) dgamma[c0 + j] += (float)sdyx[j];
-                }
-                for (int g = g0; g < g1; g++) {
-                    double a1 = 0, a2 = 0;
-                    for (int j = (g - g0) * cg; j < (g - g0 + 1) * cg; j++) {
-                        a1 += ga[j] * sdy[j];
-                        a2 += ga[j] * sdyx[j];
-                    }
-                    k1[(size_t)(b - b0) * G + g] = (float)(a1 * invN);
-                    k2[(size_t)(b - b0) * G + g] = (float)(a2 * invN);
-                }
-            }
-        }
-        if (!dinp) continue;
-
-        /* pass 2: dx, one item = (image, chunk of pixels), all channels */
-        const int nch = (HW + PIX_CHUNK - 1) / PIX_CHUNK;
-#pragma omp parallel for schedule(static) if (chunk > PAR_MIN)
-        for (long it = 0; it < (long)(b1 - b0) * nch; it++) {
-            int b = b0 + (int)(it / nch), p0 = (int)(it % nch) * PIX_CHUNK;
-            int p1 = p0 + PIX_CHUNK < HW ? p0 + PIX_CHUNK : HW;
-            float mc[C], rc[C], q1[C], q2[C];
-            for (int c = 0; c < C; c++) {
-                size_t bg = (size_t)b * G + c / cg, kg = (size_t)(b - b0) * G + c / cg;
-                mc[c] = mean[bg];
-                rc[c] = rstd[bg];
-                q1[c] = k1[kg];
-                q2[c] = k2[kg];
-            }
-            for (int p = p0; p < p1; p++) {
-                const size_t off = ((size_t)b * HW + p) * C;
-                const float *x = inp + off, *go = dout + off;
-                float *dx = dinp + off;
-                if (silu) {
-                    for (int c = 0; c < C; c++) {
-                        float xh = (x[c] - mc[c]) * rc[c];
-                        float y = gamma[c] * xh + beta[c];
-                        float s = 1.0f / (1.0f + nn_expf(-y));
-                        float dy = go[c] * s * (1.0f + y * (1.0f - s));
-                        dx[c] += rc[c] * (gamma[c] * dy - q1[c] - xh * q2[c]);
-                    }
-                } else {
-                    for (int c = 0; c < C; c++) {
-                        float xh = (x[c] - mc[c]) * rc[c];
-                        dx[c] += rc[c] * (gamma[c] * go[c] - q1[c] - xh * q2[c]);
-                    }
-                }
-            }
-        }
-    }
+void groupnorm_backward_set(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+                            const float *gamma, const float *beta, const float *mean, const float *rstd,
+                            int B, int HW, int C, int G, int silu) {
+    gn_backward(dinp, dgamma, dbeta, dout, inp, gamma, beta, mean, rstd, B, HW, C, G, silu, 1);
 }

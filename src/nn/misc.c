@@ -7,6 +7,9 @@
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
 #include "ddpm/rng.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* Below this many floats a loop runs on the calling thread only. */
 #define PAR_MIN 32768
@@ -74,8 +77,8 @@ void upsample_forward(float *out, const float *inp, int B, int H, int W, int C) 
     }
 }
 
-/* dinp[b,y,x,:] += sum of the 2x2 block of dout it was copied to */
-void upsample_backward(float *dinp, const float *dout, int B, int H, int W, int C) {
+/* dinp[b,y,x,:] += (set: =) sum of the 2x2 block of dout it was copied to */
+static void upsample_bwd(float *dinp, const float *dout, int B, int H, int W, int C, int set) {
     const size_t OWC = (size_t)2 * W * C;
     const long NL = (long)B * H;
 #pragma omp parallel for schedule(static) if ((size_t)NL * W * C > PAR_MIN / 4)
@@ -86,9 +89,20 @@ void upsample_backward(float *dinp, const float *dout, int B, int H, int W, int 
         for (int x = 0; x < W; x++) {
             const float *a = r0 + (size_t)(2 * x) * C, *b = r1 + (size_t)(2 * x) * C;
             float *dd = d + (size_t)x * C;
-            for (int c = 0; c < C; c++) dd[c] += (a[c] + a[C + c]) + (b[c] + b[C + c]);
+            if (set)
+                for (int c = 0; c < C; c++) dd[c] = (a[c] + a[C + c]) + (b[c] + b[C + c]);
+            else
+                for (int c = 0; c < C; c++) dd[c] += (a[c] + a[C + c]) + (b[c] + b[C + c]);
         }
     }
+}
+
+void upsample_backward(float *dinp, const float *dout, int B, int H, int W, int C) {
+    upsample_bwd(dinp, dout, B, H, W, C, 0);
+}
+
+void upsample_backward_set(float *dinp, const float *dout, int B, int H, int W, int C) {
+    upsample_bwd(dinp, dout, B, H, W, C, 1);
 }
 
 /* ---- channel concat ------------------------------------------------------------------ */
@@ -102,12 +116,17 @@ void concat_forward(float *out, const float *a, const float *b, size_t P, int C1
     }
 }
 
-/* da (P,C1) += dout[:, :C1], db (P,C2) += dout[:, C1:]; either may be NULL. */
-void concat_backward(float *da, float *db, const float *dout, size_t P, int C1, int C2) {
+/* da (P,C1) += dout[:, :C1], db (P,C2) += dout[:, C1:] (set: =); either may be NULL. */
+static void concat_bwd(float *da, float *db, const float *dout, size_t P, int C1, int C2, int set) {
     const size_t C = (size_t)C1 + C2;
 #pragma omp parallel for schedule(static) if (P * C > PAR_MIN)
     for (size_t p = 0; p < P; p++) {
         const float *g = dout + p * C;
+        if (set) {
+            if (da) memcpy(da + p * C1, g, C1 * sizeof(float));
+            if (db) memcpy(db + p * C2, g + C1, C2 * sizeof(float));
+            continue;
+        }
         if (da) {
             float *d = da + p * C1;
             for (int c = 0; c < C1; c++) d[c] += g[c];
@@ -117,6 +136,14 @@ void concat_backward(float *da, float *db, const float *dout, size_t P, int C1, 
             for (int c = 0; c < C2; c++) d[c] += g[C1 + c];
         }
     }
+}
+
+void concat_backward(float *da, float *db, const float *dout, size_t P, int C1, int C2) {
+    concat_bwd(da, db, dout, P, C1, C2, 0);
+}
+
+void concat_backward_set(float *da, float *db, const float *dout, size_t P, int C1, int C2) {
+    concat_bwd(da, db, dout, P, C1, C2, 1);
 }
 
 /* ---- broadcast add ------------------------------------------------------------------- */
@@ -132,33 +159,67 @@ void add_bcast_forward(float *h, const float *v, int B, int HW, int C) {
     }
 }
 
-/* dv (B,C) += sum over HW of dh (B,HW,C). One thread owns each (image, block of 16
- * channels) and sums its column(s) in row order in double: the result does not depend on
- * the thread count. Also used for the bias gradients of conv2d and linear (B = 1). */
-#define BCAST_CB 16
+/* dv (B,C) += sum over HW of dh (B,HW,C); also the bias gradients of conv2d and linear
+ * (B = 1, HW = all rows). Each image's rows are cut into at most BC_MAXCH chunks of at
+ * least BC_ROWS rows (a function of HW only); a chunk's column sums are made in double in
+ * row order, and the chunk sums added in chunk order. With at least as many images as
+ * threads a thread does whole images (rows are contiguous, so it streams); otherwise the
+ * chunks of an image are split over the threads and their sums combined afterwards. Both
+ * do the same arithmetic, so the result does not depend on the thread count. */
+#define BC_ROWS 256
+#define BC_MAXCH 16
+#define BC_CB 256 /* channels per block (bounds the partial sums kept on the stack) */
+
+/* part[j] = sum over rows r0..r1 (in order) of dh[r][j], j < n; dh at the block's first
+ * channel, row stride C */
+static void col_partial(double *restrict part, const float *restrict dh, int r0, int r1, int C, int n) {
+    for (int j = 0; j < n; j++) part[j] = 0.0;
+    for (int r = r0; r < r1; r++) {
+        const float *row = dh + (size_t)r * C;
+#pragma omp simd
+        for (int j = 0; j < n; j++) part[j] += row[j];
+    }
+}
+
 void add_bcast_backward(float *dv, const float *dh, int B, int HW, int C) {
-    const int nblk = (C + BCAST_CB - 1) / BCAST_CB;
-    const long items = (long)B * nblk;
-#pragma omp parallel for schedule(static) if ((size_t)B * HW * C > PAR_MIN)
-    for (long it = 0; it < items; it++) {
-        int b = (int)(it / nblk), c0 = (int)(it % nblk) * BCAST_CB;
-        int cb = C - c0 < BCAST_CB ? C - c0 : BCAST_CB;
-        const float *base = dh + (size_t)b * HW * C + c0;
-        double acc[BCAST_CB] = {0};
-        if (cb == BCAST_CB) {
-            for (int i = 0; i < HW; i++) {
-                const float *r = base + (size_t)i * C;
-                for (int j = 0; j < BCAST_CB; j++) acc[j] += r[j];
+    int K = (HW + BC_ROWS - 1) / BC_ROWS;
+    K = K < 1 ? 1 : K > BC_MAXCH ? BC_MAXCH : K;
+    const int R = (HW + K - 1) / K;
+    int nt = 1;
+#ifdef _OPENMP
+    if ((size_t)B * HW * C > PAR_MIN) nt = omp_get_max_threads();
+#endif
+    if (B >= nt) {
+#pragma omp parallel for schedule(static) if (nt > 1)
+        for (int b = 0; b < B; b++)
+            for (int c0 = 0; c0 < C; c0 += BC_CB) {
+                const int n = C - c0 < BC_CB ? C - c0 : BC_CB;
+                double tot[n], part[n];
+                for (int j = 0; j < n; j++) tot[j] = 0.0;
+                for (int k = 0; k < K; k++) {
+                    int r0 = k * R, r1 = r0 + R < HW ? r0 + R : HW;
+                    col_partial(part, dh + (size_t)b * HW * C + c0, r0, r1, C, n);
+                    for (int j = 0; j < n; j++) tot[j] += part[j];
+                }
+                for (int j = 0; j < n; j++) dv[(size_t)b * C + c0 + j] += (float)tot[j];
             }
-        } else {
-            for (int i = 0; i < HW; i++) {
-                const float *r = base + (size_t)i * C;
-                for (int j = 0; j < cb; j++) acc[j] += r[j];
+        return;
+    }
+    double part[BC_MAXCH][BC_CB];
+    for (int b = 0; b < B; b++)
+        for (int c0 = 0; c0 < C; c0 += BC_CB) {
+            const int n = C - c0 < BC_CB ? C - c0 : BC_CB;
+#pragma omp parallel for schedule(static)
+            for (int k = 0; k < K; k++) {
+                int r0 = k * R, r1 = r0 + R < HW ? r0 + R : HW;
+                col_partial(part[k], dh + (size_t)b * HW * C + c0, r0, r1, C, n);
+            }
+            for (int j = 0; j < n; j++) {
+                double tot = 0.0;
+                for (int k = 0; k < K; k++) tot += part[k][j];
+                dv[(size_t)b * C + c0 + j] += (float)tot;
             }
         }
-        float *d = dv + (size_t)b * C + c0;
-        for (int j = 0; j < cb; j++) d[j] += (float)acc[j];
-    }
 }
 
 /* ---- elementwise add ----------------------------------------------------------------- */

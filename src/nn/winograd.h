@@ -1,0 +1,29 @@
+/* winograd: 3x3 stride-1 pad-1 convolution by Winograd F(4x4,3x3), private to src/nn.
+ * conv2d.c decides when to use it (wino_applies) and sizes the scratch from wino_scratch. */
+#ifndef DDPM_NN_WINOGRAD_H
+#define DDPM_NN_WINOGRAD_H
+
+#include <stddef.h>
+
+#include "ddpm/nn.h"
+
+/* 1 when s is a 3x3 stride-1 conv the Winograd path handles. */
+int wino_applies(ConvShape s);
+/* Floats of scratch wino_forward and wino_backward need for s. */
+size_t wino_scratch(ConvShape s);
+/* out (B,H,W,OC) = conv(inp, w) + bias (bias may be NULL). */
+void wino_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s,
+                  float *scratch);
+/* dinp += conv^T(dout, w) (dinp may be NULL), dw += (dw may be NULL). No bias. */
+void wino_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                   ConvShape s, float *scratch);
+
+/* How s is split (for tests): tiles in all, tiles per forward / dX / dW block, and the number
+ * of dW partial sums. */
+typedef struct {
+    long tiles;
+    int fwd_tb, dx_tb, dw_tb, dw_parts;
+} WinoPlan;
+WinoPlan wino_plan(ConvShape s);
+
+#endif
