@@ -20,6 +20,9 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
  * (message printed). */
 int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, int *out);
 int cli_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out);
+/* Collect a --set KEY=VALUE (optarg) into sets (CLI_MAX_SETS); 2 with a message when full. */
+#define CLI_MAX_SETS 64
+int cli_add_set(const char *cmd, char **sets, int *n_sets);
 /* Load the config from `path` (NULL = defaults) and apply the --set assignments. */
 int cli_config(Config *c, const char *path, char **sets, int n_sets);
 

@@ -67,17 +67,14 @@ int cmd_bench(int argc, char **argv) {
                                          {"profile", no_argument, 0, 'p'},      {"json", no_argument, 0, 'J'},
                                          {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *cfg_path = "configs/bench.json";
-    char *sets[64];
+    char *sets[CLI_MAX_SETS];
     int n_sets = 0, steps = 10, threads = 0, profile = 0, json = 0, rc, o;
     optind = 1;
     opterr = 0;
     while ((o = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
         switch (o) {
         case 'c': cfg_path = optarg; break;
-        case 'S':
-            if (n_sets == 64) return cli_usage_error("bench", "too many --set options (at most 64)");
-            sets[n_sets++] = optarg;
-            break;
+        case 'S': if ((rc = cli_add_set("bench", sets, &n_sets))) return rc; break;
         case 'n': if ((rc = cli_int("bench", "--steps", optarg, 1, 100000, &steps))) return rc; break;
         case 'j': if ((rc = cli_int("bench", "--threads", optarg, 1, 1024, &threads))) return rc; break;
         case 'p': profile = 1; break;

@@ -1,5 +1,6 @@
 /* Shared helpers of the subcommands: option parsing and error printing. */
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +45,12 @@ int cli_float(const char *cmd, const char *opt, const char *s, double lo, double
     if (errno || end == s || *end || !(v >= lo && v <= hi))
         return cli_usage_error(cmd, "%s '%s': expected a number from %g to %g", opt, s, lo, hi);
     *out = (float)v;
+    return 0;
+}
+
+int cli_add_set(const char *cmd, char **sets, int *n_sets) {
+    if (*n_sets == CLI_MAX_SETS) return cli_usage_error(cmd, "too many --set options (at most %d)", CLI_MAX_SETS);
+    sets[(*n_sets)++] = optarg;
     return 0;
 }
 

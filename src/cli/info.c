@@ -29,17 +29,14 @@ int cmd_info(int argc, char **argv) {
                                          {"keys", no_argument, 0, 'k'},         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *cfg_path = NULL;
-    char *sets[64];
+    char *sets[CLI_MAX_SETS];
     int n_sets = 0, batch = 0, no_data = 0, rc, o;
     optind = 1;
     opterr = 0;
     while ((o = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
         switch (o) {
         case 'c': cfg_path = optarg; break;
-        case 'S':
-            if (n_sets == 64) return cli_usage_error("info", "too many --set options (at most 64)");
-            sets[n_sets++] = optarg;
-            break;
+        case 'S': if ((rc = cli_add_set("info", sets, &n_sets))) return rc; break;
         case 'b': if ((rc = cli_int("info", "--batch", optarg, 1, 1 << 16, &batch))) return rc; break;
         case 'n': no_data = 1; break;
         case 'k': config_print_keys(stdout); return 0;

@@ -36,7 +36,7 @@ int cmd_train(int argc, char **argv) {
                                          {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
                                          {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *cfg_path = NULL;
-    char *sets[64];
+    char *sets[CLI_MAX_SETS];
     int n_sets = 0, threads = 0, rc, o;
     TrainOpts to = {0};
     optind = 1;
@@ -44,10 +44,7 @@ int cmd_train(int argc, char **argv) {
     while ((o = getopt_long(argc, argv, ":c:qh", opts, NULL)) != -1) {
         switch (o) {
         case 'c': cfg_path = optarg; break;
-        case 'S':
-            if (n_sets == 64) return cli_usage_error("train", "too many --set options (at most 64)");
-            sets[n_sets++] = optarg;
-            break;
+        case 'S': if ((rc = cli_add_set("train", sets, &n_sets))) return rc; break;
         case 'r': to.resume = optarg; break;
         case 'f': to.force = 1; break;
         case 'j': if ((rc = cli_int("train", "--threads", optarg, 1, 1024, &threads))) return rc; break;

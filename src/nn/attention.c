@@ -13,30 +13,10 @@
 #include "blas_serial.h"
 #include "ddpm/nn.h"
 #include "ddpm/tensor.h"
+#include "fastexp.h"
 
 #define PAR_MIN 16384
 
-/* Vectorizable exp; identical to the one in misc.c (see there). */
-static inline float nn_expf(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round: 1.5*2^23 */
-    float r = x - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } sc = {((int32_t)n + 127) << 23};
-    return p * sc.f;
-}
 
 /* One N x N matrix per thread that runs images in parallel. */
 size_t attention_scratch(int N) { return (size_t)nn_scratch_slots() * N * N; }

@@ -25,6 +25,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
+#include "fastexp.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -33,27 +34,6 @@
 #define BLK_FLOATS 262144 /* most floats per tensor per work item (1 MB) */
 #define PART_MAX 4096    /* doubles of per-image partial parameter gradients per batch chunk */
 
-/* Vectorizable exp; identical to the one in misc.c (see there). */
-static inline float nn_expf(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round: 1.5*2^23 */
-    float r = x - n * 0.693145751953125f;
-    r = r - n * 1.428606765330187e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } sc = {((int32_t)n + 127) << 23};
-    return p * sc.f;
-}
 
 /* 1/d for d in [1, 2^125]: seed from the bits (~12% error), three Newton steps
  * (error squares each step): max 2.5 ulp. Vectorizes on any ISA. (Above ~2^126 the seed
