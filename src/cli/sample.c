@@ -92,7 +92,7 @@ int cmd_sample(int argc, char **argv) {
         case 'v': var = optarg; break;
         case 'C': no_clip = 1; break;
         case 'q': quiet = 1; break;
-        case 'n': if ((rc = cli_int("sample", "-n", optarg, 1, 1000000, &n))) return rc; break;
+        case 'n': if ((rc = cli_int("sample", "-n", optarg, 1, 100000, &n))) return rc; break;
         case 'K': if ((rc = cli_int("sample", "--steps", optarg, 1, 100000, &steps))) return rc; break;
         case 'e': if ((rc = cli_float("sample", "--eta", optarg, 0, 1, &eta))) return rc; break;
         case 'S': if ((rc = cli_int("sample", "--seed", optarg, 0, 2147483647, &seed))) return rc; break;
