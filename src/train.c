@@ -50,6 +50,7 @@ typedef struct {
     const TrainOpts *o;
     char dir[CFG_STR];
     long saved_step;       /* step of latest.safetensors */
+    long saved_step0;      /* step this process started from */
     int rank, nranks;
     UNet u;
     Optim opt;
@@ -297,6 +298,7 @@ int train_main(Config *c, const TrainOpts *o) {
         fprintf(stderr, "training %s: %.2f M parameters, batch %d%s, steps %ld -> %d, run folder %s\n", c->data.path,
                 u->n_floats / 1e6, B, r->nranks > 1 ? " (split over MPI ranks)" : "", r->st.step, c->train.steps, r->dir);
     double t_start = now_s(), t_int = t_start, el0 = r->st.elapsed, smooth = -1;
+    r->saved_step0 = r->st.step;
     long int_start = r->st.step;
     const char *stop_reason = NULL;
     while (r->st.step < c->train.steps) {
@@ -349,7 +351,8 @@ int train_main(Config *c, const TrainOpts *o) {
         int last = s1 == c->train.steps;
         if (r->rank == 0) {
             char extra[96];
-            snprintf(extra, sizeof extra, "loss %.4f", smooth);
+            double run_s = now - t_start;
+            snprintf(extra, sizeof extra, "loss %.4f  %.1f img/s", smooth, run_s > 0 ? (double)B * (s1 - r->saved_step0) / run_s : 0);
             progress_bar(&r->pr, "train", s1, c->train.steps, "step", extra);
         }
         if (s1 % c->train.log_every == 0 || last) {
