@@ -306,7 +306,7 @@ static size_t alloc_acts(UNet *u, Arena *a) {
     return bytes;
 }
 
-int unet_init(UNet *u, const Config *c, int B_max, int training) {
+int unet_plan(UNet *u, const Config *c, int B_max, int training) {
     memset(u, 0, sizeof *u);
     int rc = config_validate(c);
     if (rc) return rc;
@@ -321,6 +321,13 @@ int unet_init(UNet *u, const Config *c, int B_max, int training) {
     u->B_max = B_max;
     u->training = training;
     build(u, c);
+    u->act_bytes = alloc_acts(u, NULL);
+    return DDPM_OK;
+}
+
+int unet_init(UNet *u, const Config *c, int B_max, int training) {
+    int rc = unet_plan(u, c, B_max, training);
+    if (rc) return rc;
     u->params = aligned_alloc(64, u->n_floats * sizeof(float));
     CHECK(u->params, "out of memory for %zu parameters", u->n_floats);
     memset(u->params, 0, u->n_floats * sizeof(float));
@@ -329,7 +336,6 @@ int unet_init(UNet *u, const Config *c, int B_max, int training) {
         CHECK(u->grads, "out of memory for gradients");
         memset(u->grads, 0, u->n_floats * sizeof(float));
     }
-    u->act_bytes = alloc_acts(u, NULL);
     Arena *a = xmalloc(sizeof(Arena));
     arena_init(a, u->act_bytes);
     alloc_acts(u, a);

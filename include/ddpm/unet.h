@@ -71,6 +71,8 @@ typedef struct {
 /* Build the parameter table and allocate params (+ grads and backward buffers when
  * training) and activations for batches up to B_max. EUSAGE if the config is invalid. */
 int unet_init(UNet *u, const Config *c, int B_max, int training);
+/* The same without allocating: the parameter table, FLOPs and act_bytes only (for info). */
+int unet_plan(UNet *u, const Config *c, int B_max, int training);
 void unet_free(UNet *u);
 /* Initialize parameters from seed (see top of file). */
 void unet_init_params(UNet *u, uint64_t seed);

@@ -67,7 +67,7 @@ int cmd_info(int argc, char **argv) {
 
     if (!batch) batch = c.train.batch_size;
     UNet u;
-    if ((rc = unet_init(&u, &c, batch, 1))) return cli_fail(rc);
+    if ((rc = unet_plan(&u, &c, batch, 1))) return cli_fail(rc);
     unet_print_summary(&u, stdout);
     double pbytes = u.n_floats * 4.0;
     printf("  training memory at batch %d: activations %.1f MB + parameters, gradients, Adam moments, EMA %.1f MB\n", batch,
