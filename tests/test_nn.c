@@ -1261,69 +1261,6 @@ static void test_optim_vector(void) {
     T_NEAR(optim_grad_norm(big, 3) / want, 1.0, 1e-12, "optim_grad_norm in double (no float overflow)");
 }
 
-/* U-Net training with dropout (unet.c applies the dropout mask to the gradient of a2 in
- * place): parameter gradients of a tiny model with p = 0.3 against central differences of
- * L = sum(out * R) under the same masks. (unet.h's Param is renamed here: this file has
- * its own.) */
-#define Param UnetParam
-#include "ddpm/unet.h"
-#undef Param
-static UNet g_du;
-static float *g_dx, *g_dy, *g_dR;
-static int g_dt[2] = {10, 500};
-static double drop_loss(void) {
-    unet_forward(&g_du, g_dy, g_dx, g_dt, 2);
-    size_t n = (size_t)2 * g_du.res * g_du.res * g_du.C_img;
-    double L = 0;
-    for (size_t i = 0; i < n; i++) L += (double)g_dy[i] * g_dR[i];
-    return L;
-}
-static void test_unet_dropout_grad(void) {
-    Config c;
-    config_defaults(&c);
-    int rc = config_parse(&c,
-                          "{\"data\": {\"image_size\": 8, \"channels\": 1}, \"model\": {\"ch\": 16, \"ch_mult\": [1, 2], "
-                          "\"num_res_blocks\": 1, \"attn_resolutions\": [4], \"dropout\": 0.3, \"groups\": 4}}",
-                          "dropout test");
-    if (!rc) rc = unet_init(&g_du, &c, 2, 1);
-    T_OK(rc == 0, "tiny U-Net with dropout 0.3 builds");
-    if (rc) return;
-    unet_init_params(&g_du, 1);
-    for (int i = 0; i < g_du.nP; i++) /* zero-initialized tensors get small values so every path carries gradient */
-        if (g_du.P[i].init == PINIT_ZERO)
-            for (size_t j = 0; j < g_du.P[i].n; j++) g_du.params[g_du.P[i].off + j] = 0.1f * frand();
-    size_t n = (size_t)2 * 8 * 8;
-    g_dx = alloc_rand(n, 1, 0), g_dy = alloc0(n), g_dR = alloc_rand(n, 1, 0);
-    g_du.drop_on = 1, g_du.drop_seed = 5, g_du.drop_step = 3, g_du.img0 = 0;
-    drop_loss();
-    unet_zero_grad(&g_du);
-    unet_backward(&g_du, g_dR, NULL);
-    const char *names[] = {"down.0.res.0.conv1.weight", "down.0.res.0.norm2.weight", "mid.res.0.conv1.bias", "up.0.res.0.norm1.weight"};
-    double worst = 0;
-    for (int k = 0; k < 4; k++) {
-        const UnetParam *p = unet_param(&g_du, names[k]);
-        if (!p) {
-            worst = INFINITY;
-            continue;
-        }
-        for (int j = 0; j < 4; j++) {
-            size_t i = p->off + (size_t)(j * 7919) % p->n;
-            float s = g_du.params[i], h = 1e-2f * (fabsf(s) > 1 ? fabsf(s) : 1);
-            g_du.params[i] = s + h;
-            double Lp = drop_loss();
-            g_du.params[i] = s - h;
-            double Lm = drop_loss();
-            g_du.params[i] = s;
-            double fd = (Lp - Lm) / (2.0 * h), an = g_du.grads[i], den = fabs(fd) + fabs(an);
-            double e = fabs(fd - an) / (den > FD_FLOOR ? den : FD_FLOOR);
-            worst = e > worst || e != e ? e : worst;
-        }
-    }
-    T_OK(worst < 2e-2, "U-Net with dropout 0.3: parameter gradients vs FD, max rel err %.2e", worst);
-    unet_free(&g_du);
-    free(g_dx), free(g_dy), free(g_dR);
-}
-
 int main(void) {
     double t0 = now_s();
     printf("conv2d\n");
@@ -1388,7 +1325,6 @@ int main(void) {
     test_linear_large();
     test_attention_large();
     test_optim_vector();
-    test_unet_dropout_grad();
     printf("time %.2f s\n", now_s() - t0);
     return t_done();
 }
