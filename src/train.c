@@ -26,7 +26,15 @@
 #define PATHBUF (CFG_STR + 128)
 
 static volatile sig_atomic_t g_stop;
-static void on_signal(int sig) { g_stop = sig; }
+/* First SIGINT/SIGTERM: finish the step, save, exit 0. A second one: die now (the last
+ * checkpoint on disk is complete either way). */
+static void on_signal(int sig) {
+    if (g_stop) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+    g_stop = sig;
+}
 
 typedef struct {
     long *step;
