@@ -45,12 +45,16 @@ double optim_ema_decay(const Config *c, long step) {
 #define NORM_CHUNK 65536
 #define STEP_BLOCK 4096 /* a multiple of 8 */
 
+#define NORM_PARTS 1024 /* partial sums on the stack: no allocation inside a training step */
+
 double optim_grad_norm(const float *g, size_t n) {
-    size_t nc = (n + NORM_CHUNK - 1) / NORM_CHUNK;
-    double *part = xmalloc(sizeof(double) * (nc ? nc : 1));
+    size_t chunk = NORM_CHUNK; /* a function of n only, so the sum order never depends on threads */
+    while ((n + chunk - 1) / chunk > NORM_PARTS) chunk *= 2;
+    size_t nc = (n + chunk - 1) / chunk;
+    double part[NORM_PARTS];
 #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < nc; c++) {
-        size_t lo = c * NORM_CHUNK, hi = lo + NORM_CHUNK < n ? lo + NORM_CHUNK : n;
+        size_t lo = c * chunk, hi = lo + chunk < n ? lo + chunk : n;
         double s = 0;
 #pragma omp simd reduction(+ : s)
         for (size_t i = lo; i < hi; i++) s += (double)g[i] * g[i];
@@ -58,7 +62,6 @@ double optim_grad_norm(const float *g, size_t n) {
     }
     double s = 0;
     for (size_t c = 0; c < nc; c++) s += part[c];
-    free(part);
     return sqrt(s);
 }
 

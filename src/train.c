@@ -379,7 +379,7 @@ int train_main(Config *c, const TrainOpts *o) {
         int stop_time = c->train.max_minutes > 0 && now - t_start >= 60.0 * c->train.max_minutes;
         /* every rank must agree to stop at the same step */
         double flags[2] = {(double)g_stop, (double)stop_time};
-        if (r->nranks > 1) dist_allreduce_f64(flags, 2);
+        dist_allreduce_f64(flags, 2);
         if (flags[0]) stop_reason = "interrupted";
         else if (flags[1]) stop_reason = "time limit (train.max_minutes) reached";
         if (c->train.sample_every && (s1 % c->train.sample_every == 0 || last || stop_reason) && (rc = preview(r))) break;

@@ -23,6 +23,7 @@ struct Block {
     BlockKind kind;
     char name[32];
     int H, W, cin, cout;   /* input spatial size and channels (cin includes the skip for up-path res) */
+    int OH, OW;            /* output spatial size: halved by BLK_DOWN (TF SAME), doubled by BLK_UP */
     int skip;              /* up-path res: index of the block whose output is concatenated; else -1 */
     int shortcut;          /* res: 1x1 conv shortcut */
     int p0, np;            /* first parameter index in u->P and count (for the summary) */
@@ -102,6 +103,8 @@ static Block *add_block(Builder *bd, int *cap, BlockKind kind, int H, int W, int
     memset(b, 0, sizeof *b);
     b->kind = kind;
     b->H = H, b->W = W, b->cin = cin, b->cout = cout, b->skip = -1;
+    b->OH = kind == BLK_DOWN ? (H + 1) / 2 : kind == BLK_UP ? 2 * H : H;
+    b->OW = kind == BLK_DOWN ? (W + 1) / 2 : kind == BLK_UP ? 2 * W : W;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(b->name, sizeof b->name, fmt, ap);
@@ -114,8 +117,7 @@ static Block *add_block(Builder *bd, int *cap, BlockKind kind, int H, int W, int
     case BLK_DOWN:
     case BLK_UP: {
         conv_params(bd, &b->p[CONV_W], &b->p[CONV_B], kind == BLK_CONV_IN ? "" : "conv", cin, cout, 3, 0);
-        int OHW = kind == BLK_DOWN ? ((H + 1) / 2) * ((W + 1) / 2) : kind == BLK_UP ? 4 * HW : HW;
-        b->flops = 2.0 * OHW * cout * 9 * cin;
+        b->flops = 2.0 * b->OH * b->OW * cout * 9 * cin;
         break;
     }
     case BLK_RES:
@@ -205,6 +207,9 @@ static void build(UNet *u, const Config *c) {
     for (int i = 0; i < u->nblk; i++) u->flops += u->blk[i].flops;
 }
 
+/* floats in blk[j].out (and dout) at batch B */
+static size_t block_out_n(const Block *b, int B) { return (size_t)B * b->OH * b->OW * b->cout; }
+
 /* ---- activations ---------------------------------------------------------------------- */
 
 /* Walk every buffer; with a == NULL only count bytes. */
@@ -233,35 +238,28 @@ static size_t alloc_acts(UNet *u, Arena *a) {
     size_t scr_n = 0, conv_n = 0, att_n = 0;
     for (int i = 0; i < u->nblk; i++) {
         Block *b = &u->blk[i];
-        size_t HW = (size_t)b->H * b->W, nin = B * HW * b->cin, nout = 0;
+        size_t HW = (size_t)b->H * b->W, nin = B * HW * b->cin, nout = block_out_n(b, B);
+        ACT(b->out, nout);
         switch (b->kind) {
         case BLK_CONV_IN:
-            nout = B * HW * b->cout;
-            ACT(b->out, nout);
             conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1)));
             break;
         case BLK_DOWN: {
             ConvShape s = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2);
-            nout = (size_t)B * s.OH * s.OW * b->cout;
-            ACT(b->out, nout);
             conv_n = fmax(conv_n, conv2d_scratch(s));
             break;
         }
         case BLK_UP:
-            nout = B * 4 * HW * b->cout;
             ACT(b->a1, B * 4 * HW * b->cin); /* upsampled input */
-            ACT(b->out, nout);
             conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1)));
             scr_n = fmax(scr_n, B * 4 * HW * b->cin);
             break;
         case BLK_RES:
-            nout = B * HW * b->cout;
             if (b->skip >= 0) ACT(b->cat, nin);
             ACT(b->a1, nin);
             ACT(b->h1, nout);
             ACT(b->tp, B * b->cout);
             ACT(b->a2, nout);
-            ACT(b->out, nout);
             ACT(b->m1, B * G);
             ACT(b->r1, B * G);
             ACT(b->m2, B * G);
@@ -271,23 +269,19 @@ static size_t alloc_acts(UNet *u, Arena *a) {
             scr_n = fmax(scr_n, fmax(nin, nout));
             break;
         case BLK_ATTN:
-            nout = nin;
             ACT(b->a1, nin);
             ACT(b->q, nin);
             ACT(b->k, nin);
             ACT(b->v, nin);
             ACT(b->att, B * HW * HW);
             ACT(b->o, nin);
-            ACT(b->out, nout);
             ACT(b->m1, B * G);
             ACT(b->r1, B * G);
             scr_n = fmax(scr_n, nin);
             att_n = fmax(att_n, attention_scratch((int)HW));
             break;
         case BLK_OUT:
-            nout = B * HW * b->cout;
             ACT(b->a1, nin);
-            ACT(b->out, nout);
             ACT(b->m1, B * G);
             ACT(b->r1, B * G);
             conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1)));
@@ -495,14 +489,6 @@ static float *zeroed(float *p, size_t n) {
     return p;
 }
 
-/* floats in blk[j].out (and dout) at batch B */
-static size_t block_out_n(const Block *b, int B) {
-    size_t HW = b->kind == BLK_DOWN ? (size_t)((b->H + 1) / 2) * ((b->W + 1) / 2)
-              : b->kind == BLK_UP   ? (size_t)4 * b->H * b->W
-                                    : (size_t)b->H * b->W;
-    return (size_t)B * HW * b->cout;
-}
-
 /* blk[j].dout for a writer that adds: zeroed if nothing has written it yet */
 static float *dout_for_add(UNet *u, int j, int B) {
     Block *b = &u->blk[j];
@@ -666,9 +652,7 @@ const float *unet_activation(const UNet *u, const char *name, int *H, int *W, in
     for (int i = 0; i < u->nblk; i++) {
         const Block *b = &u->blk[i];
         if (strcmp(b->name[0] ? b->name : "out", name)) continue;
-        int OH = b->kind == BLK_DOWN ? (b->H + 1) / 2 : b->kind == BLK_UP ? 2 * b->H : b->H;
-        int OW = b->kind == BLK_DOWN ? (b->W + 1) / 2 : b->kind == BLK_UP ? 2 * b->W : b->W;
-        *H = OH, *W = OW, *C = b->cout;
+        *H = b->OH, *W = b->OW, *C = b->cout;
         return b->out;
     }
     return NULL;
@@ -692,8 +676,8 @@ void unet_print_summary(const UNet *u, FILE *f) {
         const Block *b = &u->blk[i];
         size_t n = count_params(u, b->p0, b->np);
         total += n;
-        int OH = b->kind == BLK_DOWN ? (b->H + 1) / 2 : b->kind == BLK_UP ? 2 * b->H : b->H;
-        fprintf(f, "  %-22s %12zu %10.1f  %dx%dx%d -> %dx%dx%d\n", b->name[0] ? b->name : "out", n, b->flops / 1e6, b->H, b->W, b->cin, OH, OH, b->cout);
+        fprintf(f, "  %-22s %12zu %10.1f  %dx%dx%d -> %dx%dx%d\n", b->name[0] ? b->name : "out", n, b->flops / 1e6, b->H, b->W, b->cin,
+                b->OH, b->OW, b->cout);
     }
     fprintf(f, "  parameters: %zu (%.2f M)\n", total, total / 1e6);
     fprintf(f, "  forward: %.2f GFLOP per image (2 FLOP per multiply-add)\n", u->flops / 1e9);

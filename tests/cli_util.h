@@ -50,4 +50,40 @@ static inline void write_text(const char *path, const char *text) {
     fclose(f);
 }
 
+/* 1 if two files have the same bytes. */
+static inline int same_file(const char *a, const char *b) {
+    char x[1 << 15], y[1 << 15];
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    int same = fa && fb;
+    while (same) {
+        size_t na = fread(x, 1, sizeof x, fa), nb = fread(y, 1, sizeof y, fb);
+        if (na != nb || memcmp(x, y, na)) same = 0;
+        if (na == 0) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return same;
+}
+
+/* The loss column of a run's log.csv (at most max rows; returns the row count) and, with
+ * rows != NULL, the rows without their timing columns. */
+static inline int read_log(const char *dir, double *loss, int max, char *rows, size_t rn) {
+    char p[700], line[512];
+    snprintf(p, sizeof p, "%s/log.csv", dir);
+    FILE *f = fopen(p, "r");
+    int n = 0;
+    if (rows) rows[0] = 0;
+    if (!f) return 0;
+    while (fgets(line, sizeof line, f)) {
+        long s;
+        double l, lr, gn;
+        if (sscanf(line, "%ld,%lf,%lf,%lf", &s, &l, &lr, &gn) != 4) continue;
+        if (n < max) loss[n] = l;
+        n++;
+        if (rows) snprintf(rows + strlen(rows), rn - strlen(rows), "%ld,%.6g,%.6g,%.6g\n", s, l, lr, gn);
+    }
+    fclose(f);
+    return n;
+}
+
 #endif

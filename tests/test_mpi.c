@@ -34,20 +34,6 @@ static int mpi(int np, const char *fmt, ...) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
-static int read_losses(const char *dir, double *l, int max) {
-    char p[600], line[256];
-    snprintf(p, sizeof p, "%s/log.csv", dir);
-    FILE *f = fopen(p, "r");
-    int n = 0;
-    while (f && fgets(line, sizeof line, f)) {
-        long s;
-        double v;
-        if (sscanf(line, "%ld,%lf", &s, &v) == 2 && n < max) l[n++] = v;
-    }
-    if (f) fclose(f);
-    return n;
-}
-
 /* max relative difference of the model weights in two checkpoints (-1 if unreadable). */
 static double weight_diff(const char *a, const char *b) {
     StFile fa, fb;
@@ -71,20 +57,6 @@ static double weight_diff(const char *a, const char *b) {
     return sqrt(num / (den + 1e-30));
 }
 
-static int same_file(const char *a, const char *b) {
-    char x[1 << 15], y[1 << 15];
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    int same = fa && fb;
-    while (same) {
-        size_t na = fread(x, 1, sizeof x, fa), nb = fread(y, 1, sizeof y, fb);
-        if (na != nb || memcmp(x, y, na)) same = 0;
-        if (na == 0) break;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return same;
-}
-
 int main(void) {
     MPI_BIN = getenv("DDPM_MPI_BIN");
     if (!MPI_BIN || access(MPI_BIN, X_OK)) {
@@ -101,7 +73,7 @@ int main(void) {
     double l1[16], l2[16], worst = 0;
     snprintf(a, sizeof a, "%s/np1", d);
     snprintf(b, sizeof b, "%s/np2", d);
-    int n1 = read_losses(a, l1, 16), n2 = read_losses(b, l2, 16);
+    int n1 = read_log(a, l1, 16, NULL, 0), n2 = read_log(b, l2, 16, NULL, 0);
     for (int i = 0; i < n1 && i < n2; i++) worst = fmax(worst, fabs(l1[i] - l2[i]) / fabs(l1[i]));
     T_OK(r1 == 0 && r2 == 0 && n1 == 10 && n2 == 10 && worst <= 1e-5, "2 ranks x 4 vs 1 rank x 8: 10 losses agree (worst rel %.2g <= 1e-5)%s",
          worst, r2 ? g_err : "");
@@ -118,7 +90,7 @@ int main(void) {
     int rb = mpi(2, "train --resume %s/mix --set train.steps=10 --quiet", d);
     double lm[16];
     snprintf(a, sizeof a, "%s/mix", d);
-    int nm = read_losses(a, lm, 16);
+    int nm = read_log(a, lm, 16, NULL, 0);
     worst = 0;
     for (int i = 0; i < nm && i < n1; i++) worst = fmax(worst, fabs(lm[i] - l1[i]) / fabs(l1[i]));
     T_OK(ra == 0 && rb == 0 && nm == 10 && worst <= 1e-5, "5 steps on 1 rank + resume on 2 ranks = 10 straight (worst rel %.2g)", worst);

@@ -10,17 +10,6 @@
 #define FIXTURE "tests/fixtures/tiny_model.safetensors"
 #define EXPECTED "tests/fixtures/tiny_model_grid.png"
 
-static int same_file(const char *a, const char *b) {
-    char *x = malloc(1 << 20), *y = malloc(1 << 20);
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    size_t na = fa ? fread(x, 1, 1 << 20, fa) : 0, nb = fb ? fread(y, 1, 1 << 20, fb) : 1;
-    int same = fa && fb && na == nb && !memcmp(x, y, na);
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    free(x), free(y);
-    return same;
-}
-
 static int same_dirs(const char *d, const char *a, const char *b, int n) {
     int same = 1;
     char pa[600], pb[600];

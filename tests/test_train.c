@@ -19,26 +19,6 @@ static const char *TINY =
 
 static char cfg[512];
 
-/* The loss column of log.csv rows, and the rows without the timing columns. */
-static int read_log(const char *dir, double *loss, int max, char *rows, size_t rn) {
-    char p[600], line[512];
-    snprintf(p, sizeof p, "%s/log.csv", dir);
-    FILE *f = fopen(p, "r");
-    int n = 0;
-    if (rows) rows[0] = 0;
-    if (!f) return 0;
-    while (fgets(line, sizeof line, f)) {
-        long s;
-        double l, lr, gn;
-        if (sscanf(line, "%ld,%lf,%lf,%lf", &s, &l, &lr, &gn) != 4) continue;
-        if (n < max) loss[n] = l;
-        n++;
-        if (rows) snprintf(rows + strlen(rows), rn - strlen(rows), "%ld,%.6g,%.6g,%.6g\n", s, l, lr, gn);
-    }
-    fclose(f);
-    return n;
-}
-
 static int same_tensors(const char *a, const char *b, double *maxrel) {
     StFile fa, fb;
     *maxrel = 1e9;
@@ -67,7 +47,9 @@ static int same_tensors(const char *a, const char *b, double *maxrel) {
 static void test_overfit(const char *d) {
     int rc = run("train --config %s --set train.out_dir=%s/overfit --quiet", cfg, d);
     double loss[64];
-    int n = read_log(d == NULL ? "" : (snprintf(g_out, 600, "%s/overfit", d), g_out), loss, 64, NULL, 0);
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/overfit", d);
+    int n = read_log(dir, loss, 64, NULL, 0);
     double first = n ? loss[0] : 0, last = n ? loss[n - 1] : 1;
     T_OK(rc == 0 && n == 20 && first / last >= 5, "tiny model overfits 8 images: loss %.4f -> %.4f (%.1fx, need 5x) in 200 steps",
          first, last, first / last);
