@@ -166,7 +166,9 @@ static void build(UNet *u, const Config *c) {
     u->temb_p[2] = param(&bd, PINIT_UNIFORM, T, 2, s1, "temb.dense1.weight");
     u->temb_p[3] = param(&bd, PINIT_UNIFORM, T, 1, sb, "temb.dense1.bias");
 
-    int skip_blk[64], skip_ch[64], ns = 0;
+    /* skips: conv_in, every down-path res (or attn) block, every downsample */
+    const int max_skips = 1 + u->n_levels * (u->nrb + 1);
+    int *skip_blk = xmalloc(sizeof(int) * max_skips), *skip_ch = xmalloc(sizeof(int) * max_skips), ns = 0;
     int H = u->res, W = u->res, C = ch;
     add_block(&bd, &bcap, BLK_CONV_IN, H, W, u->C_img, ch, "conv_in");
     skip_blk[ns] = u->nblk - 1, skip_ch[ns++] = ch;
@@ -202,6 +204,7 @@ static void build(UNet *u, const Config *c) {
         }
     }
     CHECK(ns == 0, "skip stack not empty");
+    free(skip_blk), free(skip_ch);
     add_block(&bd, &bcap, BLK_OUT, H, W, C, u->C_img, "%s", "");
     u->flops = 2.0 * (ch * T + T * T);
     for (int i = 0; i < u->nblk; i++) u->flops += u->blk[i].flops;

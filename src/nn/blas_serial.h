@@ -35,6 +35,17 @@ static inline int nn_max_threads(void) {
 #endif
 }
 
+/* Threads in the current team: inside a parallel region this may be fewer than
+ * nn_max_threads() asked for (nested regions, OMP_THREAD_LIMIT, OMP_DYNAMIC), so work
+ * split by thread number must be split by this count. */
+static inline int nn_team_size(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 static inline int nn_thread_num(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();

@@ -38,7 +38,7 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
 #pragma omp parallel num_threads(nt)
         {
             int n0, n1;
-            row_range(N, nn_thread_num(), nt, &n0, &n1);
+            row_range(N, nn_thread_num(), nn_team_size(), &n0, &n1); /* the team may be < nt */
             if (n1 > n0) {
                 gemm(0, 1, n1 - n0, OUT, IN, 1.0f, inp + (size_t)n0 * IN, IN, w, IN, 0.0f, out + (size_t)n0 * OUT, OUT);
                 if (bias) add_bias_rows(out, bias, n0, n1, OUT);
@@ -65,14 +65,14 @@ static void linear_bwd(float *dinp, float *dw, float *dbias, const float *dout, 
         const int saved = blas_serial_begin();
 #pragma omp parallel num_threads(nt)
         {
-            const int t = nn_thread_num();
+            const int t = nn_thread_num(), tn = nn_team_size(); /* the team may be < nt */
             int r0, r1;
             if (dinp) {
-                row_range(N, t, nt, &r0, &r1);
+                row_range(N, t, tn, &r0, &r1);
                 if (r1 > r0)
                     gemm(0, 0, r1 - r0, IN, OUT, 1.0f, dout + (size_t)r0 * OUT, OUT, w, IN, bx, dinp + (size_t)r0 * IN, IN);
             }
-            row_range(OUT, t, nt, &r0, &r1); /* rows of dw = columns of dout */
+            row_range(OUT, t, tn, &r0, &r1); /* rows of dw = columns of dout */
             if (dw && r1 > r0) gemm(1, 0, r1 - r0, IN, N, 1.0f, dout + r0, OUT, inp, IN, 1.0f, dw + (size_t)r0 * IN, IN);
         }
         blas_serial_end(saved);

@@ -7,9 +7,9 @@
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
 #include "ddpm/rng.h"
+#include "fastexp.h"
 #ifdef _OPENMP
 #include <omp.h>
-#include "fastexp.h"
 #endif
 
 /* Below this many floats a loop runs on the calling thread only. */
