@@ -71,9 +71,23 @@ int main(void) {
     const char *files[] = {"configs/cifar.json", "configs/cifar_small.json", "configs/fashion_mnist.json", "configs/demo.json",
                            "configs/bench.json"};
     for (int i = 0; i < 5; i++) {
+        config_defaults(&c); /* each file over the defaults, not over the previous file */
         rc = config_load(&c, files[i]);
         T_OK(rc == 0, "%s loads (%s)", files[i], rc ? err_msg() : "ok");
     }
+    /* a key one file leaves out must come from the defaults, whatever was loaded before:
+     * demo.json sets lr_decay cosine and ema_warmup, cifar.json does not */
+    Config fresh, after;
+    config_defaults(&fresh);
+    config_load(&fresh, "configs/cifar.json");
+    config_defaults(&after);
+    config_load(&after, "configs/demo.json");
+    config_defaults(&after);
+    config_load(&after, "configs/cifar.json");
+    T_OK(!memcmp(&fresh, &after, sizeof fresh) && !strcmp(after.train.lr_decay, "none") && !after.train.ema_warmup,
+         "configs/cifar.json after demo.json: lr_decay \"%s\", ema_warmup %d (defaults none, 0)", after.train.lr_decay,
+         after.train.ema_warmup);
+    config_defaults(&c);
     config_load(&c, "configs/cifar.json");
     T_OK(c.model.ch == 128 && c.model.n_levels == 4 && c.model.ch_mult[3] == 2 && c.model.num_res_blocks == 2 &&
              c.model.n_attn == 1 && c.model.attn_res[0] == 16 && fabsf(c.model.dropout - 0.1f) < 1e-7 &&
