@@ -10,6 +10,10 @@ int err_set(int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(g_msg, sizeof g_msg, fmt, ap);
     va_end(ap);
+    /* one line, whatever the arguments held (a --set value, a file's bytes, a library's
+     * reason): control characters become '?' */
+    for (unsigned char *p = (unsigned char *)g_msg; *p; p++)
+        if (*p < 0x20 || *p == 0x7f) *p = '?';
     return code;
 }
 
