@@ -324,7 +324,8 @@ int config_set(Config *c, const char *assignment) {
     const Key *k = find_key(path);
     if (!k) return unknown_key("--set", path, 0);
     const char *val = eq + 1;
-    cJSON *v = cJSON_Parse(val);
+    /* the whole value must be JSON (cJSON_Parse alone would take "1e-4x" as 1e-4) */
+    cJSON *v = cJSON_ParseWithOpts(val, NULL, 1);
     if (!v || (k->type == K_STR && !cJSON_IsString(v))) {
         cJSON_Delete(v);
         v = cJSON_CreateString(val); /* bare words are strings: --set data.format=cifar10 */

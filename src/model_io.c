@@ -1,6 +1,7 @@
 #include "ddpm/model_io.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,10 +35,14 @@ int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, 
     snprintf(lsum, sizeof lsum, "%.17g", ts->loss_sum);
     snprintf(lcnt, sizeof lcnt, "%ld", ts->loss_count);
     snprintf(el, sizeof el, "%.3f", ts->elapsed);
+    char dfrom[32], dlr[40];
+    snprintf(dfrom, sizeof dfrom, "%ld", ts->decay_from);
+    snprintf(dlr, sizeof dlr, "%.17g", ts->decay_lr);
     char *cfg = config_to_json(c);
-    const char *keys[] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
-    const char *vals[] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
-    int rc = st_write(path, t, u->nP * copies, keys, vals, 9);
+    const char *keys[] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng",
+                          "lr_decay_from", "lr_decay_lr"};
+    const char *vals[] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10", dfrom, dlr};
+    int rc = st_write(path, t, u->nP * copies, keys, vals, ts->decay_from > 0 ? 11 : 9);
     free(cfg);
     for (int i = 0; i < u->nP * copies; i++) free(names[i]);
     free(names);
@@ -88,20 +93,40 @@ static int meta_num(const StFile *f, const char *key, double *out) {
     return DDPM_OK;
 }
 
+/* The training state a checkpoint claims, each number checked before it is converted:
+ * step, epoch, pos and loss_count must be whole numbers in the range their C types (and
+ * the config schema: train.steps <= 1e9) hold, loss_sum and elapsed finite. A crafted
+ * file cannot reach an out-of-range double -> integer conversion (undefined behaviour). */
 int ckpt_load_state(const StFile *f, TrainState *ts) {
     double v[6];
     const char *keys[6] = {"step", "epoch", "pos", "loss_sum", "loss_count", "elapsed"};
+    const double hi[6] = {1e9, 2147483646.0, 2147483647.0, 0, 1e9, 0}; /* 0: any finite value */
     for (int i = 0; i < 6; i++) {
         int rc = meta_num(f, keys[i], &v[i]);
         if (rc) return rc;
+        if (!isfinite(v[i]))
+            return err_set(DDPM_ERUNTIME, "%s: metadata \"%s\" = %g is not finite (corrupt checkpoint)", f->path, keys[i], v[i]);
+        if (hi[i] > 0 && (v[i] < 0 || v[i] > hi[i] || v[i] != floor(v[i])))
+            return err_set(DDPM_ERUNTIME, "%s: metadata \"%s\" = %.17g is not a whole number in [0, %.0f] (corrupt checkpoint)",
+                           f->path, keys[i], v[i], hi[i]);
     }
-    if (v[0] < 0 || v[1] < 0 || v[2] < 0 || v[4] < 0)
-        return err_set(DDPM_ERUNTIME, "%s: negative step or data position in metadata", f->path);
+    if (v[5] < 0) return err_set(DDPM_ERUNTIME, "%s: metadata \"elapsed\" = %g is negative (corrupt checkpoint)", f->path, v[5]);
     ts->step = (long)v[0];
     ts->epoch = (int)v[1];
     ts->pos = (int)v[2];
     ts->loss_sum = v[3];
     ts->loss_count = (long)v[4];
     ts->elapsed = v[5];
+    ts->decay_from = 0, ts->decay_lr = 0;
+    if (st_meta(f, "lr_decay_from")) {
+        double from, lr;
+        int rc = meta_num(f, "lr_decay_from", &from);
+        if (!rc) rc = meta_num(f, "lr_decay_lr", &lr);
+        if (rc) return rc;
+        if (!(from >= 0 && from <= 1e9 && from == floor(from)) || !(lr >= 0 && lr <= 1e12))
+            return err_set(DDPM_ERUNTIME, "%s: metadata \"lr_decay_from\" / \"lr_decay_lr\" = %g / %g out of range (corrupt checkpoint)",
+                           f->path, from, lr);
+        ts->decay_from = (long)from, ts->decay_lr = lr;
+    }
     return DDPM_OK;
 }

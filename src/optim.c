@@ -19,17 +19,20 @@ void optim_free(Optim *o) {
     memset(o, 0, sizeof *o);
 }
 
-double optim_lr(const Config *c, long step) {
+double optim_lr_from(const Config *c, long step, long from, double lr_from) {
     double lr = c->train.lr;
     long w = c->train.warmup;
     if (step < w) return lr * (double)(step + 1) / w;
-    if (!strcmp(c->train.lr_decay, "cosine") && c->train.steps > w) {
-        double p = (double)(step - w) / (c->train.steps - w);
+    if (from <= 0) from = w, lr_from = lr; /* the run's first decay segment */
+    if (!strcmp(c->train.lr_decay, "cosine") && c->train.steps > from) {
+        double p = step < from ? 0 : (double)(step - from) / (c->train.steps - from);
         if (p > 1) p = 1;
-        return c->train.min_lr + (lr - c->train.min_lr) * 0.5 * (1 + cos(M_PI * p));
+        return c->train.min_lr + (lr_from - c->train.min_lr) * 0.5 * (1 + cos(M_PI * p));
     }
-    return lr;
+    return strcmp(c->train.lr_decay, "cosine") ? lr : lr_from;
 }
+
+double optim_lr(const Config *c, long step) { return optim_lr_from(c, step, 0, 0); }
 
 double optim_ema_decay(const Config *c, long step) {
     double d = c->train.ema_decay;

@@ -3,6 +3,7 @@
 #include "ddpm/train.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
 #include <string.h>
@@ -88,35 +89,68 @@ static int write_loss_png(Run *r) {
     return rc;
 }
 
-/* Remove milestones beyond the newest `keep`. */
-static void prune_milestones(Run *r) {
+/* The step of a milestone file name "ckpt_<digits>.safetensors", exactly; -1 for anything
+ * else (e.g. "ckpt_0000100.safetensors.tmp.1234", left by a process killed mid-write). */
+static long milestone_step(const char *name) {
+    const char *p = name + 5;
+    if (strncmp(name, "ckpt_", 5) || !(*p >= '0' && *p <= '9')) return -1;
+    long s = 0;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (s > 100000000000L) return -1;
+        s = s * 10 + (*p - '0');
+    }
+    return strcmp(p, ".safetensors") ? -1 : s;
+}
+
+/* Leftover "<name>.tmp.<pid>" files of a writer that no longer runs. */
+static int stale_tmp(const char *name) {
+    const char *t = strstr(name, ".tmp.");
+    if (!t || (strncmp(name, "ckpt_", 5) && strncmp(name, "latest.", 7))) return 0;
+    char *end;
+    long pid = strtol(t + 5, &end, 10);
+    return *end == 0 && pid > 0 && (pid == (long)getpid() || (kill((pid_t)pid, 0) != 0 && errno == ESRCH));
+}
+
+/* Milestones: keep the newest `keep` of this run (by step number, not by name: names
+ * outgrow the zero padding past step 9999999). With fresh != 0 (a new run started with
+ * --force), every milestone already in the folder belongs to the old run and is removed,
+ * so an older, longer run can neither keep its higher steps nor push this run's out. */
+static void prune_milestones(Run *r, int fresh) {
     DIR *d = opendir(r->dir);
     if (!d) return;
+    long *steps = NULL;
     char **names = NULL;
     int n = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        long s;
-        char tail[8];
-        if (sscanf(e->d_name, "ckpt_%ld.safe%7s", &s, tail) == 2 && !strcmp(tail, "tensors")) {
-            names = realloc(names, sizeof(char *) * (n + 1));
-            names[n++] = strdup(e->d_name);
+        long s = milestone_step(e->d_name);
+        if (s < 0 && stale_tmp(e->d_name)) {
+            char p[PATHBUF];
+            path_in(r, p, sizeof p, e->d_name);
+            unlink(p);
         }
+        if (s < 0) continue;
+        names = realloc(names, sizeof(char *) * (n + 1));
+        steps = realloc(steps, sizeof(long) * (n + 1));
+        CHECK(names && steps, "out of memory");
+        names[n] = strdup(e->d_name), steps[n++] = s;
     }
     closedir(d);
-    for (int i = 0; i < n; i++) /* zero-padded names sort by step */
+    for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++)
-            if (strcmp(names[i], names[j]) > 0) {
-                char *t = names[i];
-                names[i] = names[j], names[j] = t;
+            if (steps[i] > steps[j]) {
+                long ts = steps[i];
+                char *tn = names[i];
+                steps[i] = steps[j], names[i] = names[j], steps[j] = ts, names[j] = tn;
             }
-    for (int i = 0; i < n - r->c->train.keep; i++) {
+    for (int i = 0; i < n; i++) {
+        if (!fresh && i >= n - r->c->train.keep) break;
         char p[PATHBUF];
         path_in(r, p, sizeof p, names[i]);
         unlink(p);
     }
     for (int i = 0; i < n; i++) free(names[i]);
-    free(names);
+    free(names), free(steps);
 }
 
 static int save(Run *r, int milestone) {
@@ -133,7 +167,7 @@ static int save(Run *r, int milestone) {
         path_in(r, m, sizeof m, name);
         unlink(m);
         if (link(p, m) != 0 && (rc = ckpt_save(m, &r->u, &r->opt, r->c, &r->st))) return rc;
-        prune_milestones(r);
+        prune_milestones(r, 0);
     }
     return write_loss_png(r);
 }
@@ -212,9 +246,9 @@ static int setup(Run *r) {
     path_in(r, p, sizeof p, "latest.safetensors");
     StFile f = {0};
     int resume = r->o->resume != NULL;
+    Config stored;
     if (resume) {
         /* the checkpoint defines the model, data and diffusion; --set may change train.* only */
-        Config stored;
         if ((rc = ckpt_open(&f, p, &stored))) return rc;
         Config a = stored, b = *c;
         memset(&a.train, 0, sizeof a.train), memset(&b.train, 0, sizeof b.train);
@@ -243,7 +277,18 @@ static int setup(Run *r) {
             (rc = ckpt_load_params(&f, "adam_m.", &r->u, r->opt.m)) || (rc = ckpt_load_params(&f, "adam_v.", &r->u, r->opt.v)) ||
             (rc = ckpt_load_state(&f, &r->st)))
             goto fail;
+        if (r->st.pos > r->ds.n) {
+            rc = err_set(DDPM_ERUNTIME, "%s: data position %d is beyond the dataset's %d images (corrupt checkpoint, or the dataset "
+                         "shrank since it was saved)", p, r->st.pos, r->ds.n);
+            goto fail;
+        }
         r->bt.epoch = r->st.epoch, r->bt.pos = r->st.pos;
+        /* A new train.steps with cosine decay: decay from the LR where it stands now to
+         * min_lr at the new total (it would jump back up from min_lr otherwise). */
+        if (c->train.steps != stored.train.steps && r->st.step >= c->train.warmup && r->st.step < c->train.steps) {
+            r->st.decay_lr = optim_lr_from(&stored, r->st.step, r->st.decay_from, r->st.decay_lr);
+            r->st.decay_from = r->st.step;
+        }
         r->saved_step = r->st.step;
         st_free(&f);
     } else {
@@ -260,6 +305,7 @@ static int setup(Run *r) {
         rc = atomic_write(p, json, strlen(json));
         free(json);
         if (rc || (rc = open_log(r, resume))) goto fail;
+        if (!resume) prune_milestones(r, 1); /* --force: the old run's milestones go */
         if (!resume && (rc = save(r, 0))) goto fail; /* a loadable latest.safetensors from the start */
     }
     return DDPM_OK;
@@ -347,7 +393,7 @@ int train_main(Config *c, const TrainOpts *o) {
             break;
         }
         double clip = c->train.grad_clip, gscale = clip > 0 && gn > clip ? clip / gn : 1.0;
-        double lr = optim_lr(c, step);
+        double lr = optim_lr_from(c, step, r->st.decay_from, r->st.decay_lr);
         optim_step(&r->opt, u->params, u->grads, c, step, lr, gscale, optim_ema_decay(c, step));
         r->st.step = step + 1;
         r->st.loss_sum += loss;

@@ -54,6 +54,7 @@ int main(void) {
     T_OK(config_set(&c, "train.lr=abc") == 2 && strstr(err_msg(), "train.lr"), "--set wrong type: %s", err_msg());
     T_OK(config_set(&c, "model.chanels=3") == 2 && strstr(err_msg(), "did you mean \"model.ch\""), "--set unknown: %s", err_msg());
     T_OK(config_set(&c, "novalue") == 2, "--set without '='");
+    T_OK(config_set(&c, "train.lr=2e-4x") == 2 && strstr(err_msg(), "train.lr"), "--set with trailing junk refused: %s", err_msg());
     T_OK(config_set(&c, "train.lr=1\n2") == 2 && !strchr(err_msg(), '\n'), "a newline in --set stays off the one error line: %s",
          err_msg());
 

@@ -5,7 +5,8 @@
  * the EMA weights; "adam_m.<name>" / "adam_v.<name>" the Adam moments. Conv weights are
  * (OC,KH,KW,C). Metadata (all strings): format "ddpm-1", config (the resolved config as
  * JSON), step, epoch, pos (data order), loss_sum, loss_count (the open log interval),
- * elapsed (seconds), rng ("philox4x32-10", every stream is a function of seed and step). */
+ * elapsed (seconds), rng ("philox4x32-10", every stream is a function of seed and step),
+ * lr_decay_from / lr_decay_lr (where a resumed run's cosine decay restarted; optional). */
 #ifndef DDPM_MODEL_IO_H
 #define DDPM_MODEL_IO_H
 
@@ -20,6 +21,8 @@ typedef struct {
     double loss_sum;       /* losses of the log interval still open */
     long loss_count;
     double elapsed;        /* training seconds so far */
+    long decay_from;       /* > 0: the cosine LR decay restarted at this update (a resume */
+    double decay_lr;       /*   changed train.steps) from this LR; 0: the config's schedule */
 } TrainState;
 
 /* Atomic write of weights, and with o != NULL the EMA and Adam moments. */

@@ -20,6 +20,10 @@ void optim_free(Optim *o);
  * lr * (step+1)/warmup during warmup; then lr, or with lr_decay "cosine"
  * min_lr + (lr - min_lr) (1 + cos(pi (step - warmup) / (steps - warmup))) / 2. */
 double optim_lr(const Config *c, long step);
+/* The same when a resume changed train.steps: the cosine decay then runs from lr_from at
+ * update `from` (where the LR stood) to min_lr at the new train.steps, so the LR never
+ * jumps. from <= 0: the run's first segment (optim_lr). */
+double optim_lr_from(const Config *c, long step, long from, double lr_from);
 /* EMA decay for update `step`: ema_decay, or min(ema_decay, (1+step)/(10+step)) with ema_warmup. */
 double optim_ema_decay(const Config *c, long step);
 /* Global L2 norm of g; deterministic whatever the thread count (fixed chunking). */

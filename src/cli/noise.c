@@ -30,7 +30,8 @@ static void usage(FILE *f) {
             "  --seed N         noise seed (default 0)\n"
             "  -o, --out FILE   output PNG (default: <IMG name>_noise.png in the current folder)\n"
             "  --config FILE    take the image from this config's dataset instead of a file\n"
-            "  --index N        which dataset image (default 0); the config's T and schedule apply\n"
+            "  --index N        which dataset image (default 0); the config's T, schedule, beta_start,\n"
+            "                   beta_end and cosine_s apply (--steps / --schedule override T / the kind)\n"
             "                   unless --steps or --schedule is given\n"
             "  --csv FILE       also write the schedule: t,beta,alpha_bar,snr\n"
             "  --plot FILE      also write a PNG plot of alpha_bar_t for all schedules\n"
@@ -38,14 +39,14 @@ static void usage(FILE *f) {
 }
 
 /* Plot alpha_bar_t of the three schedules, the chosen one drawn thicker. */
-static int write_plot(const char *path, int T, int chosen) {
+static int write_plot(const char *path, int T, int chosen, double b0, double b1, double cs) {
     Schedule s[3];
     PlotSeries ps[3];
     double *x = xmalloc(sizeof(double) * T);
     for (int t = 0; t < T; t++) x[t] = t;
     int ns = 0;
     for (int k = 0; k < 3; k++) {
-        if (schedule_init(&s[ns], (ScheduleKind)k, T, 1e-4, 0.02, 0.008)) continue;
+        if (schedule_init(&s[ns], (ScheduleKind)k, T, b0, b1, cs)) continue;
         ps[ns] = (PlotSeries){x, s[ns].alpha_bar, T, k == chosen ? 3 : 2};
         ns++;
     }
@@ -119,18 +120,24 @@ int cmd_noise(int argc, char **argv) {
         return cli_usage_error("noise", optind >= argc ? "missing the image to noise (or --config FILE)"
                                                        : "expected one image, got %d", argc - optind);
     const char *in = cfg_path ? "dataset" : argv[optind];
-    if (cfg_path && !steps_set && !sched_set) { /* the config's own forward process */
+    /* the forward process: the config's (T, schedule, beta_start, beta_end, cosine_s), with
+     * --steps / --schedule overriding T and the kind; without --config the defaults */
+    double beta_start = 1e-4, beta_end = 0.02, cosine_s = 0.008;
+    if (cfg_path) {
         Config c;
         if ((rc = cli_config(&c, cfg_path, NULL, 0))) return cli_fail(rc);
-        T = c.diffusion.T;
-        snprintf(sched_buf, sizeof sched_buf, "%s", c.diffusion.schedule);
-        sched = sched_buf;
+        if (!steps_set) T = c.diffusion.T;
+        if (!sched_set) {
+            snprintf(sched_buf, sizeof sched_buf, "%s", c.diffusion.schedule);
+            sched = sched_buf;
+        }
+        beta_start = c.diffusion.beta_start, beta_end = c.diffusion.beta_end, cosine_s = c.diffusion.cosine_s;
     }
     int kind = schedule_kind(sched);
     if (kind < 0) return cli_usage_error("noise", "--schedule '%s': use linear, cosine or sigmoid", sched);
 
     Schedule s;
-    if ((rc = schedule_init(&s, (ScheduleKind)kind, T, 1e-4, 0.02, 0.008))) return cli_fail(rc);
+    if ((rc = schedule_init(&s, (ScheduleKind)kind, T, beta_start, beta_end, cosine_s))) return cli_fail(rc);
     Image img;
     rc = cfg_path ? dataset_image(&img, cfg_path, index) : image_load(&img, in, 3);
     if (rc) {
@@ -176,7 +183,7 @@ int cmd_noise(int argc, char **argv) {
     }
     rc = image_write_png(out, strip, w * K, h, C);
     if (!rc && csv) rc = write_csv(csv, &s);
-    if (!rc && plot) rc = write_plot(plot, T, kind);
+    if (!rc && plot) rc = write_plot(plot, T, kind, beta_start, beta_end, cosine_s);
     if (!rc) {
         printf("%s\n", out);
         fprintf(stderr, "%d frames of %dx%d, t = 0..%d (%s schedule); last frame (t = %d): mean %.3f, std %.3f before clipping\n",
