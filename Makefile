@@ -100,7 +100,8 @@ SAN_DIR  := $(CURDIR)/$(BUILD)/san-reports
 SAN_SKIP ?= test_mpi
 SAN_ENV  := ASAN_OPTIONS=log_path=$(SAN_DIR)/asan:detect_leaks=1:abort_on_error=0:exitcode=86 \
             LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
-            UBSAN_OPTIONS=log_path=$(SAN_DIR)/ubsan:print_stacktrace=1:halt_on_error=1 TEST_TIMEOUT=1800
+            UBSAN_OPTIONS=log_path=$(SAN_DIR)/ubsan:print_stacktrace=1:halt_on_error=1 TEST_TIMEOUT=1800 \
+            DDPM_EDGES_QUICK=1
 test: $(BUILD)/ddpm $(TEST_BIN)
 	@rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)
 	@$(SAN_ENV) DDPM_BIN=$(CURDIR)/$(BUILD)/ddpm sh tests/run.sh $(filter-out $(SAN_SKIP:%=$(BUILD)/tests/%),$(TEST_BIN)); rc=$$?; \

@@ -2,6 +2,7 @@
 # Installs the Debian packages ddpm needs, only those missing.
 #   scripts/install-deps.sh          build + test + demo dependencies
 #   scripts/install-deps.sh --mpi    also Open MPI (for make MPI=1)
+#   scripts/install-deps.sh --fuzz   also clang with libFuzzer (only for make fuzz)
 #   scripts/install-deps.sh --torch  also PyTorch (only for scripts/ fixtures and make bench)
 # As root it runs apt-get; otherwise it prints the exact command and exits 1.
 set -e
@@ -10,7 +11,8 @@ for a in "$@"; do
     case "$a" in
         --mpi) pkgs="$pkgs openmpi-bin libopenmpi-dev" ;;
         --torch) pkgs="$pkgs python3-torch" ;;
-        *) echo "install-deps.sh: unknown option $a (use --mpi or --torch)" >&2; exit 2 ;;
+        --fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
+        *) echo "install-deps.sh: unknown option $a (use --mpi, --fuzz or --torch)" >&2; exit 2 ;;
     esac
 done
 missing=""

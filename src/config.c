@@ -420,7 +420,7 @@ void config_print_keys(FILE *f) {
                 if (*q == '|') *q = '/'; /* a bar would split the markdown cell */
         }
         else if (k->type == K_INT || k->type == K_FLOAT || k->type == K_INTS)
-            snprintf(range, sizeof range, " [%g, %g]", k->lo, k->hi);
+            snprintf(range, sizeof range, " [%.10g, %.10g]", k->lo, k->hi); /* exact: 2147483647, not 2.14748e+09 */
         static const char *tn[] = {"int", "float", "bool", "string", "int list"};
         fprintf(f, "| `%s` | %s%s | `%s` | %s |\n", k->key, tn[k->type], range, k->def, k->help);
     }
