@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
@@ -322,17 +323,35 @@ int unet_plan(UNet *u, const Config *c, int B_max, int training) {
     return DDPM_OK;
 }
 
+/* A config the schema accepts can still need more memory than the machine has (e.g.
+ * attention at 256x256: 65536^2 scores per image): say so instead of dying in malloc. */
+static int too_big(UNet *u, int B_max, int training) {
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGE_SIZE);
+    double have = pages > 0 && psz > 0 ? (double)pages * psz : 0;
+    /* parameters (+ gradients, Adam moments and EMA when training) and activations */
+    double need = (double)u->n_floats * sizeof(float) * (training ? 5 : 1) + (double)u->act_bytes;
+    if (have <= 0 || need <= have) return DDPM_OK;
+    double gp = (double)u->n_floats * sizeof(float) * (training ? 5 : 1) / 1e9, ga = (double)u->act_bytes / 1e9;
+    unet_free(u);
+    return err_set(DDPM_ERUNTIME,
+                   "the model needs %.1f GB (%.1f GB parameters%s, %.1f GB activations at batch %d), this machine has %.1f GB: "
+                   "reduce the batch, data.image_size, model.ch, model.attn_resolutions or model.num_res_blocks",
+                   gp + ga, gp, training ? " with optimizer state" : "", ga, B_max, have / 1e9);
+}
+
 int unet_init(UNet *u, const Config *c, int B_max, int training) {
     int rc = unet_plan(u, c, B_max, training);
-    if (rc) return rc;
+    if (rc || (rc = too_big(u, B_max, training))) return rc;
     u->params = aligned_alloc(64, u->n_floats * sizeof(float));
-    CHECK(u->params, "out of memory for %zu parameters", u->n_floats);
-    memset(u->params, 0, u->n_floats * sizeof(float));
-    if (training) {
-        u->grads = aligned_alloc(64, u->n_floats * sizeof(float));
-        CHECK(u->grads, "out of memory for gradients");
-        memset(u->grads, 0, u->n_floats * sizeof(float));
+    if (training && u->params) u->grads = aligned_alloc(64, u->n_floats * sizeof(float));
+    if (!u->params || (training && !u->grads)) {
+        double gb = (double)u->n_floats * sizeof(float) / 1e9;
+        unet_free(u);
+        return err_set(DDPM_ERUNTIME, "out of memory for %.2f GB of parameters%s (reduce model.ch or model.num_res_blocks)", gb,
+                       training ? " and gradients" : "");
     }
+    memset(u->params, 0, u->n_floats * sizeof(float));
+    if (training) memset(u->grads, 0, u->n_floats * sizeof(float));
     Arena *a = xmalloc(sizeof(Arena));
     arena_init(a, u->act_bytes);
     alloc_acts(u, a);

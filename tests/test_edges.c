@@ -2,8 +2,8 @@
  * `ddpm info --keys` at its minimum and maximum (and just outside), every choice, levels
  * 1-8 of ch_mult with attention at every resolution, num_res_blocks up to its maximum, odd
  * and tiny image sizes, groups that do not divide the width. Each goes through
- * `ddpm info --no-data`; where the model is tiny also a 2-step train and a 2-step DDIM
- * sample. The contract: exit 0, or exit 2 with one line naming the key (a 2-step train may
+ * `ddpm info --no-data`; where the model is tiny also a 2-step train and a sample (2 DDIM
+ * steps, or every one of the T = 20 DDPM steps, alternately). The contract: exit 0, or exit 2 with one line naming the key (a 2-step train may
  * also stop with exit 1 on a NaN loss, e.g. at train.lr = 1e12). Never a crash.
  * DDPM_EDGES_QUICK=1 (make check) trains only the structural edges, not every key value. */
 #include <ctype.h>
@@ -67,7 +67,9 @@ static int edge(const char *sets, const char *key, int train, const char *what) 
         return rc;
     }
     if (rt == 0) {
-        int rs = run("sample --run %s -n 2 --sampler ddim --steps 2 -o %s/out --quiet", run_dir, run_dir);
+        /* alternately DDIM (2 steps) and ancestral DDPM (all T = 20 steps of BASE) */
+        int rs = n_trained % 2 ? run("sample --run %s -n 2 --sampler ddim --steps 2 -o %s/out --quiet", run_dir, run_dir)
+                               : run("sample --run %s -n 2 --sampler ddpm -o %s/out --quiet", run_dir, run_dir);
         if ((bad = judge(rs, key, 0))) {
             T_OK(0, "%s: sample after train %s -> exit %d: %s (%s)", what, sets, rs, bad, g_err);
             return rc;
@@ -198,6 +200,13 @@ static void walk_structure(void) {
             rc = edge(sets, NULL, 1, "tiny size");
             T_OK(rc == 0, "image %dx%dx%d on one level with attention: exit %d %s", size, size, c, rc, rc ? g_err : "");
         }
+    /* valid, but more memory than any machine here has: attention at 256x256 is 65536^2
+     * scores per image. An error naming what to reduce (exit 1), not a crash in malloc. */
+    rc = run("train --config %s --set data.image_size=256 --set 'model.ch_mult=[1]' --set 'model.attn_resolutions=[256]' "
+             "--set train.out_dir=%s --force --quiet", base_cfg, run_dir);
+    n_info++;
+    T_OK(rc == 1 && strstr(g_err, "this machine has") && strstr(g_err, "model.attn_resolutions") && n_lines(g_err) == 1,
+         "attention at 256x256: train exit %d: %s", rc, g_err);
     /* the smallest width the timestep embedding allows, with one group */
     edge("--set model.ch=4 --set model.groups=1", NULL, 1, "narrowest");
     /* groups that do not divide a width, the schema says no (naming model.groups) */
