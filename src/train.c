@@ -125,8 +125,8 @@ static void prune_milestones(Run *r, int fresh) {
     while ((e = readdir(d))) {
         long s = milestone_step(e->d_name);
         if (s < 0 && stale_tmp(e->d_name)) {
-            char p[PATHBUF];
-            path_in(r, p, sizeof p, e->d_name);
+            char p[CFG_STR + 260]; /* dir + '/' + a d_name of up to 255 */
+            snprintf(p, sizeof p, "%s/%s", r->dir, e->d_name);
             unlink(p);
         }
         if (s < 0) continue;
