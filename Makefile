@@ -11,7 +11,7 @@ PREFIX  ?= /usr/local
 OPT     ?= -O3 -march=native
 CFLAGS  ?= $(OPT) -g -Wall -Wextra -Wno-unused-parameter -std=gnu11 -fopenmp
 VERSION := 0.1.0
-PKGS    := openblas libcjson stb zlib
+PKGS    := openblas libcjson stb zlib cairo
 
 ifeq ($(MPI),1)
 CC      := mpicc
@@ -26,6 +26,7 @@ NODEPS_GOALS := clean help
 ifeq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
 else
 DEPS_OK := $(shell pkg-config --exists $(PKGS) && test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
+                   && test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
                    $(if $(filter 1,$(MPI)),&& command -v mpicc >/dev/null) && echo yes)
 ifneq ($(DEPS_OK),yes)
 $(info ddpm: dependencies missing, running scripts/install-deps.sh)
