@@ -158,7 +158,10 @@ static void fmt_num(char *buf, size_t n, double v, double step) {
     snprintf(buf, n, "%.*f", dec, fabs(v) < step * 1e-6 ? 0.0 : v);
 }
 
-static int axis_ticks(const Axis *a, Tick *t, int max, int target) {
+/* Ticks of an axis whose pixel span (p0, p1) is set. A log axis has a tick at every m*10^k;
+ * decades are labelled, then the minor values in the order 2 5, 3, 4, 6 8, 7 9 as long as
+ * labelled ticks stay at least min_gap pixels apart. */
+static int axis_ticks(const Axis *a, Tick *t, int max, int target, double min_gap) {
     int n = 0;
     if (!a->log) {
         double st = nice_step(a->hi - a->lo, target);
@@ -170,7 +173,6 @@ static int axis_ticks(const Axis *a, Tick *t, int max, int target) {
         return n;
     }
     double decades = log10(a->hi / a->lo);
-    /* labelled minor ticks when few decades show: 2 and 5 under 2.5 decades, 2..9 under 0.6 */
     int kmin = (int)floor(log10(a->lo)), kmax = (int)ceil(log10(a->hi));
     int every = decades > 12 ? (int)ceil(decades / 8) : 1;
     for (int k = kmin; k <= kmax; k++)
@@ -178,13 +180,26 @@ static int axis_ticks(const Axis *a, Tick *t, int max, int target) {
             double v = m * pow(10, k);
             if (v < a->lo * (1 - 1e-9) || v > a->hi * (1 + 1e-9) || n >= max) continue;
             if (m > 1 && decades > 6) continue;
-            int lab = m == 1 ? k % every == 0 : decades < 0.6 ? 1 : decades < 1.2 ? (m == 2 || m == 3 || m == 5)
-                                                       : decades < 2.5 ? (m == 2 || m == 5) : 0;
             t[n].v = v, t[n].major = m == 1;
             t[n].label[0] = 0;
-            if (lab) fmt_num(t[n].label, sizeof t[n].label, v, pow(10, k));
+            if (m == 1 && k % every == 0) fmt_num(t[n].label, sizeof t[n].label, v, v);
             n++;
         }
+    static const int LEVEL[10] = {0, 0, 1, 2, 3, 1, 4, 5, 4, 5}; /* mantissa -> level */
+    for (int level = 1; level <= 5; level++) {
+        double last = -1e30, gap = 1e30;
+        for (int i = 0; i < n; i++) {
+            int m = (int)lround(t[i].v / pow(10, floor(log10(t[i].v) + 1e-9)));
+            if (!(t[i].label[0] || (m >= 2 && m <= 9 && LEVEL[m] <= level))) continue;
+            double px = ax_px(a, t[i].v);
+            gap = fmin(gap, fabs(px - last)), last = px;
+        }
+        if (gap < min_gap) break;
+        for (int i = 0; i < n; i++) {
+            int m = (int)lround(t[i].v / pow(10, floor(log10(t[i].v) + 1e-9)));
+            if (m >= 2 && m <= 9 && LEVEL[m] == level) fmt_num(t[i].label, sizeof t[i].label, t[i].v, t[i].v);
+        }
+    }
     return n;
 }
 
@@ -229,18 +244,26 @@ int draw_plot_png(const char *path, const DrawPlot *p, const DrawSeries *s, int 
     data_range(s, ns, 0, &ay, &lo, &hi);
     axis_range(&ay, lo, hi, p->ymin, p->ymax, H / 70);
     Tick xt[128], yt[128];
-    int nxt = axis_ticks(&ax, xt, 128, W / 110), nyt = axis_ticks(&ay, yt, 128, H / 70);
-
-    /* margins from the text they hold */
+    int nxt = 0, nyt = 0;
+    /* margins from the text they hold: the y tick labels (which depend only on the plot
+     * area's height) set the left margin, the last x tick label the right one */
     double left = 16, right = 24, top = 16, bottom = 16;
     if (lab) {
         font(cr, fs, 0);
+        top = p->title ? fs * 1.3 + 18 : 14;
+        bottom = 8 + fs + 6 + (p->xlabel ? fs * 1.1 + 8 : 0) + 4;
+    }
+    ay.p0 = H - bottom, ay.p1 = top;
+    nyt = axis_ticks(&ay, yt, 128, H / 70, fs * 1.8);
+    if (lab) {
         double yw = 0;
         for (int i = 0; i < nyt; i++) yw = fmax(yw, text_w(cr, yt[i].label));
         left = 10 + (p->ylabel ? fs * 1.1 + 10 : 0) + yw + 8;
-        bottom = 8 + fs + 6 + (p->xlabel ? fs * 1.1 + 8 : 0) + 4;
-        if (nxt) right = fmax(right, text_w(cr, xt[nxt - 1].label) / 2 + 8);
-        top = p->title ? fs * 1.3 + 18 : 14;
+    }
+    for (int pass = 0; pass < 2; pass++) { /* the right margin depends on the last x label */
+        ax.p0 = left, ax.p1 = W - right;
+        nxt = axis_ticks(&ax, xt, 128, W / 110, fs * 4.5);
+        if (lab && nxt) right = fmax(24, text_w(cr, xt[nxt - 1].label) / 2 + 8);
     }
     double X0 = left, X1 = W - right, Y0 = top, Y1 = H - bottom; /* plot area */
     ax.p0 = X0, ax.p1 = X1, ay.p0 = Y1, ay.p1 = Y0;
@@ -279,8 +302,8 @@ int draw_plot_png(const char *path, const DrawPlot *p, const DrawSeries *s, int 
     for (int pass = 0; pass < 2; pass++) /* faint series first, under the others */
         for (int k = 0; k < ns; k++) {
             if (!!s[k].faint != !pass) continue;
-            set_color(cr, s[k].color, s[k].faint ? 0.35 : 1);
-            cairo_set_line_width(cr, s[k].faint ? 1 : s[k].width > 0 ? s[k].width : 2);
+            set_color(cr, s[k].color, s[k].faint ? 0.5 : 1);
+            cairo_set_line_width(cr, s[k].faint ? 1.2 : s[k].width > 0 ? s[k].width : 2);
             int pen = 0;
             for (int i = 0; i < s[k].n; i++) {
                 if (!usable(&ax, s[k].x[i]) || !usable(&ay, s[k].y[i])) {

@@ -79,7 +79,7 @@ static int write_loss_png(Run *r) {
     if (n < 2) return DDPM_OK;
     double *x = xmalloc(sizeof(double) * n), *sm = xmalloc(sizeof(double) * n);
     for (int i = 0; i < n; i++) x[i] = (double)r->log.step[i];
-    int k = n < 8 ? 0 : n / 40 > 1 ? n / 40 : 1; /* half window */
+    int k = n < 8 ? 0 : n / 20 > 1 ? n / 20 : 1; /* half window */
     for (int i = 0; i < n; i++) {
         double acc = 0;
         int cnt = 0;
@@ -407,6 +407,8 @@ int train_main(Config *c, const TrainOpts *o) {
         if (stop_reason) break;
     }
     progress_end(&r->pr);
+    /* a run resumed with no step left to train: redraw loss.png from its log.csv */
+    if (!rc && r->rank == 0 && r->st.step == r->saved_step0) rc = write_loss_png(r);
     if (!rc && r->rank == 0 && !o->quiet) {
         if (stop_reason)
             fprintf(stderr, "%s at step %ld; saved %s/latest.safetensors. Continue with: ddpm train --resume %s\n", stop_reason,
