@@ -116,8 +116,9 @@ static void data_range(const DrawSeries *s, int ns, int use_x, const Axis *a, do
         }
 }
 
-/* Fill in the range: given bounds stay; linear axes extend to the next tick, log axes by 5%. */
-static void axis_range(Axis *a, double lo, double hi, double want_lo, double want_hi, int target) {
+/* Fill in the range: given bounds stay; log axes extend by 5% (in log), linear ones to the
+ * next tick when snap (x: steps 0..1600), else by 4% (y: no point sits on the frame). */
+static void axis_range(Axis *a, double lo, double hi, double want_lo, double want_hi, int target, int snap) {
     if (!isfinite(lo)) lo = a->log ? 0.1 : 0, hi = a->log ? 1 : 1;
     if (a->log) {
         if (!(hi > lo)) lo /= 2, hi *= 2;
@@ -127,9 +128,9 @@ static void axis_range(Axis *a, double lo, double hi, double want_lo, double wan
         if (!(a->hi > a->lo)) a->hi = a->lo * 10;
     } else {
         if (!(hi > lo)) lo -= fabs(lo) > 0 ? fabs(lo) * 0.1 : 1, hi += fabs(hi) > 0 ? fabs(hi) * 0.1 : 1;
-        double st = nice_step(hi - lo, target);
-        a->lo = isnan(want_lo) ? floor(lo / st + 1e-9) * st : want_lo;
-        a->hi = isnan(want_hi) ? ceil(hi / st - 1e-9) * st : want_hi;
+        double st = nice_step(hi - lo, target), pad = 0.04 * (hi - lo);
+        a->lo = !isnan(want_lo) ? want_lo : snap ? floor(lo / st + 1e-9) * st : lo - pad;
+        a->hi = !isnan(want_hi) ? want_hi : snap ? ceil(hi / st - 1e-9) * st : hi + pad;
         if (!(a->hi > a->lo)) a->hi = a->lo + 1;
     }
 }
@@ -214,16 +215,28 @@ static void set_color(cairo_t *cr, int idx, double alpha) {
     cairo_set_source_rgba(cr, c[0], c[1], c[2], alpha);
 }
 
-/* How many points of the series fall inside the box (legend placement). */
-static int points_in(const DrawSeries *s, int ns, const Axis *ax, const Axis *ay, double x0, double y0, double x1, double y1) {
-    int cnt = 0;
-    for (int k = 0; k < ns; k++)
+/* How much of the drawn lines falls inside the box (legend placement): the lines are walked
+ * in steps of about 3 pixels and every sample within 4 pixels of the box counts. */
+static long ink_in(const DrawSeries *s, int ns, const Axis *ax, const Axis *ay, double x0, double y0, double x1, double y1) {
+    long cnt = 0;
+    for (int k = 0; k < ns; k++) {
+        double qx = NAN, qy = NAN;
         for (int i = 0; i < s[k].n; i++) {
-            if (!usable(ax, s[k].x[i]) || !usable(ay, s[k].y[i])) continue;
+            if (!usable(ax, s[k].x[i]) || !usable(ay, s[k].y[i])) {
+                qx = NAN;
+                continue;
+            }
             double px = ax_px(ax, s[k].x[i]), py = ax_px(ay, s[k].y[i]);
-            /* a point just outside still counts: lines between points cross the box */
-            cnt += px >= x0 - 6 && px <= x1 + 6 && py >= y0 - 6 && py <= y1 + 6;
+            if (isnan(qx)) qx = px, qy = py;
+            int steps = 1 + (int)(hypot(px - qx, py - qy) / 3);
+            if (steps > 4000) steps = 4000;
+            for (int j = 1; j <= steps; j++) {
+                double X = qx + (px - qx) * j / steps, Y = qy + (py - qy) * j / steps;
+                cnt += X >= x0 - 4 && X <= x1 + 4 && Y >= y0 - 4 && Y <= y1 + 4;
+            }
+            qx = px, qy = py;
         }
+    }
     return cnt;
 }
 
@@ -240,9 +253,9 @@ int draw_plot_png(const char *path, const DrawPlot *p, const DrawSeries *s, int 
     Axis ax = {.log = p->logx}, ay = {.log = p->logy};
     double lo, hi;
     data_range(s, ns, 1, &ax, &lo, &hi);
-    axis_range(&ax, lo, hi, p->xmin, p->xmax, W / 110);
+    axis_range(&ax, lo, hi, p->xmin, p->xmax, W / 110, 1);
     data_range(s, ns, 0, &ay, &lo, &hi);
-    axis_range(&ay, lo, hi, p->ymin, p->ymax, H / 70);
+    axis_range(&ay, lo, hi, p->ymin, p->ymax, H / 70, 0);
     Tick xt[128], yt[128];
     int nxt = 0, nyt = 0;
     /* margins from the text they hold: the y tick labels (which depend only on the plot
@@ -295,7 +308,7 @@ int draw_plot_png(const char *path, const DrawPlot *p, const DrawSeries *s, int 
 
     /* series, clipped to the plot area */
     cairo_save(cr);
-    cairo_rectangle(cr, X0, Y0, X1 - X0, Y1 - Y0);
+    cairo_rectangle(cr, X0 - 4, Y0 - 4, X1 - X0 + 8, Y1 - Y0 + 8); /* markers on the frame stay whole */
     cairo_clip(cr);
     cairo_set_line_join(cr, CAIRO_LINE_JOIN_ROUND);
     cairo_set_line_cap(cr, CAIRO_LINE_CAP_ROUND);
@@ -353,10 +366,10 @@ int draw_plot_png(const char *path, const DrawPlot *p, const DrawSeries *s, int 
             if (s[k].name) nl++, lw = fmax(lw, text_w(cr, s[k].name));
         if (nl) {
             double rowh = fs * 1.5, bw = lw + 42, bh = nl * rowh + 10, best_x = 0, best_y = 0;
-            int best = -1;
+            long best = -1;
             const double cx[4] = {X1 - 10 - bw, X0 + 10, X1 - 10 - bw, X0 + 10}, cy[4] = {Y0 + 10, Y0 + 10, Y1 - 10 - bh, Y1 - 10 - bh};
             for (int q = 0; q < 4; q++) {
-                int c = points_in(s, ns, &ax, &ay, cx[q], cy[q], cx[q] + bw, cy[q] + bh);
+                long c = ink_in(s, ns, &ax, &ay, cx[q], cy[q], cx[q] + bw, cy[q] + bh);
                 if (best < 0 || c < best) best = c, best_x = cx[q], best_y = cy[q];
             }
             cairo_rectangle(cr, floor(best_x) + 0.5, floor(best_y) + 0.5, floor(bw), floor(bh));
