@@ -421,6 +421,8 @@ int draw_grid_png(const char *path, const float *imgs, int n, int h, int w, int 
     const double fs = 12, tfs = 13.5;
     int g = 6, cw = w * scale, ch = h * scale;
     int cap_h = cap && cap->cell ? (int)(fs * 1.6) : 0, title_h = cap && cap->title ? (int)(tfs * 2.2) : 0;
+    int head_h = cap && cap->col ? (int)(fs * 1.7) : 0; /* column heads sit under the title */
+    title_h += head_h;
     /* labelled canvas size; too large for Cairo: first drop the scaling, then the labels */
     long Wl = 0, Hl = 0;
     for (int tries = 0; tries < 2; tries++) {
@@ -477,12 +479,17 @@ int draw_grid_png(const char *path, const float *imgs, int n, int h, int w, int 
     cairo_set_source_rgb(cr, 0.1, 0.1, 0.1);
     if (cap->title) {
         font(cr, tfs, 1);
-        text(cr, W / 2.0, title_h / 2.0 + 2, cap->title, 0.5, 0.5);
+        text(cr, W / 2.0, (title_h - head_h) / 2.0 + 2, cap->title, 0.5, 0.5);
     }
     for (int r = 0; cap->row && r < rows; r++)
         if (cap->row[r]) {
             font(cr, fs, 0);
             text(cr, ox - 4, title_h + g + r * (ch + cap_h + g) + ch / 2.0, cap->row[r], 1, 0.5);
+        }
+    for (int j = 0; cap->col && j < cols; j++)
+        if (cap->col[j]) {
+            fit_font(cr, cap->col[j], cw + g - 2, fs, 0);
+            text(cr, ox + g + j * (cw + g) + cw / 2.0, title_h - fs * 0.85 + 1, cap->col[j], 0.5, 0.5);
         }
     for (int i = 0; cap->cell && i < n; i++)
         if (cap->cell[i]) {
@@ -494,4 +501,16 @@ int draw_grid_png(const char *path, const float *imgs, int n, int h, int w, int 
     int rc = surface_write(sf, path);
     cairo_surface_destroy(sf);
     return rc;
+}
+
+char **draw_trajectory_captions(int frames, int K) {
+    enum { LEN = 32 };
+    char **cap = xmalloc((sizeof(char *) + LEN) * (size_t)frames), *text = (char *)(cap + frames);
+    for (int f = 0; f < frames; f++) {
+        int done = frames > 1 ? (int)(((long)f * K + frames - 2) / (frames - 1)) : K;
+        cap[f] = text + (size_t)f * LEN;
+        if (f == 0 && frames > 1) snprintf(cap[f], LEN, "noise");
+        else snprintf(cap[f], LEN, "step %d/%d", done, K);
+    }
+    return cap;
 }

@@ -139,6 +139,11 @@ static void test_grid(void) {
     DrawCaptions rcap = {.title = "classes", .row = rows};
     T_OK(draw_grid_png(tp("rows.png"), imgs, N, S, S, 1, 3, 2, &rcap) == 0 && stbi_info(tp("rows.png"), &w2, &h2, &c) && w2 > w + 40,
          "row labels widen the grid (%d vs %d pixels)", w2, w);
+    /* column heads (original | masked | result strips) add a band above the first row */
+    const char *heads[3] = {"original", "masked", "result"};
+    DrawCaptions ccap = {.col = heads};
+    T_OK(draw_grid_png(tp("cols.png"), imgs, N, S, S, 1, 3, 2, &ccap) == 0 && stbi_info(tp("cols.png"), &w2, &h2, &c) && h2 > 2 * (3 * S + 6) + 6 + 12,
+         "column heads add a band above the grid (%dx%d)", w2, h2);
     /* RGB and large images are not scaled */
     float *big = calloc((size_t)2 * 80 * 80 * 3, sizeof(float));
     T_OK(draw_grid_png(tp("big.png"), big, 2, 80, 80, 3, 2, 2, &cap) == 0 && stbi_info(tp("big.png"), &w, &h, &c) && w >= 160 && w < 200,
@@ -222,8 +227,20 @@ static void test_plot_cmd(void) {
     T_OK(rc == 0 && strstr(g_out, "CSV format") && strstr(g_out, "--logy"), "--help documents the CSV format");
 }
 
+static void test_traj_captions(void) {
+    printf("trajectory captions\n");
+    char **c = draw_trajectory_captions(5, 8), **d = draw_trajectory_captions(4, 50);
+    T_OK(!strcmp(c[0], "noise") && !strcmp(c[1], "step 2/8") && !strcmp(c[2], "step 4/8") && !strcmp(c[4], "step 8/8"),
+         "5 frames over 8 steps: %s | %s | %s | %s | %s", c[0], c[1], c[2], c[3], c[4]);
+    T_OK(!strcmp(d[1], "step 17/50") && !strcmp(d[2], "step 34/50") && !strcmp(d[3], "step 50/50"),
+         "4 frames over 50 steps: %s | %s | %s | %s (frame f after step ceil(f*K/(frames-1)))", d[0], d[1], d[2], d[3]);
+    free(c);
+    free(d);
+}
+
 int main(void) {
     test_plot();
+    test_traj_captions();
     test_grid();
     test_no_fonts();
     test_plot_cmd();

@@ -39,6 +39,8 @@ typedef struct {
     const char *title;         /* one line above the grid, e.g. "step 1500 | ddim, 20 steps" */
     const char *const *cell;   /* n captions, one under each image (e.g. "t = 250"), or NULL */
     const char *const *row;    /* one label per row, left of it (e.g. a class name), or NULL */
+    const char *const *col;    /* one label per column above the first row (e.g. "original",
+                                * "masked", "result"), or NULL */
 } DrawCaptions;
 
 /* n float images (n,h,w,c) in [-1,1], c = 1 or 3, in rows of `cols` (0 = ~sqrt(n)).
@@ -48,5 +50,10 @@ typedef struct {
  * captions around it. ERUNTIME on I/O failure. */
 int draw_grid_png(const char *path, const float *imgs, int n, int h, int w, int c, int cols, int gap,
                   const DrawCaptions *cap);
+
+/* Captions of a trajectory strip: `frames` frames over K reverse steps, frame f taken after
+ * step ceil(f*K/(frames-1)) as src/sampler.c records them: "noise", "step 13/50", ...,
+ * "step 50/50". One malloc'd block (the array and its strings): free() it. */
+char **draw_trajectory_captions(int frames, int K);
 
 #endif

@@ -177,16 +177,10 @@ int cmd_sample(int argc, char **argv) {
     double t0 = now_s();
     if (cnt) sample_images(&u, &s, &so, cnt, first, B, imgs + (size_t)first * D, traj, tr, on_progress, &pr);
     progress_end(&pr);
-    char title[128], (*flab)[32] = xmalloc(sizeof(*flab) * (traj ? traj : 1));
-    const char **fcap = xmalloc(sizeof(char *) * (traj ? traj : 1));
+    char title[128], **fcap = traj ? draw_trajectory_captions(traj, sample_n_steps(&so, &s)) : NULL;
     snprintf(title, sizeof title, "%s, %d steps, seed %d, %s weights", c.sample.sampler, sample_n_steps(&so, &s), c.sample.seed,
              no_ema ? "raw" : "EMA");
-    for (int k = 0; k < traj; k++) { /* frame k is taken after step ceil(k * K / (traj - 1)) (src/sampler.c) */
-        int K = sample_n_steps(&so, &s), done_k = (int)(((long)k * K + traj - 2) / (traj - 1));
-        snprintf(flab[k], sizeof flab[k], k ? "step %d/%d" : "noise", done_k, K);
-        fcap[k] = flab[k];
-    }
-    DrawCaptions tcap = {.cell = fcap};
+    DrawCaptions tcap = {.cell = (const char *const *)fcap};
     for (int i = 0; i < cnt && !rc; i++) {
         char p[1200];
         uint8_t *px = xmalloc(D);
@@ -214,7 +208,6 @@ int cmd_sample(int argc, char **argv) {
     }
     free(imgs);
     free(tr);
-    free(flab);
     free(fcap);
 done:
     unet_free(&u);
