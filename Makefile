@@ -11,7 +11,7 @@ PREFIX  ?= /usr/local
 OPT     ?= -O3 -march=native
 CFLAGS  ?= $(OPT) -g -Wall -Wextra -Wno-unused-parameter -std=gnu11 -fopenmp
 VERSION := 0.1.0
-PKGS    := openblas libcjson stb zlib cairo
+PKGS    := openblas libcjson stb zlib cairo fontconfig
 
 ifeq ($(MPI),1)
 CC      := mpicc
