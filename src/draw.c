@@ -14,6 +14,7 @@
 
 #define FONT "DejaVu Sans"
 enum { MIN_CELL = 64, MAX_SIDE = 32000 };
+#define MAX_AREA (64L << 20) /* pixels of a captioned grid: 256 MB of RGB24 */
 
 static int g_labels = 1, g_font = -1; /* g_font: -1 not probed yet, 0 none, 1 found */
 
@@ -432,14 +433,16 @@ int draw_grid_png(const char *path, const float *imgs, int n, int h, int w, int 
     int cap_h = cap && cap->cell ? (int)(fs * 1.6) : 0, title_h = cap && cap->title ? (int)(tfs * 2.2) : 0;
     int head_h = cap && cap->col ? (int)(fs * 1.7) : 0; /* column heads sit under the title */
     title_h += head_h;
-    /* labelled canvas size; too large for Cairo: first drop the scaling, then the labels */
+    /* labelled canvas size; too large for Cairo (side) or for memory (area, 4 bytes a pixel):
+     * first drop the scaling, then the labels */
     long Wl = 0, Hl = 0;
-    for (int tries = 0; tries < 2; tries++) {
+    int fits = 0;
+    for (int tries = 0; tries < 2 && !fits; tries++) {
         Wl = (long)cols * (cw + g) + g + 200, Hl = title_h + (long)rows * (ch + cap_h + g) + g;
-        if (Wl <= MAX_SIDE && Hl <= MAX_SIDE) break;
-        scale = 1, cw = w, ch = h;
+        fits = Wl <= MAX_SIDE && Hl <= MAX_SIDE && Wl * Hl <= MAX_AREA;
+        if (!fits) scale = 1, cw = w, ch = h;
     }
-    if (!cap || Wl > MAX_SIDE || Hl > MAX_SIDE || !draw_labels()) {
+    if (!cap || !fits || !draw_labels()) {
         int W, H;
         uint8_t *grid = image_grid_u8(imgs, n, h, w, c, cols, gap, 0, &W, &H);
         if (!grid) return err_set(DDPM_ERUNTIME, "%s: out of memory for a grid of %d images", path, n);
