@@ -223,6 +223,14 @@ static void test_plot_cmd(void) {
     T_OK(rc == 1 && n_lines(g_err) == 1 && strstr(g_err, "none.csv"), "a missing CSV: exit %d, %s", rc, g_err);
     rc = run("plot %s --size big", tp("fd.csv"));
     T_OK(rc == 2 && strstr(g_err, "--size"), "a bad --size: exit %d", rc);
+    /* a long table: one series per sampler, text columns that are not drawn are fine */
+    write_text(tp("long.csv"), "sampler,spacing,evals,fd\nddim,leading,10,80\ndpm++2m,karras,10,61\nddim,leading,25,62\nddpm,,1000,47\n");
+    rc = run("plot %s --x evals --y fd --by sampler --logx -o %s/long.png", tp("long.csv"), d);
+    T_OK(rc == 0 && stbi_info(tp("long.png"), &w, &h, &c) && w == 800, "--by sampler draws a long table: exit %d %s", rc, g_err);
+    rc = run("plot %s --x evals --y spacing -o %s/x.png", tp("long.csv"), d);
+    T_OK(rc == 1 && strstr(g_err, "long.csv:2") && strstr(g_err, "spacing"), "drawing a text column: exit %d, %s", rc, g_err);
+    rc = run("plot %s --x evals --by sampler -o %s/x.png", tp("long.csv"), d);
+    T_OK(rc == 2 && strstr(g_err, "--y"), "--by without one --y column: exit %d", rc);
     rc = run("plot --help");
     T_OK(rc == 0 && strstr(g_out, "CSV format") && strstr(g_out, "--logy"), "--help documents the CSV format");
 }

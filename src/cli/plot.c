@@ -26,14 +26,17 @@ static void usage(FILE *f) {
             "  an empty cell, 'nan' or '-' means no point there (series may be measured at\n"
             "  different x: each line joins the points its series has);\n"
             "  lines starting with '#' and blank lines are skipped; names may be \"quoted\".\n"
-            "  The x column is the first unless --x names another; every other column is a\n"
-            "  series named by its header (--y picks some). Series with at most 50 points get\n"
-            "  a marker at each point.\n"
+            "  The x column is the first unless --x names another; every other numeric column\n"
+            "  is a series named by its header (--y picks some). Or a long table, one row per\n"
+            "  measurement: --by COLUMN makes one series per distinct value of COLUMN (text\n"
+            "  allowed there) of the --y column, points sorted by x. Text cells are fine in\n"
+            "  columns that are not drawn. Series with at most 50 points get a marker at each.\n"
             "\n"
             "options:\n"
             "  -o, --out FILE     output PNG (default: CSV with .png for its extension)\n"
             "  --x NAME           the x column (default: the first)\n"
-            "  --y NAME,NAME..    the series to draw (default: every column but x)\n"
+            "  --y NAME,NAME..    the series to draw (default: every numeric column but x)\n"
+            "  --by NAME          one series per value of column NAME (with one --y column)\n"
             "  --logx, --logy     logarithmic axis with decade ticks (values <= 0 are left out)\n"
             "  --title TEXT       title above the plot\n"
             "  --xlabel TEXT      x axis name (default: the x column's name)\n"
@@ -50,13 +53,18 @@ static void usage(FILE *f) {
 typedef struct {
     int ncol, nrow, cap;
     char **name;
-    double *v; /* nrow x ncol */
+    double *v;   /* nrow x ncol; NaN for an empty or text cell */
+    char **txt;  /* nrow x ncol; the text of a cell that is not a number, else NULL */
+    int *line;   /* nrow: line number in the file */
 } Csv;
 
 static void csv_free(Csv *t) {
     for (int j = 0; j < t->ncol; j++) free(t->name[j]);
+    for (size_t i = 0; t->txt && i < (size_t)t->nrow * t->ncol; i++) free(t->txt[i]);
     free(t->name);
     free(t->v);
+    free(t->txt);
+    free(t->line);
 }
 
 /* Trim spaces (and \r) and one pair of double quotes, in place. */
@@ -95,7 +103,9 @@ static int csv_read(Csv *t, const char *path) {
     char **f = NULL;
     int lineno = 0, maxf = 0;
     rc = DDPM_OK;
-    for (char *line = text, *next; line && !rc; line = next) {
+    char *start = text;
+    if (size >= 3 && !memcmp(start, "\xEF\xBB\xBF", 3)) start += 3; /* a UTF-8 byte order mark */
+    for (char *line = start, *next; line && !rc; line = next) {
         next = strchr(line, '\n');
         if (next) *next++ = 0;
         lineno++;
@@ -118,21 +128,20 @@ static int csv_read(Csv *t, const char *path) {
         if (t->nrow == t->cap) {
             t->cap = t->cap ? 2 * t->cap : 64;
             t->v = realloc(t->v, sizeof(double) * t->cap * t->ncol);
-            CHECK(t->v, "out of memory");
+            t->txt = realloc(t->txt, sizeof(char *) * t->cap * t->ncol);
+            t->line = realloc(t->line, sizeof(int) * t->cap);
+            CHECK(t->v && t->txt && t->line, "out of memory");
         }
+        t->line[t->nrow] = lineno;
         for (int j = 0; j < n; j++) {
             char *s = trim(f[j]), *end;
-            double v = NAN;
+            size_t at = (size_t)t->nrow * t->ncol + j;
+            t->v[at] = NAN, t->txt[at] = NULL;
             if (*s && strcmp(s, "-") && strcasecmp(s, "nan")) {
-                errno = 0;
-                v = strtod(s, &end);
-                if (*end || end == s) {
-                    rc = err_set(DDPM_ERUNTIME, "%s:%d: column \"%s\": '%s' is not a number (leave the cell empty for a gap)", path,
-                                 lineno, t->name[j], s);
-                    break;
-                }
+                double v = strtod(s, &end);
+                if (*end || end == s) t->txt[at] = strdup(s); /* fine unless the column is plotted */
+                else t->v[at] = v;
             }
-            t->v[(size_t)t->nrow * t->ncol + j] = v;
         }
         t->nrow++;
     }
@@ -143,6 +152,24 @@ static int csv_read(Csv *t, const char *path) {
     if (!rc && t->nrow == 0) rc = err_set(DDPM_ERUNTIME, "%s: no rows of numbers under the header", path);
     if (rc) csv_free(t);
     return rc;
+}
+
+/* Column j must hold numbers (or gaps): ERUNTIME naming the first text cell. */
+static int col_numeric(const Csv *t, int j, const char *path) {
+    for (int i = 0; i < t->nrow; i++)
+        if (t->txt[(size_t)i * t->ncol + j])
+            return err_set(DDPM_ERUNTIME, "%s:%d: column \"%s\": '%s' is not a number (leave the cell empty for a gap)", path,
+                           t->line[i], t->name[j], t->txt[(size_t)i * t->ncol + j]);
+    return DDPM_OK;
+}
+
+/* The text by which row i groups under --by column j. */
+static void group_key(const Csv *t, int i, int j, char *buf, size_t n) {
+    const char *s = t->txt[(size_t)i * t->ncol + j];
+    double v = t->v[(size_t)i * t->ncol + j];
+    if (s) snprintf(buf, n, "%s", s);
+    else if (isnan(v)) snprintf(buf, n, "(empty)");
+    else snprintf(buf, n, "%g", v);
 }
 
 static int col_index(const Csv *t, const char *name) {
@@ -167,8 +194,8 @@ int cmd_plot(int argc, char **argv) {
         {"xlabel", required_argument, 0, 'a'}, {"ylabel", required_argument, 0, 'b'}, {"ymin", required_argument, 0, 'm'},
         {"ymax", required_argument, 0, 'M'},   {"size", required_argument, 0, 's'},   {"markers", no_argument, 0, 'k'},
         {"no-markers", no_argument, 0, 'K'},   {"no-labels", no_argument, 0, 'L'},    {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
-    const char *out = NULL, *xname = NULL, *ynames = NULL;
+        {"by", required_argument, 0, 'g'},     {0, 0, 0, 0}};
+    const char *out = NULL, *xname = NULL, *ynames = NULL, *byname = NULL;
     DrawPlot p = draw_plot_defaults();
     int markers = -1, rc, o;
     float fv;
@@ -179,6 +206,7 @@ int cmd_plot(int argc, char **argv) {
         case 'o': out = optarg; break;
         case 'x': xname = optarg; break;
         case 'y': ynames = optarg; break;
+        case 'g': byname = optarg; break;
         case 'X': p.logx = 1; break;
         case 'Y': p.logy = 1; break;
         case 't': p.title = optarg; break;
@@ -222,8 +250,12 @@ int cmd_plot(int argc, char **argv) {
         csv_free(&t);
         return cli_usage_error("plot", "--x '%s': %s has no such column (it has: %s)", xname, csv, names);
     }
-    int *ys = xmalloc(sizeof(int) * t.ncol), ny = 0;
-    if (ynames) {
+    int *ys = xmalloc(sizeof(int) * t.ncol), ny = 0, bi = -1;
+    if (byname && (bi = col_index(&t, byname)) < 0) {
+        col_list(&t, names, sizeof names);
+        rc = cli_usage_error("plot", "--by '%s': %s has no such column (it has: %s)", byname, csv, names);
+    }
+    if (!rc && ynames) {
         char *copy = strdup(ynames);
         for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
             int j = col_index(&t, trim(tok));
@@ -235,39 +267,61 @@ int cmd_plot(int argc, char **argv) {
             if (ny < t.ncol) ys[ny++] = j;
         }
         free(copy);
-    } else {
+    } else if (!rc) { /* every numeric column but x (and --by) */
         for (int j = 0; j < t.ncol; j++)
-            if (j != xi) ys[ny++] = j;
+            if (j != xi && j != bi && col_numeric(&t, j, csv) == DDPM_OK) ys[ny++] = j;
     }
-    if (!rc && ny == 0) rc = cli_usage_error("plot", "no series to draw: --y names none");
+    if (!rc && ny == 0) rc = cli_usage_error("plot", "no series to draw: %s has no numeric column besides x", csv);
+    if (!rc && bi >= 0 && ny != 1) rc = cli_usage_error("plot", "--by draws one column per group: give --y COLUMN");
+    if (!rc && (rc = col_numeric(&t, xi, csv)) == DDPM_OK)
+        for (int k = 0; k < ny && !rc; k++) rc = col_numeric(&t, ys[k], csv);
     if (rc) {
         free(ys);
         csv_free(&t);
-        return rc;
+        return rc == DDPM_EUSAGE ? rc : cli_fail(rc);
     }
-    /* one x/y pair of arrays per series: rows where either is missing are gaps */
-    double *xy = xmalloc(sizeof(double) * 2 * (size_t)t.nrow * ny);
-    DrawSeries *ds = xcalloc(ny, sizeof(DrawSeries));
-    for (int k = 0; k < ny; k++) {
+    /* the series: each y column over all rows, or with --by the y column over each group's
+     * rows (groups in order of first appearance, points sorted by x) */
+    int *grp = xmalloc(sizeof(int) * t.nrow), ng = 0;
+    char **keys = xcalloc(t.nrow + 1, sizeof(char *));
+    for (int i = 0; i < t.nrow; i++) {
+        grp[i] = 0;
+        if (bi < 0) continue;
+        char key[256];
+        group_key(&t, i, bi, key, sizeof key);
+        int g = 0;
+        while (g < ng && strcmp(keys[g], key)) g++;
+        if (g == ng) keys[ng++] = strdup(key);
+        grp[i] = g;
+    }
+    int nser = bi >= 0 ? ng : ny;
+    double *xy = xmalloc(sizeof(double) * 2 * (size_t)t.nrow * (nser ? nser : 1));
+    DrawSeries *ds = xcalloc(nser ? nser : 1, sizeof(DrawSeries));
+    for (int k = 0; k < nser; k++) {
         double *x = xy + (size_t)2 * k * t.nrow, *y = x + t.nrow;
-        int pts = 0;
+        int yj = bi >= 0 ? ys[0] : ys[k], m = 0;
         for (int i = 0; i < t.nrow; i++) {
-            x[i] = t.v[(size_t)i * t.ncol + xi], y[i] = t.v[(size_t)i * t.ncol + ys[k]];
-            pts += isfinite(x[i]) && isfinite(y[i]);
+            if (bi >= 0 && grp[i] != k) continue;
+            double xv = t.v[(size_t)i * t.ncol + xi], yv = t.v[(size_t)i * t.ncol + yj];
+            if (isfinite(xv) && isfinite(yv)) x[m] = xv, y[m] = yv, m++; /* a series joins its own points */
         }
-        ds[k] = (DrawSeries){.name = t.name[ys[k]], .x = x, .y = y, .n = t.nrow, .color = k, .width = 2,
-                             .markers = markers >= 0 ? markers : pts <= 50};
-        /* gaps in a series measured at other x than its neighbours: join its own points */
-        int m = 0;
-        for (int i = 0; i < t.nrow; i++)
-            if (isfinite(x[i]) && isfinite(y[i])) x[m] = x[i], y[m] = y[i], m++;
-        ds[k].n = m;
+        for (int i = 1; bi >= 0 && i < m; i++) /* insertion sort by x, stable */
+            for (int j = i; j > 0 && x[j - 1] > x[j]; j--) {
+                double tx = x[j], ty = y[j];
+                x[j] = x[j - 1], y[j] = y[j - 1], x[j - 1] = tx, y[j - 1] = ty;
+            }
+        ds[k] = (DrawSeries){.name = bi >= 0 ? keys[k] : t.name[yj], .x = x, .y = y, .n = m, .color = k, .width = 2,
+                             .markers = markers >= 0 ? markers : m <= 50};
     }
+    if (!p.ylabel && bi >= 0) p.ylabel = t.name[ys[0]];
     if (!p.xlabel) p.xlabel = t.name[xi];
     if (!p.ylabel && ny == 1) p.ylabel = t.name[ys[0]];
-    if (ny == 1 && p.ylabel && !strcmp(p.ylabel, t.name[ys[0]])) ds[0].name = NULL; /* the axis says it */
-    rc = draw_plot_png(out, &p, ds, ny);
+    if (bi < 0 && ny == 1 && p.ylabel && !strcmp(p.ylabel, t.name[ys[0]])) ds[0].name = NULL; /* the axis says it */
+    rc = draw_plot_png(out, &p, ds, nser);
     if (!rc) printf("%s\n", out);
+    for (int g = 0; g < ng; g++) free(keys[g]);
+    free(keys);
+    free(grp);
     free(ds);
     free(xy);
     free(ys);
