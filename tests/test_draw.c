@@ -230,7 +230,10 @@ static void test_plot_cmd(void) {
     rc = run("plot %s --x evals --y spacing -o %s/x.png", tp("long.csv"), d);
     T_OK(rc == 1 && strstr(g_err, "long.csv:2") && strstr(g_err, "spacing"), "drawing a text column: exit %d, %s", rc, g_err);
     rc = run("plot %s --x evals --by sampler -o %s/x.png", tp("long.csv"), d);
-    T_OK(rc == 2 && strstr(g_err, "--y"), "--by without one --y column: exit %d", rc);
+    T_OK(rc == 0, "--by with one numeric column left needs no --y: exit %d %s", rc, g_err);
+    write_text(tp("long2.csv"), "sampler,evals,fd,seconds\nddim,10,80,1.5\nddpm,1000,47,90\n");
+    rc = run("plot %s --x evals --by sampler -o %s/x.png", tp("long2.csv"), d);
+    T_OK(rc == 2 && strstr(g_err, "--y"), "--by with two numeric columns asks for --y: exit %d", rc);
     rc = run("plot --help");
     T_OK(rc == 0 && strstr(g_out, "CSV format") && strstr(g_out, "--logy"), "--help documents the CSV format");
 }

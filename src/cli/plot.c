@@ -267,9 +267,12 @@ int cmd_plot(int argc, char **argv) {
             if (ny < t.ncol) ys[ny++] = j;
         }
         free(copy);
-    } else if (!rc) { /* every numeric column but x (and --by) */
-        for (int j = 0; j < t.ncol; j++)
-            if (j != xi && j != bi && col_numeric(&t, j, csv) == DDPM_OK) ys[ny++] = j;
+    } else if (!rc) { /* every column but x, --by and columns of text only */
+        for (int j = 0; j < t.ncol; j++) {
+            int num = 0, text = 0;
+            for (int i = 0; i < t.nrow; i++) num += !isnan(t.v[(size_t)i * t.ncol + j]), text += t.txt[(size_t)i * t.ncol + j] != NULL;
+            if (j != xi && j != bi && (num || !text)) ys[ny++] = j; /* a column of only text is a label column */
+        }
     }
     if (!rc && ny == 0) rc = cli_usage_error("plot", "no series to draw: %s has no numeric column besides x", csv);
     if (!rc && bi >= 0 && ny != 1) rc = cli_usage_error("plot", "--by draws one column per group: give --y COLUMN");
