@@ -40,16 +40,18 @@ static void usage(FILE *f) {
 
 /* Plot alpha_bar_t of the three schedules, the chosen one drawn thicker and named so. */
 static int write_plot(const char *path, int T, int chosen) {
-    static const char *NAMES[3] = {"linear (beta 1e-4 to 0.02)", "cosine (s = 0.008)", "sigmoid (beta 1e-4 to 0.02)"};
+    const double b0 = 1e-4, b1 = 0.02, cs = 0.008;
     Schedule s[3];
     DrawSeries ds[3];
-    char names[3][64], title[64];
+    char names[3][96], title[64];
     double *x = xmalloc(sizeof(double) * T);
     for (int t = 0; t < T; t++) x[t] = t;
     int ns = 0;
     for (int k = 0; k < 3; k++) {
-        if (schedule_init(&s[ns], (ScheduleKind)k, T, 1e-4, 0.02, 0.008)) continue;
-        snprintf(names[ns], sizeof names[ns], "%s%s", NAMES[k], k == chosen ? "  \u2190 chosen" : "");
+        if (schedule_init(&s[ns], (ScheduleKind)k, T, b0, b1, cs)) continue;
+        if (k == SCHEDULE_COSINE) snprintf(names[ns], sizeof names[ns], "cosine (s = %g)", cs);
+        else snprintf(names[ns], sizeof names[ns], "%s (beta %g to %g)", k == SCHEDULE_LINEAR ? "linear" : "sigmoid", b0, b1);
+        if (k == chosen) strncat(names[ns], "  \u2190 chosen", sizeof names[ns] - strlen(names[ns]) - 1);
         ds[ns] = (DrawSeries){.name = names[ns], .x = x, .y = s[ns].alpha_bar, .n = T, .color = k, .width = k == chosen ? 3.5 : 2};
         ns++;
     }
