@@ -176,7 +176,8 @@ static int axis_ticks(const Axis *a, Tick *t, int max, int target, double min_ga
     int n = 0;
     if (!a->log) {
         double st = nice_step(a->hi - a->lo, target);
-        for (double v = ceil(a->lo / st - 1e-9) * st; v <= a->hi + st * 1e-9 && n < max; v += st) {
+        double first = ceil(a->lo / st - 1e-9);
+        for (double v = first * st; v <= a->hi + st * 1e-9 && n < max; v = (first + n) * st) {
             t[n].v = v, t[n].major = 1;
             fmt_num(t[n].label, sizeof t[n].label, v, st);
             n++;
