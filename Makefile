@@ -27,7 +27,7 @@ endif
 OPT     ?= -O3 $(MARCH_$(ISA)) -fno-trapping-math
 CFLAGS  ?= $(OPT) -g -Wall -Wextra -Wno-unused-parameter -std=gnu11 -fopenmp
 VERSION := 0.1.0
-PKGS    := openblas libcjson stb zlib
+PKGS    := openblas libcjson stb zlib cairo fontconfig
 # OpenBLAS built with OpenMP (libopenblas-openmp-dev): one thread pool for ddpm's loops and
 # BLAS, and a GEMM called inside a parallel loop runs on the calling thread. Debian installs
 # it beside the default pthreads build; its pkg-config file comes first and the binary is
@@ -66,6 +66,7 @@ ifeq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
 else
 NEED_FUZZ := $(filter fuzz fuzz-build,$(MAKECMDGOALS))
 DEPS_OK := $(shell test -f $(OPENBLAS_PC)/openblas.pc && $(PKGCONF) --exists $(PKGS) && test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
+                   && test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
                    $(if $(filter 1,$(MPI)),&& command -v mpicc >/dev/null) \
                    $(if $(NEED_FUZZ),&& command -v $(FUZZ_CC) >/dev/null) && echo yes)
 ifneq ($(DEPS_OK),yes)

@@ -115,23 +115,20 @@ int image_write_png(const char *path, const uint8_t *pix, int w, int h, int c) {
 }
 
 // imgs is (n,h,w,c) in [-1,1]
-int image_write_grid(const char *path, const float *imgs, int n, int h, int w, int c, int cols,
-                     uint8_t pad) {
-    if (n <= 0 || h <= 0 || w <= 0 || c < 1 || c > 4)
-        return err_set(DDPM_ERUNTIME, "%s: cannot write a grid of %d images of %dx%dx%d", path, n, h,
-                       w, c);
+uint8_t *image_grid_u8(const float *imgs, int n, int h, int w, int c, int cols, int gap, uint8_t pad, int *W_out,
+                       int *H_out) {
     if (cols <= 0) {
         cols = (int)ceil(sqrt((double)n));
         if (cols < 1) cols = 1;
     }
     if (cols > n) cols = n;
     int rows = (n + cols - 1) / cols;
-    int W = cols * (w + GRID_GAP) + GRID_GAP, H = rows * (h + GRID_GAP) + GRID_GAP;
+    int W = cols * (w + gap) + gap, H = rows * (h + gap) + gap;
     uint8_t *grid = malloc((size_t)W * H * c);
-    if (!grid) return err_set(DDPM_ERUNTIME, "%s: out of memory for a %dx%d grid", path, W, H);
+    if (!grid) return NULL;
     memset(grid, pad, (size_t)W * H * c);
     for (int i = 0; i < n; i++) {
-        int gx = GRID_GAP + (i % cols) * (w + GRID_GAP), gy = GRID_GAP + (i / cols) * (h + GRID_GAP);
+        int gx = gap + (i % cols) * (w + gap), gy = gap + (i / cols) * (h + gap);
         const float *src = imgs + (size_t)i * h * w * c;
         for (int y = 0; y < h; y++) {
             uint8_t *dst = grid + ((size_t)(gy + y) * W + gx) * c;
@@ -139,6 +136,18 @@ int image_write_grid(const char *path, const float *imgs, int n, int h, int w, i
             for (int k = 0; k < w * c; k++) dst[k] = image_to_u8(row[k]);
         }
     }
+    *W_out = W, *H_out = H;
+    return grid;
+}
+
+int image_write_grid(const char *path, const float *imgs, int n, int h, int w, int c, int cols,
+                     uint8_t pad) {
+    if (n <= 0 || h <= 0 || w <= 0 || c < 1 || c > 4)
+        return err_set(DDPM_ERUNTIME, "%s: cannot write a grid of %d images of %dx%dx%d", path, n, h,
+                       w, c);
+    int W, H;
+    uint8_t *grid = image_grid_u8(imgs, n, h, w, c, cols, GRID_GAP, pad, &W, &H);
+    if (!grid) return err_set(DDPM_ERUNTIME, "%s: out of memory for a grid of %d images", path, n);
     int rc = image_write_png(path, grid, W, H, c);
     free(grid);
     return rc;

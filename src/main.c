@@ -15,6 +15,7 @@ static const struct {
     {"train", cmd_train, "train the U-Net (or --resume a run)"},
     {"sample", cmd_sample, "generate images from a trained checkpoint"},
     {"bench", cmd_bench, "time a training step and a forward pass"},
+    {"plot", cmd_plot, "draw a CSV's columns as a labelled line plot (PNG)"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 

@@ -12,12 +12,12 @@
 #include "ddpm/data.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/dist.h"
+#include "ddpm/draw.h"
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
 #include "ddpm/model_io.h"
 #include "ddpm/optim.h"
-#include "ddpm/plot.h"
 #include "ddpm/progress.h"
 #include "ddpm/rng.h"
 #include "ddpm/sampler.h"
@@ -74,18 +74,35 @@ typedef struct {
 
 static void path_in(const Run *r, char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", r->dir, name); }
 
+/* loss.png: the logged means (faint) under a moving average of their logarithm, log y axis. */
 static int write_loss_png(Run *r) {
-    if (r->log.n < 2) return DDPM_OK;
-    double *x = xmalloc(sizeof(double) * r->log.n), lo = INFINITY, hi = 0;
-    for (int i = 0; i < r->log.n; i++) {
-        x[i] = (double)r->log.step[i];
-        if (r->log.loss[i] > 0) lo = fmin(lo, r->log.loss[i]), hi = fmax(hi, r->log.loss[i]);
+    int n = r->log.n;
+    if (n < 2) return DDPM_OK;
+    double *x = xmalloc(sizeof(double) * n), *sm = xmalloc(sizeof(double) * n);
+    for (int i = 0; i < n; i++) x[i] = (double)r->log.step[i];
+    int k = n < 8 ? 0 : n / 20 > 1 ? n / 20 : 1; /* half window */
+    for (int i = 0; i < n; i++) {
+        double acc = 0;
+        int cnt = 0;
+        for (int j = i - k; j <= i + k; j++)
+            if (j >= 0 && j < n && r->log.loss[j] > 0) acc += log(r->log.loss[j]), cnt++;
+        sm[i] = cnt ? exp(acc / cnt) : NAN;
     }
-    PlotSeries ps = {x, r->log.loss, r->log.n, 2};
-    char p[PATHBUF];
+    char raw_name[96], sm_name[128], title[PATHBUF + 64], p[PATHBUF];
+    snprintf(raw_name, sizeof raw_name, "loss (mean of every %d steps)", r->c->train.log_every);
+    snprintf(sm_name, sizeof sm_name, "smoothed (%d-point moving average): %.4g at step %ld", 2 * k + 1, sm[n - 1],
+             r->log.step[n - 1]);
+    snprintf(title, sizeof title, "training loss: %s (%s objective, batch %d)", r->dir, r->c->diffusion.objective,
+             r->c->train.batch_size);
+    DrawSeries ds[2] = {{.name = k ? raw_name : "loss", .x = x, .y = r->log.loss, .n = n, .color = 0, .faint = k > 0},
+                        {.name = sm_name, .x = x, .y = sm, .n = n, .color = 1, .width = 2.5}};
+    DrawPlot pl = draw_plot_defaults();
+    pl.title = title, pl.xlabel = "step", pl.ylabel = "loss (MSE, log scale)", pl.logy = 1;
+    if (!k) ds[0].markers = 1;
     path_in(r, p, sizeof p, "loss.png");
-    int rc = hi > 0 ? plot_png(p, &ps, 1, lo * 0.9, hi * 1.1, 1) : DDPM_OK;
+    int rc = draw_plot_png(p, &pl, ds, k ? 2 : 1);
     free(x);
+    free(sm);
     return rc;
 }
 
@@ -189,7 +206,10 @@ static int preview(Run *r) {
     char p[PATHBUF], name[64];
     snprintf(name, sizeof name, "samples/step_%07ld.png", r->st.step);
     path_in(r, p, sizeof p, name);
-    int rc = image_write_grid(p, imgs, (int)n, u->res, u->res, u->C_img, 0, 0);
+    char title[128];
+    snprintf(title, sizeof title, "step %ld | EMA, ddim %d steps, seed %d", r->st.step, c->train.sample_steps, (int)c->train.seed);
+    DrawCaptions cap = {.title = title};
+    int rc = draw_grid_png(p, imgs, (int)n, u->res, u->res, u->C_img, 0, 2, &cap);
     free(saved), free(imgs);
     return rc;
 }
@@ -433,6 +453,8 @@ int train_main(Config *c, const TrainOpts *o) {
         if (stop_reason) break;
     }
     progress_end(&r->pr);
+    /* a run resumed with no step left to train: redraw loss.png from its log.csv */
+    if (!rc && r->rank == 0 && r->st.step == r->saved_step0) rc = write_loss_png(r);
     if (!rc && r->rank == 0 && !o->quiet) {
         if (stop_reason)
             fprintf(stderr, "%s at step %ld; saved %s/latest.safetensors. Continue with: ddpm train --resume %s\n", stop_reason,

@@ -58,13 +58,13 @@ int main(void) {
     snprintf(p, sizeof p, "%s/photo.png", d);
     image_write_png(p, img, W, H, 3);
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "cd %s && %s noise photo.png --steps 1000 --csv sched.csv --plot sched.png", d,
+    snprintf(cmd, sizeof cmd, "cd %s && %s noise photo.png --steps 1000 --csv sched.csv --plot sched.png --no-labels", d,
              getenv("DDPM_BIN") ? getenv("DDPM_BIN") : "$OLDPWD/ddpm");
     int rc = system(cmd);
     snprintf(q, sizeof q, "%s/photo_noise.png", d);
     int sw, sh, sc;
     uint8_t *strip = stbi_load(q, &sw, &sh, &sc, 3);
-    T_OK(rc == 0 && strip && sw == 10 * W && sh == H, "noise writes photo_noise.png, 10 frames of %dx%d (got %dx%d)", W, H, strip ? sw : 0,
+    T_OK(rc == 0 && strip && sw == 10 * W && sh == H, "noise --no-labels writes photo_noise.png, 10 frames of %dx%d (got %dx%d)", W, H, strip ? sw : 0,
          strip ? sh : 0);
     if (strip) {
         double e = 0;
@@ -81,7 +81,11 @@ int main(void) {
     if (f) fclose(f);
     T_OK(rows == 1001, "--csv writes a header and 1000 rows (%d lines)", rows);
     snprintf(q, sizeof q, "%s/sched.png", d);
-    T_OK(stbi_info(q, &sw, &sh, &sc) && sw == 640, "--plot writes a PNG");
+    T_OK(stbi_info(q, &sw, &sh, &sc) && sw == 800 && sh == 500, "--plot writes an 800x500 PNG");
+    /* labelled (the default): frames scaled to >= 64 pixels with a caption band under them */
+    rc = run("noise %s --steps 1000 -o %s/lab.png", p, d);
+    snprintf(q, sizeof q, "%s/lab.png", d);
+    T_OK(rc == 0 && stbi_info(q, &sw, &sh, &sc) && sw >= 10 * 2 * W && sh > 2 * H + 16, "labelled strip of 10 frames scaled x2: %dx%d", sw, sh);
     /* the last frame's statistics before clipping are reported: mean ~0, std ~1 */
     rc = run("noise %s --steps 1000 --size 64 -o %s/big.png", p, d);
     double mean = 9, sd = 9;

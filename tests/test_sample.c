@@ -30,7 +30,7 @@ static void expect(int rc, int want, const char *needle, const char *what) {
 int main(void) {
     const char *d = t_tmpdir();
     /* the committed model samples to the committed grid */
-    int rc = run("sample --ckpt " FIXTURE " -n 8 --sampler ddim --steps 10 --seed 7 -o %s/fix --quiet", d);
+    int rc = run("sample --ckpt " FIXTURE " -n 8 --sampler ddim --steps 10 --seed 7 -o %s/fix --quiet --no-labels", d);
     char p[600];
     snprintf(p, sizeof p, "%s/fix/grid.png", d);
     int w1, h1, c1, w2, h2, c2;
@@ -68,7 +68,7 @@ int main(void) {
     run("%s -o %s/s2 --seed 4 --batch 4", base, d);
     T_OK(!same_dirs(d, "a", "s2", 1), "another seed gives other images");
     /* trajectory strips */
-    rc = run("sample --ckpt " FIXTURE " -n 2 --sampler ddim --steps 8 --trajectory 5 -o %s/t --quiet", d);
+    rc = run("sample --ckpt " FIXTURE " -n 2 --sampler ddim --steps 8 --trajectory 5 -o %s/t --quiet --no-labels", d);
     snprintf(p, sizeof p, "%s/t/000001_traj.png", d);
     int tw = 0, th = 0, tc;
     int ok = stbi_info(p, &tw, &th, &tc);
@@ -86,6 +86,19 @@ int main(void) {
     T_OK(last_ok, "the trajectory's last frame is the sampled image");
     if (tr) stbi_image_free(tr);
     if (im) stbi_image_free(im);
+    /* labelled (the default): grid and strips are captioned and scaled up, images unchanged */
+    rc = run("sample --ckpt " FIXTURE " -n 2 --sampler ddim --steps 8 --trajectory 5 -o %s/tl --quiet", d);
+    snprintf(p, sizeof p, "%s/tl/000001_traj.png", d);
+    int lw = 0, lh = 0;
+    stbi_info(p, &lw, &lh, &tc);
+    T_OK(rc == 0 && lw >= 5 * 2 * iw && lh > 2 * ih + 16, "labelled trajectory strip: %dx%d", lw, lh);
+    snprintf(p, sizeof p, "%s/tl/grid.png", d);
+    stbi_info(p, &lw, &lh, &tc);
+    T_OK(lw >= 2 * 2 * iw && lh > 2 * ih + 20, "labelled grid.png with its title band: %dx%d", lw, lh);
+    snprintf(p, sizeof p, "%s/tl/000001.png", d);
+    char q[600];
+    snprintf(q, sizeof q, "%s/t/000001.png", d);
+    T_OK(same_file(p, q), "the single images are the same with and without labels");
     /* step counts */
     run("sample --ckpt " FIXTURE " -n 1 --sampler ddim --steps 50 -o %s/k", d);
     T_OK(strstr(g_out, "ddim, 50 steps") != NULL, "--sampler ddim --steps 50 takes 50 network evaluations: %s", g_out);

@@ -27,6 +27,11 @@ static inline float image_to_float(uint8_t v) { return v / 127.5f - 1.0f; }
 /* Write a PNG atomically (path.tmp.<pid>, fsync, rename). ERUNTIME on failure. */
 int image_write_png(const char *path, const uint8_t *pix, int w, int h, int c);
 
+/* Lay n float images (n,h,w,c) in [-1,1] out as uint8 rows of `cols` columns (0 = ~sqrt(n)),
+ * `gap` pixels of `pad` between cells and around the border (0 = a plain strip):
+ * W = cols*(w+gap)+gap, H = rows*(h+gap)+gap. Returns malloc'd W*H*c bytes, NULL when out of memory. */
+uint8_t *image_grid_u8(const float *imgs, int n, int h, int w, int c, int cols, int gap, uint8_t pad, int *W, int *H);
+
 /* Write n float images (n,h,w,c) in [-1,1] as a grid with `cols` columns (0 = ~sqrt(n)),
  * 2-pixel gap filled with `pad` (0..255). Atomic. */
 int image_write_grid(const char *path, const float *imgs, int n, int h, int w, int c, int cols,

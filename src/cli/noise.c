@@ -7,10 +7,10 @@
 #include "ddpm/cli.h"
 #include "ddpm/data.h"
 #include "ddpm/diffusion.h"
+#include "ddpm/draw.h"
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
-#include "ddpm/plot.h"
 #include "ddpm/rng.h"
 
 static void usage(FILE *f) {
@@ -35,22 +35,31 @@ static void usage(FILE *f) {
             "                   unless --steps or --schedule is given\n"
             "  --csv FILE       also write the schedule: t,beta,alpha_bar,snr\n"
             "  --plot FILE      also write a PNG plot of alpha_bar_t for all schedules\n"
+            "  --no-labels      bare pictures: no t under the frames, no text on the plot\n"
             "  -h, --help       this help\n");
 }
 
-/* Plot alpha_bar_t of the three schedules, the chosen one drawn thicker. */
+/* Plot alpha_bar_t of the three schedules, the chosen one drawn thicker and named so. */
 static int write_plot(const char *path, int T, int chosen, double b0, double b1, double cs) {
     Schedule s[3];
-    PlotSeries ps[3];
+    DrawSeries ds[3];
+    char names[3][96], title[64];
     double *x = xmalloc(sizeof(double) * T);
     for (int t = 0; t < T; t++) x[t] = t;
     int ns = 0;
     for (int k = 0; k < 3; k++) {
         if (schedule_init(&s[ns], (ScheduleKind)k, T, b0, b1, cs)) continue;
-        ps[ns] = (PlotSeries){x, s[ns].alpha_bar, T, k == chosen ? 3 : 2};
+        if (k == SCHEDULE_COSINE) snprintf(names[ns], sizeof names[ns], "cosine (s = %g)", cs);
+        else snprintf(names[ns], sizeof names[ns], "%s (beta %g to %g)", k == SCHEDULE_LINEAR ? "linear" : "sigmoid", b0, b1);
+        if (k == chosen) strncat(names[ns], "  \u2190 chosen", sizeof names[ns] - strlen(names[ns]) - 1);
+        ds[ns] = (DrawSeries){.name = names[ns], .x = x, .y = s[ns].alpha_bar, .n = T, .color = k, .width = k == chosen ? 3.5 : 2};
         ns++;
     }
-    int rc = plot_png(path, ps, ns, 0, 1, 0);
+    snprintf(title, sizeof title, "noise schedules: \u1fb1_t for t = 0 .. %d", T - 1);
+    DrawPlot p = draw_plot_defaults();
+    p.title = title, p.xlabel = "t (diffusion step)", p.ylabel = "\u1fb1_t  (x_t = \u221a\u1fb1_t\u00b7x0 + \u221a(1 \u2212 \u1fb1_t)\u00b7\u03b5)";
+    p.ymin = 0, p.ymax = 1;
+    int rc = draw_plot_png(path, &p, ds, ns);
     for (int k = 0; k < ns; k++) schedule_free(&s[k]);
     free(x);
     return rc;
@@ -91,6 +100,7 @@ int cmd_noise(int argc, char **argv) {
         {"seed", required_argument, 0, 's'},  {"out", required_argument, 0, 'o'},
         {"csv", required_argument, 0, 'c'},   {"plot", required_argument, 0, 'p'},
         {"config", required_argument, 0, 'C'}, {"index", required_argument, 0, 'I'},
+        {"no-labels", no_argument, 0, 'L'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
     int T = 1000, K = 10, size = 0, seed = 0, index = 0, rc, o;
     const char *cfg_path = NULL;
@@ -111,6 +121,7 @@ int cmd_noise(int argc, char **argv) {
         case 'p': plot = optarg; break;
         case 'C': cfg_path = optarg; break;
         case 'I': if ((rc = cli_int("noise", "--index", optarg, 0, 2147483647, &index))) return rc; break;
+        case 'L': draw_set_labels(0); break;
         case 'h': usage(stdout); return 0;
         case ':': return cli_usage_error("noise", "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("noise", "unknown option '%s'", argv[optind - 1]);
@@ -157,14 +168,17 @@ int cmd_noise(int argc, char **argv) {
     float *x0 = xmalloc(D * sizeof(float)), *eps = xmalloc(D * sizeof(float)), *xt = xmalloc(D * sizeof(float));
     for (size_t i = 0; i < D; i++) x0[i] = image_to_float(src[i]);
     rng_normal(eps, D, (uint64_t)seed, RNG_STREAM(RNG_NOISECMD, 0), 0);
-    uint8_t *strip = xmalloc(D * K);
+    float *frames = xmalloc(sizeof(float) * D * K);
+    char (*tlab)[24] = xmalloc(sizeof(*tlab) * K);
+    const char **cells = xmalloc(sizeof(char *) * K);
     double mean = 0, var = 0;
     int t_last = 0;
     for (int k = 0; k < K; k++) {
         int t = K > 1 ? (int)((long)k * (T - 1) / (K - 1)) : 0;
         q_sample(xt, x0, eps, &t, &s, 1, D);
-        for (int y = 0; y < h; y++)
-            for (int x = 0; x < w * C; x++) strip[((size_t)y * w * K + (size_t)k * w) * C + x] = image_to_u8(xt[(size_t)y * w * C + x]);
+        memcpy(frames + (size_t)k * D, xt, sizeof(float) * D);
+        snprintf(tlab[k], sizeof tlab[k], "t = %d", t);
+        cells[k] = tlab[k];
         if (k == K - 1) {
             t_last = t;
             for (size_t i = 0; i < D; i++) mean += xt[i];
@@ -181,7 +195,10 @@ int cmd_noise(int argc, char **argv) {
         free(copy);
         out = defpath;
     }
-    rc = image_write_png(out, strip, w * K, h, C);
+    char title[96];
+    snprintf(title, sizeof title, "x_t = \u221a\u1fb1_t x0 + \u221a(1 \u2212 \u1fb1_t) \u03b5, %s schedule, T = %d", sched, T);
+    DrawCaptions cap = {.title = K >= 4 ? title : NULL, .cell = cells};
+    rc = draw_grid_png(out, frames, K, h, w, C, K, 0, &cap);
     if (!rc && csv) rc = write_csv(csv, &s);
     if (!rc && plot) rc = write_plot(plot, T, kind, beta_start, beta_end, cosine_s);
     if (!rc) {
@@ -189,9 +206,11 @@ int cmd_noise(int argc, char **argv) {
         fprintf(stderr, "%d frames of %dx%d, t = 0..%d (%s schedule); last frame (t = %d): mean %.3f, std %.3f before clipping\n",
                 K, w, h, T - 1, sched, t_last, mean, sqrt(var));
         if (csv) printf("%s\n", csv);
-        if (plot) printf("%s  (alpha_bar_t from 1 at the top to 0; blue linear, red cosine, green sigmoid)\n", plot);
+        if (plot) printf("%s\n", plot);
     }
-    free(strip);
+    free(frames);
+    free(tlab);
+    free(cells);
     free(x0);
     free(eps);
     free(xt);

@@ -7,6 +7,7 @@
 
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
+#include "ddpm/draw.h"
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
@@ -41,6 +42,7 @@ static void usage(FILE *f) {
             "  --batch B           images per forward pass (default sample.batch)\n"
             "  --trajectory K      also write DIR/NNNNNN_traj.png: K frames from noise to image\n"
             "  --threads N         threads (default: all cores)\n"
+            "  --no-labels         bare grid.png and trajectory strips (no captions, no scaling)\n"
             "  -q, --quiet         no progress bar\n"
             "  -h, --help          this help\n");
 }
@@ -75,7 +77,7 @@ int cmd_sample(int argc, char **argv) {
         {"eta", required_argument, 0, 'e'},     {"spacing", required_argument, 0, 'p'}, {"var", required_argument, 0, 'v'},
         {"no-clip", no_argument, 0, 'C'},       {"seed", required_argument, 0, 'S'},    {"batch", required_argument, 0, 'b'},
         {"trajectory", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+        {"no-labels", no_argument, 0, 'L'},     {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *ckpt = NULL, *run = NULL, *out = "out", *sampler = NULL, *spacing = NULL, *var = NULL;
     int n = 16, steps = -1, seed = -1, batch = -1, traj = 0, threads = 0, no_ema = 0, no_clip = 0, quiet = 0, rc, o;
     float eta = -1;
@@ -92,6 +94,7 @@ int cmd_sample(int argc, char **argv) {
         case 'v': var = optarg; break;
         case 'C': no_clip = 1; break;
         case 'q': quiet = 1; break;
+        case 'L': draw_set_labels(0); break;
         case 'n': if ((rc = cli_int("sample", "-n", optarg, 1, 100000, &n))) return rc; break;
         case 'K': if ((rc = cli_int("sample", "--steps", optarg, 1, 100000, &steps))) return rc; break;
         case 'e': if ((rc = cli_float("sample", "--eta", optarg, 0, 1, &eta))) return rc; break;
@@ -174,20 +177,19 @@ int cmd_sample(int argc, char **argv) {
     double t0 = now_s();
     if (cnt) sample_images(&u, &s, &so, cnt, first, B, imgs + (size_t)first * D, traj, tr, on_progress, &pr);
     progress_end(&pr);
+    char title[128], **fcap = traj ? draw_trajectory_captions(traj, sample_n_steps(&so, &s)) : NULL;
+    snprintf(title, sizeof title, "%s, %d steps, seed %d, %s weights", c.sample.sampler, sample_n_steps(&so, &s), c.sample.seed,
+             no_ema ? "raw" : "EMA");
+    DrawCaptions tcap = {.cell = (const char *const *)fcap};
     for (int i = 0; i < cnt && !rc; i++) {
         char p[1200];
-        uint8_t *px = xmalloc(D * (traj ? traj : 1));
+        uint8_t *px = xmalloc(D);
         for (size_t j = 0; j < D; j++) px[j] = image_to_u8(imgs[(size_t)(first + i) * D + j]);
         snprintf(p, sizeof p, "%s/%06d.png", out, first + i);
         rc = image_write_png(p, px, u.res, u.res, u.C_img);
         if (!rc && traj) {
             snprintf(p, sizeof p, "%s/%06d_traj.png", out, first + i);
-            float *fr = tr + (size_t)i * traj * D;
-            for (int k = 0; k < traj; k++)
-                for (int y = 0; y < u.res; y++)
-                    for (int x = 0; x < u.res * u.C_img; x++)
-                        px[((size_t)y * u.res * traj + (size_t)k * u.res) * u.C_img + x] = image_to_u8(fr[k * D + (size_t)y * u.res * u.C_img + x]);
-            rc = image_write_png(p, px, u.res * traj, u.res, u.C_img);
+            rc = draw_grid_png(p, tr + (size_t)i * traj * D, traj, u.res, u.res, u.C_img, traj, 0, &tcap);
         }
         free(px);
     }
@@ -198,13 +200,15 @@ int cmd_sample(int argc, char **argv) {
     if (!rc && rank == 0) {
         char p[1200];
         snprintf(p, sizeof p, "%s/grid.png", out);
-        rc = image_write_grid(p, imgs, n, u.res, u.res, u.C_img, 0, 0);
+        DrawCaptions cap = {.title = title}; /* .row: a class name per row once classes exist */
+        rc = draw_grid_png(p, imgs, n, u.res, u.res, u.C_img, 0, 2, &cap);
         if (!rc)
             printf("%d images (%s, %d steps, %s weights, seed %d) in %.1f s: %s/000000.png .. %s/%06d.png, grid %s\n", n,
                    c.sample.sampler, sample_n_steps(&so, &s), no_ema ? "raw" : "EMA", c.sample.seed, now_s() - t0, out, out, n - 1, p);
     }
     free(imgs);
     free(tr);
+    free(fcap);
 done:
     unet_free(&u);
     schedule_free(&s);

@@ -4,6 +4,7 @@
 
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
+#include "ddpm/draw.h"
 #include "ddpm/err.h"
 #include "ddpm/model_io.h"
 #include "ddpm/tensor.h"
@@ -27,6 +28,7 @@ static void usage(FILE *f) {
             "  --force             start over in a run folder that already holds a run\n"
             "  --threads N         threads for GEMM and the other loops (default: all cores)\n"
             "  -q, --quiet         no progress output\n"
+            "  --no-labels         bare pictures: no caption on the previews, no text on loss.png\n"
             "  -h, --help          this help\n");
 }
 
@@ -34,6 +36,7 @@ int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
                                          {"resume", required_argument, 0, 'r'}, {"force", no_argument, 0, 'f'},
                                          {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
+                                         {"no-labels", no_argument, 0, 'L'},
                                          {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     const char *cfg_path = NULL;
     char *sets[CLI_MAX_SETS];
@@ -49,6 +52,7 @@ int cmd_train(int argc, char **argv) {
         case 'f': to.force = 1; break;
         case 'j': if ((rc = cli_int("train", "--threads", optarg, 1, 1024, &threads))) return rc; break;
         case 'q': to.quiet = 1; break;
+        case 'L': draw_set_labels(0); break;
         case 'h': usage(stdout); return 0;
         case ':': return cli_usage_error("train", "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("train", "unknown option '%s'", argv[optind - 1]);
