@@ -12,6 +12,9 @@ int cmd_info(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_inpaint(int argc, char **argv);
+int cmd_edit(int argc, char **argv);
+int cmd_upscale(int argc, char **argv);
 
 /* Print "ddpm: <err_msg()>" and return rc (for `return cli_fail(rc);`). */
 int cli_fail(int rc);
