@@ -122,6 +122,15 @@ static void constrain(const SampleTask *task, const Schedule *s, const SampleOpt
         lowpass_box(lx, res, C, task->factor);
         lowpass_box(w, res, C, task->factor);
         for (size_t j = 0; j < D; j++) x[j] += w[j] - lx[j];
+        /* at the clean level the image is also clipped to [-1,1] when written, which would move
+         * the mean of blocks that straddle black or white: alternate the two projections
+         * (clip, restore the block means) so that both hold */
+        for (int it = 0; tn < 0 && it < 20; it++) {
+            for (size_t j = 0; j < D; j++) x[j] = x[j] > 1 ? 1 : x[j] < -1 ? -1 : x[j];
+            memcpy(lx, x, D * sizeof(float));
+            lowpass_box(lx, res, C, task->factor);
+            for (size_t j = 0; j < D; j++) x[j] += w[j] - lx[j];
+        }
     }
 }
 
