@@ -45,7 +45,11 @@ def fail(msg, code=2):
 
 
 def sample(a, sampler, steps, spacing, n, out):
-    """Run ddpm sample; return wall seconds as ddpm reports them."""
+    """Run ddpm sample; return wall seconds as ddpm reports them (or as a --reuse'd run did)."""
+    done = os.path.join(out, "seconds.txt")
+    if a.reuse and os.path.exists(done):
+        print("  reusing %s" % out, file=sys.stderr, flush=True)
+        return float(open(done).read())
     if os.path.isdir(out):
         shutil.rmtree(out)
     cmd = ["nice", "-n", "19", a.bin, "sample", "--ckpt", a.ckpt, "-n", str(n), "--sampler", sampler,
@@ -62,7 +66,10 @@ def sample(a, sampler, steps, spacing, n, out):
     if p.returncode:
         fail("%s failed (exit %d): %s" % (" ".join(cmd), p.returncode, p.stderr.strip()), 1)
     m = re.search(r" in ([0-9.]+) s", p.stdout)
-    return float(m.group(1)) if m else time.time() - t0
+    secs = float(m.group(1)) if m else time.time() - t0
+    with open(done, "w") as f:
+        f.write("%.1f\n" % secs)
+    return secs
 
 
 def score(a, folder):
@@ -199,6 +206,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--T", type=int, default=1000, help="the model's T (evaluations of DDPM)")
     ap.add_argument("--score", default=os.path.join(HERE, "score.py"))
+    ap.add_argument("--reuse", action="store_true", help="keep the images of runs already sampled into --out")
     a = ap.parse_args()
     a.python = os.environ.get("PYTHON", sys.executable)
     if not os.path.exists(a.ckpt):
