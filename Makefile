@@ -102,7 +102,7 @@ $(BUILD)/ddpm: $(BUILD)/src/main.o $(BUILD)/libddpm.a
 $(BUILD)/libddpm.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/%.o: %.c $(wildcard include/ddpm/*.h src/nn/*.h)
+$(BUILD)/%.o: %.c $(wildcard include/ddpm/*.h src/nn/*.h src/cli/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 

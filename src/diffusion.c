@@ -110,49 +110,107 @@ void diffusion_predict(float *x0, float *eps, const float *pred, const float *xt
     }
 }
 
-void ddpm_step(float *xprev, const float *xt, const float *pred, int t, const Schedule *s, Objective obj, int var_large,
-               int clip, const float *z, size_t D) {
-    double a = s->sqrt_ab[t], c = s->sqrt_1mab[t];
-    double var = var_large ? (t == 0 ? (s->T > 1 ? s->post_var[1] : 0) : s->beta[t]) : s->post_var[t];
-    double sd = t > 0 ? sqrt(var) : 0;
+double schedule_ab(const Schedule *s, int t) { return t < 0 ? 1.0 : s->alpha_bar[t]; }
+
+double schedule_lambda(const Schedule *s, int t) { return 0.5 * log(s->alpha_bar[t] / (1 - s->alpha_bar[t])); }
+
+void step_ddpm(float *xn, const float *x, const float *x0, int t, int tn, const Schedule *s, int var_large,
+               const float *z, size_t D) {
+    double ab = s->alpha_bar[t], abn = schedule_ab(s, tn), b = 1 - ab / abn;
+    double c0 = sqrt(abn) * b / (1 - ab), ct = sqrt(ab / abn) * (1 - abn) / (1 - ab);
+    double sd = tn >= 0 ? sqrt(var_large ? b : b * (1 - abn) / (1 - ab)) : 0;
     for (size_t i = 0; i < D; i++) {
-        double x0v, ev;
-        predict1(&x0v, &ev, pred[i], xt[i], a, c, obj, clip);
-        double m = s->post_c0[t] * x0v + s->post_ct[t] * xt[i];
-        xprev[i] = (float)(t > 0 ? m + sd * z[i] : m);
+        double m = c0 * x0[i] + ct * x[i];
+        xn[i] = (float)(sd > 0 ? m + sd * z[i] : m);
     }
 }
 
-void ddim_step(float *xprev, const float *xt, const float *pred, int t, int t_prev, const Schedule *s, Objective obj,
-               float eta, int clip, const float *z, size_t D) {
-    double a = s->sqrt_ab[t], c = s->sqrt_1mab[t];
-    double ab = s->alpha_bar[t], abp = t_prev >= 0 ? s->alpha_bar[t_prev] : 1.0;
-    double sigma = eta * sqrt((1 - abp) / (1 - ab)) * sqrt(1 - ab / abp);
-    double dir = sqrt(fmax(1 - abp - sigma * sigma, 0));
-    double sab = sqrt(abp);
+void step_ddim(float *xn, const float *x0, const float *eps, int t, int tn, const Schedule *s, float eta,
+               const float *z, size_t D) {
+    double ab = s->alpha_bar[t], abn = schedule_ab(s, tn);
+    double sigma = eta * sqrt((1 - abn) / (1 - ab)) * sqrt(1 - ab / abn);
+    double dir = sqrt(fmax(1 - abn - sigma * sigma, 0)), sab = sqrt(abn);
     for (size_t i = 0; i < D; i++) {
-        double x0v, ev;
-        predict1(&x0v, &ev, pred[i], xt[i], a, c, obj, clip);
-        double v = sab * x0v + dir * ev;
+        double v = sab * x0[i] + dir * eps[i];
         if (sigma > 0) v += sigma * z[i];
-        xprev[i] = (float)v;
+        xn[i] = (float)v;
     }
 }
 
-int ddim_timesteps(int *ts, int K, int T, int quadratic) {
-    if (K > T) K = T;
-    int *asc = xmalloc(sizeof(int) * K);
-    for (int i = 0; i < K; i++) {
-        if (quadratic) {
-            double r = (double)i / K;
-            asc[i] = (int)floor(r * r * 0.8 * T);
-            if (i > 0 && asc[i] <= asc[i - 1]) asc[i] = asc[i - 1] + 1;
-        } else {
-            asc[i] = (int)((long)i * T / K);
-        }
-        if (asc[i] > T - 1) asc[i] = T - 1;
+void step_dpmpp2m(float *xn, const float *x, const float *x0, const float *x0_prev, int t_prev, int t, int tn,
+                  const Schedule *s, size_t D) {
+    if (tn < 0) { /* sigma' = 0: the first-order update is x0 itself, and r = 0 has no second order */
+        memcpy(xn, x0, D * sizeof(float));
+        return;
     }
-    for (int i = 0; i < K; i++) ts[i] = asc[K - 1 - i];
-    free(asc);
+    double lam = schedule_lambda(s, t), lamn = schedule_lambda(s, tn), h = lamn - lam;
+    double sig = sqrt(1 - s->alpha_bar[t]), sign = sqrt(1 - s->alpha_bar[tn]), an = sqrt(s->alpha_bar[tn]);
+    double cx = sign / sig, cd = -an * expm1(-h);
+    double w0 = 1, w1 = 0; /* D = w0 x0 + w1 x0_prev */
+    if (x0_prev && t_prev >= 0) {
+        double r = (lam - schedule_lambda(s, t_prev)) / h;
+        w0 = 1 + 1 / (2 * r), w1 = -1 / (2 * r);
+    }
+    for (size_t i = 0; i < D; i++) {
+        double d = w1 != 0 ? w0 * x0[i] + w1 * x0_prev[i] : x0[i];
+        xn[i] = (float)(cx * x[i] + cd * d);
+    }
+}
+
+void step_renoise(float *xn, const float *x, int t, int tn, const Schedule *s, const float *z, size_t D) {
+    double r = schedule_ab(s, tn) / schedule_ab(s, t), a = sqrt(r), c = sqrt(1 - r);
+    for (size_t i = 0; i < D; i++) xn[i] = (float)(a * x[i] + c * z[i]);
+}
+
+void noise_to(float *xt, const float *x0, const float *z, int t, const Schedule *s, size_t D) {
+    double ab = schedule_ab(s, t), a = sqrt(ab), c = sqrt(1 - ab);
+    for (size_t i = 0; i < D; i++) xt[i] = (float)(a * x0[i] + c * z[i]);
+}
+
+static const char *SPACING_NAMES[] = {"leading", "trailing", "linspace", "quadratic", "karras"};
+
+int spacing_kind(const char *n) {
+    if (!strcmp(n, "uniform")) return SPACING_LEADING; /* the name before 0.2 */
+    for (int i = 0; i < (int)(sizeof SPACING_NAMES / sizeof *SPACING_NAMES); i++)
+        if (!strcmp(n, SPACING_NAMES[i])) return i;
+    return -1;
+}
+
+const char *spacing_name(Spacing sp) { return SPACING_NAMES[sp]; }
+
+int schedule_timesteps(int *ts, int K, int N, Spacing sp, const Schedule *s) {
+    if (K > N) K = N;
+    if (K < 1) return 0;
+    for (int i = 0; i < K; i++) { /* i = 0 is the first (noisiest) step */
+        int j = K - 1 - i;        /* ascending index */
+        long v;
+        switch (sp) {
+        case SPACING_LEADING: v = (long)j * N / K; break;
+        case SPACING_TRAILING: v = lround(N - (double)i * N / K) - 1; break;
+        case SPACING_LINSPACE: v = K > 1 ? lround((double)j * (N - 1) / (K - 1)) : N - 1; break;
+        case SPACING_QUADRATIC: {
+            double r = (double)j / K;
+            v = (long)floor(r * r * 0.8 * N);
+            break;
+        }
+        default: { /* Karras et al. (2022): rho = 7 in sigma = sqrt((1-ab)/ab), nearest trained timestep */
+            double smin = sqrt(1 / s->snr[0]), smax = sqrt(1 / s->snr[N - 1]), rho = 7;
+            double a = pow(smax, 1 / rho), b = pow(smin, 1 / rho);
+            double sg = K > 1 ? pow(a + (double)i / (K - 1) * (b - a), rho) : smax, ls = log(sg);
+            int best = 0;
+            for (int t = 1; t < N; t++)
+                if (fabs(-0.5 * log(s->snr[t]) - ls) < fabs(-0.5 * log(s->snr[best]) - ls)) best = t;
+            v = best;
+        }
+        }
+        ts[i] = (int)(v < 0 ? 0 : v > N - 1 ? N - 1 : v);
+    }
+    /* strictly decreasing within [0, N-1]: lift collisions from the bottom, then cap from the top */
+    if (ts[K - 1] < 0) ts[K - 1] = 0;
+    for (int i = K - 2; i >= 0; i--)
+        if (ts[i] <= ts[i + 1]) ts[i] = ts[i + 1] + 1;
+    if (ts[0] > N - 1) ts[0] = N - 1;
+    for (int i = 1; i < K; i++)
+        if (ts[i] >= ts[i - 1]) ts[i] = ts[i - 1] - 1;
     return K;
 }

@@ -14,6 +14,9 @@ static const struct {
     {"info", cmd_info, "print the resolved config, the dataset and the model summary"},
     {"train", cmd_train, "train the U-Net (or --resume a run)"},
     {"sample", cmd_sample, "generate images from a trained checkpoint"},
+    {"inpaint", cmd_inpaint, "fill a masked region of images so that it fits (RePaint)"},
+    {"edit", cmd_edit, "turn a noisy or rough image into one the model would make (SDEdit)"},
+    {"upscale", cmd_upscale, "a full-resolution image from a low-resolution one (ILVR)"},
     {"bench", cmd_bench, "time a training step and a forward pass"},
     {"plot", cmd_plot, "draw a CSV's columns as a labelled line plot (PNG)"},
 };

@@ -1,3 +1,4 @@
+/* The one reverse loop: timestep list x denoiser x step rule x constraint (see sampler.h). */
 #include "ddpm/sampler.h"
 
 #include <string.h>
@@ -5,20 +6,132 @@
 #include "ddpm/err.h"
 #include "ddpm/rng.h"
 
+static const char *SAMPLER_NAMES[] = {"ddpm", "ddim", "dpm++2m"};
+
+int sampler_kind(const char *n) {
+    for (int i = 0; i < 3; i++)
+        if (!strcmp(n, SAMPLER_NAMES[i])) return i;
+    return -1;
+}
+
+const char *sampler_name(SamplerKind k) { return SAMPLER_NAMES[k]; }
+
+Spacing sampler_default_spacing(SamplerKind k) {
+    /* measured on the demo model (README "Samplers"): trailing is best for both ODE samplers */
+    (void)k;
+    return SPACING_TRAILING;
+}
+
 void sample_opts_from_config(SampleOpts *o, const Config *c) {
     memset(o, 0, sizeof *o);
-    o->ddim = !strcmp(c->sample.sampler, "ddim");
-    o->steps = c->sample.steps;
+    int k = sampler_kind(c->sample.sampler);
+    o->kind = k < 0 ? SAMPLER_DDPM : (SamplerKind)k;
+    o->steps = o->kind == SAMPLER_DDPM ? c->diffusion.T : c->sample.steps;
     o->eta = c->sample.eta;
     o->var_large = !strcmp(c->sample.var, "large");
-    o->quadratic = !strcmp(c->sample.spacing, "quadratic");
+    int sp = spacing_kind(c->sample.spacing);
+    o->spacing = sp < 0 ? sampler_default_spacing(o->kind) : (Spacing)sp;
     o->clip = c->sample.clip;
     o->seed = (uint64_t)c->sample.seed;
     o->obj = (Objective)objective_kind(c->diffusion.objective);
 }
 
-int sample_n_steps(const SampleOpts *o, const Schedule *s) {
-    return o->ddim ? (o->steps < s->T ? o->steps : s->T) : s->T;
+int sample_levels(int *lv, const SampleOpts *o, const Schedule *s, int N) {
+    int K = schedule_timesteps(lv, o->steps, N, o->spacing, s);
+    lv[K] = -1;
+    return K + 1;
+}
+
+int *repaint_levels(int K, int J, int R, int T, int *n) {
+    /* diffusers' RePaintScheduler.set_timesteps: a descent K-1 .. 0 that, at every multiple j
+     * of J below K - J, goes back up by J, R - 1 times */
+    int cap = K + 2 * J * (R - 1) * (K / (J > 0 ? J : 1) + 1) + 2;
+    int *e = xmalloc(sizeof(int) * cap), *jumps = xcalloc((size_t)K + 1, sizeof(int)), m = 0;
+    for (int j = 0; j < K - J; j += J) jumps[j] = R - 1;
+    for (int t = K; t >= 1;) {
+        e[m++] = --t;
+        if (J > 0 && jumps[t] > 0) {
+            jumps[t]--;
+            for (int i = 0; i < J; i++) e[m++] = ++t;
+        }
+    }
+    free(jumps);
+    /* entries are evaluation timesteps (times T/K); the level after entry e is e - T/K */
+    int step = T / K, *lv = xmalloc(sizeof(int) * (m + 1));
+    lv[0] = e[0] * step;
+    for (int i = 0; i < m; i++) {
+        int l = e[i] * step - step;
+        lv[i + 1] = l < 0 ? -1 : l;
+    }
+    free(e);
+    *n = m + 1;
+    return lv;
+}
+
+int levels_evals(const int *lv, int n) {
+    int e = 0;
+    for (int k = 0; k + 1 < n; k++) e += lv[k + 1] < lv[k];
+    return e;
+}
+
+SampleTask sample_task_plain(const int *lv, int n) {
+    SampleTask t;
+    memset(&t, 0, sizeof t);
+    t.levels = lv, t.n_levels = n, t.per_ref = 1, t.ilvr_stop = -1;
+    return t;
+}
+
+void lowpass_box(float *x, int res, int C, int F) {
+    float inv = 1.0f / (float)(F * F);
+    for (int by = 0; by < res; by += F)
+        for (int bx = 0; bx < res; bx += F)
+            for (int c = 0; c < C; c++) {
+                float m = 0;
+                for (int y = by; y < by + F; y++)
+                    for (int xx = bx; xx < bx + F; xx++) m += x[((size_t)y * res + xx) * C + c];
+                m *= inv;
+                for (int y = by; y < by + F; y++)
+                    for (int xx = bx; xx < bx + F; xx++) x[((size_t)y * res + xx) * C + c] = m;
+            }
+}
+
+/* The denoiser: (x_t, t) for b images -> x0 and eps (objective conversion, x0 clipping).
+ * Classifier-free guidance belongs here: run the conditional and unconditional halves in one
+ * batched forward, mix the outputs, then convert. */
+static void denoise(UNet *u, const SampleOpts *o, const Schedule *s, float *x0, float *eps, const float *x, int t, int b,
+                    float *pred, int *tv, size_t D) {
+    for (int i = 0; i < b; i++) tv[i] = t;
+    unet_forward(u, pred, x, tv, b);
+    for (int i = 0; i < b; i++) diffusion_predict(x0 + i * D, eps + i * D, pred + i * D, x + i * D, t, s, o->obj, o->clip, D);
+}
+
+/* The constraint after a downward step of image g to level tn (x in place; w is scratch). */
+static void constrain(const SampleTask *task, const Schedule *s, const SampleOpts *o, float *x, float *w, int g, int k,
+                      int tn, int res, int C, size_t D) {
+    if (task->constraint == CONSTRAINT_NONE) return;
+    if (task->constraint == CONSTRAINT_ILVR && tn < task->ilvr_stop) return;
+    const float *ref = task->ref + (size_t)(g / task->per_ref) * D;
+    rng_normal(w, D, o->seed, RNG_STREAM(RNG_CONSTRAINT, g), (uint64_t)k * D);
+    noise_to(w, ref, w, tn, s, D); /* the reference at level tn, fresh noise */
+    if (task->constraint == CONSTRAINT_INPAINT) {
+        for (size_t j = 0; j < D; j++)
+            if (task->mask[j] < 0.5f) x[j] = w[j];
+    } else { /* ILVR: x + lowpass(ref_tn) - lowpass(x) */
+        float *lx = w + D;
+        memcpy(lx, x, D * sizeof(float));
+        lowpass_box(lx, res, C, task->factor);
+        lowpass_box(w, res, C, task->factor);
+        for (size_t j = 0; j < D; j++) x[j] += w[j] - lx[j];
+        /* at the clean level the image is also clipped to [-1,1] when written, which would move
+         * the mean of blocks that straddle black or white: alternate the two projections
+         * (clip, restore the block means) so that both hold */
+        for (int it = 0; tn < 0 && it < 20; it++) {
+            for (size_t j = 0; j < D; j++) x[j] = x[j] > 1 ? 1 : x[j] < -1 ? -1 : x[j];
+            memcpy(lx, x, D * sizeof(float));
+            lowpass_box(lx, res, C, task->factor);
+            for (size_t j = 0; j < D; j++) x[j] += w[j] - lx[j];
+        }
+    }
 }
 
 /* Copy x (b images) into frame f of the trajectory of images i0.. */
@@ -26,46 +139,74 @@ static void record(float *traj, const float *x, int b, int frames, int f, size_t
     for (int i = 0; i < b; i++) memcpy(traj + ((size_t)i * frames + f) * D, x + i * D, D * sizeof(float));
 }
 
-void sample_images(UNet *u, const Schedule *s, const SampleOpts *o, int n, int first, int batch, float *out, int frames,
-                   float *traj, SampleProgress progress, void *ctx) {
+void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTask *task, int n, int first, int batch,
+                float *out, int frames, float *traj, SampleProgress progress, void *ctx) {
     size_t D = (size_t)u->res * u->res * u->C_img;
-    int K = sample_n_steps(o, s);
-    int *ts = xmalloc(sizeof(int) * K);
-    if (o->ddim) ddim_timesteps(ts, K, s->T, o->quadratic);
-    else
-        for (int k = 0; k < K; k++) ts[k] = s->T - 1 - k;
+    const int *lv = task->levels;
+    int M = task->n_levels - 1; /* transitions */
     if (batch > u->B_max) batch = u->B_max;
+    if (batch < 1) batch = 1;
     float *x = xmalloc(sizeof(float) * batch * D), *pred = xmalloc(sizeof(float) * batch * D);
-    float *z = xmalloc(sizeof(float) * batch * D);
+    float *x0 = xmalloc(sizeof(float) * batch * D), *eps = xmalloc(sizeof(float) * batch * D);
+    float *x0p = xmalloc(sizeof(float) * batch * D), *z = xmalloc(sizeof(float) * 2 * D);
     int *tv = xmalloc(sizeof(int) * batch);
     int drop = u->drop_on;
     u->drop_on = 0;
-    long done = 0, total = (long)n * K;
+    long done = 0, total = (long)n * levels_evals(lv, task->n_levels);
     for (int i0 = 0; i0 < n; i0 += batch) {
         int b = n - i0 < batch ? n - i0 : batch;
-        for (int i = 0; i < b; i++) rng_normal(x + i * D, D, o->seed, RNG_STREAM(RNG_SAMPLE, first + i0 + i), 0);
-        int next_frame = 0;
-        if (frames > 0) record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
-        for (int k = 0; k < K; k++) {
-            int t = ts[k], tp = k + 1 < K ? ts[k + 1] : -1;
-            for (int i = 0; i < b; i++) tv[i] = t;
-            unet_forward(u, pred, x, tv, b);
-            int noisy = o->ddim ? (o->eta > 0 && tp >= 0) : t > 0;
-            for (int i = 0; i < b; i++) {
-                if (noisy) rng_normal(z + i * D, D, o->seed, RNG_STREAM(RNG_SAMPLE, first + i0 + i), (uint64_t)(k + 1) * D);
-                if (o->ddim)
-                    ddim_step(x + i * D, x + i * D, pred + i * D, t, tp, s, o->obj, o->eta, o->clip, noisy ? z + i * D : NULL, D);
-                else
-                    ddpm_step(x + i * D, x + i * D, pred + i * D, t, s, o->obj, o->var_large, o->clip, noisy ? z + i * D : NULL, D);
-            }
-            /* frame f (1..frames-1) is taken after step round(f * K / (frames-1)) */
-            while (frames > 1 && next_frame < frames && k + 1 >= (long)next_frame * K / (frames - 1))
-                record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
-            done += b;
-            if (progress) progress(ctx, done, total);
+        for (int i = 0; i < b; i++) {
+            int g = first + i0 + i;
+            rng_normal(x + i * D, D, o->seed, RNG_STREAM(RNG_SAMPLE, g), 0);
+            if (task->init_from_ref) noise_to(x + i * D, task->ref + (size_t)(g / task->per_ref) * D, x + i * D, lv[0], s, D);
         }
+        int next_frame = 0, t_hist = -2; /* level of the DPM-Solver++ history in x0p; -2: none */
+        if (frames > 0) record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
+        for (int k = 0; k < M; k++) {
+            int t = lv[k], tn = lv[k + 1];
+            if (tn > t) { /* upward: the forward process from t to tn; the solver's history ends */
+                for (int i = 0; i < b; i++) {
+                    rng_normal(z, D, o->seed, RNG_STREAM(RNG_SAMPLE, first + i0 + i), (uint64_t)(k + 1) * D);
+                    step_renoise(x + i * D, x + i * D, t, tn, s, z, D);
+                }
+                t_hist = -2;
+            } else {
+                denoise(u, o, s, x0, eps, x, t, b, pred, tv, D);
+                int noisy = tn >= 0 && (o->kind == SAMPLER_DDPM || (o->kind == SAMPLER_DDIM && o->eta > 0));
+                for (int i = 0; i < b; i++) {
+                    int g = first + i0 + i;
+                    float *xi = x + i * D;
+                    if (noisy) rng_normal(z, D, o->seed, RNG_STREAM(RNG_SAMPLE, g), (uint64_t)(k + 1) * D);
+                    if (o->kind == SAMPLER_DDPM) step_ddpm(xi, xi, x0 + i * D, t, tn, s, o->var_large, noisy ? z : NULL, D);
+                    else if (o->kind == SAMPLER_DDIM) step_ddim(xi, x0 + i * D, eps + i * D, t, tn, s, o->eta, noisy ? z : NULL, D);
+                    else {
+                        step_dpmpp2m(xi, xi, x0 + i * D, t_hist >= 0 ? x0p + i * D : NULL, t_hist, t, tn, s, D);
+                        memcpy(x0p + i * D, x0 + i * D, D * sizeof(float));
+                    }
+                    constrain(task, s, o, xi, z, g, k, tn, u->res, u->C_img, D);
+                }
+                t_hist = t;
+                done += b;
+                if (progress) progress(ctx, done, total);
+            }
+            /* frame f (1..frames-1) is taken after transition round(f * M / (frames-1)) */
+            while (frames > 1 && next_frame < frames && k + 1 >= (long)next_frame * M / (frames - 1))
+                record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
+        }
+        while (frames > 1 && next_frame < frames) record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
         memcpy(out + (size_t)i0 * D, x, sizeof(float) * b * D);
     }
     u->drop_on = drop;
-    free(ts), free(x), free(pred), free(z), free(tv);
+    free(x), free(pred), free(x0), free(eps), free(x0p), free(z), free(tv);
+}
+
+int sample_n_steps(const SampleOpts *o, const Schedule *s) { return o->steps < s->T ? o->steps : s->T; }
+
+void sample_images(UNet *u, const Schedule *s, const SampleOpts *o, int n, int first, int batch, float *out, int frames,
+                   float *traj, SampleProgress progress, void *ctx) {
+    int *lv = xmalloc(sizeof(int) * (s->T + 2));
+    int m = sample_levels(lv, o, s, s->T);
+    SampleTask task = sample_task_plain(lv, m);
+    sample_run(u, s, o, &task, n, first, batch, out, frames, traj, progress, ctx);
+    free(lv);
 }

@@ -189,7 +189,8 @@ static int save(Run *r, int milestone) {
     return write_loss_png(r);
 }
 
-/* EMA preview grid: swap the EMA weights in, DDIM sample, swap back. */
+/* EMA preview grid: swap the EMA weights in, sample with the config's sampler (DDIM in place
+ * of DDPM, whose T steps would take too long) at train.sample_steps, swap back. */
 static int preview(Run *r) {
     if (r->rank != 0 || r->c->train.sample_every == 0) return DDPM_OK;
     Config *c = r->c;
@@ -200,7 +201,8 @@ static int preview(Run *r) {
     memcpy(u->params, r->opt.ema, sizeof(float) * u->n_floats);
     SampleOpts so;
     sample_opts_from_config(&so, c);
-    so.ddim = 1, so.steps = c->train.sample_steps, so.eta = 0, so.seed = (uint64_t)c->train.seed;
+    if (so.kind == SAMPLER_DDPM) so.kind = SAMPLER_DDIM, so.spacing = sampler_default_spacing(SAMPLER_DDIM);
+    so.eta = 0, so.steps = c->train.sample_steps, so.seed = (uint64_t)c->train.seed;
     sample_images(u, &r->s, &so, (int)n, 0, u->B_max, imgs, 0, NULL, NULL, NULL);
     memcpy(u->params, saved, sizeof(float) * u->n_floats);
     char p[PATHBUF], name[64];

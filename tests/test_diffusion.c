@@ -2,6 +2,7 @@
  * updates against the closed forms for every objective. */
 #include "ddpm/diffusion.h"
 #include "ddpm/rng.h"
+#include "ddpm/sampler.h"
 #include "test.h"
 
 static void test_schedules(void) {
@@ -92,6 +93,21 @@ static double ref_x0(const Schedule *s, Objective o, int t, double p, double x) 
     return o == OBJECTIVE_EPS ? (x - c * p) / a : o == OBJECTIVE_X0 ? p : a * x - c * p;
 }
 
+/* The library's steps from a network output p (no clipping), as the sampler runs them. */
+static void ddpm_step(float *out, const float *x, const float *p, int t, int tn, const Schedule *s, Objective o, int var_large,
+                      const float *z, size_t D) {
+    float x0[D], e[D];
+    diffusion_predict(x0, e, p, x, t, s, o, 0, D);
+    step_ddpm(out, x, x0, t, tn, s, var_large, z, D);
+}
+
+static void ddim_step(float *out, const float *x, const float *p, int t, int tn, const Schedule *s, Objective o, float eta,
+                      const float *z, size_t D) {
+    float x0[D], e[D];
+    diffusion_predict(x0, e, p, x, t, s, o, 0, D);
+    step_ddim(out, x0, e, t, tn, s, eta, z, D);
+}
+
 static void test_steps(void) {
     Schedule s;
     schedule_init(&s, SCHEDULE_LINEAR, 1000, 1e-4, 0.02, 0.008);
@@ -109,13 +125,13 @@ static void test_steps(void) {
             double beta = s.beta[t], ab = s.alpha_bar[t], abp = s.alpha_bar[t - 1];
             /* DDPM: mu = sqrt(abp) beta/(1-ab) x0 + sqrt(1-beta)(1-abp)/(1-ab) x_t, var = beta (1-abp)/(1-ab) */
             double e = 0, el = 0, ed = 0, ed1 = 0;
-            ddpm_step(out, x, p, t, &s, (Objective)o, 0, 0, z, D);
+            ddpm_step(out, x, p, t, t - 1, &s, (Objective)o, 0, z, D);
             for (int i = 0; i < D; i++) {
                 double x0 = ref_x0(&s, (Objective)o, t, p[i], x[i]);
                 double mu = sqrt(abp) * beta / (1 - ab) * x0 + sqrt(1 - beta) * (1 - abp) / (1 - ab) * x[i];
                 e = fmax(e, fabs(out[i] - (mu + sqrt(beta * (1 - abp) / (1 - ab)) * z[i])));
             }
-            ddpm_step(out, x, p, t, &s, (Objective)o, 1, 0, z, D);
+            ddpm_step(out, x, p, t, t - 1, &s, (Objective)o, 1, z, D);
             for (int i = 0; i < D; i++) {
                 double x0 = ref_x0(&s, (Objective)o, t, p[i], x[i]);
                 double mu = sqrt(abp) * beta / (1 - ab) * x0 + sqrt(1 - beta) * (1 - abp) / (1 - ab) * x[i];
@@ -123,7 +139,7 @@ static void test_steps(void) {
             }
             /* DDIM eta=0.5 to t-1 (Song et al. eq. 12) */
             double eta = 0.5, sig = eta * sqrt((1 - abp) / (1 - ab)) * sqrt(1 - ab / abp);
-            ddim_step(out, x, p, t, t - 1, &s, (Objective)o, (float)eta, 0, z, D);
+            ddim_step(out, x, p, t, t - 1, &s, (Objective)o, (float)eta, z, D);
             for (int i = 0; i < D; i++) {
                 double x0 = ref_x0(&s, (Objective)o, t, p[i], x[i]);
                 double ep = (x[i] - sqrt(ab) * x0) / sqrt(1 - ab);
@@ -131,8 +147,8 @@ static void test_steps(void) {
             }
             /* DDIM eta=1 with consecutive steps is DDPM with the posterior variance */
             float o2[D];
-            ddim_step(out, x, p, t, t - 1, &s, (Objective)o, 1.0f, 0, z, D);
-            ddpm_step(o2, x, p, t, &s, (Objective)o, 0, 0, z, D);
+            ddim_step(out, x, p, t, t - 1, &s, (Objective)o, 1.0f, z, D);
+            ddpm_step(o2, x, p, t, t - 1, &s, (Objective)o, 0, z, D);
             for (int i = 0; i < D; i++) ed1 = fmax(ed1, fabs(out[i] - o2[i]));
             char w[96];
             snprintf(w, sizeof w, "ddpm small-variance step, objective %s, t=%d", on[o], t);
@@ -146,9 +162,9 @@ static void test_steps(void) {
         }
         /* t = 0: the final step returns the predicted x0 (DDPM mean at t=0 is x0, DDIM to -1 too) */
         double e0 = 0, e1 = 0;
-        ddpm_step(out, x, p, 0, &s, (Objective)o, 0, 0, NULL, D);
+        ddpm_step(out, x, p, 0, -1, &s, (Objective)o, 0, NULL, D);
         for (int i = 0; i < D; i++) e0 = fmax(e0, fabs(out[i] - ref_x0(&s, (Objective)o, 0, p[i], x[i])));
-        ddim_step(out, x, p, 0, -1, &s, (Objective)o, 0, 0, NULL, D);
+        ddim_step(out, x, p, 0, -1, &s, (Objective)o, 0, NULL, D);
         for (int i = 0; i < D; i++) e1 = fmax(e1, fabs(out[i] - ref_x0(&s, (Objective)o, 0, p[i], x[i])));
         T_OK(e0 < 1e-4 && e1 < 1e-4, "final step returns x0, objective %s (ddpm %.3g, ddim %.3g)", on[o], e0, e1);
     }
@@ -156,18 +172,6 @@ static void test_steps(void) {
     float big[1] = {10}, xx[1] = {0.3f}, x0o[1], epo[1];
     diffusion_predict(x0o, epo, big, xx, 500, &s, OBJECTIVE_X0, 1, 1);
     T_OK(x0o[0] == 1.0f && fabs(epo[0] - (0.3 - s.sqrt_ab[500]) / s.sqrt_1mab[500]) < 1e-5, "clip x0 to 1 and re-derive eps");
-    /* DDIM K=T eta=0 is the deterministic limit: ddim_timesteps gives every t */
-    int seq[1000];
-    int K = ddim_timesteps(seq, 1000, 1000, 0);
-    int all = K == 1000;
-    for (int i = 0; i < 1000; i++) all &= seq[i] == 999 - i;
-    T_OK(all, "ddim_timesteps(K=T) visits every t in descending order");
-    K = ddim_timesteps(seq, 50, 1000, 0);
-    T_OK(K == 50 && seq[0] == 980 && seq[49] == 0, "uniform spacing K=50: %d .. %d", seq[0], seq[49]);
-    K = ddim_timesteps(seq, 50, 1000, 1);
-    int inc = 1;
-    for (int i = 1; i < K; i++) inc &= seq[i] < seq[i - 1];
-    T_OK(K == 50 && inc && seq[49] == 0, "quadratic spacing strictly decreasing, ends at 0 (starts %d)", seq[0]);
     /* targets */
     float x0v[2] = {0.5f, -0.25f}, ev[2] = {1.0f, 2.0f}, tg[2];
     int t1 = 300;
@@ -178,9 +182,155 @@ static void test_steps(void) {
     schedule_free(&s);
 }
 
+
+/* A smooth stand-in for the network's x0 prediction, in double, so that the float solver and
+ * the double transcription see the same function. */
+static double fake_x0(double x, int t, int i) { return tanh(0.8 * x + 0.05 * (i % 7) - 0.3 * t / 1000.0); }
+
+/* DPM-Solver++(2M) over a few steps against a double-precision transcription of Lu et al.'s
+ * formulas; its first-order step against DDIM's deterministic step. */
+static void test_dpmpp(void) {
+    Schedule s;
+    schedule_init(&s, SCHEDULE_COSINE, 1000, 1e-4, 0.02, 0.008);
+    enum { D = 129 };
+    float x[D], x0[D], x0p[D], e[D], a[D], b[D];
+    double xr[D], x0r_prev[D];
+    rng_normal(x, D, 9, 1, 0);
+    for (int i = 0; i < D; i++) xr[i] = x[i];
+    int ts[6];
+    int K = schedule_timesteps(ts, 5, 1000, SPACING_KARRAS, &s); /* non-uniform steps in lambda */
+    int lv[7];
+    memcpy(lv, ts, sizeof ts), lv[K] = -1;
+    double worst = 0;
+    for (int k = 0; k < K; k++) {
+        int t = lv[k], tn = lv[k + 1];
+        for (int i = 0; i < D; i++) x0[i] = (float)fake_x0(x[i], t, i);
+        step_dpmpp2m(x, x, x0, k ? x0p : NULL, k ? lv[k - 1] : -2, t, tn, &s, D);
+        memcpy(x0p, x0, sizeof x0);
+        /* reference */
+        double al = sqrt(s.alpha_bar[t]), sg = sqrt(1 - s.alpha_bar[t]);
+        for (int i = 0; i < D; i++) {
+            double x0r = fake_x0(xr[i], t, i), xn;
+            if (tn < 0) xn = x0r;
+            else {
+                double aln = sqrt(s.alpha_bar[tn]), sgn = sqrt(1 - s.alpha_bar[tn]);
+                double h = log(aln / sgn) - log(al / sg), Dv = x0r;
+                if (k > 0) {
+                    int tp = lv[k - 1];
+                    double hp = log(al / sg) - log(sqrt(s.alpha_bar[tp]) / sqrt(1 - s.alpha_bar[tp])), r = hp / h;
+                    Dv = x0r + (x0r - x0r_prev[i]) / (2 * r);
+                }
+                xn = sgn / sg * xr[i] - aln * (exp(-h) - 1) * Dv;
+            }
+            x0r_prev[i] = x0r;
+            xr[i] = xn;
+        }
+        for (int i = 0; i < D; i++) worst = fmax(worst, fabs(x[i] - xr[i]) / (1 + fabs(xr[i])));
+    }
+    T_OK(K == 5 && worst < 2e-5, "DPM-Solver++(2M), 5 Karras steps %d..%d, vs double transcription: max rel err %.3g", lv[0], lv[K - 1], worst);
+
+    /* the first-order update is DDIM's deterministic step (Lu et al. 2022, sec. 4) */
+    int pairs[4][2] = {{999, 950}, {600, 300}, {40, 0}, {300, 299}};
+    double e1 = 0;
+    rng_normal(x, D, 9, 2, 0);
+    for (int q = 0; q < 4; q++) {
+        int t = pairs[q][0], tn = pairs[q][1];
+        for (int i = 0; i < D; i++) x0[i] = (float)fake_x0(x[i], t, i), e[i] = (float)((x[i] - s.sqrt_ab[t] * x0[i]) / s.sqrt_1mab[t]);
+        step_dpmpp2m(a, x, x0, NULL, -2, t, tn, &s, D);
+        step_ddim(b, x0, e, t, tn, &s, 0, NULL, D);
+        for (int i = 0; i < D; i++) e1 = fmax(e1, fabs(a[i] - b[i]));
+    }
+    T_OK(e1 < 1e-5, "first-order DPM-Solver++ step equals the DDIM eta=0 step (4 pairs): max diff %.3g", e1);
+    /* to the clean level the step returns x0 */
+    step_dpmpp2m(a, x, x0, x0p, 100, 50, -1, &s, D);
+    T_OK(!memcmp(a, x0, sizeof a), "DPM-Solver++ final step to sigma = 0 returns x0");
+    /* the DDPM step on a subsequence is DDIM with eta = 1 (both are the posterior between the two levels) */
+    float z[D];
+    rng_normal(z, D, 9, 3, 0);
+    step_ddpm(a, x, x0, 600, 560, &s, 0, z, D);
+    for (int i = 0; i < D; i++) e[i] = (float)((x[i] - s.sqrt_ab[600] * x0[i]) / s.sqrt_1mab[600]);
+    step_ddim(b, x0, e, 600, 560, &s, 1.0f, z, D);
+    double e2 = 0;
+    for (int i = 0; i < D; i++) e2 = fmax(e2, fabs(a[i] - b[i]));
+    T_OK(e2 < 1e-5, "DDPM ancestral step 600 -> 560 equals DDIM eta=1: max diff %.3g", e2);
+    /* an upward move by k steps matches k single forward steps in distribution: coefficients */
+    float one[1] = {1}, zero[1] = {0}, up[1];
+    step_renoise(up, one, 100, 110, &s, zero, 1);
+    double prod = 1;
+    for (int t = 101; t <= 110; t++) prod *= 1 - s.beta[t];
+    T_NEAR(up[0], sqrt(prod), 1e-6, "upward move 100 -> 110 scales x by sqrt(prod(1 - beta))");
+    schedule_free(&s);
+}
+
+static int strictly_decreasing(const int *ts, int K, int N) {
+    int ok = K > 0 && ts[0] <= N - 1 && ts[K - 1] >= 0;
+    for (int i = 1; i < K; i++) ok &= ts[i] < ts[i - 1];
+    return ok;
+}
+
+static void test_spacings(void) {
+    Schedule s;
+    schedule_init(&s, SCHEDULE_COSINE, 1000, 1e-4, 0.02, 0.008);
+    int ts[1000];
+    int K = schedule_timesteps(ts, 25, 1000, SPACING_LEADING, &s);
+    T_OK(K == 25 && ts[0] == 960 && ts[24] == 0 && ts[1] == 920, "leading K=25: %d, %d .. %d (diffusers: 960 .. 0)", ts[0], ts[1], ts[24]);
+    K = schedule_timesteps(ts, 25, 1000, SPACING_TRAILING, &s);
+    T_OK(K == 25 && ts[0] == 999 && ts[1] == 959 && ts[24] == 39, "trailing K=25: %d, %d .. %d (diffusers: 999, 959 .. 39)", ts[0], ts[1], ts[24]);
+    K = schedule_timesteps(ts, 10, 1000, SPACING_LINSPACE, &s);
+    T_OK(K == 10 && ts[0] == 999 && ts[1] == 888 && ts[9] == 0, "linspace K=10: %d, %d .. %d (diffusers: 999, 888 .. 0)", ts[0], ts[1], ts[9]);
+    K = schedule_timesteps(ts, 1000, 1000, SPACING_LEADING, &s);
+    int all = K == 1000;
+    for (int i = 0; i < 1000; i++) all &= ts[i] == 999 - i;
+    T_OK(all, "leading K=T visits every t in descending order");
+    /* Karras on the linear schedule (on the cosine one sigma(T-1) is so large that the top
+     * steps crowd into the last few timesteps, moved apart by the collision rule) */
+    Schedule sl;
+    schedule_init(&sl, SCHEDULE_LINEAR, 1000, 1e-4, 0.02, 0.008);
+    K = schedule_timesteps(ts, 10, 1000, SPACING_KARRAS, &sl);
+    /* Karras: sigma_i from sigma_max to sigma_min, rho = 7; check the middle one */
+    double smax = sqrt(1 / sl.snr[999]), smin = sqrt(1 / sl.snr[0]);
+    double sg5 = pow(pow(smax, 1 / 7.0) + 5 / 9.0 * (pow(smin, 1 / 7.0) - pow(smax, 1 / 7.0)), 7);
+    double got5 = sqrt(1 / sl.snr[ts[5]]), lo = sqrt(1 / sl.snr[ts[5] - 1]), hi = sqrt(1 / sl.snr[ts[5] + 1]);
+    schedule_free(&sl);
+    int nearest = fabs(log(got5 / sg5)) <= fabs(log(lo / sg5)) && fabs(log(got5 / sg5)) <= fabs(log(hi / sg5));
+    T_OK(K == 10 && ts[0] == 999 && ts[9] == 0 && nearest, "karras K=10: %d .. %d, sigma_5 %.4f at t = %d is the nearest to %.4f (neighbours %.4f, %.4f)",
+         ts[0], ts[9], got5, ts[5], sg5, lo, hi);
+    int ok = 1, Ks[] = {1, 2, 7, 50, 333, 999, 1000};
+    for (int sp = 0; sp < 5; sp++)
+        for (int q = 0; q < 7; q++) {
+            K = schedule_timesteps(ts, Ks[q], 1000, (Spacing)sp, &s);
+            if (K != Ks[q] || !strictly_decreasing(ts, K, 1000)) ok = 0, printf("  spacing %s K=%d broken\n", spacing_name((Spacing)sp), Ks[q]);
+            K = schedule_timesteps(ts, Ks[q] < 300 ? Ks[q] : 300, 300, (Spacing)sp, &s); /* SDEdit: a part of the range */
+            if (!strictly_decreasing(ts, K, 300)) ok = 0, printf("  spacing %s K=%d of N=300 broken\n", spacing_name((Spacing)sp), Ks[q]);
+        }
+    T_OK(ok, "every spacing gives K strictly decreasing timesteps in range, K = 1 .. T, also over a part (N = 300)");
+    K = schedule_timesteps(ts, 5000, 1000, SPACING_TRAILING, &s);
+    T_OK(K == 1000, "K > T is capped at T (%d); the CLI rejects it before", K);
+    schedule_free(&s);
+}
+
+/* RePaint's list: length and evaluations against the formula; shape of the jumps. */
+static void test_repaint(void) {
+    int cases[][4] = {{250, 10, 10, 1000}, {100, 5, 3, 1000}, {50, 10, 1, 1000}, {20, 3, 4, 100}, {10, 20, 5, 1000}};
+    for (int c = 0; c < 5; c++) {
+        int K = cases[c][0], J = cases[c][1], R = cases[c][2], T = cases[c][3], n;
+        int *lv = repaint_levels(K, J, R, T, &n);
+        int jumps = K > J ? (K - J + J - 1) / J : 0; /* j = 0, J, 2J, ... < K - J */
+        int want_n = K + 2 * J * (R - 1) * jumps, want_e = K + J * (R - 1) * jumps;
+        int ev = levels_evals(lv, n), step = T / K, ok = lv[n - 1] == -1 && lv[0] == (K - 1) * step;
+        for (int k = 0; k + 1 < n; k++) ok &= lv[k + 1] == -1 || lv[k] == -1 ? abs(lv[k + 1] - lv[k]) >= 1 : abs(lv[k + 1] - lv[k]) == step;
+        T_OK(n - 1 == want_n && ev == want_e && ok, "RePaint K=%d J=%d R=%d: %d entries (want %d), %d evaluations (want %d)", K, J, R, n - 1,
+             want_n, ev, want_e);
+        free(lv);
+    }
+}
+
 int main(void) {
     test_schedules();
     test_q_sample();
     test_steps();
+    test_dpmpp();
+    test_spacings();
+    test_repaint();
     return t_done();
 }

@@ -105,6 +105,31 @@ int main(void) {
     run("sample --ckpt " FIXTURE " -n 1 --sampler ddpm -o %s/k --quiet", d);
     T_OK(strstr(g_out, "ddpm, 1000 steps") != NULL, "--sampler ddpm takes T = 1000: %s", g_out);
 
+    /* DPM-Solver++(2M) and the spacings */
+    const char *dp = "sample --ckpt " FIXTURE " -n 5 --seed 5 --sampler dpm++2m --steps 15 --quiet";
+    a = run("%s -o %s/da --batch 5", dp, d);
+    b = run("%s -o %s/db --batch 2 --threads 1", dp, d);
+    T_OK(a == 0 && b == 0 && same_dirs(d, "da", "db", 5), "dpm++2m: --batch 5 and --batch 2 --threads 1 give byte-identical files");
+    run("sample --ckpt " FIXTURE " -n 1 --sampler dpm++2m --steps 15 -o %s/k", d);
+    T_OK(strstr(g_out, "dpm++2m, 15 steps") != NULL, "--sampler dpm++2m --steps 15 takes 15 evaluations: %s", g_out);
+    const char *sps[] = {"leading", "trailing", "linspace", "quadratic", "karras", "auto"};
+    int all_ok = 1;
+    for (int i = 0; i < 6; i++) {
+        all_ok &= run("sample --ckpt " FIXTURE " -n 2 --sampler ddim --steps 7 --spacing %s -o %s/sp%d --quiet", sps[i], d, i) == 0;
+        all_ok &= run("sample --ckpt " FIXTURE " -n 2 --sampler dpm++2m --steps 7 --spacing %s -o %s/sq%d --quiet", sps[i], d, i) == 0;
+    }
+    T_OK(all_ok && !same_dirs(d, "sp0", "sp1", 2), "every spacing samples with ddim and dpm++2m; leading and trailing differ");
+    rc = run("sample --ckpt " FIXTURE " -n 1 --sampler ddpm --steps 100 -o %s/k", d);
+    T_OK(rc == 0 && strstr(g_out, "ddpm, 100 steps") != NULL, "--sampler ddpm --steps 100: the ancestral sampler on 100 timesteps: %s", g_out);
+    rc = run("sample --ckpt " FIXTURE " -n 1 --sampler dpm++2m --steps 1 --spacing trailing -o %s/k", d);
+    T_OK(rc == 0 && strstr(g_out, "1 steps") != NULL, "--steps 1 --spacing trailing: one evaluation at t = T-1");
+    expect(run("sample --ckpt " FIXTURE " -n 1 --sampler ddim --steps 1 --spacing leading -o %s/x", d), 2, "--steps 1", "--steps 1 with leading spacing (a single step at t = 0)");
+    expect(run("sample --ckpt " FIXTURE " -n 1 --sampler dpm++2m --steps 1001 -o %s/x", d), 2, "--steps 1001", "dpm++2m --steps larger than T");
+    expect(run("sample --ckpt " FIXTURE " -n 1 --sampler ddpm --steps 2000 -o %s/x", d), 2, "--steps 2000", "ddpm --steps larger than T");
+    expect(run("sample --ckpt " FIXTURE " -n 1 --spacing cubic -o %s/x", d), 2, "--spacing", "unknown spacing");
+    expect(run("sample --ckpt " FIXTURE " -n 1 --sampler DPM++2M -o %s/x", d), 2, "dpm++2m", "sampler names are exact (lower case)");
+    expect(run("sample --ckpt " FIXTURE " -n 1 --steps 0 -o %s/x", d), 2, "--steps", "--steps 0");
+
     /* bad input */
     expect(run("sample --ckpt %s/none.safetensors -n 1 -o %s/x", d, d), 1, "none.safetensors", "missing checkpoint");
     snprintf(p, sizeof p, "%s/garbage.safetensors", d);

@@ -5,6 +5,7 @@
 #define DDPM_CLI_H
 
 #include "ddpm/config.h"
+#include "ddpm/sampler.h"
 
 int cmd_noise(int argc, char **argv);
 int cmd_info(int argc, char **argv);
@@ -12,6 +13,9 @@ int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_plot(int argc, char **argv);
+int cmd_inpaint(int argc, char **argv);
+int cmd_edit(int argc, char **argv);
+int cmd_upscale(int argc, char **argv);
 
 /* Print "ddpm: <err_msg()>" and return rc (for `return cli_fail(rc);`). */
 int cli_fail(int rc);
@@ -26,5 +30,13 @@ int cli_float(const char *cmd, const char *opt, const char *s, double lo, double
 int cli_add_set(const char *cmd, char **sets, int *n_sets);
 /* Load the config from `path` (NULL = defaults) and apply the --set assignments. */
 int cli_config(Config *c, const char *path, char **sets, int n_sets);
+
+/* Check --sampler/--spacing/--var names (NULL = not given); 0 or 2 with a message. */
+int cli_check_sampler(const char *cmd, const char *sampler, const char *spacing, const char *var);
+/* Apply the sampling options given on the command line (NULL / negative = not given) to the
+ * config's sample section and derive the SampleOpts; 2 with a message when --steps exceeds T
+ * or is a degenerate single step. */
+int cli_sample_opts(const char *cmd, SampleOpts *so, Config *c, const char *sampler, int steps, float eta, const char *spacing,
+                    const char *var, int seed, int batch, int no_clip);
 
 #endif

@@ -55,11 +55,11 @@ typedef struct {
         int sample_n, sample_steps; /* in-training preview grid: count, DDIM steps */
     } train;
     struct {
-        char sampler[8];     /* "ddpm" | "ddim" */
-        int steps;           /* DDIM steps (ddpm always uses T) */
+        char sampler[8];     /* "ddpm" | "ddim" | "dpm++2m" */
+        int steps;           /* ddim/dpm++2m steps (ddpm uses T) */
         float eta;
         char var[8];         /* "small" | "large" */
-        char spacing[12];    /* "uniform" | "quadratic" */
+        char spacing[12];    /* "auto" | "leading" | "trailing" | "linspace" | "quadratic" | "karras" */
         bool clip;
         int batch;
         int seed;

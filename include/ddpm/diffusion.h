@@ -46,18 +46,49 @@ double diffusion_loss_weight(const Schedule *s, Objective obj, int t, double gam
  * [-1,1] and eps re-derived from the clipped x0 (so both stay consistent). */
 void diffusion_predict(float *x0, float *eps, const float *pred, const float *xt, int t, const Schedule *s,
                        Objective obj, int clip, size_t D);
-/* DDPM ancestral step t -> t-1: x = post_c0 x0 + post_ct x_t + sqrt(var) z, var = post_var[t]
- * (small) or beta[t] (large; at t = 0 post_var[1], as Ho et al.); no noise at t = 0.
- * z may be NULL at t = 0. */
-void ddpm_step(float *xprev, const float *xt, const float *pred, int t, const Schedule *s, Objective obj,
-               int var_large, int clip, const float *z, size_t D);
-/* DDIM step t -> t_prev (t_prev = -1: final, alpha_bar = 1):
- * sigma = eta sqrt((1-ab')/(1-ab)) sqrt(1 - ab/ab'),
+/* The step rules of the reverse loop (src/sampler.c). Each moves x from level t to a lower
+ * level tn, given the denoiser's x0 and eps at (x, t); tn = -1 is the clean image
+ * (alpha_bar = 1). Coefficients in double, pixels in float.
+ *
+ * DDPM ancestral (Ho et al.), generalized to any t -> tn (the posterior q(x_tn | x_t, x0) with
+ * b = 1 - ab_t/ab_tn; b = beta_t for tn = t-1): x' = mean + sd z,
+ *   mean = sqrt(ab_tn) b/(1-ab_t) x0 + sqrt(ab_t/ab_tn) (1-ab_tn)/(1-ab_t) x_t,
+ *   var  = b (1-ab_tn)/(1-ab_t) (small) or b (large); no noise when tn = -1 (z may be NULL). */
+void step_ddpm(float *xn, const float *x, const float *x0, int t, int tn, const Schedule *s, int var_large,
+               const float *z, size_t D);
+/* DDIM (Song et al. eq. 12): sigma = eta sqrt((1-ab')/(1-ab)) sqrt(1 - ab/ab'),
  * x' = sqrt(ab') x0 + sqrt(1 - ab' - sigma^2) eps + sigma z. z may be NULL when eta = 0. */
-void ddim_step(float *xprev, const float *xt, const float *pred, int t, int t_prev, const Schedule *s,
-               Objective obj, float eta, int clip, const float *z, size_t D);
-/* K timesteps for DDIM, descending (first is the largest). uniform: floor(i T / K);
- * quadratic: floor((i/K)^2 * 0.8 T) made strictly increasing. Returns K (<= T). */
-int ddim_timesteps(int *ts, int K, int T, int quadratic);
+void step_ddim(float *xn, const float *x0, const float *eps, int t, int tn, const Schedule *s, float eta,
+               const float *z, size_t D);
+/* DPM-Solver++(2M) (Lu et al. 2022), lambda = log(alpha/sigma), alpha = sqrt(ab), sigma =
+ * sqrt(1-ab), h = lambda_tn - lambda_t: x' = (sigma_tn/sigma_t) x - alpha_tn (e^-h - 1) D,
+ * D = x0 (first order: no history, x0_prev = NULL) or x0 + (x0 - x0_prev)/(2r),
+ * r = (lambda_t - lambda_tprev)/h, x0_prev being the prediction at level t_prev. To tn = -1
+ * (sigma = 0) the step is first order and returns x0, as diffusers' final step to sigma 0. */
+void step_dpmpp2m(float *xn, const float *x, const float *x0, const float *x0_prev, int t_prev, int t, int tn,
+                  const Schedule *s, size_t D);
+/* An upward move t -> tn > t by the forward process: x' = sqrt(ab_tn/ab_t) x + sqrt(1 - ab_tn/ab_t) z
+ * (tn = t+1: sqrt(1-beta) x + sqrt(beta) z). t may be -1. */
+void step_renoise(float *xn, const float *x, int t, int tn, const Schedule *s, const float *z, size_t D);
+/* xt = sqrt(ab_t) x0 + sqrt(1-ab_t) z for one image (t = -1: x0 itself). */
+void noise_to(float *xt, const float *x0, const float *z, int t, const Schedule *s, size_t D);
+/* alpha_bar at level t, 1 at t = -1; lambda = log(alpha/sigma) = log(snr)/2 at t >= 0. */
+double schedule_ab(const Schedule *s, int t);
+double schedule_lambda(const Schedule *s, int t);
+
+/* Timestep spacings, named as diffusers' timestep_spacing (N = T for synthesis):
+ *   leading   floor(j N / K), j = 0..K-1 (first step below N-1: K=25 starts at 960)
+ *   trailing  round(N - i N/K) - 1, i = 0..K-1 (starts at N-1)
+ *   linspace  round(j (N-1)/(K-1)) (starts at N-1, ends at 0)
+ *   quadratic floor((j/K)^2 0.8 N)
+ *   karras    Karras et al. 2022, rho = 7 in sigma = sqrt((1-ab)/ab) from sigma(N-1) to sigma(0),
+ *             each mapped to the trained timestep of nearest log sigma. */
+typedef enum { SPACING_LEADING, SPACING_TRAILING, SPACING_LINSPACE, SPACING_QUADRATIC, SPACING_KARRAS } Spacing;
+/* Name -> Spacing ("uniform" = leading, the older name), -1 if unknown. */
+int spacing_kind(const char *name);
+const char *spacing_name(Spacing sp);
+/* K timesteps among 0..N-1 (N <= T), descending and strictly decreasing (collisions, as
+ * Karras's near t = 0, are moved to free neighbours). Returns min(K, N). */
+int schedule_timesteps(int *ts, int K, int N, Spacing sp, const Schedule *s);
 
 #endif

@@ -1,38 +1,92 @@
-/* sampler: reverse the diffusion with a trained U-Net, DDPM (ancestral, all T steps) or
- * DDIM (K steps). Image i's noise comes from its own counter-RNG stream
- * (seed, RNG_SAMPLE, i): x_T at offset 0, the noise of reverse step k at offset (k+1)*D,
- * so the images do not depend on the batch size, the thread count or the MPI rank. */
+/* sampler: the one reverse loop that every sampling task runs (DESIGN.md, "One reverse loop").
+ *
+ *   levels     the timestep list, data: levels[0] is where x starts, each pair
+ *              (levels[k], levels[k+1]) is one transition; downward = one network evaluation
+ *              and a step rule, upward = the forward process (RePaint's jumps); -1 = clean.
+ *   denoiser   (x_t, t) -> x0, eps: the U-Net, the objective's conversion, x0 clipping.
+ *   step rule  DDPM ancestral, DDIM (eta), DPM-Solver++(2M) with its x0 history.
+ *   constraint after each downward step: none, inpainting (keep region <- reference noised
+ *              to the new level), ILVR (low-pass of x <- low-pass of the noised reference).
+ *
+ * Image g (its global index) has its own counter-RNG streams: (seed, RNG_SAMPLE, g) gives x
+ * at offset 0 and the noise of transition k at offset (k+1)*D; (seed, RNG_CONSTRAINT, g) the
+ * fresh noise of the constraint after transition k at offset k*D. So the images do not depend
+ * on the batch size, the thread count or the MPI rank. */
 #ifndef DDPM_SAMPLER_H
 #define DDPM_SAMPLER_H
 
 #include <stdint.h>
 
+#include "ddpm/config.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/unet.h"
 
+typedef enum { SAMPLER_DDPM, SAMPLER_DDIM, SAMPLER_DPMPP2M } SamplerKind;
+
 typedef struct {
-    int ddim;         /* 0: DDPM ancestral over all T; 1: DDIM */
-    int steps;        /* DDIM steps K */
+    SamplerKind kind;
+    int steps;        /* network evaluations K of a full synthesis (ddpm: T unless asked) */
     float eta;        /* DDIM eta */
-    int var_large;    /* DDPM variance beta_t instead of the posterior's */
-    int quadratic;    /* DDIM spacing */
+    int var_large;    /* DDPM variance b instead of the posterior's */
+    Spacing spacing;  /* timestep spacing */
     int clip;         /* clip predicted x0 to [-1,1] */
     uint64_t seed;
     Objective obj;
 } SampleOpts;
 
-/* Fill SampleOpts from the config's sample section and diffusion.objective. */
+/* Sampler name ("ddpm", "ddim", "dpm++2m") -> SamplerKind, -1 if unknown. */
+int sampler_kind(const char *name);
+const char *sampler_name(SamplerKind k);
+/* The spacing a sampler uses when the config says "auto" (measured, README "Samplers"). */
+Spacing sampler_default_spacing(SamplerKind k);
+/* Fill SampleOpts from the config's sample section and diffusion.objective
+ * (ddpm: steps = T; "auto" spacing: sampler_default_spacing). */
 void sample_opts_from_config(SampleOpts *o, const Config *c);
-/* Number of network evaluations per image. */
-int sample_n_steps(const SampleOpts *o, const Schedule *s);
+
+typedef enum { CONSTRAINT_NONE, CONSTRAINT_INPAINT, CONSTRAINT_ILVR } ConstraintKind;
+
+typedef struct {
+    const int *levels; /* n_levels entries; see above */
+    int n_levels;
+    /* reference images (SDEdit's start, inpainting's known image, ILVR's upsampled low-res
+     * image): image g uses ref + (g / per_ref) * D. NULL when there is none. */
+    const float *ref;
+    int per_ref;
+    int init_from_ref;       /* x at levels[0] = ref noised to levels[0] (SDEdit); else pure noise */
+    ConstraintKind constraint;
+    const float *mask;       /* inpaint: D values, 1 = regenerate, 0 = keep (the reference's) */
+    int factor;              /* ILVR: box low-pass by this factor (divides the resolution) */
+    int ilvr_stop;           /* ILVR applies after steps to levels >= ilvr_stop (-1: to the end) */
+} SampleTask;
+
+/* Timestep list of a synthesis from the opts: K = o->steps spaced over 0..N-1, then -1.
+ * lv holds o->steps + 1 entries; returns the count. N = T for synthesis, t0 for SDEdit. */
+int sample_levels(int *lv, const SampleOpts *o, const Schedule *s, int N);
+/* RePaint's list (diffusers' RePaintScheduler): K steps of T/K, every J steps up by J, R-1
+ * times; as levels (each entry e becomes e - T/K, below 0 -> -1), with levels[0] = T/K (K-1).
+ * NULL with cap < needed; returns the count in *n. Allocated; caller frees. */
+int *repaint_levels(int K, int J, int R, int T, int *n);
+/* Network evaluations of a list: its downward transitions. */
+int levels_evals(const int *lv, int n);
+/* A synthesis task (pure noise, no constraint) over the list lv. */
+SampleTask sample_task_plain(const int *lv, int n);
 
 typedef void (*SampleProgress)(void *ctx, long done, long total);
 
 /* Images first..first+n-1 in batches of at most `batch` (<= u->B_max) into out (n,H,W,C).
  * With frames > 0, traj (n, frames, H, W, C) receives x at `frames` evenly spaced points
- * from pure noise to the final image. progress (may be NULL) counts network evaluations
+ * from the start to the final image. progress (may be NULL) counts network evaluations
  * of single images. The model's dropout is switched off. */
+void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTask *task, int n, int first, int batch,
+                float *out, int frames, float *traj, SampleProgress progress, void *ctx);
+/* Synthesis from pure noise with the opts' sampler, steps and spacing (sample_levels over T). */
 void sample_images(UNet *u, const Schedule *s, const SampleOpts *o, int n, int first, int batch, float *out, int frames,
                    float *traj, SampleProgress progress, void *ctx);
+/* Network evaluations per image of sample_images. */
+int sample_n_steps(const SampleOpts *o, const Schedule *s);
+
+/* ILVR's low-pass: each F x F block replaced by its mean (box down, nearest up), in place on
+ * one image (res x res x C). */
+void lowpass_box(float *x, int res, int C, int F);
 
 #endif

@@ -8,6 +8,7 @@
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
 #include "ddpm/err.h"
+#include "ddpm/sampler.h"
 
 int cli_fail(int rc) {
     /* Under MPI a usage error is the same on every rank: rank 0 says it. A runtime error
@@ -60,4 +61,32 @@ int cli_config(Config *c, const char *path, char **sets, int n_sets) {
     for (int i = 0; !rc && i < n_sets; i++) rc = config_set(c, sets[i]);
     if (!rc) rc = config_validate(c);
     return rc;
+}
+
+int cli_check_sampler(const char *cmd, const char *sampler, const char *spacing, const char *var) {
+    if (sampler && sampler_kind(sampler) < 0) return cli_usage_error(cmd, "--sampler '%s': use ddpm, ddim or dpm++2m", sampler);
+    if (spacing && (spacing_kind(spacing) < 0 || !strcmp(spacing, "uniform")) && strcmp(spacing, "auto"))
+        return cli_usage_error(cmd, "--spacing '%s': use leading, trailing, linspace, quadratic, karras or auto", spacing);
+    if (var && strcmp(var, "small") && strcmp(var, "large")) return cli_usage_error(cmd, "--var '%s': use small or large", var);
+    return 0;
+}
+
+int cli_sample_opts(const char *cmd, SampleOpts *so, Config *c, const char *sampler, int steps, float eta, const char *spacing,
+                    const char *var, int seed, int batch, int no_clip) {
+    if (sampler) snprintf(c->sample.sampler, sizeof c->sample.sampler, "%s", sampler);
+    if (spacing) snprintf(c->sample.spacing, sizeof c->sample.spacing, "%s", spacing);
+    if (var) snprintf(c->sample.var, sizeof c->sample.var, "%s", var);
+    if (steps > 0) c->sample.steps = steps;
+    if (eta >= 0) c->sample.eta = eta;
+    if (seed >= 0) c->sample.seed = seed;
+    if (batch > 0) c->sample.batch = batch;
+    if (no_clip) c->sample.clip = false;
+    sample_opts_from_config(so, c);
+    if (steps > 0) so->steps = steps; /* ddpm too, when asked: the ancestral sampler on a subsequence */
+    if (so->steps > c->diffusion.T)
+        return cli_usage_error(cmd, "--steps %d is larger than the model's T = %d", so->steps, c->diffusion.T);
+    if (so->steps == 1 && (so->spacing == SPACING_LEADING || so->spacing == SPACING_QUADRATIC))
+        return cli_usage_error(cmd, "--steps 1 with --spacing %s is a single step at t = 0, which returns the noise; use --spacing trailing",
+                               spacing_name(so->spacing));
+    return 0;
 }

@@ -1,4 +1,4 @@
-/* ddpm sample: images from a checkpoint, DDPM or DDIM, per-image seeds. */
+/* ddpm sample: images from a checkpoint, DDPM, DDIM or DPM-Solver++(2M), per-image seeds. */
 #include <dirent.h>
 #include <getopt.h>
 #include <string.h>
@@ -32,10 +32,12 @@ static void usage(FILE *f) {
             "options:\n"
             "  -n N                number of images (default 16)\n"
             "  -o, --out DIR       output folder (default out/)\n"
-            "  --sampler S         ddpm (ancestral, all T steps) | ddim (default: the config's sample.sampler)\n"
-            "  --steps K           DDIM steps (default sample.steps)\n"
+            "  --sampler S         ddpm (ancestral, all T steps) | ddim | dpm++2m (DPM-Solver++(2M), fewest\n"
+            "                      evaluations for the quality) (default: the config's sample.sampler)\n"
+            "  --steps K           network evaluations per image (default sample.steps; ddpm: T)\n"
             "  --eta E             DDIM eta, 0 = deterministic (default sample.eta)\n"
-            "  --spacing S         DDIM timesteps: uniform | quadratic\n"
+            "  --spacing S         timesteps: leading | trailing | linspace | quadratic | karras\n"
+            "                      (default sample.spacing; auto = trailing, measured best)\n"
             "  --var V             DDPM variance: small (posterior) | large (beta_t)\n"
             "  --no-clip           do not clip the predicted x0 to [-1, 1]\n"
             "  --seed N            seed; image i always gets the same noise (default sample.seed)\n"
@@ -109,11 +111,7 @@ int cmd_sample(int argc, char **argv) {
     }
     if (optind < argc) return cli_usage_error("sample", "unexpected argument '%s'", argv[optind]);
     if (ckpt && run) return cli_usage_error("sample", "give --ckpt or --run, not both");
-    if (sampler && strcmp(sampler, "ddpm") && strcmp(sampler, "ddim"))
-        return cli_usage_error("sample", "--sampler '%s': use ddpm or ddim", sampler);
-    if (spacing && strcmp(spacing, "uniform") && strcmp(spacing, "quadratic"))
-        return cli_usage_error("sample", "--spacing '%s': use uniform or quadratic", spacing);
-    if (var && strcmp(var, "small") && strcmp(var, "large")) return cli_usage_error("sample", "--var '%s': use small or large", var);
+    if ((rc = cli_check_sampler("sample", sampler, spacing, var))) return rc;
     char path[1100];
     if (ckpt) snprintf(path, sizeof path, "%s", ckpt);
     else if (run) snprintf(path, sizeof path, "%s/latest.safetensors", run);
@@ -126,17 +124,10 @@ int cmd_sample(int argc, char **argv) {
     Config c;
     StFile f;
     if ((rc = ckpt_open(&f, path, &c))) return cli_fail(rc);
-    if (sampler) snprintf(c.sample.sampler, sizeof c.sample.sampler, "%s", sampler);
-    if (spacing) snprintf(c.sample.spacing, sizeof c.sample.spacing, "%s", spacing);
-    if (var) snprintf(c.sample.var, sizeof c.sample.var, "%s", var);
-    if (steps > 0) c.sample.steps = steps;
-    if (eta >= 0) c.sample.eta = eta;
-    if (seed >= 0) c.sample.seed = seed;
-    if (batch > 0) c.sample.batch = batch;
-    if (no_clip) c.sample.clip = false;
-    if (!strcmp(c.sample.sampler, "ddim") && c.sample.steps > c.diffusion.T) {
+    SampleOpts so;
+    if ((rc = cli_sample_opts("sample", &so, &c, sampler, steps, eta, spacing, var, seed, batch, no_clip))) {
         st_free(&f);
-        return cli_usage_error("sample", "--steps %d is larger than the model's T = %d", c.sample.steps, c.diffusion.T);
+        return rc;
     }
     Schedule s;
     UNet u;
@@ -167,8 +158,6 @@ int cmd_sample(int argc, char **argv) {
     /* ranks take contiguous shares of the images; rank r writes its own files */
     int R = dist_size(), rank = dist_rank();
     int per = (n + R - 1) / R, first = rank * per, cnt = first >= n ? 0 : (n - first < per ? n - first : per);
-    SampleOpts so;
-    sample_opts_from_config(&so, &c);
     size_t D = (size_t)u.res * u.res * u.C_img;
     float *imgs = xcalloc((size_t)n * D, sizeof(float));
     float *tr = traj ? xmalloc(sizeof(float) * (size_t)(cnt ? cnt : 1) * traj * D) : NULL;
@@ -204,7 +193,7 @@ int cmd_sample(int argc, char **argv) {
         rc = draw_grid_png(p, imgs, n, u.res, u.res, u.C_img, 0, 2, &cap);
         if (!rc)
             printf("%d images (%s, %d steps, %s weights, seed %d) in %.1f s: %s/000000.png .. %s/%06d.png, grid %s\n", n,
-                   c.sample.sampler, sample_n_steps(&so, &s), no_ema ? "raw" : "EMA", c.sample.seed, now_s() - t0, out, out, n - 1, p);
+                   sampler_name(so.kind), sample_n_steps(&so, &s), no_ema ? "raw" : "EMA", c.sample.seed, now_s() - t0, out, out, n - 1, p);
     }
     free(imgs);
     free(tr);
