@@ -15,6 +15,8 @@ static const struct {
     {"train", cmd_train, "train the U-Net (or --resume a run)"},
     {"sample", cmd_sample, "generate images from a trained checkpoint"},
     {"bench", cmd_bench, "time a training step and a forward pass"},
+    {"import", cmd_import, "read a diffusers UNet2DModel folder into a ddpm checkpoint"},
+    {"export", cmd_export, "write a checkpoint as a diffusers UNet2DModel folder"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 

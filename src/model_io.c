@@ -8,7 +8,9 @@
 
 static const char *PREFIX[4] = {"", "ema.", "adam_m.", "adam_v."};
 
-int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts) {
+/* the weights under the raw names, EMA and moments when o; xk/xv: extra metadata (<= 3) */
+static int save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts,
+                const char *const *xk, const char *const *xv, int nx) {
     int copies = o ? 4 : 1;
     const float *src[4] = {u->params, o ? o->ema : NULL, o ? o->m : NULL, o ? o->v : NULL};
     StTensorOut *t = xcalloc((size_t)u->nP * copies, sizeof(StTensorOut));
@@ -35,14 +37,24 @@ int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, 
     snprintf(lcnt, sizeof lcnt, "%ld", ts->loss_count);
     snprintf(el, sizeof el, "%.3f", ts->elapsed);
     char *cfg = config_to_json(c);
-    const char *keys[] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
-    const char *vals[] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
-    int rc = st_write(path, t, u->nP * copies, keys, vals, 9);
+    const char *keys[12] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
+    const char *vals[12] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
+    for (int i = 0; i < nx && i < 3; i++) keys[9 + i] = xk[i], vals[9 + i] = xv[i];
+    int rc = st_write(path, t, u->nP * copies, keys, vals, 9 + (nx < 3 ? nx : 3));
     free(cfg);
     for (int i = 0; i < u->nP * copies; i++) free(names[i]);
     free(names);
     free(t);
     return rc;
+}
+
+int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts) {
+    return save(path, u, o, c, ts, NULL, NULL, 0);
+}
+
+int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const char *weights, const char *source) {
+    const char *k[2] = {"weights", "source"}, *v[2] = {weights, source};
+    return save(path, u, NULL, c, NULL, k, v, 2);
 }
 
 int ckpt_open(StFile *f, const char *path, Config *c) {
