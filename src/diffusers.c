@@ -302,6 +302,8 @@ static int parse_unet(const Json *j, UnetCfg *m) {
         m->size = (int)v->valuedouble;
     else
         return jbad(j, "sample_size", "ddpm needs the (square) image size the model was trained at");
+    if (m->size < 1 || m->size % (1 << (m->n - 1)))
+        return jbad(j, "sample_size", "the %d levels halve it %d times: it must be a positive multiple of %d", m->n, m->n - 1, 1 << (m->n - 1));
     /* time embedding */
     if ((rc = jbool(j, "center_input_sample", &b))) return rc;
     if (b) return jbad(j, "center_input_sample", "ddpm feeds x_t in [-1, 1] as it is");
@@ -346,6 +348,8 @@ static int parse_unet(const Json *j, UnetCfg *m) {
         }
     }
     if ((rc = jint(j, "norm_num_groups", 1, &m->groups))) return rc;
+    for (int i = 0; i < m->n; i++)
+        if (m->boc[i] % m->groups) return jbad(j, "norm_num_groups", "does not divide the width %d of block_out_channels[%d]", m->boc[i], i);
     v = jget(j, "attn_norm_num_groups");
     if (!cJSON_IsNull(v) && !(cJSON_IsNumber(v) && v->valuedouble == m->groups))
         return jbad(j, "attn_norm_num_groups", "ddpm's attention GroupNorm has norm_num_groups = %d groups", m->groups);
