@@ -30,6 +30,10 @@ It writes
         exact answer rounded once), output_f32: the same network in float32 with
         diffusers' float32 timestep embedding (what diffusers computes on a CPU).
 
+With --cifar-random DIR it instead writes a full-size google/ddpm-cifar10-32-shaped folder
+(the same config.json and scheduler_config.json, 328 random F32 tensors, 143 MB) to DIR,
+for timing `ddpm import` and `ddpm sample` without the hub; nothing is committed from it.
+
 Checks made here (the script fails if any is off):
   * the same network as ddpm's: the weights, renamed to ddpm's names, loaded into
     scripts/ddpm_torch.py's UNet give the same float64 output (to 1e-12);
@@ -352,8 +356,25 @@ def init_params(model, gen):
             p.copy_(v)
 
 
+def write_folder(d, model, cfg):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        f.write(json.dumps(unet_config(cfg), indent=2) + "\n")
+    with open(os.path.join(d, "scheduler_config.json"), "w") as f:
+        f.write(json.dumps(SCHEDULER, indent=2, sort_keys=True) + "\n")
+    tensors = [(k, v.detach().contiguous()) for k, v in forward_order(model)]
+    size = write_safetensors(os.path.join(d, "diffusion_pytorch_model.safetensors"), tensors, {"format": "pt"})
+    return tensors, size
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if len(sys.argv) == 3 and sys.argv[1] == "--cifar-random":
+        torch.manual_seed(SEED)
+        model = UNet2DModel(CIFAR)
+        tensors, size = write_folder(sys.argv[2], model, CIFAR)
+        print("%s: %d random tensors, %d bytes" % (sys.argv[2], len(tensors), size))
+        return
     n_keys, n_params = check_cifar_keys(root)
     print("CIFAR-10 UNet2DModel: %d tensors, %d parameters, names and shapes equal both key lists" % (n_keys, n_params))
 
@@ -372,13 +393,7 @@ def main():
     rel32 = ((out32.double() - out64).norm() / out64.norm()).item()
 
     d = os.path.join(root, "tests", "fixtures", "diffusers_tiny")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
-        f.write(json.dumps(unet_config(TINY), indent=2) + "\n")
-    with open(os.path.join(d, "scheduler_config.json"), "w") as f:
-        f.write(json.dumps(SCHEDULER, indent=2, sort_keys=True) + "\n")
-    tensors = [(k, v.detach().contiguous()) for k, v in forward_order(model)]
-    size = write_safetensors(os.path.join(d, "diffusion_pytorch_model.safetensors"), tensors, {"format": "pt"})
+    tensors, size = write_folder(d, model, TINY)
     ref = [("input.x", x.contiguous()), ("input.t", t.to(torch.float32)), ("output", out64.to(torch.float32).contiguous()),
            ("output_f32", out32.contiguous())]
     meta = {"description": "scripts/make_diffusers_fixture.py (seed %d, PyTorch %s): input x (B,C,H,W), timesteps, the "

@@ -136,7 +136,13 @@ static const char SCHED_DEFAULTS[] =
     " \"trained_betas\": null, \"variance_type\": \"fixed_small\", \"clip_sample\": true, \"prediction_type\": \"epsilon\","
     " \"thresholding\": false, \"dynamic_thresholding_ratio\": 0.995, \"clip_sample_range\": 1.0, \"sample_max_value\": 1.0,"
     " \"timestep_spacing\": \"leading\", \"steps_offset\": 0, \"rescale_betas_zero_snr\": false, \"set_alpha_to_one\": true,"
-    " \"skip_prk_steps\": false, \"tensor_format\": \"pt\"}";
+    " \"skip_prk_steps\": false, \"tensor_format\": \"pt\", \"timestep_values\": null, \"predict_epsilon\": true}";
+
+/* Names of UNet2DModel arguments before diffusers 0.1 renamed them (its
+ * change_naming_configs_and_checkpoints.py); today's diffusers ignores them, and so do we. */
+static const char *const UNET_OLD_NAMES[] = {"image_size", "num_res_blocks", "block_channels", "down_blocks", "up_blocks",
+                                             "downscale_freq_shift", "resnet_num_groups", "resnet_act_fn", "resnet_eps",
+                                             "num_head_channels"};
 
 typedef struct {
     const char *label;
@@ -208,8 +214,10 @@ static int json_open(Json *j, const char *text, const char *label, const char *d
         j->user = j->defs = NULL;
         return err_set(DDPM_EUSAGE, "%s: not a JSON object (malformed or truncated file?)", label);
     }
-    for (const cJSON *k = j->user->child; k; k = k->next)
-        if (k->string[0] != '_' && !cJSON_GetObjectItemCaseSensitive(j->defs, k->string)) {
+    for (const cJSON *k = j->user->child; k; k = k->next) {
+        int old = 0;
+        for (size_t i = 0; defaults == UNET_DEFAULTS && i < sizeof UNET_OLD_NAMES / sizeof UNET_OLD_NAMES[0]; i++) old |= !strcmp(k->string, UNET_OLD_NAMES[i]);
+        if (!old && k->string[0] != '_' && !cJSON_GetObjectItemCaseSensitive(j->defs, k->string)) {
             char *s = cJSON_PrintUnformatted(k);
             int rc = err_set(DDPM_EUSAGE, "%s: unknown key \"%s\" = %.60s: ddpm does not know what it changes, so it refuses the folder",
                              label, k->string, s ? s : "?");
@@ -218,6 +226,7 @@ static int json_open(Json *j, const char *text, const char *label, const char *d
             j->user = j->defs = NULL;
             return rc;
         }
+    }
     return DDPM_OK;
 }
 
@@ -377,6 +386,9 @@ static int parse_sched(const Json *j, SchedCfg *s) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(j->user, "_class_name");
     s->ddim = cJSON_IsString(v) && !strcmp(v->valuestring, "DDIMScheduler");
     if (!cJSON_IsNull(jget(j, "trained_betas"))) return jbad(j, "trained_betas", "ddpm computes its betas from a named schedule");
+    if (!cJSON_IsNull(jget(j, "timestep_values"))) return jbad(j, "timestep_values", "ddpm's timesteps are 0 .. num_train_timesteps-1");
+    if (!cJSON_IsTrue(jget(j, "predict_epsilon")))
+        return jbad(j, "predict_epsilon", "this old key is ambiguous next to prediction_type; remove it and set prediction_type");
     if ((rc = jint(j, "num_train_timesteps", 2, &s->T)) || (rc = jnum(j, "beta_start", &s->b0)) || (rc = jnum(j, "beta_end", &s->b1)))
         return rc;
     if (jstr_is(j, "beta_schedule", "linear")) s->schedule = "linear";

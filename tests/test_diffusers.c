@@ -516,9 +516,8 @@ static void expect_refusal(const char *d, const char *dir, int want, const char 
 
 /* A copy of the fixture with one key of config.json (sched = 0) or scheduler_config.json
  * (sched = 1) set to the JSON value `val` (NULL: removed). */
-static void refuse_key(const char *d, int sched, const char *key, const char *val, const char *needle) {
-    char dir[600], p[700], q[700];
-    snprintf(dir, sizeof dir, "%s/bad_%d", d, g_case);
+static void make_variant(const char *dir, int sched, const char *key, const char *val) {
+    char p[700], q[700];
     mkdir(dir, 0755);
     const char *files[3] = {"config.json", "scheduler_config.json", WFILE};
     for (int i = 0; i < 3; i++) {
@@ -538,6 +537,12 @@ static void refuse_key(const char *d, int sched, const char *key, const char *va
             free(txt);
         }
     }
+}
+
+static void refuse_key(const char *d, int sched, const char *key, const char *val, const char *needle) {
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s/bad_%d", d, g_case);
+    make_variant(dir, sched, key, val);
     char what[300];
     snprintf(what, sizeof what, "%s \"%s\" %s%s refused naming it", sched ? "scheduler" : "config", key, val ? "= " : "removed", val ? val : "");
     expect_refusal(d, dir, 2, needle ? needle : key, what);
@@ -597,12 +602,18 @@ static void test_refusals(const char *d) {
     } sch[] = {
         {"beta_schedule", "\"scaled_linear\""}, {"variance_type", "\"learned_range\""}, {"trained_betas", "[0.1, 0.2]"},
         {"thresholding", "true"},               {"prediction_type", "\"x\""},           {"rescale_betas_zero_snr", "true"},
-        {"clip_sample_range", "2.0"},           {"num_train_timesteps", "1.5"},         {"use_karras_sigmas", "true"},
+        {"clip_sample_range", "2.0"},           {"num_train_timesteps", "1.5"},         {"use_karras_sigmas", "true"}, {"timestep_values", "[1, 2]"}, {"predict_epsilon", "false"},
     };
     for (size_t i = 0; i < sizeof sch / sizeof sch[0]; i++) refuse_key(d, 1, sch[i].key, sch[i].val, NULL);
 
-    /* tensors */
+    /* keys diffusers 0.1 renamed (image_size, resnet_eps, ...) are ignored by diffusers and by ddpm */
     char dir[600];
+    snprintf(dir, sizeof dir, "%s/oldnames", d);
+    make_variant(dir, 0, "resnet_num_groups", "4");
+    int rc0 = run("import %s -o %s/oldnames.safetensors", dir, d);
+    T_OK(rc0 == 0, "an old key name diffusers ignores (resnet_num_groups) is ignored: exit %d %s", rc0, g_err);
+
+    /* tensors */
     snprintf(dir, sizeof dir, "%s/w_missing", d);
     rewrite_weights(dir, drop_one, NULL, 0);
     expect_refusal(d, dir, 2, "\"up_blocks.1.attentions.2.to_k.bias\" (or \"up_blocks.1.attentions.2.key.bias\") is missing",
