@@ -14,9 +14,9 @@ static const struct {
     {"info", cmd_info, "print the resolved config, the dataset and the model summary"},
     {"train", cmd_train, "train the U-Net (or --resume a run)"},
     {"sample", cmd_sample, "generate images from a trained checkpoint"},
-    {"bench", cmd_bench, "time a training step and a forward pass"},
     {"import", cmd_import, "read a diffusers UNet2DModel folder into a ddpm checkpoint"},
     {"export", cmd_export, "write a checkpoint as a diffusers UNet2DModel folder"},
+    {"bench", cmd_bench, "time a training step and a forward pass"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
 

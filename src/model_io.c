@@ -8,9 +8,7 @@
 
 static const char *PREFIX[4] = {"", "ema.", "adam_m.", "adam_v."};
 
-/* the weights under the raw names, EMA and moments when o; xk/xv: extra metadata (<= 3) */
-static int save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts,
-                const char *const *xk, const char *const *xv, int nx) {
+int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts) {
     int copies = o ? 4 : 1;
     const float *src[4] = {u->params, o ? o->ema : NULL, o ? o->m : NULL, o ? o->v : NULL};
     StTensorOut *t = xcalloc((size_t)u->nP * copies, sizeof(StTensorOut));
@@ -37,24 +35,14 @@ static int save(const char *path, const UNet *u, const Optim *o, const Config *c
     snprintf(lcnt, sizeof lcnt, "%ld", ts->loss_count);
     snprintf(el, sizeof el, "%.3f", ts->elapsed);
     char *cfg = config_to_json(c);
-    const char *keys[12] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
-    const char *vals[12] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
-    for (int i = 0; i < nx && i < 3; i++) keys[9 + i] = xk[i], vals[9 + i] = xv[i];
-    int rc = st_write(path, t, u->nP * copies, keys, vals, 9 + (nx < 3 ? nx : 3));
+    const char *keys[] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
+    const char *vals[] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
+    int rc = st_write(path, t, u->nP * copies, keys, vals, 9);
     free(cfg);
     for (int i = 0; i < u->nP * copies; i++) free(names[i]);
     free(names);
     free(t);
     return rc;
-}
-
-int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts) {
-    return save(path, u, o, c, ts, NULL, NULL, 0);
-}
-
-int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const char *weights, const char *source) {
-    const char *k[2] = {"weights", "source"}, *v[2] = {weights, source};
-    return save(path, u, NULL, c, NULL, k, v, 2);
 }
 
 int ckpt_open(StFile *f, const char *path, Config *c) {
@@ -75,6 +63,26 @@ int ckpt_open(StFile *f, const char *path, Config *c) {
         return err_set(DDPM_ERUNTIME, "%s: the stored config is invalid: %s", path, msg);
     }
     return DDPM_OK;
+}
+
+/* One set of weights, no training state (an imported model): metadata "weights" says what
+ * they are, "source" where they came from; the training-state keys are zero. */
+int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const char *weights, const char *source) {
+    StTensorOut *t = xcalloc((size_t)u->nP, sizeof(StTensorOut));
+    for (int i = 0; i < u->nP; i++) {
+        const Param *p = &u->P[i];
+        t[i].name = p->name;
+        t[i].ndim = p->ndim;
+        for (int d = 0; d < p->ndim; d++) t[i].shape[d] = p->shape[d];
+        t[i].data = u->params + p->off;
+    }
+    char *cfg = config_to_json(c);
+    const char *keys[] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng", "weights", "source"};
+    const char *vals[] = {"ddpm-1", cfg, "0", "0", "0", "0", "0", "0", "philox4x32-10", weights, source};
+    int rc = st_write(path, t, u->nP, keys, vals, 11);
+    free(cfg);
+    free(t);
+    return rc;
 }
 
 int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *dst) {

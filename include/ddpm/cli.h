@@ -10,9 +10,9 @@ int cmd_noise(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
-int cmd_bench(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* Print "ddpm: <err_msg()>" and return rc (for `return cli_fail(rc);`). */
 int cli_fail(int rc);

@@ -5,8 +5,7 @@
  * the EMA weights; "adam_m.<name>" / "adam_v.<name>" the Adam moments. Conv weights are
  * (OC,KH,KW,C). Metadata (all strings): format "ddpm-1", config (the resolved config as
  * JSON), step, epoch, pos (data order), loss_sum, loss_count (the open log interval),
- * elapsed (seconds), rng ("philox4x32-10", every stream is a function of seed and step);
- * imported models also weights ("ema") and source. */
+ * elapsed (seconds), rng ("philox4x32-10", every stream is a function of seed and step). */
 #ifndef DDPM_MODEL_IO_H
 #define DDPM_MODEL_IO_H
 
@@ -25,12 +24,12 @@ typedef struct {
 
 /* Atomic write of weights, and with o != NULL the EMA and Adam moments. */
 int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts);
-/* Atomic write of one set of weights (u->params) with no training state, e.g. an imported
- * model. Metadata "weights" says what they are ("ema": EMA weights stored under the raw
- * names, so `ddpm sample` uses them without an EMA copy) and "source" where they came from. */
-int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const char *weights, const char *source);
 /* Read and validate a checkpoint and parse its config (ERUNTIME on anything wrong). */
 int ckpt_open(StFile *f, const char *path, Config *c);
+/* Atomic write of one set of weights (u->params) with no training state, e.g. an imported
+ * model. Metadata "weights" says what they are ("ema": EMA weights stored under the raw
+ * names, which `ddpm sample` then uses as its EMA weights) and "source" where they came from. */
+int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const char *weights, const char *source);
 /* Copy the tensors "<prefix><name>" of every parameter into dst (the block layout),
  * checking each shape against the model. */
 int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *dst);

@@ -143,17 +143,17 @@ int cmd_sample(int argc, char **argv) {
         st_free(&f);
         return cli_fail(rc);
     }
-    /* imported models hold their EMA weights under the raw names (metadata "weights") */
-    const char *wmeta = st_meta(&f, "weights");
-    const char *wlabel = no_ema ? "raw" : "EMA";
+    /* an imported model holds its EMA weights under the raw names (metadata "weights": "ema") */
+    const char *wmeta = st_meta(&f, "weights"), *prefix = "ema.";
     if (!no_ema && !st_find(&f, "ema.conv_in.weight")) {
-        if (!wmeta || strcmp(wmeta, "ema")) {
+        if (wmeta && !strcmp(wmeta, "ema")) {
+            prefix = "";
+        } else {
             fprintf(stderr, "ddpm: %s holds no EMA weights; sampling with its raw weights\n", path);
-            wlabel = "raw";
+            no_ema = 1;
         }
-        no_ema = 1;
     }
-    if ((rc = unet_init(&u, &c, B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : "ema.", &u, u.params))) {
+    if ((rc = unet_init(&u, &c, B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : prefix, &u, u.params))) {
         st_free(&f);
         schedule_free(&s);
         return cli_fail(rc);
@@ -207,7 +207,7 @@ int cmd_sample(int argc, char **argv) {
         rc = image_write_grid(p, imgs, n, u.res, u.res, u.C_img, 0, 0);
         if (!rc)
             printf("%d images (%s, %d steps, %s weights, seed %d) in %.1f s: %s/000000.png .. %s/%06d.png, grid %s\n", n,
-                   c.sample.sampler, sample_n_steps(&so, &s), wlabel, c.sample.seed, now_s() - t0, out, out, n - 1, p);
+                   c.sample.sampler, sample_n_steps(&so, &s), no_ema ? "raw" : "EMA", c.sample.seed, now_s() - t0, out, out, n - 1, p);
     }
     free(imgs);
     free(tr);
