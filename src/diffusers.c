@@ -311,6 +311,8 @@ static int parse_unet(const Json *j, UnetCfg *m) {
         m->size = (int)v->valuedouble;
     else
         return jbad(j, "sample_size", "ddpm needs the (square) image size the model was trained at");
+    if (cJSON_IsArray(v)) v = cJSON_GetArrayItem(v, 0);
+    if (v->valuedouble != m->size) return jbad(j, "sample_size", "expected a whole number of pixels");
     if (m->size < 1 || m->size % (1 << (m->n - 1)))
         return jbad(j, "sample_size", "the %d levels halve it %d times: it must be a positive multiple of %d", m->n, m->n - 1, 1 << (m->n - 1));
     /* time embedding */

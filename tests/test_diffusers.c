@@ -591,6 +591,7 @@ static void test_refusals(const char *d) {
         {"sample_size", "[8, 16]", NULL},
         {"norm_num_groups", "3", NULL}, /* 8 channels in 3 groups */
         {"sample_size", "6", NULL}, /* three levels halve it twice */
+        {"sample_size", "8.5", NULL},
         {"sample_size", "4096", "\"data.image_size\" = 4096 is out of range"}, /* the ddpm schema's check */
         {"_class_name", "\"UNet2DConditionModel\"", NULL},
         {"cross_attention_dim", "768", NULL},
