@@ -70,6 +70,26 @@ int ckpt_open(StFile *f, const char *path, Config *c) {
     return DDPM_OK;
 }
 
+/* One set of weights, no training state (an imported model): metadata "weights" says what
+ * they are, "source" where they came from; the training-state keys are zero. */
+int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const char *weights, const char *source) {
+    StTensorOut *t = xcalloc((size_t)u->nP, sizeof(StTensorOut));
+    for (int i = 0; i < u->nP; i++) {
+        const Param *p = &u->P[i];
+        t[i].name = p->name;
+        t[i].ndim = p->ndim;
+        for (int d = 0; d < p->ndim; d++) t[i].shape[d] = p->shape[d];
+        t[i].data = u->params + p->off;
+    }
+    char *cfg = config_to_json(c);
+    const char *keys[] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng", "weights", "source"};
+    const char *vals[] = {"ddpm-1", cfg, "0", "0", "0", "0", "0", "0", "philox4x32-10", weights, source};
+    int rc = st_write(path, t, u->nP, keys, vals, 11);
+    free(cfg);
+    free(t);
+    return rc;
+}
+
 int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *dst) {
     for (int i = 0; i < u->nP; i++) {
         const Param *p = &u->P[i];

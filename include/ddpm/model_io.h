@@ -29,6 +29,10 @@ typedef struct {
 int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts);
 /* Read and validate a checkpoint and parse its config (ERUNTIME on anything wrong). */
 int ckpt_open(StFile *f, const char *path, Config *c);
+/* Atomic write of one set of weights (u->params) with no training state, e.g. an imported
+ * model. Metadata "weights" says what they are ("ema": EMA weights stored under the raw
+ * names, which `ddpm sample` then uses as its EMA weights) and "source" where they came from. */
+int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const char *weights, const char *source);
 /* Copy the tensors "<prefix><name>" of every parameter into dst (the block layout),
  * checking each shape against the model. */
 int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *dst);

@@ -137,11 +137,17 @@ int cmd_sample(int argc, char **argv) {
         st_free(&f);
         return cli_fail(rc);
     }
+    /* an imported model holds its EMA weights under the raw names (metadata "weights": "ema") */
+    const char *wmeta = st_meta(&f, "weights"), *prefix = "ema.";
     if (!no_ema && !st_find(&f, "ema.conv_in.weight")) {
-        fprintf(stderr, "ddpm: %s holds no EMA weights; sampling with its raw weights\n", path);
-        no_ema = 1;
+        if (wmeta && !strcmp(wmeta, "ema")) {
+            prefix = "";
+        } else {
+            fprintf(stderr, "ddpm: %s holds no EMA weights; sampling with its raw weights\n", path);
+            no_ema = 1;
+        }
     }
-    if ((rc = unet_init(&u, &c, B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : "ema.", &u, u.params))) {
+    if ((rc = unet_init(&u, &c, B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : prefix, &u, u.params))) {
         st_free(&f);
         schedule_free(&s);
         return cli_fail(rc);
