@@ -31,6 +31,7 @@ enum {
     RNG_DROPOUT = 6,  /* dropout masks, id = step*256 + layer */
     RNG_SAMPLE = 7,   /* sampling noise, id = image index */
     RNG_NOISECMD = 8, /* ddpm noise command */
+    RNG_CONDDROP = 9, /* train.cond_drop: id = step, index = global image position */
 };
 
 #endif
