@@ -5,7 +5,7 @@
 #   scripts/install-deps.sh --torch  also PyTorch (only for scripts/ fixtures and make bench)
 # As root it runs apt-get; otherwise it prints the exact command and exits 1.
 set -e
-pkgs="libopenblas-dev libcjson-dev libstb-dev zlib1g-dev pkg-config dataset-fashion-mnist"
+pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev pkg-config dataset-fashion-mnist"
 for a in "$@"; do
     case "$a" in
         --mpi) pkgs="$pkgs openmpi-bin libopenmpi-dev" ;;

@@ -11,43 +11,120 @@
 #include "ddpm/err.h"
 
 
-/* Two settings are read only when the program loads, so they are fixed up by restarting
- * the program once (this constructor runs after the libraries' and before main):
- *  - OpenBLAS 0.3.21 (Debian 12) does not know some newer CPUs and then runs its generic
- *    "Prescott" SSE3 kernels, 4-5x slower than the CPU allows: with OPENBLAS_CORETYPE unset
- *    and AVX-512 or AVX2+FMA present, pick SkylakeX or Haswell.
- *  - OpenMP's idle threads busy-wait by default and starve OpenBLAS's own threads (on 2
- *    cores a 3x3 conv ran 4x slower): with OMP_WAIT_POLICY unset, make them sleep.
- *  - OpenBLAS's worker threads in turn spin for ~0.1 s after each threaded GEMM and take
- *    the cores from the OpenMP loops that follow: with OPENBLAS_THREAD_TIMEOUT unset, use
- *    its shortest spin (4, i.e. 2^4 cycles).
- * A variable the user has set is never changed. DDPM_BLAS_CHECKED marks the restarted
- * process (setting it turns all this off). */
+/* OpenBLAS reads OPENBLAS_CORETYPE only when it loads, and 0.3.21 (Debian 12) does not know
+ * some newer CPUs (an AVX-512 Xeon) and then runs its generic "Prescott" SSE3 kernels, 4-5x
+ * slower than the CPU allows. So this constructor (after the libraries', before main), when
+ * the variable is unset and OpenBLAS picked Prescott on a CPU with AVX-512 or AVX2+FMA, sets
+ * SkylakeX or Haswell and restarts the program once, through the real path of its binary so
+ * the process keeps its name in top and ps. A variable the user has set is never changed;
+ * DDPM_BLAS_CHECKED marks the restarted process (setting it turns this off). CPUs OpenBLAS
+ * knows (e.g. an AMD EPYC, "Zen") never restart. */
 __attribute__((constructor)) static void blas_pick_core(int argc, char **argv, char **envp) {
-    if (getenv("DDPM_BLAS_CHECKED") || !argv) return;
-    int restart = 0;
+    if (getenv("DDPM_BLAS_CHECKED") || getenv("OPENBLAS_CORETYPE") || !argv) return;
     const char *name = openblas_get_corename();
-    if (!getenv("OPENBLAS_CORETYPE") && name && !strcmp(name, "Prescott")) {
-        __builtin_cpu_init();
-        const char *core = __builtin_cpu_supports("avx512f") ? "SkylakeX"
-                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell" : NULL;
-        if (core) setenv("OPENBLAS_CORETYPE", core, 1), restart = 1;
-    }
-    if (!getenv("OMP_WAIT_POLICY")) setenv("OMP_WAIT_POLICY", "passive", 1), restart = 1;
-    if (!getenv("OPENBLAS_THREAD_TIMEOUT")) setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1), restart = 1;
-    if (!restart) return;
+    if (!name || strcmp(name, "Prescott")) return;
+    __builtin_cpu_init();
+    const char *core = __builtin_cpu_supports("avx512f") ? "SkylakeX"
+                     : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell" : NULL;
+    if (!core) return;
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return;
+    self[n] = 0;
+    setenv("OPENBLAS_CORETYPE", core, 1);
     setenv("DDPM_BLAS_CHECKED", "1", 1);
-    execv("/proc/self/exe", argv);
-    /* exec failed: carry on as we are */
+    execv(self, argv);
+    /* exec failed: carry on with the slow kernels */
 }
 
 const char *blas_core_name(void) { return openblas_get_corename(); }
 
+static void sgemm1(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* Every GEMM runs on one thread (OpenBLAS's OpenMP build does so inside a parallel region,
+ * and outside one when it is asked for one thread), on blocks cut here in a way that
+ * depends only on the shape and the processor count, never on the thread count:
+ *  - a product whose inner dimension K dwarfs M and N (a weight gradient, summed over every
+ *    pixel of the batch) is cut along K into one part per processor (at most 16); part 0
+ *    goes into C, the others into scratch, added to C in part order;
+ *  - any other large product into blocks of rows of C (of columns when C is wider than
+ *    tall) of about GEMM_BLOCK_MNK multiply-adds.
+ * Outside a parallel region the blocks go to the threads. A C element is then the same
+ * single-threaded arithmetic wherever gemm() is called from and whatever the thread count:
+ * the same bits with 1 or n threads. */
+#define GEMM_SPLIT_MIN (1L << 18) /* multiply-adds from which OpenBLAS would use its threads */
+#define GEMM_BLOCK_MNK (1L << 20) /* multiply-adds per block, about */
+#define GEMM_BLOCK_ALIGN 16       /* rows per block, and K per part: a multiple of this */
+#define GEMM_KSPLIT_RATIO 8       /* K >= this times max(M, N): split K */
+#define GEMM_MAX_PARTS 16
+
+static int gemm_parts(void) {
+#ifdef _OPENMP
+    int n = omp_get_num_procs();
+    return n < 1 ? 1 : n > GEMM_MAX_PARTS ? GEMM_MAX_PARTS : n;
+#else
+    return 1;
+#endif
+}
+
+/* C = alpha op(A) op(B) + beta C by parts of K, see above */
+static void gemm_ksplit(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc, int P) {
+    const size_t MN = (size_t)M * N;
+    float *S = xmalloc(sizeof(float) * MN * (P - 1));
+#pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
+    for (int p = 0; p < P; p++) {
+        const int k0 = (int)((long)K * p / P / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN);
+        const int k1 = p + 1 == P ? K : (int)((long)K * (p + 1) / P / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN);
+        /* columns k0.. of op(A), rows k0.. of op(B) */
+        const float *Ap = transA ? A + (size_t)k0 * lda : A + k0, *Bp = transB ? B + k0 : B + (size_t)k0 * ldb;
+        if (p == 0) sgemm1(transA, transB, M, N, k1 - k0, alpha, Ap, lda, Bp, ldb, beta, C, ldc);
+        else sgemm1(transA, transB, M, N, k1 - k0, alpha, Ap, lda, Bp, ldb, 0.0f, S + MN * (p - 1), N);
+    }
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && MN > 16384)
+    for (int i = 0; i < M; i++)
+        for (int p = 1; p < P; p++) {
+            const float *s = S + MN * (p - 1) + (size_t)i * N;
+            float *c = C + (size_t)i * ldc;
+#pragma omp simd
+            for (int j = 0; j < N; j++) c[j] += s[j];
+        }
+    free(S);
+}
+
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    const long mnk = (long)M * N * (K > 0 ? K : 1);
+    if (mnk < GEMM_SPLIT_MIN) {
+        sgemm1(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    const int R = M >= N ? M : N, P = gemm_parts();
+    if (P > 1 && K >= (long)GEMM_KSPLIT_RATIO * R && K >= P * GEMM_BLOCK_ALIGN) {
+        gemm_ksplit(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
+        return;
+    }
+    const int by_rows = M >= N;
+    long rows = GEMM_BLOCK_MNK / (mnk / R > 0 ? mnk / R : 1);
+    rows = (rows + GEMM_BLOCK_ALIGN - 1) / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN;
+    if (rows < GEMM_BLOCK_ALIGN) rows = GEMM_BLOCK_ALIGN;
+    const int nblk = (int)((R + rows - 1) / rows);
+    /* a parallel region even for one block: inside one, OpenBLAS keeps to the caller */
+#pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
+    for (int k = 0; k < nblk; k++) {
+        const int r0 = (int)(k * rows), n = (int)(R - r0 < rows ? R - r0 : rows);
+        if (by_rows) /* rows r0.. of C and of op(A) */
+            sgemm1(transA, transB, n, N, K, alpha, transA ? A + r0 : A + (size_t)r0 * lda, lda, B, ldb, beta,
+                   C + (size_t)r0 * ldc, ldc);
+        else /* columns r0.. of C and of op(B) */
+            sgemm1(transA, transB, M, n, K, alpha, A, lda, transB ? B + (size_t)r0 * ldb : B + r0, ldb, beta, C + r0,
+                   ldc);
+    }
 }
 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
@@ -68,15 +145,17 @@ void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const fl
 
 static int g_threads = 1;
 
+/* The one thread pool: OpenMP's. OpenBLAS is its OpenMP build (see Makefile), so a GEMM
+ * outside a parallel region runs on these n threads and one inside runs on the caller's. */
 int threads_set(int n) {
     if (n <= 0) {
         long c = sysconf(_SC_NPROCESSORS_ONLN);
         n = c > 0 ? (int)c : 1;
     }
-    openblas_set_num_threads(n);
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
+    openblas_set_num_threads(n);
     g_threads = n;
     return n;
 }

@@ -2,15 +2,14 @@
  * q, k, v, out (B,N,C); att (B,N,N) kept for backward. Two GEMMs per image forward, four
  * backward.
  *
- * With at least as many images as threads, each OpenMP thread takes whole images and
- * runs their GEMMs with single-threaded BLAS (blas_serial.h: ~1.5x the throughput of
- * splitting every 256x256x128 GEMM over BLAS threads); an image's result then does not
- * depend on the thread count. With fewer images (sampling one image), the images go one
- * after the other with threaded GEMMs and the softmax split over rows. */
+ * With at least as many images as threads, each OpenMP thread takes whole images and runs
+ * their GEMMs on itself (par.h); an image's result then does not depend on the thread
+ * count. With fewer images (sampling one image), the images go one after the other with
+ * GEMMs spread over the pool and the softmax split over rows. */
 #include <math.h>
 #include <string.h>
 
-#include "blas_serial.h"
+#include "par.h"
 #include "ddpm/nn.h"
 #include "ddpm/tensor.h"
 #include "fastexp.h"
@@ -63,10 +62,8 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
     const size_t NC = (size_t)N * C, NN = (size_t)N * N;
     const int nt = nn_max_threads();
     if (nt > 1 && B >= nt) {
-        const int saved = blas_serial_begin();
 #pragma omp parallel for schedule(static)
         for (int b = 0; b < B; b++) fwd_image(out + b * NC, att + b * NN, q + b * NC, k + b * NC, v + b * NC, N, C, scale, 0);
-        blas_serial_end(saved);
     } else {
         for (int b = 0; b < B; b++) fwd_image(out + b * NC, att + b * NN, q + b * NC, k + b * NC, v + b * NC, N, C, scale, 1);
     }
@@ -95,12 +92,10 @@ static void att_backward(float *dq, float *dk, float *dv, const float *dout, con
     int nt = nn_max_threads();
     if (nt > nn_scratch_slots()) nt = nn_scratch_slots();
     if (nt > 1 && B >= nt) {
-        const int saved = blas_serial_begin();
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int b = 0; b < B; b++)
             bwd_image(dq + b * NC, dk + b * NC, dv + b * NC, dout + b * NC, q + b * NC, k + b * NC, v + b * NC, att + b * NN,
                       scratch + (size_t)nn_thread_num() * NN, N, C, scale, beta, 0);
-        blas_serial_end(saved);
     } else {
         for (int b = 0; b < B; b++)
             bwd_image(dq + b * NC, dk + b * NC, dv + b * NC, dout + b * NC, q + b * NC, k + b * NC, v + b * NC, att + b * NN,

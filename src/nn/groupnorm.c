@@ -16,9 +16,9 @@
  * them once.
  *
  * The SiLU loops are bound by arithmetic rather than memory. The sigmoid 1/(1+e^-y) takes
- * its reciprocal without a division (~10 cycles per 16 lanes on AVX-512): vrcp14ps and a
- * Newton step with AVX-512 intrinsics, else rcp_nr() (bit-trick seed, three Newton
- * steps) in loops the compiler vectorizes for any ISA. */
+ * its reciprocal without a division: the reciprocal estimate and Newton steps of simd.h
+ * (AVX-512 or AVX2+FMA), else rcp_nr() (bit-trick seed, three Newton steps) in loops the
+ * compiler vectorizes for any ISA (they need -fno-trapping-math, see Makefile). */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -26,6 +26,7 @@
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
 #include "fastexp.h"
+#include "simd.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -68,77 +69,57 @@ static int max_threads(void) {
 #endif
 }
 
-/* ---- AVX-512 SiLU loops ------------------------------------------------------------------
- * Intrinsics: exp through vscalefps (no integer exponent assembly, no blends for the
- * clamps; the same polynomial as nn_expf) and 1/(1+e) through vrcp14ps plus one Newton
- * step (~1 ulp). Other ISAs use the portable loops further down. */
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define GN_AVX512 1
+/* ---- vector SiLU loops (AVX-512 or AVX2+FMA, simd.h) -------------------------------------
+ * exp and 1/(1+e) from simd.h (~1 ulp reciprocal); without either ISA the portable loops
+ * further down. Each is one row of n channels: full vectors, then a masked tail. */
+#ifdef VF_N
+#define GN_VEC 1
 
-/* sigmoid(y) = 1 / (1 + e), e = e^-y, as sigmoid_f() */
-static inline __m512 v_sigmoid(__m512 y, __m512 *e) {
-    __m512 x = _mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), y), _mm512_set1_ps(87.0f)); /* -y, e^x finite */
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    *e = _mm512_scalef_ps(p, n);
-    __m512 d = _mm512_add_ps(*e, _mm512_set1_ps(1.0f)); /* 1 + e^-y, in [1, 2^126) */
-    __m512 q = _mm512_rcp14_ps(d);
-    return _mm512_fmadd_ps(q, _mm512_fnmadd_ps(d, q, _mm512_set1_ps(1.0f)), q);
+/* fwd_apply() with SiLU, lanes j..j+cnt-1 of pixel row xr */
+VF_INLINE void fwd_silu_lanes(float *o, const float *xr, const float *mc, const float *ac, const float *beta, int cnt) {
+    vf y = vf_fma(vf_sub(vf_ld(xr, cnt), vf_ld(mc, cnt)), vf_ld(ac, cnt), vf_ld(beta, cnt));
+    vf e;
+    vf_st(o, vf_mul(y, vf_sigmoid(y, &e)), cnt);
 }
 
-static inline __mmask16 tail_mask(int rem) { return rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1); }
-
-/* fwd_apply() with SiLU, see there */
-static void fwd_apply_silu_avx512(float *restrict out, const float *restrict x, int HW, int C, int n,
-                                  const float *restrict mc, const float *restrict ac, const float *restrict beta) {
+static void fwd_apply_silu_vec(float *restrict out, const float *restrict x, int HW, int C, int n,
+                               const float *restrict mc, const float *restrict ac, const float *restrict beta) {
     for (int p = 0; p < HW; p++) {
         const float *xr = x + (size_t)p * C;
         float *o = out + (size_t)p * C;
-        for (int c = 0; c < n; c += 16) {
-            __mmask16 m = tail_mask(n - c);
-            __m512 xv = _mm512_maskz_loadu_ps(m, xr + c);
-            __m512 y = _mm512_fmadd_ps(_mm512_sub_ps(xv, _mm512_maskz_loadu_ps(m, mc + c)), _mm512_maskz_loadu_ps(m, ac + c),
-                                       _mm512_maskz_loadu_ps(m, beta + c));
-            __m512 e;
-            _mm512_mask_storeu_ps(o + c, m, _mm512_mul_ps(y, v_sigmoid(y, &e)));
-        }
+        int c = 0;
+        for (; c + VF_N <= n; c += VF_N) fwd_silu_lanes(o + c, xr + c, mc + c, ac + c, beta + c, VF_N);
+        if (c < n) fwd_silu_lanes(o + c, xr + c, mc + c, ac + c, beta + c, n - c);
     }
 }
 
-/* bwd_pass1_rows() with SiLU, see there */
-static void bwd_pass1_silu_avx512(float *restrict fs, float *restrict fx, float *restrict dx, const float *restrict x,
-                                  const float *restrict go, int p0, int p1, int C, int n, const float *restrict mc,
-                                  const float *restrict rc, const float *restrict ga, const float *restrict be, int wdx) {
-    const __m512 one = _mm512_set1_ps(1.0f);
+/* bwd_pass1_rows() with SiLU, lanes j..j+cnt-1 of pixel p */
+VF_INLINE void bwd_silu_lanes(float *fs, float *fx, float *d, const float *xr, const float *gr, const float *mc,
+                              const float *rc, const float *ga, const float *be, int wdx, int cnt) {
+    vf rv = vf_ld(rc, cnt), gv = vf_ld(ga, cnt);
+    vf xh = vf_mul(vf_sub(vf_ld(xr, cnt), vf_ld(mc, cnt)), rv);
+    vf y = vf_fma(gv, xh, vf_ld(be, cnt));
+    vf e, sg = vf_sigmoid(y, &e);
+    vf dy = vf_mul(vf_ld(gr, cnt), vf_mul(sg, vf_fma(y, vf_mul(e, sg), vf_set1(1.0f))));
+    vf_st(fs, vf_add(vf_ld(fs, cnt), dy), cnt);
+    vf_st(fx, vf_fma(dy, xh, vf_ld(fx, cnt)), cnt);
+    if (wdx) {
+        vf t = vf_mul(vf_mul(rv, gv), dy);
+        vf_st(d, wdx == 2 ? t : vf_add(t, vf_ld(d, cnt)), cnt);
+    }
+}
+
+static void bwd_pass1_silu_vec(float *restrict fs, float *restrict fx, float *restrict dx, const float *restrict x,
+                               const float *restrict go, int p0, int p1, int C, int n, const float *restrict mc,
+                               const float *restrict rc, const float *restrict ga, const float *restrict be, int wdx) {
     for (int p = p0; p < p1; p++) {
         const float *xr = x + (size_t)p * C, *gr = go + (size_t)p * C;
-        for (int j = 0; j < n; j += 16) {
-            __mmask16 m = tail_mask(n - j);
-            __m512 rv = _mm512_maskz_loadu_ps(m, rc + j), gv = _mm512_maskz_loadu_ps(m, ga + j);
-            __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + j), _mm512_maskz_loadu_ps(m, mc + j)), rv);
-            __m512 y = _mm512_fmadd_ps(gv, xh, _mm512_maskz_loadu_ps(m, be + j));
-            __m512 e, sg = v_sigmoid(y, &e);
-            __m512 dy = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gr + j),
-                                      _mm512_mul_ps(sg, _mm512_fmadd_ps(y, _mm512_mul_ps(e, sg), one)));
-            _mm512_mask_storeu_ps(fs + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, fs + j), dy));
-            _mm512_mask_storeu_ps(fx + j, m, _mm512_fmadd_ps(dy, xh, _mm512_maskz_loadu_ps(m, fx + j)));
-            if (wdx) {
-                float *d = dx + (size_t)p * C + j;
-                __m512 t = _mm512_mul_ps(_mm512_mul_ps(rv, gv), dy);
-                _mm512_mask_storeu_ps(d, m, wdx == 2 ? t : _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, d)));
-            }
-        }
+        float *d = wdx ? dx + (size_t)p * C : NULL;
+        int j = 0;
+        for (; j + VF_N <= n; j += VF_N)
+            bwd_silu_lanes(fs + j, fx + j, d ? d + j : NULL, xr + j, gr + j, mc + j, rc + j, ga + j, be + j, wdx, VF_N);
+        if (j < n)
+            bwd_silu_lanes(fs + j, fx + j, d ? d + j : NULL, xr + j, gr + j, mc + j, rc + j, ga + j, be + j, wdx, n - j);
     }
 }
 #endif
@@ -199,9 +180,9 @@ static void group_stats(float *mean, float *rstd, const double *s, const double 
 /* out = (x - mc) * ac + beta [then SiLU] */
 static void fwd_apply(float *restrict out, const float *restrict x, int HW, int C, int n, const float *restrict mc,
                       const float *restrict ac, const float *restrict beta, int silu) {
-#ifdef GN_AVX512
+#ifdef GN_VEC
     if (silu) {
-        fwd_apply_silu_avx512(out, x, HW, C, n, mc, ac, beta);
+        fwd_apply_silu_vec(out, x, HW, C, n, mc, ac, beta);
         return;
     }
 #endif
@@ -259,8 +240,8 @@ static void bwd_pass1(double *restrict sdy, double *restrict sdyx, float *restri
         int p1 = p0 + SUM_PB < HW ? p0 + SUM_PB : HW;
         for (int j = 0; j < n; j++) fs[j] = fx[j] = 0.0f;
         if (silu) {
-#ifdef GN_AVX512
-            bwd_pass1_silu_avx512(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, wdx);
+#ifdef GN_VEC
+            bwd_pass1_silu_vec(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, wdx);
 #else
             if (wdx == 1) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 1);
             else if (wdx == 2) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 2);
