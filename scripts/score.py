@@ -17,7 +17,8 @@ What it prints, for the PNG files in DIR (28x28, grayscale or RGB; RGB is averag
             they were asked for, overall and per class.
 
 The classifier (two 3x3 conv layers + pooling, a 128-unit hidden layer, ~90% test accuracy) is
-trained once on the Fashion-MNIST training set (2 epochs of Adam, seeded; a few CPU minutes) and cached with the test-set feature statistics in ~/.cache/ddpm/fmnist_classifier.pt
+trained once on the Fashion-MNIST training set (2 epochs of Adam, seeded; a few CPU minutes)
+and cached with the test-set feature statistics in ~/.cache/ddpm/fmnist_classifier_v2.pt
 (or --classifier FILE); later runs take a few seconds. Needs only torch and numpy (Debian's
 python3-torch); PNGs are decoded with the standard library's zlib.
 
@@ -33,7 +34,7 @@ import zlib
 
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def fail(msg, code=2):
@@ -281,7 +282,7 @@ def main():
     ap.add_argument("dir", help="folder of PNG images (28x28); may hold classes.csv")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     ap.add_argument("--classifier", default=os.path.join(os.path.expanduser("~"), ".cache", "ddpm",
-                                                          "fmnist_classifier.pt"),
+                                                          "fmnist_classifier_v%d.pt" % CACHE_VERSION),
                     help="classifier cache file (trained and written there when missing)")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist",
                     help="Fashion-MNIST IDX folder (default %(default)s)")

@@ -158,7 +158,7 @@ static int preview(Run *r) {
     sample_opts_from_config(&so, c);
     so.ddim = 1, so.steps = c->train.sample_steps, so.eta = 0, so.seed = (uint64_t)c->train.seed;
     int *cls = NULL;
-    if (u->n_classes > 0) { /* class i % n_classes, so the grid's columns... rows cycle through the classes */
+    if (u->n_classes > 0) { /* image i asks for class i % n_classes: one column per class */
         cls = xmalloc(sizeof(int) * n);
         for (size_t i = 0; i < n; i++) cls[i] = (int)(i % (size_t)u->n_classes);
         so.classes = cls;
@@ -169,7 +169,7 @@ static int preview(Run *r) {
     char p[PATHBUF], name[64];
     snprintf(name, sizeof name, "samples/step_%07ld.png", r->st.step);
     path_in(r, p, sizeof p, name);
-    int rc = image_write_grid(p, imgs, (int)n, u->res, u->res, u->C_img, 0, 0);
+    int rc = image_write_grid(p, imgs, (int)n, u->res, u->res, u->C_img, u->n_classes > 0 ? u->n_classes : 0, 0);
     free(saved), free(imgs);
     return rc;
 }
