@@ -2,7 +2,7 @@
 #   make            build ./ddpm (installs missing Debian packages first, see scripts/install-deps.sh)
 #   make test       build and run every test binary; last line "N passed, N failed"
 #   make demo       noise strip + train configs/demo.json (<= 10 min) + 64 samples
-#   make bench      ddpm bench next to PyTorch on configs/bench.json, with ratios
+#   make bench      ddpm bench next to PyTorch on configs/bench.json (CONFIG=... for another), with ratios
 #   make MPI=1      build against Open MPI with mpicc (data-parallel train/sample)
 #   make ISA=avx2   build for AVX2+FMA (also avx512, portable; default native)
 #   make install PREFIX=/usr/local
@@ -104,7 +104,7 @@ demo: ddpm
 	sh scripts/demo.sh
 
 bench: ddpm
-	PYTHON=$(PYTHON) sh scripts/bench.sh
+	PYTHON=$(PYTHON) $(if $(CONFIG),BENCH_CONFIG=$(CONFIG)) DDPM=./$(BUILD)/ddpm sh scripts/bench.sh
 
 install: ddpm
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -6,7 +6,8 @@
 #   PYTHON          interpreter with torch (default python3; Debian's is /usr/bin/python3)
 #   BENCH_THREADS   threads for both (default: nproc)
 #   BENCH_STEPS     timed repetitions of each measurement (default 10)
-#   BENCH_CONFIG    ddpm config (default configs/bench.json)
+#   BENCH_CONFIG    ddpm config (default configs/bench.json; `make bench CONFIG=...` sets it)
+#   BENCH_SCALING   1 (default): also time ddpm with 1 thread, for the thread-scaling ratio
 # PyTorch runs with the OpenBLAS kernel ddpm used (its "blas_core"), unless OPENBLAS_CORETYPE
 # is already set: OpenBLAS 0.3.21 misdetects some CPUs and ddpm corrects that for itself.
 # Without PyTorch (or Python) it prints ddpm's numbers and says so. Exit status: ddpm's if
@@ -50,6 +51,8 @@ d_batch=$(jget "$tmp/ddpm.json" batch)
 d_core=$(jget "$tmp/ddpm.json" blas_core)
 d_frac=$(jget "$tmp/ddpm.json" ceiling_fraction)
 d_ceil=$(jget "$tmp/ddpm.json" sgemm_gflops)
+d_cpu=$(jget "$tmp/ddpm.json" cpu)
+d_isa=$(jget "$tmp/ddpm.json" kernel_isa)
 gf_step=$(jget "$tmp/ddpm.json" gflop_per_step)
 gf_fwd=$(jget "$tmp/ddpm.json" gflop_per_forward)
 if [ -z "$d_step" ] || [ -z "$d_fwd" ]; then
@@ -85,7 +88,19 @@ else
     skip_note="no working Python at PYTHON=$PYTHON"
 fi
 
+# ddpm again on one thread: how much the second and later threads buy.
+s_ok=0
+if [ "${BENCH_SCALING:-1}" = 1 ] && [ "$THREADS" -gt 1 ]; then
+    echo "bench: $DDPM bench --config $CONFIG --threads 1 --steps $STEPS --json"
+    if "$DDPM" bench --config "$CONFIG" --threads 1 --steps "$STEPS" --json >"$tmp/ddpm1.json"; then
+        s_step=$(jget "$tmp/ddpm1.json" train_step_s)
+        s_fwd=$(jget "$tmp/ddpm1.json" forward_s)
+        [ -n "$s_step" ] && s_ok=1
+    fi
+fi
+
 echo
+echo "CPU: $d_cpu; ddpm kernels $d_isa, OpenBLAS core $d_core"
 if [ $t_ok = 1 ]; then
     t_step=$(jget "$tmp/torch.json" train_step_s)
     t_fwd=$(jget "$tmp/torch.json" forward_s)
@@ -126,6 +141,13 @@ else
     }'
     echo "  PyTorch skipped: $skip_note"
 fi
+if [ $s_ok = 1 ]; then
+    awk -v a="$s_step" -v b="$d_step" -v c="$s_fwd" -v d="$d_fwd" -v th="$THREADS" 'BEGIN {
+        printf "  thread scaling: training step 1 thread %.3f s, %d threads %.3f s: %.2fx; forward %.3f s -> %.3f s: %.2fx\n",
+            a, th, b, a / b, c, d, c / d
+    }'
+fi
 echo "  ddpm json:    $(cat "$tmp/ddpm.json")"
+[ $s_ok = 1 ] && echo "  ddpm 1-thread json: $(cat "$tmp/ddpm1.json")"
 [ $t_ok = 1 ] && echo "  PyTorch json: $(cat "$tmp/torch.json")"
 exit 0

@@ -1,6 +1,7 @@
 #include "ddpm/tensor.h"
 
 #include <cblas.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,6 +39,25 @@ __attribute__((constructor)) static void blas_pick_core(int argc, char **argv, c
 }
 
 const char *blas_core_name(void) { return openblas_get_corename(); }
+
+const char *cpu_model_name(void) {
+    static char name[128];
+    if (name[0]) return name;
+    snprintf(name, sizeof name, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return name;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        char *v = strchr(line, ':');
+        if (strncmp(line, "model name", 10) || !v) continue;
+        v += 1 + strspn(v + 1, " \t");
+        v[strcspn(v, "\n")] = 0;
+        snprintf(name, sizeof name, "%s", v);
+        break;
+    }
+    fclose(f);
+    return name;
+}
 
 static void sgemm1(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {

@@ -35,7 +35,6 @@ struct Block {
     float *m1, *r1, *m2, *r2;
     float *q, *k, *v, *att, *o;  /* attention (a1 holds the normalized input) */
     float *dout;           /* gradient of out (training) */
-    int dfresh;            /* backward: dout not written yet in this pass (see dout_for_add) */
 };
 
 /* ---- parameter table ---------------------------------------------------------------- */
@@ -505,34 +504,18 @@ void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const 
 
 /* ---- backward ---------------------------------------------------------------------------- */
 
-/* Gradient buffers. Kernels add into gradients; rather than zeroing every buffer first,
- * the first writer of a fresh buffer writes it (the _set kernel variants, or a copy),
- * and only a buffer whose first writer can only add (conv2d_backward, silu_backward) is
- * zeroed, right before that writer. Block output gradients can have two writers (the
- * next block and a skip connection), so each block tracks whether its dout is fresh. */
+/* Gradient buffers. Every backward kernel adds into its gradients (as in llm.c), so each
+ * buffer is zeroed before its first writer: the block output gradients once at the start of
+ * unet_backward, the scratch buffers right before they are filled. (Tracking which buffer
+ * was written yet and calling writing variants instead saved ~1% of a step: measured, not
+ * worth the bookkeeping.) */
 static float *zeroed(float *p, size_t n) {
     memset(p, 0, n * sizeof(float));
     return p;
 }
 
-/* blk[j].dout for a writer that adds: zeroed if nothing has written it yet */
-static float *dout_for_add(UNet *u, int j, int B) {
-    Block *b = &u->blk[j];
-    if (b->dfresh) zeroed(b->dout, block_out_n(b, B));
-    b->dfresh = 0;
-    return b->dout;
-}
-
-/* 1 if blk[j].dout is still fresh, so its writer must write (=); it is not fresh after */
-static int dout_claim(UNet *u, int j) {
-    int f = u->blk[j].dfresh;
-    u->blk[j].dfresh = 0;
-    return f;
-}
-
-/* x is the block input (cat buffer for up-path res), dx receives dL/dx (added; written
- * when dx_fresh). */
-static void res_backward(UNet *u, int i, const float *x, float *dx, int dx_fresh, int B) {
+/* x is the block input (cat buffer for up-path res); dL/dx is added into dx. */
+static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
     Block *b = &u->blk[i];
     const float *P = u->params;
     float *Gp = u->grads;
@@ -541,24 +524,17 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int dx_fresh
     ConvShape s1 = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
     ConvShape s2 = conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1);
     /* out = conv2(a2) + shortcut(x) */
-    if (b->shortcut) { /* 1x1 conv as a linear layer (see res_forward) */
-        if (dx_fresh)
-            PROF(PROF_GEMM, linear_backward_set(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW], B * HW,
-                                                b->cin, b->cout));
-        else
-            PROF(PROF_GEMM, linear_backward(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW], B * HW,
-                                            b->cin, b->cout));
-    } else if (dx_fresh) {
-        PROF(PROF_ELEM, memcpy(dx, b->dout, nout * sizeof(float)));
-    } else {
+    if (b->shortcut) /* 1x1 conv as a linear layer (see res_forward) */
+        PROF(PROF_GEMM, linear_backward(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW], B * HW, b->cin,
+                                        b->cout));
+    else
         PROF(PROF_ELEM, add_inplace(dx, b->dout, nout));
-    }
     float *da2 = zeroed(u->scr[0], nout);
     PROF(PROF_CONV, conv2d_backward(da2, Gp + b->p[RES_C2W], Gp + b->p[RES_C2B], b->dout, b->a2, P + b->p[RES_C2W], s2, u->conv_scr));
     if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, da2, B, (size_t)HW * b->cout));
     /* a2 = silu(gn2(h1)) */
-    float *dh1 = u->scr[1];
-    PROF(PROF_NORM, groupnorm_backward_set(dh1, Gp + b->p[RES_N2W], Gp + b->p[RES_N2B], da2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], b->m2,
+    float *dh1 = zeroed(u->scr[1], nout);
+    PROF(PROF_NORM, groupnorm_backward(dh1, Gp + b->p[RES_N2W], Gp + b->p[RES_N2B], da2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], b->m2,
                        b->r2, B, HW, b->cout, G, 1));
     /* h1 = conv1(a1) + temb_proj(silu(temb)) */
     float *dtp = zeroed(u->scr[2], (size_t)B * b->cout);
@@ -572,22 +548,19 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int dx_fresh
                        b->r1, B, HW, b->cin, G, 1));
 }
 
-/* dx receives dL/dx (added; written when dx_fresh) */
-static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int dx_fresh, int B) {
+/* dL/dx is added into dx */
+static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
     const float *P = u->params;
     float *Gp = u->grads;
     int N = b->H * b->W, C = b->cin, BN = B * N;
     size_t n = (size_t)BN * C;
-    if (dx_fresh) /* residual */
-        PROF(PROF_ELEM, memcpy(dx, b->dout, n * sizeof(float)));
-    else
-        PROF(PROF_ELEM, add_inplace(dx, b->dout, n));
-    float *dO = u->scr[0];
-    PROF(PROF_GEMM, linear_backward_set(dO, Gp + b->p[ATT_PW], Gp + b->p[ATT_PB], b->dout, b->o, P + b->p[ATT_PW], BN, C, C));
-    float *dq = u->scr[1], *dk = u->scr[2], *dv = u->scr[3];
-    PROF(PROF_ATTN, attention_backward_set(dq, dk, dv, dO, b->q, b->k, b->v, b->att, B, N, C, u->att_scr));
-    float *dh = u->scr[4];
-    PROF(PROF_GEMM, linear_backward_set(dh, Gp + b->p[ATT_QW], Gp + b->p[ATT_QB], dq, b->a1, P + b->p[ATT_QW], BN, C, C));
+    PROF(PROF_ELEM, add_inplace(dx, b->dout, n)); /* residual */
+    float *dO = zeroed(u->scr[0], n);
+    PROF(PROF_GEMM, linear_backward(dO, Gp + b->p[ATT_PW], Gp + b->p[ATT_PB], b->dout, b->o, P + b->p[ATT_PW], BN, C, C));
+    float *dq = zeroed(u->scr[1], n), *dk = zeroed(u->scr[2], n), *dv = zeroed(u->scr[3], n);
+    PROF(PROF_ATTN, attention_backward(dq, dk, dv, dO, b->q, b->k, b->v, b->att, B, N, C, u->att_scr));
+    float *dh = zeroed(u->scr[4], n);
+    PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_QW], Gp + b->p[ATT_QB], dq, b->a1, P + b->p[ATT_QW], BN, C, C));
     PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_KW], Gp + b->p[ATT_KB], dk, b->a1, P + b->p[ATT_KW], BN, C, C));
     PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_VW], Gp + b->p[ATT_VB], dv, b->a1, P + b->p[ATT_VW], BN, C, C));
     PROF(PROF_NORM, groupnorm_backward(dx, Gp + b->p[ATT_NW], Gp + b->p[ATT_NB], dh, x, P + b->p[ATT_NW], P + b->p[ATT_NB], b->m1, b->r1, B, N,
@@ -599,32 +572,28 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     int B = u->last_B, T = u->temb_ch;
     const float *P = u->params;
     float *Gp = u->grads;
-    for (int i = 0; i < u->nblk; i++) u->blk[i].dfresh = 1;
+    for (int i = 0; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zeroed(u->blk[i].dout, block_out_n(&u->blk[i], B)));
     zeroed(u->d_temb_act, (size_t)B * T);
     Block *last = &u->blk[u->nblk - 1];
     memcpy(last->dout, dout, sizeof(float) * B * u->res * u->res * u->C_img);
-    last->dfresh = 0;
     for (int i = u->nblk - 1; i >= 0; i--) {
         Block *b = &u->blk[i];
         const float *x = i > 0 ? u->blk[i - 1].out : u->x_in;
-        float *dxb = i > 0 ? u->blk[i - 1].dout : NULL; /* written through dout_for_add/dout_claim */
+        float *dxb = i > 0 ? u->blk[i - 1].dout : NULL;
         switch (b->kind) {
         case BLK_CONV_IN:
             PROF(PROF_CONV, conv2d_backward(dx, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x, P + b->p[CONV_W],
                             conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr));
             break;
         case BLK_DOWN:
-            PROF(PROF_CONV, conv2d_backward(dout_for_add(u, i - 1, B), Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x,
+            PROF(PROF_CONV, conv2d_backward(dxb, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x,
                             P + b->p[CONV_W], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2), u->conv_scr));
             break;
         case BLK_UP: {
             float *du = zeroed(u->scr[0], (size_t)B * 4 * b->H * b->W * b->cin);
             PROF(PROF_CONV, conv2d_backward(du, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, b->a1, P + b->p[CONV_W],
                             conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1), u->conv_scr));
-            if (dout_claim(u, i - 1))
-                PROF(PROF_ELEM, upsample_backward_set(dxb, du, B, b->H, b->W, b->cin));
-            else
-                PROF(PROF_ELEM, upsample_backward(dxb, du, B, b->H, b->W, b->cin));
+            PROF(PROF_ELEM, upsample_backward(dxb, du, B, b->H, b->W, b->cin));
             break;
         }
         case BLK_RES:
@@ -632,31 +601,21 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
                 /* the concat gradient goes through scr[3], which res_backward does not use */
                 Block *s = &u->blk[b->skip];
                 size_t P_ = (size_t)B * b->H * b->W;
-                float *dcat = u->scr[3];
-                res_backward(u, i, b->cat, dcat, 1, B);
-                if (u->blk[i - 1].dfresh && s->dfresh) {
-                    dout_claim(u, i - 1), dout_claim(u, b->skip);
-                    PROF(PROF_ELEM, concat_backward_set(dxb, s->dout, dcat, P_, b->cin - s->cout, s->cout));
-                } else {
-                    PROF(PROF_ELEM, concat_backward(dout_for_add(u, i - 1, B), dout_for_add(u, b->skip, B), dcat, P_,
-                                                    b->cin - s->cout, s->cout));
-                }
+                float *dcat = zeroed(u->scr[3], P_ * b->cin);
+                res_backward(u, i, b->cat, dcat, B);
+                PROF(PROF_ELEM, concat_backward(dxb, s->dout, dcat, P_, b->cin - s->cout, s->cout));
             } else {
-                res_backward(u, i, x, dxb, dout_claim(u, i - 1), B);
+                res_backward(u, i, x, dxb, B);
             }
             break;
         case BLK_ATTN:
-            attn_backward(u, b, x, dxb, dout_claim(u, i - 1), B);
+            attn_backward(u, b, x, dxb, B);
             break;
         case BLK_OUT: {
             float *da = zeroed(u->scr[0], (size_t)B * b->H * b->W * b->cin);
             PROF(PROF_CONV, conv2d_backward(da, Gp + b->p[OUT_CW], Gp + b->p[OUT_CB], b->dout, b->a1, P + b->p[OUT_CW],
                             conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr));
-            if (dout_claim(u, i - 1))
-                PROF(PROF_NORM, groupnorm_backward_set(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB],
-                                                       b->m1, b->r1, B, b->H * b->W, b->cin, u->groups, 1));
-            else
-                PROF(PROF_NORM, groupnorm_backward(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB], b->m1,
+            PROF(PROF_NORM, groupnorm_backward(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB], b->m1,
                                                    b->r1, B, b->H * b->W, b->cin, u->groups, 1));
             break;
         }

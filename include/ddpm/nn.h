@@ -100,19 +100,4 @@ void dropout_forward(float *out, const float *inp, size_t n, float p, uint64_t s
 void dropout_backward(float *dinp, const float *dout, size_t n, float p, uint64_t seed,
                       uint64_t stream);
 
-/* ---- write-once variants ---------------------------------------------------------------
- * The same as the functions without _set, except that the input gradients (dinp; dq, dk,
- * dv; da, db) are written (=) instead of added to, so a fresh buffer needs no zeroing
- * first. Parameter gradients (dw, dbias, dgamma, dbeta) are still added to. */
-void groupnorm_backward_set(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
-                            const float *gamma, const float *beta, const float *mean, const float *rstd,
-                            int B, int HW, int C, int G, int silu);
-void linear_backward_set(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                         const float *w, int N, int IN, int OUT);
-void attention_backward_set(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                            const float *k, const float *v, const float *att, int B, int N, int C,
-                            float *scratch);
-void upsample_backward_set(float *dinp, const float *dout, int B, int H, int W, int C);
-void concat_backward_set(float *da, float *db, const float *dout, size_t P, int C1, int C2);
-
 #endif

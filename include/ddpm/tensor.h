@@ -18,8 +18,12 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
 
-/* OpenBLAS's kernel family in use (e.g. "SkylakeX", "Haswell"). */
+/* OpenBLAS's kernel family in use (e.g. "SkylakeX", "Haswell", "Zen"). */
 const char *blas_core_name(void);
+/* The CPU's model name from /proc/cpuinfo ("unknown CPU" if none), static storage. */
+const char *cpu_model_name(void);
+/* The vector path ddpm's own kernels were built for: "avx512", "avx2" or "portable". */
+const char *kernel_isa(void);
 
 
 /* Threads for OpenBLAS and OpenMP together (n <= 0: all cores). Returns the count set. */

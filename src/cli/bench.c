@@ -131,11 +131,12 @@ int cmd_bench(int argc, char **argv) {
     size_t nparams = 0;
     for (int i = 0; i < u.nP; i++) nparams += u.P[i].n;
     if (json) {
-        printf("{\"config\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\", \"batch\": %d, \"params\": %zu, "
+        printf("{\"config\": \"%s\", \"threads\": %d, \"cpu\": \"%s\", \"kernel_isa\": \"%s\", \"blas_core\": \"%s\", "
+               "\"batch\": %d, \"params\": %zu, "
                "\"gflop_per_step\": %.3f, \"gflop_per_forward\": %.3f, \"train_step_s\": %.5f, \"forward_s\": %.5f, "
                "\"train_gflops\": %.2f, \"forward_gflops\": %.2f, \"sgemm_gflops\": %.2f, \"ceiling_fraction\": %.4f, "
                "\"peak_rss_mb\": %.1f",
-               cfg_path, threads, blas_core_name(), B, nparams, gf_step, gf_fwd, step_s, fwd_s, gf_step / step_s, gf_fwd / fwd_s,
+               cfg_path, threads, cpu_model_name(), kernel_isa(), blas_core_name(), B, nparams, gf_step, gf_fwd, step_s, fwd_s, gf_step / step_s, gf_fwd / fwd_s,
                ceiling, gf_step / step_s / ceiling, rss_mb);
         if (profile) {
             printf(", \"profile_s\": {");
@@ -144,7 +145,8 @@ int cmd_bench(int argc, char **argv) {
         }
         printf("}\n");
     } else {
-        printf("bench %s: %zu parameters, batch %d, %d threads, OpenBLAS core %s\n", cfg_path, nparams, B, threads, blas_core_name());
+        printf("bench %s: %zu parameters, batch %d, %d threads\n", cfg_path, nparams, B, threads);
+        printf("  CPU %s; ddpm kernels %s, OpenBLAS core %s\n", cpu_model_name(), kernel_isa(), blas_core_name());
         printf("  training step   %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP per step, median of %d)\n", step_s, gf_step / step_s, gf_step,
                steps);
         printf("  no-grad forward %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP)\n", fwd_s, gf_fwd / fwd_s, gf_fwd);

@@ -69,24 +69,25 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
     }
 }
 
-/* One image, D: N x N scratch; beta 0 writes dq, dk, dv, beta 1 adds. */
+/* One image, D: N x N scratch; dq, dk, dv are added to. */
 static void bwd_image(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                      const float *v, const float *A, float *D, int N, int C, float scale, float beta, int par) {
+                      const float *v, const float *A, float *D, int N, int C, float scale, int par) {
     /* D (N,N) = dout (N,C) . v (N,C)^T */
     gemm(0, 1, N, N, C, 1.0f, dout, C, v, C, 0.0f, D, N);
     /* dv (N,C) += A^T (N,N) . dout (N,C) */
-    gemm(1, 0, N, C, N, 1.0f, A, N, dout, C, beta, dv, C);
+    gemm(1, 0, N, C, N, 1.0f, A, N, dout, C, 1.0f, dv, C);
 #pragma omp parallel for schedule(static) if (par && (size_t)N * N > PAR_MIN)
     for (int i = 0; i < N; i++) softmax_bwd_row(D + (size_t)i * N, A + (size_t)i * N, N, scale);
     /* dq (N,C) += dS (N,N) . k (N,C);  dk (N,C) += dS^T . q */
-    gemm(0, 0, N, C, N, 1.0f, D, N, k, C, beta, dq, C);
-    gemm(1, 0, N, C, N, 1.0f, D, N, q, C, beta, dk, C);
+    gemm(0, 0, N, C, N, 1.0f, D, N, k, C, 1.0f, dq, C);
+    gemm(1, 0, N, C, N, 1.0f, D, N, q, C, 1.0f, dk, C);
 }
 
 /* datt = dout v^T; dv += att^T dout; dS = att * (datt - rowsum(datt * att)) * scale;
  * dq += dS k; dk += dS^T q. scratch: attention_scratch(N) floats (datt, then dS, per thread). */
-static void att_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                         const float *v, const float *att, int B, int N, int C, float *scratch, float beta) {
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                        const float *k, const float *v, const float *att, int B, int N, int C,
+                        float *scratch) {
     const float scale = 1.0f / sqrtf((float)C);
     const size_t NC = (size_t)N * C, NN = (size_t)N * N;
     int nt = nn_max_threads();
@@ -95,22 +96,10 @@ static void att_backward(float *dq, float *dk, float *dv, const float *dout, con
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int b = 0; b < B; b++)
             bwd_image(dq + b * NC, dk + b * NC, dv + b * NC, dout + b * NC, q + b * NC, k + b * NC, v + b * NC, att + b * NN,
-                      scratch + (size_t)nn_thread_num() * NN, N, C, scale, beta, 0);
+                      scratch + (size_t)nn_thread_num() * NN, N, C, scale, 0);
     } else {
         for (int b = 0; b < B; b++)
             bwd_image(dq + b * NC, dk + b * NC, dv + b * NC, dout + b * NC, q + b * NC, k + b * NC, v + b * NC, att + b * NN,
-                      scratch, N, C, scale, beta, 1);
+                      scratch, N, C, scale, 1);
     }
-}
-
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                        const float *k, const float *v, const float *att, int B, int N, int C,
-                        float *scratch) {
-    att_backward(dq, dk, dv, dout, q, k, v, att, B, N, C, scratch, 1.0f);
-}
-
-void attention_backward_set(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                            const float *k, const float *v, const float *att, int B, int N, int C,
-                            float *scratch) {
-    att_backward(dq, dk, dv, dout, q, k, v, att, B, N, C, scratch, 0.0f);
 }

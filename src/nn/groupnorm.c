@@ -25,6 +25,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
+#include "ddpm/tensor.h"
 #include "fastexp.h"
 #include "simd.h"
 #ifdef _OPENMP
@@ -105,7 +106,7 @@ VF_INLINE void bwd_silu_lanes(float *fs, float *fx, float *d, const float *xr, c
     vf_st(fx, vf_fma(dy, xh, vf_ld(fx, cnt)), cnt);
     if (wdx) {
         vf t = vf_mul(vf_mul(rv, gv), dy);
-        vf_st(d, wdx == 2 ? t : vf_add(t, vf_ld(d, cnt)), cnt);
+        vf_st(d, vf_add(t, vf_ld(d, cnt)), cnt);
     }
 }
 
@@ -206,7 +207,7 @@ static void fwd_apply(float *restrict out, const float *restrict x, int HW, int 
 /* Backward pass 1, with xh = (x - mc) * rc and dy = dout, or with SiLU
  * dy = dout * s(y) (1 + y (1 - s(y))) (1 - s = e^-y s), y = gamma xh + beta:
  *   sdy[j] = sum dy, sdyx[j] = sum dy xh  (float over blocks of SUM_PB pixels, then double),
- *   dx += rc gamma dy  (the part of dx that needs dy; wdx: 0 no dx, 1 add, 2 write (=)). */
+ *   dx += rc gamma dy  (the part of dx that needs dy; wdx: 0 no dx, 1 add). */
 static inline __attribute__((always_inline)) void bwd_pass1_rows(
     float *restrict fs, float *restrict fx, float *restrict dx, const float *restrict x, const float *restrict go, int p0,
     int p1, int C, int n, const float *restrict mc, const float *restrict rc, const float *restrict ga,
@@ -225,8 +226,7 @@ static inline __attribute__((always_inline)) void bwd_pass1_rows(
             }
             fs[j] += dy;
             fx[j] += dy * xh;
-            if (wdx == 1) d[j] += (rc[j] * ga[j]) * dy;
-            if (wdx == 2) d[j] = (rc[j] * ga[j]) * dy;
+            if (wdx) d[j] += (rc[j] * ga[j]) * dy;
         }
     }
 }
@@ -243,13 +243,11 @@ static void bwd_pass1(double *restrict sdy, double *restrict sdyx, float *restri
 #ifdef GN_VEC
             bwd_pass1_silu_vec(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, wdx);
 #else
-            if (wdx == 1) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 1);
-            else if (wdx == 2) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 2);
+            if (wdx) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 1);
             else bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 1, 0);
 #endif
         } else {
-            if (wdx == 1) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 0, 1);
-            else if (wdx == 2) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 0, 2);
+            if (wdx) bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 0, 1);
             else bwd_pass1_rows(fs, fx, dx, x, go, p0, p1, C, n, mc, rc, ga, be, 0, 0);
         }
 #pragma omp simd
@@ -331,10 +329,10 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, c
 /* With xh = (x - mean) * rstd, y = gamma * xh + beta, o = y or silu(y):
  *   dy = do (or do * s(y) (1 + y (1 - s(y)))),  dbeta += sum dy,  dgamma += sum dy * xh,
  *   dx = rstd * (gamma dy - mean_g(gamma dy) - xh * mean_g(gamma dy xh)).
- * set: dx is written (=) instead of added to. */
-static void gn_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
+ */
+void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *gamma, const float *beta, const float *mean, const float *rstd, int B, int HW,
-                        int C, int G, int silu, int set) {
+                        int C, int G, int silu) {
     CHECK(G > 0 && C % G == 0, "groupnorm: C=%d not divisible by G=%d", C, G);
     const int cg = C / G;
     const double invN = 1.0 / ((double)HW * cg);
@@ -356,7 +354,7 @@ static void gn_backward(float *dinp, float *dgamma, float *dbeta, const float *d
             float mc[n], rc[n], q1[n], q2[n];
             for (int j = 0; j < n; j++) mc[j] = mean[(size_t)b * G + g0 + j / cg], rc[j] = rstd[(size_t)b * G + g0 + j / cg];
             bwd_pass1(sdy, sdyx, dinp ? dinp + off : NULL, inp + off, dout + off, HW, C, n, mc, rc, gamma + c0, beta + c0,
-                      silu, !dinp ? 0 : set ? 2 : 1);
+                      silu, dinp != NULL);
             if (!dinp) continue;
             bwd_terms(q1, q2, sdy, sdyx, gamma + c0, rc, ng, cg, invN);
             bwd_pass2(dinp + off, inp + off, HW, C, n, mc, rc, q1, q2);
@@ -373,14 +371,7 @@ static void gn_backward(float *dinp, float *dgamma, float *dbeta, const float *d
     }
 }
 
-void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
-                        const float *gamma, const float *beta, const float *mean, const float *rstd,
-                        int B, int HW, int C, int G, int silu) {
-    gn_backward(dinp, dgamma, dbeta, dout, inp, gamma, beta, mean, rstd, B, HW, C, G, silu, 0);
-}
 
-void groupnorm_backward_set(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
-                            const float *gamma, const float *beta, const float *mean, const float *rstd,
-                            int B, int HW, int C, int G, int silu) {
-    gn_backward(dinp, dgamma, dbeta, dout, inp, gamma, beta, mean, rstd, B, HW, C, G, silu, 1);
-}
+
+/* The vector path of simd.h this build uses (the GroupNorm+SiLU loops are its main user). */
+const char *kernel_isa(void) { return VF_ISA; }

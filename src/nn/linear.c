@@ -19,22 +19,11 @@ void linear_forward(float *out, const float *inp, const float *w, const float *b
     }
 }
 
-/* dinp (N,IN) += dout . w (= with set); dw (OUT,IN) += dout^T . inp; dbias (OUT) += column
- * sums of dout. Any of dinp, dw, dbias may be NULL (not wanted). */
-static void linear_bwd(float *dinp, float *dw, float *dbias, const float *dout, const float *inp, const float *w,
-                       int N, int IN, int OUT, int set) {
-    const float bx = set ? 0.0f : 1.0f;
-    if (dinp) gemm(0, 0, N, IN, OUT, 1.0f, dout, OUT, w, IN, bx, dinp, IN);
-    if (dw) gemm(1, 0, OUT, IN, N, 1.0f, dout, OUT, inp, IN, 1.0f, dw, IN);
-    if (dbias) add_bcast_backward(dbias, dout, 1, N, OUT);
-}
-
+/* dinp (N,IN) += dout . w; dw (OUT,IN) += dout^T . inp; dbias (OUT) += column sums of dout.
+ * Any of dinp, dw, dbias may be NULL (not wanted). */
 void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, int N, int IN, int OUT) {
-    linear_bwd(dinp, dw, dbias, dout, inp, w, N, IN, OUT, 0);
-}
-
-void linear_backward_set(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
-                         const float *w, int N, int IN, int OUT) {
-    linear_bwd(dinp, dw, dbias, dout, inp, w, N, IN, OUT, 1);
+    if (dinp) gemm(0, 0, N, IN, OUT, 1.0f, dout, OUT, w, IN, 1.0f, dinp, IN);
+    if (dw) gemm(1, 0, OUT, IN, N, 1.0f, dout, OUT, inp, IN, 1.0f, dw, IN);
+    if (dbias) add_bcast_backward(dbias, dout, 1, N, OUT);
 }

@@ -54,8 +54,8 @@ void upsample_forward(float *out, const float *inp, int B, int H, int W, int C) 
     }
 }
 
-/* dinp[b,y,x,:] += (set: =) sum of the 2x2 block of dout it was copied to */
-static void upsample_bwd(float *dinp, const float *dout, int B, int H, int W, int C, int set) {
+/* dinp[b,y,x,:] += sum of the 2x2 block of dout it was copied to */
+void upsample_backward(float *dinp, const float *dout, int B, int H, int W, int C) {
     const size_t OWC = (size_t)2 * W * C;
     const long NL = (long)B * H;
 #pragma omp parallel for schedule(static) if ((size_t)NL * W * C > PAR_MIN / 4)
@@ -66,20 +66,9 @@ static void upsample_bwd(float *dinp, const float *dout, int B, int H, int W, in
         for (int x = 0; x < W; x++) {
             const float *a = r0 + (size_t)(2 * x) * C, *b = r1 + (size_t)(2 * x) * C;
             float *dd = d + (size_t)x * C;
-            if (set)
-                for (int c = 0; c < C; c++) dd[c] = (a[c] + a[C + c]) + (b[c] + b[C + c]);
-            else
-                for (int c = 0; c < C; c++) dd[c] += (a[c] + a[C + c]) + (b[c] + b[C + c]);
+            for (int c = 0; c < C; c++) dd[c] += (a[c] + a[C + c]) + (b[c] + b[C + c]);
         }
     }
-}
-
-void upsample_backward(float *dinp, const float *dout, int B, int H, int W, int C) {
-    upsample_bwd(dinp, dout, B, H, W, C, 0);
-}
-
-void upsample_backward_set(float *dinp, const float *dout, int B, int H, int W, int C) {
-    upsample_bwd(dinp, dout, B, H, W, C, 1);
 }
 
 /* ---- channel concat ------------------------------------------------------------------ */
@@ -93,17 +82,12 @@ void concat_forward(float *out, const float *a, const float *b, size_t P, int C1
     }
 }
 
-/* da (P,C1) += dout[:, :C1], db (P,C2) += dout[:, C1:] (set: =); either may be NULL. */
-static void concat_bwd(float *da, float *db, const float *dout, size_t P, int C1, int C2, int set) {
+/* da (P,C1) += dout[:, :C1], db (P,C2) += dout[:, C1:]; either may be NULL. */
+void concat_backward(float *da, float *db, const float *dout, size_t P, int C1, int C2) {
     const size_t C = (size_t)C1 + C2;
 #pragma omp parallel for schedule(static) if (P * C > PAR_MIN)
     for (size_t p = 0; p < P; p++) {
         const float *g = dout + p * C;
-        if (set) {
-            if (da) memcpy(da + p * C1, g, C1 * sizeof(float));
-            if (db) memcpy(db + p * C2, g + C1, C2 * sizeof(float));
-            continue;
-        }
         if (da) {
             float *d = da + p * C1;
             for (int c = 0; c < C1; c++) d[c] += g[c];
@@ -113,14 +97,6 @@ static void concat_bwd(float *da, float *db, const float *dout, size_t P, int C1
             for (int c = 0; c < C2; c++) d[c] += g[C1 + c];
         }
     }
-}
-
-void concat_backward(float *da, float *db, const float *dout, size_t P, int C1, int C2) {
-    concat_bwd(da, db, dout, P, C1, C2, 0);
-}
-
-void concat_backward_set(float *da, float *db, const float *dout, size_t P, int C1, int C2) {
-    concat_bwd(da, db, dout, P, C1, C2, 1);
 }
 
 /* ---- broadcast add ------------------------------------------------------------------- */
