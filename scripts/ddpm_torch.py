@@ -118,7 +118,8 @@ class UNet(nn.Module):
     per level reversed: num_res_blocks+1 ResBlocks on concat(h, skip) (+attention), Upsample
     except at level 0 -> GN -> SiLU -> conv3x3 to the image channels."""
 
-    def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, groups, res, channels, dropout=0.0):
+    def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, groups, res, channels, dropout=0.0,
+                 num_classes=0):
         super().__init__()
         self.ch, self.ch_mult, self.nrb = ch, list(ch_mult), num_res_blocks
         T = 4 * ch
@@ -164,6 +165,11 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(ups)
         self.norm_out = nn.GroupNorm(groups, c, eps=1e-6)
         self.conv_out = nn.Conv2d(c, channels, 3, padding=1)
+        # model.class_cond: row y added to the timestep MLP output; row num_classes = "no class"
+        # (registered last, as src/unet.c puts class_emb.weight last in its table)
+        self.num_classes = num_classes
+        if num_classes > 0:
+            self.class_emb = nn.Embedding(num_classes + 1, T)
 
     @classmethod
     def from_config(cls, cfg):
@@ -171,16 +177,22 @@ class UNet(nn.Module):
         m, d = cfg.get("model", {}), cfg.get("data", {})
         return cls(m.get("ch", 64), m.get("ch_mult", [1, 2, 2]), m.get("num_res_blocks", 2),
                    m.get("attn_resolutions", [14]), m.get("groups", 32), d.get("image_size", 28),
-                   d.get("channels", 1), m.get("dropout", 0.1))
+                   d.get("channels", 1), m.get("dropout", 0.1),
+                   m.get("num_classes", 0) if m.get("class_cond", False) else 0)
 
-    def forward(self, x, t, acts=None):
-        """x (B,C,H,W); t integer timesteps (B). acts, if a dict, collects every block output
-        under its ddpm block name (plus "temb", "temb.out")."""
+    def forward(self, x, t, acts=None, y=None):
+        """x (B,C,H,W); t integer timesteps (B); y class labels (B) for a class-conditional
+        model (None = "no class"). acts, if a dict, collects every block output under its
+        ddpm block name (plus "temb", "temb.out")."""
         if acts is None:
             acts = {}
         s = timestep_embedding(t, self.ch).to(self.temb.dense0.weight.dtype)
         acts["temb"] = s
         temb = self.temb(s)
+        if self.num_classes > 0:
+            if y is None:
+                y = torch.full((x.shape[0],), self.num_classes, dtype=torch.int64)
+            temb = temb + self.class_emb(y)
         acts["temb.out"] = temb
         ta = F.silu(temb)
         h = self.conv_in(x)

@@ -34,6 +34,13 @@ Stored tensors (all F32; activations NHWC; conv weights (OC,KH,KW,C); linear (OU
                         up.L.upsample, out) NHWC
 Metadata: "config" (a ddpm config JSON for this model) and "description".
 tests/test_unet.c loads this file and compares the C forward/backward with it.
+
+    /usr/bin/python3 scripts/make_reference.py --cond [output path]
+
+writes tests/fixtures/unet_cond_ref.safetensors instead: a smaller class-conditional model
+(8x8 grey, ch 8, ch_mult [1, 2], 3 classes, so class_emb.weight is 4 x 32) with the labels
+input.y = [0, 3, 2, 0] (3 = "no class"; class 0 twice, so its gradient row sums two images)
+and every tensor listed above, class_emb.weight and its gradient included.
 """
 import json
 import math
@@ -65,8 +72,21 @@ CONFIG = {
 # ---- the model: scripts/ddpm_torch.py (shared with scripts/bench_pytorch.py) -------------
 
 
+COND = "--cond" in sys.argv[1:]
+if COND:  # the small class-conditional fixture (its own file: the unconditional one stays as it is)
+    B, RES, C_IMG = 4, 8, 1
+    CH, CH_MULT, NRB, ATTN_RES, GROUPS = 8, [1, 2], 1, [4], 4
+    TIMESTEPS = [0, 517, 999, 250]
+    NUM_CLASSES, LABELS = 3, [0, 3, 2, 0]
+    CONFIG["data"]["channels"] = C_IMG
+    CONFIG["train"]["batch_size"] = B
+    CONFIG["model"].update({"ch": CH, "class_cond": True, "num_classes": NUM_CLASSES})
+else:
+    NUM_CLASSES, LABELS = 0, None
+
+
 def UNet():
-    return ddpm_torch.UNet(CH, CH_MULT, NRB, ATTN_RES, GROUPS, RES, C_IMG, dropout=0.0)
+    return ddpm_torch.UNet(CH, CH_MULT, NRB, ATTN_RES, GROUPS, RES, C_IMG, dropout=0.0, num_classes=NUM_CLASSES)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -85,7 +105,9 @@ def init_params(model, gen):
     """A seeded random value for every parameter (float32-representable)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if ".norm" in "." + name:  # GroupNorm gamma / beta
+            if name == "class_emb.weight":  # nn.Embedding's N(0, 1), as ddpm initializes it
+                v = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            elif ".norm" in "." + name:  # GroupNorm gamma / beta
                 if name.endswith("weight"):
                     v = 1.0 + 0.1 * torch.randn(p.shape, generator=gen, dtype=torch.float32)
                 else:
@@ -122,7 +144,9 @@ def write_safetensors(path, tensors, metadata):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out_path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "tests", "fixtures", "unet_ref.safetensors")
+    args = [a for a in sys.argv[1:] if a != "--cond"]
+    default = "unet_cond_ref.safetensors" if COND else "unet_ref.safetensors"
+    out_path = args[0] if args else os.path.join(root, "tests", "fixtures", default)
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
 
@@ -136,7 +160,8 @@ def main():
 
     x = x32.double().requires_grad_(True)
     acts = {}
-    out = model(x, t, acts)
+    y = torch.tensor(LABELS, dtype=torch.int64) if COND else None
+    out = model(x, t, acts, y=y)
     loss = ((out - tgt32.double()) ** 2).mean()
     loss.backward()
 
@@ -146,6 +171,8 @@ def main():
         tensors.append((name, to_ddpm(name, p)))
     tensors.append(("input.x", to_ddpm("x", x32)))
     tensors.append(("input.t", t.to(torch.float32)))
+    if COND:
+        tensors.append(("input.y", y.to(torch.float32)))
     tensors.append(("target", to_ddpm("target", tgt32)))
     tensors.append(("output", to_ddpm("output", out)))
     tensors.append(("loss", loss.detach().reshape(1).to(torch.float32)))

@@ -48,6 +48,10 @@ static const Key KEYS[] = {
      "resolutions that get self-attention"},
     {"model.dropout", K_FLOAT, OFF(model.dropout), 0, 0, 0.99, NULL, "0.1", "dropout in residual blocks"},
     {"model.groups", K_INT, OFF(model.groups), 0, 1, 1024, NULL, "32", "GroupNorm groups"},
+    {"model.class_cond", K_BOOL, OFF(model.class_cond), 0, 0, 1, NULL, "false",
+     "class-conditional: a class embedding (num_classes + 1 rows, the last = no class) added to the timestep embedding"},
+    {"model.num_classes", K_INT, OFF(model.num_classes), 0, 0, 100000, NULL, "0",
+     "classes of a class_cond model (0 = the dataset's count, set by ddpm train)"},
 
     {"diffusion.T", K_INT, OFF(diffusion.T), 0, 2, 100000, NULL, "1000", "number of diffusion steps"},
     {"diffusion.schedule", K_STR, OFF(diffusion.schedule), 0, 0, 15, "linear|cosine|sigmoid", "\"linear\"",
@@ -92,6 +96,8 @@ static const Key KEYS[] = {
      "checkpoint every N steps"},
     {"train.keep", K_INT, OFF(train.keep), 0, 0, 1e6, NULL, "3", "milestone checkpoints kept (0 = none)"},
     {"train.sample_n", K_INT, OFF(train.sample_n), 0, 1, 1024, NULL, "36", "images in the preview grid"},
+    {"train.cond_drop", K_FLOAT, OFF(train.cond_drop), 0, 0, 1, NULL, "0.1",
+     "class_cond: probability that an image's label is replaced by \"no class\" (for guidance)"},
     {"train.sample_steps", K_INT, OFF(train.sample_steps), 0, 1, 100000, NULL, "20",
      "DDIM steps for the preview grid"},
 
@@ -106,6 +112,10 @@ static const Key KEYS[] = {
     {"sample.clip", K_BOOL, OFF(sample.clip), 0, 0, 1, NULL, "true", "clip predicted x0 to [-1,1]"},
     {"sample.batch", K_INT, OFF(sample.batch), 0, 1, 4096, NULL, "16", "images per forward pass"},
     {"sample.seed", K_INT, OFF(sample.seed), 0, 0, 2147483647, NULL, "0", "sampling seed"},
+    {"sample.guidance", K_FLOAT, OFF(sample.guidance), 0, 0, 100, NULL, "3",
+     "classifier-free guidance scale S: pred = uncond + S (cond - uncond); 1 = plain conditional, 0 = unconditional"},
+    {"sample.guidance_rescale", K_FLOAT, OFF(sample.guidance_rescale), 0, 0, 1, NULL, "0",
+     "blend phi of the guided prediction rescaled to the conditional one's per-image std (Lin et al. 2023)"},
 };
 #define N_KEYS (int)(sizeof KEYS / sizeof KEYS[0])
 static const char *SECTIONS[] = {"data", "model", "diffusion", "train", "sample"};

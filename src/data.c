@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
@@ -30,6 +31,10 @@
 
 static const char *const CIFAR_NAMES[10] = {"airplane", "automobile", "bird",  "cat",  "deer",
                                             "dog",      "frog",       "horse", "ship", "truck"};
+
+/* idx datasets whose path names Fashion-MNIST get its class names (else "0".."9") */
+static const char *const FMNIST_NAMES[10] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                             "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
 
 static const char *FMNIST_HINT =
     "Fashion-MNIST is at /usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist)";
@@ -77,6 +82,17 @@ static int ds_alloc(Dataset *ds, const char *what, int n, int size, int c) {
     }
     ds->n = n, ds->size = size, ds->c = c;
     return DDPM_OK;
+}
+
+/* 1 if s contains the lowercase word w, ignoring case. */
+static int contains_ci(const char *s, const char *w) {
+    size_t n = strlen(w);
+    for (; *s; s++) {
+        size_t i = 0;
+        while (i < n && s[i] && tolower((unsigned char)s[i]) == w[i]) i++;
+        if (i == n) return 1;
+    }
+    return 0;
 }
 
 /* Class names "0".."k-1". */
@@ -332,7 +348,13 @@ int dataset_load_idx(Dataset *out, const char *path, int size, int channels, int
         if (lab && lab[i] > maxlab) maxlab = lab[i];
     for (int i = 0; i < n; i++) ds.labels[i] = lab ? lab[i] : 0;
     ds.n_classes = maxlab + 1;
-    ds.class_names = numbered_names(ds.n_classes);
+    ds.has_labels = lab != NULL;
+    if (ds.n_classes == 10 && contains_ci(images, "fashion")) {
+        ds.class_names = xcalloc(10, sizeof(char *));
+        for (int k = 0; k < 10; k++) ds.class_names[k] = xstrdup(FMNIST_NAMES[k]);
+    } else {
+        ds.class_names = numbered_names(ds.n_classes);
+    }
     convert_all(&ds, ipix, n, w, h, 1);
     free(ipix);
     free(lab);
@@ -413,6 +435,7 @@ int dataset_load_cifar10(Dataset *out, const char *dir, int size, int channels, 
     rc = ds_alloc(&ds, dir, n, size, channels);
     if (rc) goto fail;
     ds.n_classes = 10;
+    ds.has_labels = 1;
     ds.class_names = xcalloc(10, sizeof(char *));
     for (int k = 0; k < 10; k++) ds.class_names[k] = xstrdup(CIFAR_NAMES[k]);
 
@@ -620,6 +643,7 @@ int dataset_load_folder(Dataset *out, const char *dir, int size, int channels, i
         goto fail;
     }
     ds.n_classes = classes.n;
+    ds.has_labels = 1;
     ds.class_names = classes.v; /* ownership moves to ds */
     memset(&classes, 0, sizeof classes);
     free(status);

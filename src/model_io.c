@@ -1,9 +1,12 @@
 #include "ddpm/model_io.h"
 
+#include <cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "ddpm/err.h"
 
@@ -38,12 +41,28 @@ int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, 
     char dfrom[32], dlr[40];
     snprintf(dfrom, sizeof dfrom, "%ld", ts->decay_from);
     snprintf(dlr, sizeof dlr, "%.17g", ts->decay_lr);
-    char *cfg = config_to_json(c);
-    const char *keys[] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng",
-                          "lr_decay_from", "lr_decay_lr"};
-    const char *vals[] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10", dfrom, dlr};
-    int rc = st_write(path, t, u->nP * copies, keys, vals, ts->decay_from > 0 ? 11 : 9);
+    char *cfg = config_to_json(c), *cnames = NULL;
+    const char *keys[12] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
+    const char *vals[12] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
+    int nmeta = 9;
+    if (ts->decay_from > 0) {
+        keys[nmeta] = "lr_decay_from", vals[nmeta++] = dfrom;
+        keys[nmeta] = "lr_decay_lr", vals[nmeta++] = dlr;
+    }
+    if (u->n_classes > 0) {
+        cJSON *a = cJSON_CreateArray();
+        for (int i = 0; i < u->n_classes; i++) {
+            char num[16];
+            snprintf(num, sizeof num, "%d", i);
+            cJSON_AddItemToArray(a, cJSON_CreateString(u->class_names ? u->class_names[i] : num));
+        }
+        cnames = cJSON_PrintUnformatted(a);
+        cJSON_Delete(a);
+        keys[nmeta] = "class_names", vals[nmeta++] = cnames;
+    }
+    int rc = st_write(path, t, u->nP * copies, keys, vals, nmeta);
     free(cfg);
+    free(cnames);
     for (int i = 0; i < u->nP * copies; i++) free(names[i]);
     free(names);
     free(t);
@@ -149,4 +168,86 @@ int ckpt_load_state(const StFile *f, TrainState *ts) {
         ts->decay_from = (long)from, ts->decay_lr = lr;
     }
     return DDPM_OK;
+}
+
+int ckpt_load_class_names(const StFile *f, UNet *u) {
+    if (u->n_classes <= 0) return DDPM_OK;
+    const char *js = st_meta(f, "class_names");
+    char **names = xcalloc((size_t)u->n_classes, sizeof(char *));
+    cJSON *a = js ? cJSON_Parse(js) : NULL;
+    if (js && (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != u->n_classes)) {
+        cJSON_Delete(a);
+        free(names);
+        return err_set(DDPM_ERUNTIME, "%s: metadata \"class_names\" is not a list of %d names (model.num_classes)", f->path,
+                       u->n_classes);
+    }
+    for (int i = 0; i < u->n_classes; i++) {
+        const cJSON *e = a ? cJSON_GetArrayItem(a, i) : NULL;
+        char num[16];
+        snprintf(num, sizeof num, "%d", i);
+        const char *s = e && cJSON_IsString(e) ? e->valuestring : num;
+        size_t n = strlen(s) + 1;
+        names[i] = xmalloc(n);
+        memcpy(names[i], s, n);
+    }
+    cJSON_Delete(a);
+    if (u->class_names)
+        for (int i = 0; i < u->n_classes; i++) free(u->class_names[i]);
+    free(u->class_names);
+    u->class_names = names;
+    return DDPM_OK;
+}
+
+static int eq_ci(const char *a, const char *b) {
+    for (; *a && *b; a++, b++)
+        if (tolower((unsigned char)*a) != tolower((unsigned char)*b)) return 0;
+    return !*a && !*b;
+}
+
+/* edit distance, case-insensitive, for "did you mean" */
+static int edit_distance(const char *a, const char *b) {
+    int la = (int)strlen(a), lb = (int)strlen(b);
+    if (la > 63 || lb > 63) return 99;
+    int d[64][64];
+    for (int i = 0; i <= la; i++)
+        for (int j = 0; j <= lb; j++) {
+            if (!i || !j) {
+                d[i][j] = i + j;
+                continue;
+            }
+            int c = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+            int m = d[i - 1][j - 1] + c;
+            if (d[i - 1][j] + 1 < m) m = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < m) m = d[i][j - 1] + 1;
+            d[i][j] = m;
+        }
+    return d[la][lb];
+}
+
+int unet_class_lookup(const UNet *u, const char *name, int *out) {
+    if (u->n_classes <= 0) return err_set(DDPM_EUSAGE, "--class: this model is unconditional (train one with model.class_cond = true)");
+    for (int i = 0; i < u->n_classes; i++)
+        if (u->class_names && eq_ci(name, u->class_names[i])) return *out = i, DDPM_OK;
+    char *end;
+    errno = 0;
+    long v = strtol(name, &end, 10);
+    if (*name && !*end && !errno) {
+        if (v >= 0 && v < u->n_classes) return *out = (int)v, DDPM_OK;
+        return err_set(DDPM_EUSAGE, "--class %s: index out of range; this model has classes 0..%d", name, u->n_classes - 1);
+    }
+    int best = -1, bd = 99;
+    for (int i = 0; u->class_names && i < u->n_classes; i++) {
+        int d = edit_distance(name, u->class_names[i]);
+        /* a prefix ("ankle" for "Ankle boot") is a good guess too */
+        size_t n = strlen(name);
+        int pre = n >= 3 && !strncasecmp(name, u->class_names[i], n);
+        if (pre) d = 1;
+        if (d < bd) bd = d, best = i;
+    }
+    char list[512] = "";
+    for (int i = 0; i < u->n_classes && strlen(list) < sizeof list - 40; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", u->class_names ? u->class_names[i] : "?");
+    if (best >= 0 && bd <= 3)
+        return err_set(DDPM_EUSAGE, "--class '%s': no such class (did you mean \"%s\"?); classes: %s", name, u->class_names[best], list);
+    return err_set(DDPM_EUSAGE, "--class '%s': no such class; classes: %s (or an index 0..%d)", name, list, u->n_classes - 1);
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "ddpm/err.h"
+#include "ddpm/guidance.h"
 #include "ddpm/rng.h"
 
 static const char *SAMPLER_NAMES[] = {"ddpm", "ddim", "dpm++2m"};
@@ -34,6 +35,38 @@ void sample_opts_from_config(SampleOpts *o, const Config *c) {
     o->clip = c->sample.clip;
     o->seed = (uint64_t)c->sample.seed;
     o->obj = (Objective)objective_kind(c->diffusion.objective);
+    o->guidance = c->sample.guidance;
+    o->guidance_rescale = c->sample.guidance_rescale;
+}
+
+int sample_guided(const UNet *u, const SampleOpts *o) {
+    return u->n_classes > 0 && o->classes && !(o->guidance == 1 && o->guidance_rescale == 0) &&
+           !(o->guidance == 0 && o->guidance_rescale == 0);
+}
+
+/* Network part of the denoiser: pred (b,D) for x (b,D) at timestep t. A class-conditional
+ * model asked for classes cls runs the conditional half (cls) and the unconditional half
+ * (no class) as one forward of 2b images and combines them by guidance; S = 1 (or 0)
+ * without rescale needs only the conditional (unconditional) half. x2, pred2 hold 2b
+ * images, tv and y 2b ints. */
+static void network_pred(UNet *u, const SampleOpts *o, float *pred, const float *x, int t, const int *cls, int b,
+                         float *x2, float *pred2, int *tv, int *y, size_t D) {
+    for (int i = 0; i < 2 * b; i++) tv[i] = t;
+    if (u->n_classes <= 0 || !cls) {
+        unet_forward(u, pred, x, tv, b);
+        return;
+    }
+    if (!sample_guided(u, o)) {
+        for (int i = 0; i < b; i++) y[i] = o->guidance == 0 ? u->n_classes : cls[i];
+        unet_forward_cond(u, pred, x, tv, y, b);
+        return;
+    }
+    memcpy(x2, x, sizeof(float) * b * D);
+    memcpy(x2 + b * D, x, sizeof(float) * b * D);
+    for (int i = 0; i < b; i++) y[i] = cls[i], y[b + i] = u->n_classes;
+    unet_forward_cond(u, pred2, x2, tv, y, 2 * b);
+    for (int i = 0; i < b; i++)
+        guidance_combine(pred + i * D, pred2 + i * D, pred2 + (b + i) * D, o->guidance, o->guidance_rescale, D);
 }
 
 int sample_levels(int *lv, const SampleOpts *o, const Schedule *s, int N) {
@@ -98,10 +131,9 @@ void lowpass_box(float *x, int res, int C, int F) {
 /* The denoiser: (x_t, t) for b images -> x0 and eps (objective conversion, x0 clipping).
  * Classifier-free guidance belongs here: run the conditional and unconditional halves in one
  * batched forward, mix the outputs, then convert. */
-static void denoise(UNet *u, const SampleOpts *o, const Schedule *s, float *x0, float *eps, const float *x, int t, int b,
-                    float *pred, int *tv, size_t D) {
-    for (int i = 0; i < b; i++) tv[i] = t;
-    unet_forward(u, pred, x, tv, b);
+static void denoise(UNet *u, const SampleOpts *o, const Schedule *s, float *x0, float *eps, const float *x, int t,
+                    const int *cls, int b, float *pred, float *x2, float *pred2, int *tv, int *y, size_t D) {
+    network_pred(u, o, pred, x, t, cls, b, x2, pred2, tv, y, D);
     for (int i = 0; i < b; i++) diffusion_predict(x0 + i * D, eps + i * D, pred + i * D, x + i * D, t, s, o->obj, o->clip, D);
 }
 
@@ -144,12 +176,15 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
     size_t D = (size_t)u->res * u->res * u->C_img;
     const int *lv = task->levels;
     int M = task->n_levels - 1; /* transitions */
-    if (batch > u->B_max) batch = u->B_max;
+    int guided = sample_guided(u, o), bmax = guided ? u->B_max / 2 : u->B_max;
+    CHECK(bmax >= 1, "guided sampling needs a U-Net built for batch >= 2");
+    if (batch > bmax) batch = bmax;
     if (batch < 1) batch = 1;
     float *x = xmalloc(sizeof(float) * batch * D), *pred = xmalloc(sizeof(float) * batch * D);
     float *x0 = xmalloc(sizeof(float) * batch * D), *eps = xmalloc(sizeof(float) * batch * D);
     float *x0p = xmalloc(sizeof(float) * batch * D), *z = xmalloc(sizeof(float) * 2 * D);
-    int *tv = xmalloc(sizeof(int) * batch);
+    float *x2 = guided ? xmalloc(sizeof(float) * 2 * batch * D) : NULL, *pred2 = guided ? xmalloc(sizeof(float) * 2 * batch * D) : NULL;
+    int *tv = xmalloc(sizeof(int) * 2 * batch), *y = xmalloc(sizeof(int) * 2 * batch);
     int drop = u->drop_on;
     u->drop_on = 0;
     long done = 0, total = (long)n * levels_evals(lv, task->n_levels);
@@ -171,7 +206,7 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
                 }
                 t_hist = -2;
             } else {
-                denoise(u, o, s, x0, eps, x, t, b, pred, tv, D);
+                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, b, pred, x2, pred2, tv, y, D);
                 int noisy = tn >= 0 && (o->kind == SAMPLER_DDPM || (o->kind == SAMPLER_DDIM && o->eta > 0));
                 for (int i = 0; i < b; i++) {
                     int g = first + i0 + i;
@@ -197,7 +232,7 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
         memcpy(out + (size_t)i0 * D, x, sizeof(float) * b * D);
     }
     u->drop_on = drop;
-    free(x), free(pred), free(x0), free(eps), free(x0p), free(z), free(tv);
+    free(x), free(pred), free(x0), free(eps), free(x0p), free(z), free(tv), free(y), free(x2), free(pred2);
 }
 
 int sample_n_steps(const SampleOpts *o, const Schedule *s) { return o->steps < s->T ? o->steps : s->T; }

@@ -26,6 +26,13 @@
 
 #define PATHBUF (CFG_STR + 128)
 
+int train_cond_dropped(uint64_t seed, uint64_t step, uint64_t g, float p) {
+    if (p <= 0) return 0;
+    float v;
+    rng_uniform(&v, 1, seed, RNG_STREAM(RNG_CONDDROP, step), g);
+    return v < p;
+}
+
 static volatile sig_atomic_t g_stop;
 /* First SIGINT/SIGTERM: finish the step, save, exit 0. A second one: die now (the last
  * checkpoint on disk is complete either way). */
@@ -203,7 +210,14 @@ static int preview(Run *r) {
     sample_opts_from_config(&so, c);
     if (so.kind == SAMPLER_DDPM) so.kind = SAMPLER_DDIM, so.spacing = sampler_default_spacing(SAMPLER_DDIM);
     so.eta = 0, so.steps = c->train.sample_steps, so.seed = (uint64_t)c->train.seed;
+    int *cls = NULL;
+    if (u->n_classes > 0) { /* image i asks for class i % n_classes: one column per class */
+        cls = xmalloc(sizeof(int) * n);
+        for (size_t i = 0; i < n; i++) cls[i] = (int)(i % (size_t)u->n_classes);
+        so.classes = cls;
+    }
     sample_images(u, &r->s, &so, (int)n, 0, u->B_max, imgs, 0, NULL, NULL, NULL);
+    free(cls);
     memcpy(u->params, saved, sizeof(float) * u->n_floats);
     char p[PATHBUF], name[64];
     snprintf(name, sizeof name, "samples/step_%07ld.png", r->st.step);
@@ -211,7 +225,7 @@ static int preview(Run *r) {
     char title[128];
     snprintf(title, sizeof title, "step %ld | EMA, ddim %d steps, seed %d", r->st.step, c->train.sample_steps, (int)c->train.seed);
     DrawCaptions cap = {.title = title};
-    int rc = draw_grid_png(p, imgs, (int)n, u->res, u->res, u->C_img, 0, 2, &cap);
+    int rc = draw_grid_png(p, imgs, (int)n, u->res, u->res, u->C_img, u->n_classes > 0 ? u->n_classes : 0, 2, &cap);
     free(saved), free(imgs);
     return rc;
 }
@@ -255,6 +269,29 @@ static int open_log(Run *r, int resume) {
     return DDPM_OK;
 }
 
+/* class_cond: labels exist and fit model.num_classes (set from the dataset when 0), before
+ * anything is trained or written. */
+static int check_labels(Run *r) {
+    Config *c = r->c;
+    const Dataset *ds = &r->ds;
+    if (!ds->has_labels)
+        return err_set(DDPM_EUSAGE,
+                       "%s: no labels file beside the images (train-labels-idx1-ubyte[.gz]); model.class_cond needs one label per "
+                       "image (or set model.class_cond=false)",
+                       c->data.path);
+    if (c->model.num_classes == 0) c->model.num_classes = ds->n_classes;
+    for (int i = 0; i < ds->n_classes; i++)
+        if (ds->class_names && !ds->class_names[i][0])
+            return err_set(DDPM_EUSAGE, "%s: images directly in the folder have no class; put every image in a class subfolder "
+                                        "(e.g. %s/cat/1.png) for model.class_cond",
+                           c->data.path, c->data.path);
+    for (int i = 0; i < ds->n; i++)
+        if (ds->labels[i] < 0 || ds->labels[i] >= c->model.num_classes)
+            return err_set(DDPM_EUSAGE, "%s: image %d has label %d, outside 0..%d (model.num_classes = %d; set it to %d or more)",
+                           c->data.path, i, ds->labels[i], c->model.num_classes - 1, c->model.num_classes, ds->n_classes);
+    return DDPM_OK;
+}
+
 static int setup(Run *r) {
     Config *c = r->c;
     int rc;
@@ -284,6 +321,7 @@ static int setup(Run *r) {
                        r->dir, r->dir);
     }
     if ((rc = dataset_load(&r->ds, c))) goto fail;
+    if (c->model.class_cond && (rc = check_labels(r))) goto fail;
     if (c->train.batch_size > r->ds.n) {
         rc = err_set(DDPM_EUSAGE, "train.batch_size = %d is larger than the dataset (%d images)", c->train.batch_size, r->ds.n);
         goto fail;
@@ -292,6 +330,16 @@ static int setup(Run *r) {
                             c->diffusion.beta_end, c->diffusion.cosine_s)))
         goto fail;
     if ((rc = unet_init(&r->u, c, c->train.batch_size / r->nranks, 1))) goto fail;
+    if (r->u.n_classes > 0) {
+        r->u.class_names = xcalloc((size_t)r->u.n_classes, sizeof(char *));
+        for (int i = 0; i < r->u.n_classes; i++) {
+            char num[16];
+            snprintf(num, sizeof num, "%d", i);
+            const char *nm = i < r->ds.n_classes && r->ds.class_names ? r->ds.class_names[i] : num;
+            r->u.class_names[i] = xmalloc(strlen(nm) + 1);
+            strcpy(r->u.class_names[i], nm);
+        }
+    }
     optim_init(&r->opt, r->u.n_floats);
     batcher_init(&r->bt, r->ds.n, (uint64_t)c->train.seed, c->data.hflip);
     if (resume) {
@@ -361,7 +409,7 @@ int train_main(Config *c, const TrainOpts *o) {
     float *x0 = xmalloc(sizeof(float) * Bl * D), *eps = xmalloc(sizeof(float) * Bl * D);
     float *xt = xmalloc(sizeof(float) * Bl * D), *tgt = xmalloc(sizeof(float) * Bl * D);
     float *pred = xmalloc(sizeof(float) * Bl * D), *dout = xmalloc(sizeof(float) * Bl * D);
-    int *t = xmalloc(sizeof(int) * Bl);
+    int *t = xmalloc(sizeof(int) * Bl), *y = u->n_classes > 0 ? xmalloc(sizeof(int) * Bl) : NULL;
     Objective obj = (Objective)objective_kind(c->diffusion.objective);
     uint64_t seed = (uint64_t)c->train.seed;
     struct sigaction sa = {0}, old_int, old_term;
@@ -380,16 +428,17 @@ int train_main(Config *c, const TrainOpts *o) {
     while (r->st.step < c->train.steps) {
         long step = r->st.step;
         double t0 = now_s();
-        batcher_next(&r->bt, &r->ds, x0, NULL, B, lo, lo + Bl);
+        batcher_next(&r->bt, &r->ds, x0, y, B, lo, lo + Bl);
         for (int i = 0; i < Bl; i++) {
             uint64_t g = (uint64_t)(lo + i);
             t[i] = (int)(rng_u32(seed, RNG_STREAM(RNG_TSTEP, step), g) % (uint32_t)c->diffusion.T);
             rng_normal(eps + i * D, D, seed, RNG_STREAM(RNG_NOISE, step), g * D);
+            if (y && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop)) y[i] = u->n_classes;
         }
         q_sample(xt, x0, eps, t, &r->s, Bl, D);
         diffusion_target(tgt, x0, eps, t, &r->s, obj, Bl, D);
         u->drop_on = u->dropout > 0, u->drop_seed = seed, u->drop_step = (uint64_t)step, u->img0 = (uint64_t)lo;
-        unet_forward(u, pred, xt, t, Bl);
+        unet_forward_cond(u, pred, xt, t, y, Bl);
         double loss = 0;
         for (int i = 0; i < Bl; i++) {
             double w = diffusion_loss_weight(&r->s, obj, t[i], c->diffusion.min_snr_gamma), l = 0;
@@ -467,7 +516,7 @@ int train_main(Config *c, const TrainOpts *o) {
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    free(x0), free(eps), free(xt), free(tgt), free(pred), free(dout), free(t);
+    free(x0), free(eps), free(xt), free(tgt), free(pred), free(dout), free(t), free(y);
     teardown(r);
     return rc;
 }

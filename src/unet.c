@@ -206,6 +206,10 @@ static void build(UNet *u, const Config *c) {
     CHECK(ns == 0, "skip stack not empty");
     free(skip_blk), free(skip_ch);
     add_block(&bd, &bcap, BLK_OUT, H, W, C, u->C_img, "%s", "");
+    if (u->n_classes > 0) { /* last in the table: see unet.h */
+        int se[2] = {u->n_classes + 1, T};
+        u->cemb_p = param(&bd, PINIT_NORMAL, 0, 2, se, "class_emb.weight");
+    }
     u->flops = 2.0 * (ch * T + T * T);
     for (int i = 0; i < u->nblk; i++) u->flops += u->blk[i].flops;
 }
@@ -317,6 +321,12 @@ int unet_plan(UNet *u, const Config *c, int B_max, int training) {
     u->dropout = c->model.dropout;
     u->B_max = B_max;
     u->training = training;
+    if (c->model.class_cond) {
+        if (c->model.num_classes < 1)
+            return err_set(DDPM_EUSAGE, "config: \"model.class_cond\" needs \"model.num_classes\" >= 1 (ddpm train sets it from the "
+                                        "dataset; ddpm info needs the dataset or --set model.num_classes=N)");
+        u->n_classes = c->model.num_classes;
+    }
     build(u, c);
     u->act_bytes = alloc_acts(u, NULL);
     return DDPM_OK;
@@ -355,6 +365,7 @@ int unet_init(UNet *u, const Config *c, int B_max, int training) {
     arena_init(a, u->act_bytes);
     alloc_acts(u, a);
     u->arena = a;
+    u->y_in = xcalloc((size_t)B_max, sizeof(int));
     return DDPM_OK;
 }
 
@@ -367,6 +378,10 @@ void unet_free(UNet *u) {
     free(u->grads);
     free(u->P);
     free(u->blk);
+    free(u->y_in);
+    if (u->class_names)
+        for (int i = 0; i < u->n_classes; i++) free(u->class_names[i]);
+    free(u->class_names);
     memset(u, 0, sizeof *u);
 }
 
@@ -378,6 +393,8 @@ void unet_init_params(UNet *u, uint64_t seed) {
             memset(w, 0, p->n * sizeof(float));
         } else if (p->init == PINIT_ONE) {
             for (size_t j = 0; j < p->n; j++) w[j] = 1.0f;
+        } else if (p->init == PINIT_NORMAL) {
+            rng_normal(w, p->n, seed, RNG_STREAM(RNG_INIT, i), 0);
         } else {
             float bound = 1.0f / sqrtf((float)p->fan_in);
             rng_uniform(w, p->n, seed, RNG_STREAM(RNG_INIT, i), 0);
@@ -448,7 +465,9 @@ static void attn_forward(UNet *u, Block *b, const float *x, int B) {
     PROF(PROF_ELEM, add_inplace(b->out, x, (size_t)BN * C));
 }
 
-void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) {
+void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) { unet_forward_cond(u, out, x, t, NULL, B); }
+
+void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const int *y, int B) {
     CHECK(B >= 1 && B <= u->B_max, "batch %d outside 1..%d", B, u->B_max);
     u->last_B = B;
     const float *P = u->params;
@@ -458,6 +477,13 @@ void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) {
     PROF(PROF_GEMM, linear_forward(u->temb_h, u->temb_sin, P + u->temb_p[0], P + u->temb_p[1], B, u->ch, T));
     PROF(PROF_ELEM, silu_forward(u->temb_hs, u->temb_h, (size_t)B * T));
     PROF(PROF_GEMM, linear_forward(u->temb, u->temb_hs, P + u->temb_p[2], P + u->temb_p[3], B, T, T));
+    if (u->n_classes > 0) /* temb += class_emb[y] */
+        for (int i = 0; i < B; i++) {
+            int k = y ? y[i] : u->n_classes;
+            CHECK(k >= 0 && k <= u->n_classes, "class %d outside 0..%d", k, u->n_classes);
+            u->y_in[i] = k;
+            add_inplace(u->temb + (size_t)i * T, P + u->cemb_p + (size_t)k * T, (size_t)T);
+        }
     PROF(PROF_ELEM, silu_forward(u->temb_act, u->temb, (size_t)B * T));
     const float *h = u->x_in;
     for (int i = 0; i < u->nblk; i++) {
@@ -620,6 +646,8 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     /* timestep MLP: temb_act = silu(temb), temb = dense1(silu(dense0(sin))) */
     size_t nt = (size_t)B * T;
     PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb, nt), u->d_temb_act, u->temb, nt));
+    if (u->n_classes > 0) /* temb += class_emb[y]: d class_emb[y_i] += d temb_i, images in order */
+        for (int i = 0; i < B; i++) add_inplace(Gp + u->cemb_p + (size_t)u->y_in[i] * T, u->d_temb + (size_t)i * T, (size_t)T);
     PROF(PROF_GEMM, linear_backward(zeroed(u->d_temb_hs, nt), Gp + u->temb_p[2], Gp + u->temb_p[3], u->d_temb, u->temb_hs, P + u->temb_p[2], B,
                     T, T));
     PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb_h, nt), u->d_temb_hs, u->temb_h, nt));
@@ -659,6 +687,11 @@ void unet_print_summary(const UNet *u, FILE *f) {
         total += n;
         fprintf(f, "  %-22s %12zu %10.1f  %dx%dx%d -> %dx%dx%d\n", b->name[0] ? b->name : "out", n, b->flops / 1e6, b->H, b->W, b->cin,
                 b->OH, b->OW, b->cout);
+    }
+    if (u->n_classes > 0) {
+        size_t n = (size_t)(u->n_classes + 1) * u->temb_ch;
+        total += n;
+        fprintf(f, "  %-22s %12zu %10.1f  class -> %d (%d classes + no class)\n", "class_emb", n, 0.0, u->temb_ch, u->n_classes);
     }
     fprintf(f, "  parameters: %zu (%.2f M)\n", total, total / 1e6);
     fprintf(f, "  forward: %.2f GFLOP per image (2 FLOP per multiply-add)\n", u->flops / 1e9);

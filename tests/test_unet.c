@@ -115,8 +115,8 @@ static void cmp_scaled(Worst *w, const StFile *f, const char *name, const float 
     free(ref);
 }
 
-static void test_reference(void) {
-    const char *path = repo_path("tests/fixtures/unet_ref.safetensors");
+static void test_reference(const char *rel) {
+    const char *path = repo_path(rel);
     StFile f;
     int rc = st_read(&f, path);
     T_OK(rc == 0, "read %s%s%s", path, rc ? ": " : "", rc ? err_msg() : "");
@@ -179,18 +179,22 @@ static void test_reference(void) {
     size_t nx = (size_t)B * H * W * C;
     int64_t xs[4] = {B, H, W, C}, ts[1] = {B}, ls[1] = {1};
     float *x = malloc(nx * 4), *tgt = malloc(nx * 4), *out = malloc(nx * 4), *dout = malloc(nx * 4), *dx = calloc(nx, 4);
-    float tf[64], lossf[1];
-    int t[64];
+    float tf[64], lossf[1], yf[64];
+    int t[64], y[64], has_y = st_find(&f, "input.y") != NULL;
     rc = st_get_f32(&f, "input.x", 4, xs, x);
     rc = rc ? rc : st_get_f32(&f, "target", 4, xs, tgt);
     rc = rc ? rc : (B <= 64 ? st_get_f32(&f, "input.t", 1, ts, tf) : DDPM_ERUNTIME);
     rc = rc ? rc : st_get_f32(&f, "loss", 1, ls, lossf);
     T_OK(rc == 0, "inputs, target and loss read%s%s", rc ? ": " : "", rc ? err_msg() : "");
     if (rc) goto done;
-    for (int b = 0; b < B; b++) t[b] = (int)lroundf(tf[b]);
+    rc = has_y ? st_get_f32(&f, "input.y", 1, ts, yf) : 0;
+    T_OK(rc == 0 && has_y == (u.n_classes > 0), "labels input.y %s (model %s)", has_y ? "read" : "absent",
+         u.n_classes ? "class-conditional" : "unconditional");
+    if (rc) goto done;
+    for (int b = 0; b < B; b++) t[b] = (int)lroundf(tf[b]), y[b] = has_y ? (int)lroundf(yf[b]) : 0;
 
     Worst w = {0};
-    unet_forward(&u, out, x, t, B);
+    unet_forward_cond(&u, out, x, t, has_y ? y : NULL, B);
     printf("  forward: output and block activations\n");
     cmp(&w, &f, "output", out, 4, xs);
     int n_act = 0, act_missing = 0;
@@ -489,10 +493,99 @@ static void test_dropout_grad(void) {
     free(x), free(y), free(R);
 }
 
+/* Class conditioning: the class_emb.weight gradient against central differences of
+ * L = sum(out * R), with labels that repeat (row 1 gets two images), the "no class" row
+ * (3) and an unused row (0) whose gradient must be exactly zero; an unconditional and a
+ * conditional model of the same config share every other parameter's initial value. */
+static double cond_loss(UNet *u, float *out, const float *x, const int *t, const int *y, const float *R, size_t n) {
+    unet_forward_cond(u, out, x, t, y, 4);
+    double L = 0;
+    for (size_t i = 0; i < n; i++) L += (double)out[i] * R[i];
+    return L;
+}
+
+static void test_class_emb_grad(void) {
+    const char *js = "{\"data\": {\"image_size\": 8, \"channels\": 1}, \"model\": {\"ch\": 8, \"ch_mult\": [1, 2], "
+                     "\"num_res_blocks\": 1, \"attn_resolutions\": [4], \"dropout\": 0, \"groups\": 4, \"class_cond\": true, "
+                     "\"num_classes\": 3}}";
+    Config c;
+    UNet u, u0;
+    config_defaults(&c);
+    int rc = config_parse(&c, js, "class test");
+    if (!rc) rc = unet_init(&u, &c, 4, 1);
+    T_OK(rc == 0, "tiny class-conditional U-Net builds%s%s", rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) return;
+    const Param *pe = unet_param(&u, "class_emb.weight");
+    T_OK(pe && pe == &u.P[u.nP - 1] && pe->shape[0] == 4 && pe->shape[1] == 32,
+         "class_emb.weight is the last parameter, (num_classes + 1) x 4ch = 4 x 32");
+    if (!pe) return unet_free(&u);
+    /* same init for every other parameter as the unconditional model */
+    Config c0 = c;
+    c0.model.class_cond = false;
+    rc = unet_init(&u0, &c0, 1, 0);
+    unet_init_params(&u, 7), unet_init_params(&u0, 7);
+    T_OK(rc == 0 && u0.nP == u.nP - 1 && u0.n_floats == pe->off && !memcmp(u0.params, u.params, u0.n_floats * sizeof(float)),
+         "unconditional model = the conditional one minus class_emb: same table, offsets and initial values");
+    double m = 0, v = 0;
+    for (size_t j = 0; j < pe->n; j++) m += u.params[pe->off + j], v += (double)u.params[pe->off + j] * u.params[pe->off + j];
+    m /= pe->n, v = v / pe->n - m * m;
+    T_OK(fabs(m) < 0.3 && fabs(v - 1) < 0.4, "class_emb initialized N(0,1): mean %.3f, var %.3f (128 values)", m, v);
+    if (!rc) unet_free(&u0);
+
+    random_params(&u, 21);
+    for (size_t j = 0; j < pe->n; j++) u.params[pe->off + j] *= 5; /* |values| up to 0.5 */
+    size_t n = (size_t)4 * 8 * 8;
+    float *x = malloc(n * sizeof(float)), *out = malloc(n * sizeof(float)), *R = malloc(n * sizeof(float));
+    int t[4] = {10, 500, 999, 250}, y[4] = {1, 3, 2, 1};
+    rng_normal(x, n, 22, 1, 0);
+    rng_normal(R, n, 22, 2, 0);
+    cond_loss(&u, out, x, t, y, R, n);
+    unet_zero_grad(&u);
+    unet_backward(&u, R, NULL);
+    int zero = 1;
+    for (int j = 0; j < 32; j++) zero &= u.grads[pe->off + j] == 0.0f;
+    T_OK(zero, "row 0 (no image asked for class 0) has gradient exactly 0");
+    double worst = 0, gmax = 0;
+    for (int row = 1; row <= 3; row++)
+        for (int j = 0; j < 32; j += 3) {
+            size_t i = pe->off + (size_t)row * 32 + j;
+            float s = u.params[i], h = 5e-3f; /* truncation ~h^2 L'''/6; float32 rounding ~1e-7 |L| / h */
+            u.params[i] = s + h;
+            double Lp = cond_loss(&u, out, x, t, y, R, n);
+            u.params[i] = s - h;
+            double Lm = cond_loss(&u, out, x, t, y, R, n);
+            u.params[i] = s;
+            double fd = (Lp - Lm) / (2.0 * h), an = u.grads[i], den = fabs(fd) + fabs(an);
+            double e = fabs(fd - an) / (den > 1e-2 ? den : 1e-2);
+            worst = e > worst || e != e ? e : worst;
+            gmax = fmax(gmax, fabs(an));
+        }
+    /* the same bound as the layer tests (float32, h = 1e-2) */
+    T_OK(worst < 1e-2 && gmax > 1e-3, "class_emb.weight rows 1..3 vs central differences: max rel err %.2e (< 1e-2), max |grad| %.3g",
+         worst, gmax);
+    /* an unconditional forward of the conditional model is the "no class" row */
+    float *o2 = malloc(n * sizeof(float));
+    int ynull[4] = {3, 3, 3, 3};
+    unet_forward_cond(&u, out, x, t, NULL, 4);
+    unet_forward_cond(&u, o2, x, t, ynull, 4);
+    T_OK(!memcmp(out, o2, n * sizeof(float)), "y = NULL is the \"no class\" row, bit for bit");
+    free(x), free(out), free(R), free(o2);
+    unet_free(&u);
+    /* a class_cond config without num_classes is refused */
+    c.model.num_classes = 0;
+    rc = unet_init(&u, &c, 1, 0);
+    T_OK(rc == DDPM_EUSAGE, "class_cond without model.num_classes rejected: \"%s\"", err_msg());
+    if (!rc) unet_free(&u);
+}
+
 int main(void) {
     double t0 = now_s();
     printf("PyTorch reference (tests/fixtures/unet_ref.safetensors)\n");
-    test_reference();
+    test_reference("tests/fixtures/unet_ref.safetensors");
+    printf("PyTorch reference, class-conditional (tests/fixtures/unet_cond_ref.safetensors)\n");
+    test_reference("tests/fixtures/unet_cond_ref.safetensors");
+    printf("class embedding gradient\n");
+    test_class_emb_grad();
     printf("CIFAR-10 model size\n");
     test_cifar_size();
     printf("Fashion-MNIST model, threads\n");

@@ -28,6 +28,8 @@ typedef struct {
         int n_attn;
         float dropout;
         int groups;                      /* GroupNorm groups */
+        bool class_cond;                 /* class embedding added to the timestep embedding */
+        int num_classes;                 /* class_cond: classes (0 = from the dataset) */
     } model;
     struct {
         int T;
@@ -53,6 +55,7 @@ typedef struct {
         int seed;
         int log_every, sample_every, ckpt_every, keep;
         int sample_n, sample_steps; /* in-training preview grid: count, DDIM steps */
+        float cond_drop;     /* class_cond: P(label -> "no class") per image and step */
     } train;
     struct {
         char sampler[8];     /* "ddpm" | "ddim" | "dpm++2m" */
@@ -63,6 +66,8 @@ typedef struct {
         bool clip;
         int batch;
         int seed;
+        float guidance;          /* classifier-free guidance scale */
+        float guidance_rescale;  /* phi of Lin et al. (2023) */
     } sample;
 } Config;
 

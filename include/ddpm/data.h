@@ -23,7 +23,9 @@ typedef struct {
     uint8_t *pix;         /* n*size*size*c, HWC per image */
     int *labels;          /* n */
     int n_classes;
-    char **class_names;   /* n_classes strings (may be NULL for idx/cifar: then "0".."9") */
+    char **class_names;   /* n_classes strings: folder names, CIFAR-10's, Fashion-MNIST's (an idx
+                           * path containing "fashion", 10 classes), else "0".."k-1" */
+    int has_labels;       /* 0: idx without a labels file (every label 0) */
 } Dataset;
 
 int dataset_load(Dataset *ds, const Config *cfg);

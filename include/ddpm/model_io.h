@@ -6,7 +6,9 @@
  * (OC,KH,KW,C). Metadata (all strings): format "ddpm-1", config (the resolved config as
  * JSON), step, epoch, pos (data order), loss_sum, loss_count (the open log interval),
  * elapsed (seconds), rng ("philox4x32-10", every stream is a function of seed and step),
- * lr_decay_from / lr_decay_lr (where a resumed run's cosine decay restarted; optional). */
+ * lr_decay_from / lr_decay_lr (where a resumed run's cosine decay restarted; optional);
+
+ * class-conditional models also class_names (a JSON array of model.num_classes strings). */
 #ifndef DDPM_MODEL_IO_H
 #define DDPM_MODEL_IO_H
 
@@ -37,5 +39,11 @@ int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const ch
  * checking each shape against the model. */
 int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *dst);
 int ckpt_load_state(const StFile *f, TrainState *ts);
+/* u->class_names from the metadata (class-conditional models; "0".."n-1" when absent).
+ * ERUNTIME when the list is malformed or its length is not u->n_classes. */
+int ckpt_load_class_names(const StFile *f, UNet *u);
+/* Class index for a name (case-insensitive) or a decimal index; EUSAGE naming the nearest
+ * name ("did you mean") otherwise. */
+int unet_class_lookup(const UNet *u, const char *name, int *out);
 
 #endif

@@ -32,6 +32,7 @@ enum {
     RNG_SAMPLE = 7,   /* sampling noise, id = image index */
     RNG_NOISECMD = 8, /* ddpm noise command */
     RNG_CONSTRAINT = 9, /* fresh noise of a sampling constraint (inpaint, ILVR), id = image index */
+    RNG_CONDDROP = 10, /* train.cond_drop: id = step, index = global image position */
 };
 
 #endif

@@ -32,6 +32,10 @@ typedef struct {
     int clip;         /* clip predicted x0 to [-1,1] */
     uint64_t seed;
     Objective obj;
+    /* class-conditional models: classes[i] is the class asked for image i of the call (NULL:
+     * no class for all), combined by classifier-free guidance (see ddpm/guidance.h) */
+    const int *classes;
+    float guidance, guidance_rescale;
 } SampleOpts;
 
 /* Sampler name ("ddpm", "ddim", "dpm++2m") -> SamplerKind, -1 if unknown. */
@@ -70,10 +74,14 @@ int *repaint_levels(int K, int J, int R, int T, int *n);
 int levels_evals(const int *lv, int n);
 /* A synthesis task (pure noise, no constraint) over the list lv. */
 SampleTask sample_task_plain(const int *lv, int n);
+/* 1 if a batch of b images needs 2b rows in the network (conditional and unconditional
+ * halves); callers size the U-Net's B_max for it. */
+int sample_guided(const UNet *u, const SampleOpts *o);
 
 typedef void (*SampleProgress)(void *ctx, long done, long total);
 
-/* Images first..first+n-1 in batches of at most `batch` (<= u->B_max) into out (n,H,W,C).
+/* Images first..first+n-1 in batches of at most `batch` (<= u->B_max, or u->B_max/2 when
+ * sample_guided) into out (n,H,W,C).
  * With frames > 0, traj (n, frames, H, W, C) receives x at `frames` evenly spaced points
  * from the start to the final image. progress (may be NULL) counts network evaluations
  * of single images. The model's dropout is switched off. */

@@ -14,6 +14,8 @@
 #ifndef DDPM_TRAIN_H
 #define DDPM_TRAIN_H
 
+#include <stdint.h>
+
 #include "ddpm/config.h"
 
 typedef struct {
@@ -21,6 +23,10 @@ typedef struct {
     int force;            /* start over in a folder that holds a run */
     int quiet;
 } TrainOpts;
+
+/* train.cond_drop: 1 if image g (global position in the batch) of `step` trains with the
+ * "no class" label, with probability p; a pure function of (seed, step, g). */
+int train_cond_dropped(uint64_t seed, uint64_t step, uint64_t g, float p);
 
 /* Returns the exit code (message in err_msg() when non-zero). */
 int train_main(Config *c, const TrainOpts *o);

@@ -17,7 +17,14 @@
  * Initialization (seeded, counter RNG stream per parameter): conv and linear weights and
  * biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default); GroupNorm gamma 1, beta 0;
  * zero for the last conv of every residual branch (conv2), the attention output
- * projection (proj_out) and conv_out, as Ho et al. */
+ * projection (proj_out) and conv_out, as Ho et al.
+ *
+ * Class conditioning (model.class_cond): class_emb.weight (num_classes+1, 4ch), N(0,1) as
+ * PyTorch's nn.Embedding, the last row the "no class" embedding; row y of it is added to
+ * the timestep MLP's output before the SiLU that feeds every ResBlock's temb_proj:
+ *   temb = dense1(silu(dense0(sin(t)))) + class_emb[y]
+ * It is the last entry of the parameter table, so every other parameter keeps its index,
+ * init stream and offset: unconditional models are exactly as before. */
 #ifndef DDPM_UNET_H
 #define DDPM_UNET_H
 
@@ -36,7 +43,7 @@ typedef struct {
     int fan_in;
 } Param;
 
-enum { PINIT_UNIFORM, PINIT_ZERO, PINIT_ONE };
+enum { PINIT_UNIFORM, PINIT_ZERO, PINIT_ONE, PINIT_NORMAL };
 
 typedef struct Block Block;
 
@@ -54,6 +61,10 @@ typedef struct {
     Block *blk;
     int nblk;
     size_t temb_p[4];       /* dense0.w, dense0.b, dense1.w, dense1.b offsets */
+    int n_classes;          /* class_cond: classes (row n_classes = no class); 0 = unconditional */
+    size_t cemb_p;          /* class_emb.weight offset */
+    int *y_in;              /* labels of the last forward (B_max) */
+    char **class_names;     /* n_classes names (owned, may be NULL); saved in checkpoints */
     float *x_in;            /* copy of the input (B,H,W,C_img) */
     float *temb_sin, *temb_h, *temb_hs, *temb, *temb_act;
     float *d_temb_act, *d_temb, *d_temb_hs, *d_temb_h, *d_temb_sin;
@@ -79,6 +90,9 @@ void unet_init_params(UNet *u, uint64_t seed);
 /* out (B,H,W,C_img) = model(x (B,H,W,C_img), t (B)). B <= B_max. Dropout is applied when
  * u->drop_on (set drop_seed/drop_step/img0 first). Saves what backward needs. */
 void unet_forward(UNet *u, float *out, const float *x, const int *t, int B);
+/* The same with class labels y (B) in 0..n_classes (n_classes = no class); y NULL = no
+ * class for every image. Unconditional models ignore y. */
+void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const int *y, int B);
 /* Given dout = dL/dout of the last forward, ADD parameter gradients into u->grads and,
  * if dx is not NULL, ADD dL/dx into dx. */
 void unet_backward(UNet *u, const float *dout, float *dx);

@@ -61,7 +61,19 @@ int cmd_info(int argc, char **argv) {
                ds.c, ds.n_classes);
         printf("  per-channel mean/std (pixels in [0,1]):");
         for (int i = 0; i < ds.c; i++) printf(" %.4f/%.4f", mean[i], sd[i]);
-        printf("\n\n");
+        printf("\n");
+        if (!ds.has_labels) {
+            printf("  no labels file: every image has class 0%s\n", c.model.class_cond ? " (model.class_cond needs labels)" : "");
+        } else {
+            long *cnt = xcalloc((size_t)ds.n_classes + 1, sizeof(long));
+            for (int i = 0; i < ds.n; i++) cnt[ds.labels[i] >= 0 && ds.labels[i] < ds.n_classes ? ds.labels[i] : ds.n_classes]++;
+            printf("  classes (index, name, images):\n");
+            for (int k = 0; k < ds.n_classes; k++)
+                printf("    %3d  %-24s %8ld\n", k, ds.class_names ? ds.class_names[k] : "?", cnt[k]);
+            free(cnt);
+        }
+        printf("\n");
+        if (c.model.class_cond && c.model.num_classes == 0) c.model.num_classes = ds.n_classes;
         dataset_free(&ds);
     }
 

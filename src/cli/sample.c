@@ -2,6 +2,7 @@
 #include <dirent.h>
 #include <getopt.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,6 +44,15 @@ static void usage(FILE *f) {
             "  --seed N            seed; image i always gets the same noise (default sample.seed)\n"
             "  --batch B           images per forward pass (default sample.batch)\n"
             "  --trajectory K      also write DIR/NNNNNN_traj.png: K frames from noise to image\n"
+            "\n"
+            "class-conditional models (model.class_cond):\n"
+            "  --class C           a class name (case-insensitive, e.g. sneaker), an index, a comma list\n"
+            "                      (sneaker,bag) or all: -n images of each, one grid row per class;\n"
+            "                      DIR/classes.csv records each file's class. Without --class: no class\n"
+            "  --guidance S        classifier-free guidance: uncond + S (cond - uncond); 1 = plain\n"
+            "                      conditional, 0 = unconditional (default sample.guidance)\n"
+            "  --guidance-rescale PHI  rescale the guided prediction to the conditional one's std,\n"
+            "                      blended by PHI in [0,1] (Lin et al. 2023; default sample.guidance_rescale)\n"
             "  --threads N         threads (default: all cores)\n"
             "  --no-labels         bare grid.png and trajectory strips (no captions, no scaling)\n"
             "  -q, --quiet         no progress bar\n"
@@ -70,6 +80,51 @@ static int find_latest_run(char *out, size_t n) {
     return found;
 }
 
+static void free_names(char **v, int n) {
+    if (v)
+        for (int i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+/* --class: "all", or a comma list of names / indices -> class indices (malloc'd). */
+static int parse_classes(const UNet *u, const char *arg, int **out, int *n_out) {
+    int cap = u->n_classes > 0 ? u->n_classes : 1, n = 0, rc;
+    int *v = xmalloc(sizeof(int) * (strlen(arg) + (size_t)cap + 1));
+    if (!strcasecmp(arg, "all")) {
+        for (int i = 0; i < u->n_classes; i++) v[n++] = i;
+    } else {
+        char *copy = xmalloc(strlen(arg) + 1), *save = NULL;
+        strcpy(copy, arg);
+        for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            while (*tok == ' ') tok++;
+            char *e = tok + strlen(tok);
+            while (e > tok && e[-1] == ' ') *--e = 0;
+            if ((rc = unet_class_lookup(u, tok, &v[n]))) {
+                free(copy), free(v);
+                return rc;
+            }
+            n++;
+        }
+        free(copy);
+        if (!n) {
+            free(v);
+            return err_set(DDPM_EUSAGE, "--class '%s': no class given (a name, an index, a comma list or all)", arg);
+        }
+    }
+    *out = v, *n_out = n;
+    return DDPM_OK;
+}
+
+/* DIR/classes.csv: "NNNNNN.png,class_index" per image, atomically. */
+static int write_classes_csv(const char *path, const int *cls, int n) {
+    size_t cap = (size_t)n * 24 + 1, len = 0;
+    char *buf = xmalloc(cap);
+    for (int i = 0; i < n; i++) len += (size_t)snprintf(buf + len, cap - len, "%06d.png,%d\n", i, cls[i]);
+    int rc = atomic_write(path, buf, len);
+    free(buf);
+    return rc;
+}
+
 static void on_progress(void *ctx, long done, long total) { progress_bar(ctx, "sample", done, total, "img-steps", NULL); }
 
 int cmd_sample(int argc, char **argv) {
@@ -79,8 +134,14 @@ int cmd_sample(int argc, char **argv) {
         {"eta", required_argument, 0, 'e'},     {"spacing", required_argument, 0, 'p'}, {"var", required_argument, 0, 'v'},
         {"no-clip", no_argument, 0, 'C'},       {"seed", required_argument, 0, 'S'},    {"batch", required_argument, 0, 'b'},
         {"trajectory", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
+        {"class", required_argument, 0, 'c'},   {"guidance", required_argument, 0, 'g'},
+        {"guidance-rescale", required_argument, 0, 'G'},
         {"no-labels", no_argument, 0, 'L'},     {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
+    const char *cls_arg = NULL;
+    float guidance = -1, grescale = -1;
     const char *ckpt = NULL, *run = NULL, *out = "out", *sampler = NULL, *spacing = NULL, *var = NULL;
+    char **class_names = NULL;
+    int n_model_classes = 0;
     int n = 16, steps = -1, seed = -1, batch = -1, traj = 0, threads = 0, no_ema = 0, no_clip = 0, quiet = 0, rc, o;
     float eta = -1;
     optind = 1;
@@ -104,6 +165,9 @@ int cmd_sample(int argc, char **argv) {
         case 'b': if ((rc = cli_int("sample", "--batch", optarg, 1, 4096, &batch))) return rc; break;
         case 'T': if ((rc = cli_int("sample", "--trajectory", optarg, 2, 1000, &traj))) return rc; break;
         case 'j': if ((rc = cli_int("sample", "--threads", optarg, 1, 1024, &threads))) return rc; break;
+        case 'c': cls_arg = optarg; break;
+        case 'g': if ((rc = cli_float("sample", "--guidance", optarg, 0, 100, &guidance))) return rc; break;
+        case 'G': if ((rc = cli_float("sample", "--guidance-rescale", optarg, 0, 1, &grescale))) return rc; break;
         case 'h': usage(stdout); return 0;
         case ':': return cli_usage_error("sample", "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("sample", "unknown option '%s'", argv[optind - 1]);
@@ -124,14 +188,49 @@ int cmd_sample(int argc, char **argv) {
     Config c;
     StFile f;
     if ((rc = ckpt_open(&f, path, &c))) return cli_fail(rc);
+    if (guidance >= 0) c.sample.guidance = guidance;
+    if (grescale >= 0) c.sample.guidance_rescale = grescale;
+    if (cls_arg && !c.model.class_cond) {
+        st_free(&f);
+        err_set(DDPM_EUSAGE, "--class: %s is an unconditional model (model.class_cond = false); train a class-conditional one "
+                             "or drop --class", path);
+        return cli_fail(DDPM_EUSAGE);
+    }
     SampleOpts so;
     if ((rc = cli_sample_opts("sample", &so, &c, sampler, steps, eta, spacing, var, seed, batch, no_clip))) {
         st_free(&f);
         return rc;
     }
+    /* the classes asked for: -n images of each, one grid row per class */
+    int *want = NULL, n_want = 0, total = n;
+    if (cls_arg) {
+        UNet probe; /* only for the class names */
+        if ((rc = unet_plan(&probe, &c, 1, 0)) || (rc = ckpt_load_class_names(&f, &probe)) ||
+            (rc = parse_classes(&probe, cls_arg, &want, &n_want))) {
+            unet_free(&probe);
+            st_free(&f);
+            return cli_fail(rc);
+        }
+        if ((long)n * n_want > 100000) {
+            unet_free(&probe);
+            st_free(&f);
+            free(want);
+            return cli_usage_error("sample", "-n %d x %d classes is more than 100000 images", n, n_want);
+        }
+        total = n * n_want;
+        class_names = probe.class_names, probe.class_names = NULL;
+        n_model_classes = probe.n_classes;
+        unet_free(&probe);
+    }
     Schedule s;
     UNet u;
-    int B = c.sample.batch < n ? c.sample.batch : n;
+    int B = c.sample.batch < total ? c.sample.batch : total;
+    int *img_cls = NULL;
+    if (want) {
+        img_cls = xmalloc(sizeof(int) * total);
+        for (int i = 0; i < total; i++) img_cls[i] = want[i / n];
+        so.classes = img_cls;
+    }
     if ((rc = schedule_init(&s, (ScheduleKind)schedule_kind(c.diffusion.schedule), c.diffusion.T, c.diffusion.beta_start,
                             c.diffusion.beta_end, c.diffusion.cosine_s))) {
         st_free(&f);
@@ -147,9 +246,13 @@ int cmd_sample(int argc, char **argv) {
             no_ema = 1;
         }
     }
-    if ((rc = unet_init(&u, &c, B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : prefix, &u, u.params))) {
+    int guided = c.model.class_cond && want && !(c.sample.guidance == 1 && c.sample.guidance_rescale == 0) &&
+                 !(c.sample.guidance == 0 && c.sample.guidance_rescale == 0);
+    if ((rc = unet_init(&u, &c, guided ? 2 * B : B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : prefix, &u, u.params))) {
         st_free(&f);
         schedule_free(&s);
+        free(want), free(img_cls);
+        free_names(class_names, n_model_classes);
         return cli_fail(rc);
     }
     st_free(&f);
@@ -163,9 +266,10 @@ int cmd_sample(int argc, char **argv) {
     }
     /* ranks take contiguous shares of the images; rank r writes its own files */
     int R = dist_size(), rank = dist_rank();
-    int per = (n + R - 1) / R, first = rank * per, cnt = first >= n ? 0 : (n - first < per ? n - first : per);
+    int per = (total + R - 1) / R, first = rank * per, cnt = first >= total ? 0 : (total - first < per ? total - first : per);
+    if (img_cls) so.classes = img_cls + first;
     size_t D = (size_t)u.res * u.res * u.C_img;
-    float *imgs = xcalloc((size_t)n * D, sizeof(float));
+    float *imgs = xcalloc((size_t)total * D, sizeof(float));
     float *tr = traj ? xmalloc(sizeof(float) * (size_t)(cnt ? cnt : 1) * traj * D) : NULL;
     Progress pr;
     progress_init(&pr, quiet || rank != 0, 0);
@@ -191,20 +295,44 @@ int cmd_sample(int argc, char **argv) {
     double rcd = rc;
     dist_allreduce_f64(&rcd, 1);
     if (!rc && rcd) rc = err_set(DDPM_ERUNTIME, "another MPI rank failed to write its images");
-    dist_allreduce_f32(imgs, (size_t)n * D); /* every image is zero except on its rank */
+    dist_allreduce_f32(imgs, (size_t)total * D); /* every image is zero except on its rank */
     if (!rc && rank == 0) {
         char p[1200];
+        snprintf(p, sizeof p, "%s/classes.csv", out);
+        if (want) rc = write_classes_csv(p, img_cls, total);
+        else unlink(p); /* a stale one would mislabel these images */
         snprintf(p, sizeof p, "%s/grid.png", out);
-        DrawCaptions cap = {.title = title}; /* .row: a class name per row once classes exist */
-        rc = draw_grid_png(p, imgs, n, u.res, u.res, u.C_img, 0, 2, &cap);
-        if (!rc)
-            printf("%d images (%s, %d steps, %s weights, seed %d) in %.1f s: %s/000000.png .. %s/%06d.png, grid %s\n", n,
-                   sampler_name(so.kind), sample_n_steps(&so, &s), no_ema ? "raw" : "EMA", c.sample.seed, now_s() - t0, out, out, n - 1, p);
+        const char **rows = NULL; /* one grid row per class asked for, named */
+        if (want && n_want > 1) {
+            rows = xmalloc(sizeof(char *) * n_want);
+            for (int k = 0; k < n_want; k++) rows[k] = class_names[want[k]];
+        }
+        DrawCaptions cap = {.title = title, .row = (const char *const *)rows};
+        if (!rc) rc = draw_grid_png(p, imgs, total, u.res, u.res, u.C_img, n_want > 1 ? n : 0, 2, &cap);
+        free(rows);
+        if (!rc) {
+            char gd[96] = "";
+            if (want) snprintf(gd, sizeof gd, ", guidance %g%s", c.sample.guidance, c.sample.guidance_rescale > 0 ? " rescaled" : "");
+            if (want && c.sample.guidance_rescale > 0) snprintf(gd + strlen(gd), sizeof gd - strlen(gd), " %g", c.sample.guidance_rescale);
+            printf("%d images (%s, %d steps, %s weights, seed %d%s) in %.1f s: %s/000000.png .. %s/%06d.png, grid %s\n", total,
+                   sampler_name(so.kind), sample_n_steps(&so, &s), no_ema ? "raw" : "EMA", c.sample.seed, gd, now_s() - t0, out, out,
+                   total - 1, p);
+            if (want) {
+                printf("%s %s/classes.csv; %s:", n_want > 1 ? "grid rows (top to bottom), classes in" : "class in", out,
+                       n_want > 1 ? "rows" : "class");
+                for (int k = 0; k < n_want; k++) printf("%s %s", k ? "," : "", class_names[want[k]]);
+                printf("\n");
+            } else if (c.model.class_cond) {
+                printf("no --class: unconditional samples (the \"no class\" embedding)\n");
+            }
+        }
     }
     free(imgs);
     free(tr);
     free(fcap);
 done:
+    free(want), free(img_cls);
+    free_names(class_names, n_model_classes);
     unet_free(&u);
     schedule_free(&s);
     return cli_fail(rc);
