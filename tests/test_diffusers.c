@@ -367,7 +367,8 @@ static void test_round_trips(const char *d) {
         }
         st_free(&fa);
     }
-    const char *s = "-n 4 --sampler ddim --steps 10 --seed 7 --quiet --no-labels"; /* captions name the weights */
+    /* bare grids (captions name the weights) and one spacing (the imported config says "auto") */
+    const char *s = "-n 4 --sampler ddim --steps 10 --spacing leading --seed 7 --quiet --no-labels";
     rc = run("sample --ckpt tests/fixtures/tiny_model.safetensors %s -o %s/s0", s, d);
     rc2 = run("sample --ckpt %s/t.safetensors %s -o %s/s1", d, s, d);
     snprintf(p, sizeof p, "%s/s0/grid.png", d);
