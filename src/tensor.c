@@ -82,11 +82,12 @@ static void sgemm1(int transA, int transB, int M, int N, int K, float alpha, con
 #define GEMM_KSPLIT_RATIO 8       /* K >= this times max(M, N): split K */
 #define GEMM_MAX_PARTS 16
 
-static int gemm_parts(void) {
+int procs_capped(int cap) {
 #ifdef _OPENMP
     int n = omp_get_num_procs();
-    return n < 1 ? 1 : n > GEMM_MAX_PARTS ? GEMM_MAX_PARTS : n;
+    return n < 1 ? 1 : n > cap ? cap : n;
 #else
+    (void)cap;
     return 1;
 #endif
 }
@@ -124,7 +125,7 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
         sgemm1(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    const int R = M >= N ? M : N, P = gemm_parts();
+    const int R = M >= N ? M : N, P = procs_capped(GEMM_MAX_PARTS);
     if (P > 1 && K >= (long)GEMM_KSPLIT_RATIO * R && K >= P * GEMM_BLOCK_ALIGN) {
         gemm_ksplit(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
         return;

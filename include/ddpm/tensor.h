@@ -26,6 +26,10 @@ const char *cpu_model_name(void);
 const char *kernel_isa(void);
 
 
+/* The processor count, clamped to [1, cap]: how many fixed parts a kernel cuts work into.
+ * It is fixed for the process, so results never depend on the thread count. */
+int procs_capped(int cap);
+
 /* Threads for OpenBLAS and OpenMP together (n <= 0: all cores). Returns the count set. */
 int threads_set(int n);
 int threads_get(void);

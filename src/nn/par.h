@@ -12,6 +12,8 @@
 #include <omp.h>
 #endif
 
+#include "ddpm/tensor.h"
+
 /* OpenMP threads a kernel may use. */
 static inline int nn_max_threads(void) {
 #ifdef _OPENMP
@@ -31,13 +33,6 @@ static inline int nn_thread_num(void) {
 
 /* Per-thread scratch slots: one per processor, at most 64 (the processor count is fixed
  * for the process, so scratch sizing and use agree whatever the thread count). */
-static inline int nn_scratch_slots(void) {
-#ifdef _OPENMP
-    int n = omp_get_num_procs();
-    return n < 1 ? 1 : n > 64 ? 64 : n;
-#else
-    return 1;
-#endif
-}
+static inline int nn_scratch_slots(void) { return procs_capped(64); }
 
 #endif

@@ -71,14 +71,7 @@ static Geo geo_of(int B, int H, int W) {
 /* Scratch slots for per-thread blocks and dW partitions: one per processor, at most
  * WINO_MAX_SLOTS. The processor count is fixed for the process, so sizing and use agree and
  * the work split does not depend on the OpenMP thread count. */
-static int wino_slots(void) {
-#ifdef _OPENMP
-    int n = omp_get_num_procs();
-    return n < 1 ? 1 : n > WINO_MAX_SLOTS ? WINO_MAX_SLOTS : n;
-#else
-    return 1;
-#endif
-}
+static int wino_slots(void) { return procs_capped(WINO_MAX_SLOTS); }
 
 /* Tiles per block: at most tbmax, and a block count that is a multiple of the slot count so
  * the threads get equal shares (8x8 images at batch 32 have only 128 tiles). */
