@@ -244,16 +244,26 @@ static int idx_read(const char *path, uint32_t magic, int ndims, int dims[3], ui
             goto done;
         }
     }
-    *data = malloc(payload);
-    if (!*data) {
-        rc = err_set(DDPM_ERUNTIME, "%s: out of memory for %llu bytes", path, payload);
-        goto done;
+    /* The buffer grows with what is actually there (a gzip header can claim any size): from
+     * 16 MB, doubling while the data lasts, so a lying header costs no more than the file. */
+    unsigned long long cap = payload < (16ull << 20) ? payload : (16ull << 20), have = 0;
+    for (;;) {
+        uint8_t *p = realloc(*data, cap);
+        if (!p) {
+            rc = err_set(DDPM_ERUNTIME, "%s: out of memory for %llu bytes", path, cap);
+            goto done;
+        }
+        *data = p;
+        long long r = gz_read_full(gz, p + have, cap - have);
+        if (r < 0) {
+            rc = err_set(DDPM_ERUNTIME, "%s: read failed: %s", path, gz_why(gz));
+            goto done;
+        }
+        have += (unsigned long long)r;
+        if (have < cap || cap == payload) break;
+        cap = cap * 2 < payload ? cap * 2 : payload;
     }
-    got = gz_read_full(gz, *data, payload);
-    if (got < 0) {
-        rc = err_set(DDPM_ERUNTIME, "%s: read failed: %s", path, gz_why(gz));
-        goto done;
-    }
+    got = (long long)have;
     if ((unsigned long long)got < payload) {
         rc = err_set(DDPM_ERUNTIME, "%s: truncated: expected %llu bytes, got %llu (download it again)",
                      path, expect, (unsigned long long)(hlen + got));

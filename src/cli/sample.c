@@ -248,7 +248,9 @@ int cmd_sample(int argc, char **argv) {
     }
     int guided = c.model.class_cond && want && !(c.sample.guidance == 1 && c.sample.guidance_rescale == 0) &&
                  !(c.sample.guidance == 0 && c.sample.guidance_rescale == 0);
-    if ((rc = unet_init(&u, &c, guided ? 2 * B : B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : prefix, &u, u.params))) {
+    int built = 0;
+    if ((rc = unet_init(&u, &c, guided ? 2 * B : B, 0)) || (built = 1, rc = ckpt_load_params(&f, no_ema ? "" : prefix, &u, u.params))) {
+        if (built) unet_free(&u);
         st_free(&f);
         schedule_free(&s);
         free(want), free(img_cls);

@@ -9,8 +9,8 @@
  * degree-7 Taylor polynomial (truncation < 1e-8 relative), times 2^n built from the bits.
  * Inputs are clamped to [-87, 88] so 2^n stays a normal float. Max relative error ~2e-7. */
 static inline float nn_expf(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
+    x = x > -87.0f ? x : -87.0f; /* also NaN -> -87: the int conversion below needs a number */
+    x = x < 88.0f ? x : 88.0f;
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round: 1.5*2^23 */
     float r = x - n * 0.693145751953125f; /* ln2 split in two: the high part is exact in n*hi */
     r = r - n * 1.428606765330187e-06f;

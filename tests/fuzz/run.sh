@@ -12,7 +12,7 @@ for name in "$@"; do
     mkdir -p "$corpus"
     log="$dir/fuzz_$name.log"
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        "$dir/fuzz_$name" -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
+        "$dir/fuzz_$name" -max_total_time="$secs" ${FUZZ_SEED:+-seed=$FUZZ_SEED} -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$dir/crash-$name-" "$corpus" "tests/fuzz/seeds/$name" >"$log" 2>&1
     rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
