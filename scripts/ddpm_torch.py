@@ -173,12 +173,14 @@ class UNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        """From a ddpm config (parsed JSON); missing keys take ddpm's defaults (src/config.c)."""
+        """From a ddpm config (parsed JSON); missing keys take ddpm's defaults (src/config.c).
+        A class_cond config without num_classes (ddpm train sets it from the dataset) gets 10,
+        as `ddpm bench` does."""
         m, d = cfg.get("model", {}), cfg.get("data", {})
         return cls(m.get("ch", 64), m.get("ch_mult", [1, 2, 2]), m.get("num_res_blocks", 2),
                    m.get("attn_resolutions", [14]), m.get("groups", 32), d.get("image_size", 28),
                    d.get("channels", 1), m.get("dropout", 0.1),
-                   m.get("num_classes", 0) if m.get("class_cond", False) else 0)
+                   (m.get("num_classes", 0) or 10) if m.get("class_cond", False) else 0)
 
     def forward(self, x, t, acts=None, y=None):
         """x (B,C,H,W); t integer timesteps (B); y class labels (B) for a class-conditional

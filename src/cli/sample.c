@@ -278,9 +278,13 @@ int cmd_sample(int argc, char **argv) {
     double t0 = now_s();
     if (cnt) sample_images(&u, &s, &so, cnt, first, B, imgs + (size_t)first * D, traj, tr, on_progress, &pr);
     progress_end(&pr);
-    char title[128], **fcap = traj ? draw_trajectory_captions(traj, sample_n_steps(&so, &s)) : NULL;
-    snprintf(title, sizeof title, "%s, %d steps, seed %d, %s weights", c.sample.sampler, sample_n_steps(&so, &s), c.sample.seed,
-             no_ema ? "raw" : "EMA");
+    char gd[96] = ""; /* class-conditional: the guidance, and the class when there is one */
+    if (want) snprintf(gd, sizeof gd, ", guidance %g%s", c.sample.guidance, c.sample.guidance_rescale > 0 ? " rescaled" : "");
+    if (want && c.sample.guidance_rescale > 0) snprintf(gd + strlen(gd), sizeof gd - strlen(gd), " %g", c.sample.guidance_rescale);
+    char title[256], **fcap = traj ? draw_trajectory_captions(traj, sample_n_steps(&so, &s)) : NULL;
+    snprintf(title, sizeof title, "%s, %d steps, seed %d, %s weights%s%s%s", c.sample.sampler, sample_n_steps(&so, &s),
+             c.sample.seed, no_ema ? "raw" : "EMA", gd, want && n_want == 1 ? ", class " : "",
+             want && n_want == 1 ? class_names[want[0]] : "");
     DrawCaptions tcap = {.cell = (const char *const *)fcap};
     for (int i = 0; i < cnt && !rc; i++) {
         char p[1200];
@@ -313,9 +317,6 @@ int cmd_sample(int argc, char **argv) {
         if (!rc) rc = draw_grid_png(p, imgs, total, u.res, u.res, u.C_img, n_want > 1 ? n : 0, 2, &cap);
         free(rows);
         if (!rc) {
-            char gd[96] = "";
-            if (want) snprintf(gd, sizeof gd, ", guidance %g%s", c.sample.guidance, c.sample.guidance_rescale > 0 ? " rescaled" : "");
-            if (want && c.sample.guidance_rescale > 0) snprintf(gd + strlen(gd), sizeof gd - strlen(gd), " %g", c.sample.guidance_rescale);
             printf("%d images (%s, %d steps, %s weights, seed %d%s) in %.1f s: %s/000000.png .. %s/%06d.png, grid %s\n", total,
                    sampler_name(so.kind), sample_n_steps(&so, &s), no_ema ? "raw" : "EMA", c.sample.seed, gd, now_s() - t0, out, out,
                    total - 1, p);
