@@ -1186,6 +1186,48 @@ static void test_optim_vector(void) {
     T_NEAR(optim_grad_norm(big, 3) / want, 1.0, 1e-12, "optim_grad_norm in double (no float overflow)");
 }
 
+/* gemm_rows against the double reference (the bound: K float32 products summed in order,
+ * |error| <= K u sum|a b| with u = 2^-24, taken as 2 K u sum|a b|), every tail (M % 6, N
+ * past a panel, K = 1), both layouts of B; and a row's bits do not depend on where it sits:
+ * the same row of A at every position of a 50-row product gives the same C row. */
+static void test_gemm_rows(void) {
+    const int shapes[][3] = {{1, 1, 1}, {5, 7, 3}, {13, 16, 32}, {50, 33, 64}, {97, 64, 576}, {6, 40, 1}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int tb = 0; tb < 2; tb++) {
+            const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2], lda = K + 3, ldc = N + 2;
+            const int ldb = tb ? K + 1 : N + 1;
+            float *A = alloc_rand((size_t)M * lda, 1, 0), *B = alloc_rand((size_t)(tb ? N : K) * ldb, 1, 0);
+            float *C = alloc_rand((size_t)M * ldc, 1, 0), *R = alloc0((size_t)M * ldc);
+            gemm_rows(tb, M, N, K, A, lda, B, ldb, C, ldc);
+            gemm_ref(0, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, R, ldc);
+            double worst = 0;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double abs_sum = 0;
+                    for (int k = 0; k < K; k++)
+                        abs_sum += fabs((double)A[(size_t)i * lda + k] * (tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]));
+                    double e = fabs((double)C[(size_t)i * ldc + j] - R[(size_t)i * ldc + j]) / (2.0 * K * 5.96e-8 * abs_sum + 1e-30);
+                    worst = e > worst ? e : worst;
+                }
+            T_OK(worst <= 1, "gemm_rows %dx%dx%d%s: error %.2f of the float32 bound", M, N, K, tb ? " B^T" : "", worst);
+            free(A), free(B), free(C), free(R);
+        }
+    const int M = 50, N = 40, K = 96;
+    float *A = alloc_rand((size_t)M * K, 1, 0), *B = alloc_rand((size_t)N * K, 1, 0), *C = alloc0((size_t)M * N);
+    float *row = alloc_rand(K, 1, 0), *first = alloc0(N);
+    int same = 1;
+    for (int p = 0; p < M; p++) {
+        memcpy(A + (size_t)p * K, row, K * sizeof(float));
+        gemm_rows(1, M - p % 7, N, K, A, K, B, K, C, N); /* other row counts too */
+        if (p == 0) memcpy(first, C, N * sizeof(float));
+        else same &= memcmp(first, C + (size_t)p * N, N * sizeof(float)) == 0;
+        memcpy(A + (size_t)p * K, B, K * sizeof(float)); /* something else there again */
+        if (p + 1 >= M - (p + 1) % 7) break;
+    }
+    T_OK(same, "gemm_rows: a row gives the same bits at every position and row count");
+    free(A), free(B), free(C), free(row), free(first);
+}
+
 int main(void) {
     double t0 = now_s();
     printf("conv2d\n");
@@ -1210,6 +1252,7 @@ int main(void) {
     test_conv_wino(2, 8, 8, 256, 128, 0);      /* the widest conv of the bench model */
     printf("linear\n");
     test_linear();
+    test_gemm_rows();
     printf("groupnorm\n");
     test_groupnorm(2, 6, 8, 2, 0);
     test_groupnorm(2, 6, 8, 2, 1);

@@ -14,7 +14,12 @@
  * op(B) is (K,N): B is (K,N) with ldb >= N when transB == 0, (N,K) with ldb >= K when 1. */
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);
-/* Same contract, triple loop with double accumulation. Tests only. */
+/* C (M,N) = A (M,K) . op(B) (alpha 1, beta 0) by ddpm's own kernel (src/nn/rowgemm.c): every
+ * element is fma(a[k], b[k], c) for k = 0..K-1 in order from c = 0, so a row's bits depend on
+ * its row of A and on B only, never on M, its position or the threads. Every forward product
+ * over a batch uses it: that is what makes samples byte-identical whatever --batch. */
+void gemm_rows(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc);
+/* Same contract as gemm(), triple loop with double accumulation. Tests only. */
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
 

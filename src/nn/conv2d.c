@@ -169,7 +169,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     const size_t P = (size_t)s.B * s.OH * s.OW;
     if (s.k == 1) {
         /* out (P,OC) = inp (P,C) . w(OC,C)^T */
-        gemm(0, 1, (int)P, s.OC, s.C, 1.0f, inp, s.C, w, s.C, 0.0f, out, s.OC);
+        gemm_rows(1, (int)P, s.OC, s.C, inp, s.C, w, s.C, out, s.OC);
         add_bias_rows(out, bias, P, s.OC);
         return;
     }
@@ -186,7 +186,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
         float *o = out + (size_t)L0 * s.OW * s.OC;
         im2col(scratch, inp, s, L0, L1, pt, pl);
         /* o (rows,OC) = col (rows,K) . w (OC,K)^T */
-        gemm(0, 1, rows, s.OC, K, 1.0f, scratch, K, w, K, 0.0f, o, s.OC);
+        gemm_rows(1, rows, s.OC, K, scratch, K, w, K, o, s.OC);
         add_bias_rows(o, bias, (size_t)rows, s.OC);
     }
 }

@@ -1,15 +1,13 @@
 /* linear: out (N,OUT) = inp (N,IN) . w (OUT,IN)^T + bias (OUT), PyTorch weight layout.
  *
- * Each product is one gemm(): OpenBLAS (its OpenMP build, par.h) spreads a large one over
- * the thread pool and runs a small one (the timestep MLP, N = batch) on one thread by
- * itself. Every output element is one GEMM dot product over the full K, so the split
- * depends only on the thread count. */
+ * The forward product is gemm_rows() (an output row's bits depend on its input row only, so
+ * samples are the same whatever the batch), the backward ones gemm(). */
 #include "ddpm/nn.h"
 #include "ddpm/tensor.h"
 
 void linear_forward(float *out, const float *inp, const float *w, const float *bias, int N, int IN,
                     int OUT) {
-    gemm(0, 1, N, OUT, IN, 1.0f, inp, IN, w, IN, 0.0f, out, OUT);
+    gemm_rows(1, N, OUT, IN, inp, IN, w, IN, out, OUT);
     if (!bias) return;
 #pragma omp parallel for schedule(static) if ((size_t)N * OUT > 65536)
     for (int n = 0; n < N; n++) {

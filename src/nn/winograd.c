@@ -466,8 +466,7 @@ static void conv_blocks(float *out, int accum, const float *bias, const float *i
             const int n = (int)(g1 - g0);
             for (long gt = g0; gt < g1; gt++) in_tile_at(V + (gt - g0) * Cin, vps, inp, g, Cin, gt);
             for (int x = 0; x < WX; x++) /* M[x] (n, Cout) = V[x] (n, Cin) . U[x] (Cin, Cout) */
-                gemm(0, 0, n, Cout, Cin, 1.0f, V + x * vps, Cin, U + (size_t)x * Cin * Cout, Cout, 0.0f, M + x * mps,
-                     Cout);
+                gemm_rows(0, n, Cout, Cin, V + x * vps, Cin, U + (size_t)x * Cin * Cout, Cout, M + x * mps, Cout);
             for (long gt = g0; gt < g1; gt++) out_tile_at(out, accum, bias, M + (gt - g0) * Cout, mps, g, Cout, gt);
         }
     }
