@@ -263,8 +263,8 @@ def main():
         a.tag = "runs"
         wanted = [(s, k, a.spacing) for s, k in parse_runs(a.runs, ck.T)]
     runs = plan(a, ck, wanted)
-    sr.note("%s: %s, T %d, %s; %d runs" % (a.ckpt, "class-conditional (%d classes)" % ck.num_classes
-                                          if ck.class_cond else "unconditional", ck.T, describe(a, ck), len(runs)))
+    sr.note("%s: %sT %d, %s; %d runs" % (a.ckpt, "class-conditional (%d classes), " % ck.num_classes
+                                        if ck.class_cond else "", ck.T, describe(a, ck), len(runs)))
     if not a.no_probe:
         speed = sr.probe(a, ck, a.classes, a.guidance)
         est = estimate(a, ck, speed, runs, a.n, a.n_small)
@@ -273,7 +273,7 @@ def main():
                                             a.n, a.n_small))
         if a.budget > 0 and est > a.budget * 60:
             n, ns = sr.fit_counts(lambda c: estimate(a, ck, speed, runs, c[0], c[1]), [a.n, a.n_small],
-                                  a.budget * 60, 10 * q if a.n >= 20 * q else q, 2 * q)
+                                  a.budget * 60, q if q > 1 else 10, 2 * q)
             ns = min(ns, n)
             sr.note("over the %g-minute budget: using -n %d --n-small %d instead (estimate %s; --budget 0 keeps "
                     "the counts)" % (a.budget, n, ns, sr.minutes(estimate(a, ck, speed, runs, n, ns))))

@@ -99,7 +99,7 @@ def main():
         sr.note("probe: %.1f ms per image and step (guidance %g), %.1f ms per image besides, %.1f s per scoring: "
                 "estimate %s for -n %d" % (speed.step * 1e3, gp, speed.image * 1e3, speed.score, sr.minutes(est), a.n))
         if a.budget > 0 and est > a.budget * 60:
-            n = sr.fit_counts(lambda c: estimate(c[0]), [a.n], a.budget * 60, 10 * K if a.n >= 20 * K else K, 2 * K)[0]
+            n = sr.fit_counts(lambda c: estimate(c[0]), [a.n], a.budget * 60, K, 2 * K)[0]
             sr.note("over the %g-minute budget: using -n %d instead (estimate %s; --budget 0 keeps -n)"
                     % (a.budget, n, sr.minutes(estimate(n))))
             a.n = n
