@@ -137,10 +137,11 @@ def write_runs(a, ck, rows):
                                            "features against the Fashion-MNIST test set, lower is better")
     sr.write_csv(os.path.join(a.out, "results.csv"), rows)
     sr.write_text(os.path.join(a.out, "table.md"), table)
-    samplers = [s for s in LABEL if any(r["sampler"] == s for r in rows)]
-    ev = sorted(set(r["evals"] for r in rows))
+    # DDPM last, so DDIM and DPM-Solver++(2M) keep their colours in every plot
+    samplers = [s for s in ("ddim", "dpm++2m", "ddpm") if any(r["sampler"] == s for r in rows)]
 
     def wide(key, only=None, real=None):
+        ev = sorted(set(r["evals"] for r in rows if not only or r["sampler"] in only))
         header = ["evaluations per image"] + [LABEL[s] for s in samplers if not only or s in only]
         if real is not None:
             header.append(real[0])
