@@ -276,8 +276,9 @@ def main():
             n, ns = sr.fit_counts(lambda c: estimate(a, ck, speed, runs, c[0], c[1]), [a.n, a.n_small],
                                   a.budget * 60, q if q > 1 else 10, 2 * q)
             ns = min(ns, n)
-            sr.note("over the %g-minute budget: using -n %d --n-small %d instead (estimate %s; --budget 0 keeps "
-                    "the counts)" % (a.budget, n, ns, sr.minutes(estimate(a, ck, speed, runs, n, ns))))
+            e2 = estimate(a, ck, speed, runs, n, ns)
+            sr.note("over the %g-minute budget: using -n %d --n-small %d instead (estimate %s%s; --budget 0 keeps "
+                    "the counts)" % (a.budget, n, ns, sr.minutes(e2), sr.still_over(e2, a.budget)))
             a.n, a.n_small = n, ns
             runs = plan(a, ck, wanted)
     rows = execute(a, ck, runs)

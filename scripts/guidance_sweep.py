@@ -100,8 +100,8 @@ def main():
                 "estimate %s for -n %d" % (speed.step * 1e3, gp, speed.image * 1e3, speed.score, sr.minutes(est), a.n))
         if a.budget > 0 and est > a.budget * 60:
             n = sr.fit_counts(lambda c: estimate(c[0]), [a.n], a.budget * 60, K, 2 * K)[0]
-            sr.note("over the %g-minute budget: using -n %d instead (estimate %s; --budget 0 keeps -n)"
-                    % (a.budget, n, sr.minutes(estimate(n))))
+            sr.note("over the %g-minute budget: using -n %d instead (estimate %s%s; --budget 0 keeps -n)"
+                    % (a.budget, n, sr.minutes(estimate(n)), sr.still_over(estimate(n), a.budget)))
             a.n = n
     rows = []
     for i, r in enumerate(runs(a.n)):

@@ -224,6 +224,10 @@ def fit_counts(estimate, counts, budget_s, quantum, lo):
     return [lo for _ in counts]
 
 
+def still_over(est_s, budget_min):
+    return ", still over: these are the smallest counts" if est_s > budget_min * 60 else ""
+
+
 def minutes(s):
     return "%d min %02d s" % (s // 60, s % 60) if s >= 60 else "%.0f s" % s
 
