@@ -108,7 +108,7 @@ static const Key KEYS[] = {
     {"sample.var", K_STR, OFF(sample.var), 0, 0, 7, "small|large", "\"small\"",
      "DDPM variance: posterior (small) or beta (large)"},
     {"sample.spacing", K_STR, OFF(sample.spacing), 0, 0, 11, "auto|leading|trailing|linspace|quadratic|karras|uniform",
-     "\"auto\"", "timestep spacing (auto: the measured best, trailing; uniform = leading)"},
+     "\"auto\"", "timestep spacing (auto: the measured best, linspace; uniform = leading)"},
     {"sample.clip", K_BOOL, OFF(sample.clip), 0, 0, 1, NULL, "true", "clip predicted x0 to [-1,1]"},
     {"sample.batch", K_INT, OFF(sample.batch), 0, 1, 4096, NULL, "16", "images per forward pass"},
     {"sample.seed", K_INT, OFF(sample.seed), 0, 0, 2147483647, NULL, "0", "sampling seed"},

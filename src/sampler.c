@@ -18,9 +18,10 @@ int sampler_kind(const char *n) {
 const char *sampler_name(SamplerKind k) { return SAMPLER_NAMES[k]; }
 
 Spacing sampler_default_spacing(SamplerKind k) {
-    /* measured on the demo model (README "Samplers"): trailing is best for both ODE samplers */
+    /* measured on the demo model (README "Samplers", scripts/compare_samplers.py --spacings):
+     * linspace is best for DDIM and DPM-Solver++(2M), trailing a close second; both start at T-1 */
     (void)k;
-    return SPACING_TRAILING;
+    return SPACING_LINSPACE;
 }
 
 void sample_opts_from_config(SampleOpts *o, const Config *c) {

@@ -38,7 +38,7 @@ static void usage(FILE *f) {
             "  --steps K           network evaluations per image (default sample.steps; ddpm: T)\n"
             "  --eta E             DDIM eta, 0 = deterministic (default sample.eta)\n"
             "  --spacing S         timesteps: leading | trailing | linspace | quadratic | karras\n"
-            "                      (default sample.spacing; auto = trailing, measured best)\n"
+            "                      (default sample.spacing; auto = linspace, measured best)\n"
             "  --var V             DDPM variance: small (posterior) | large (beta_t)\n"
             "  --no-clip           do not clip the predicted x0 to [-1, 1]\n"
             "  --seed N            seed; image i always gets the same noise (default sample.seed)\n"
