@@ -40,8 +40,7 @@ void sample_opts_from_config(SampleOpts *o, const Config *c) {
 }
 
 int sample_guided(const UNet *u, const SampleOpts *o) {
-    return u->n_classes > 0 && o->classes && !(o->guidance == 1 && o->guidance_rescale == 0) &&
-           !(o->guidance == 0 && o->guidance_rescale == 0);
+    return u->n_classes > 0 && o->classes && guidance_needs_both(o->guidance, o->guidance_rescale);
 }
 
 /* Network part of the denoiser: pred (b,D) for x (b,D) at timestep t. A class-conditional
