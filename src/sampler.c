@@ -223,8 +223,9 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
                 done += b;
                 if (progress) progress(ctx, done, total);
             }
-            /* frame f (1..frames-1) is taken after transition round(f * M / (frames-1)) */
-            while (frames > 1 && next_frame < frames && k + 1 >= (long)next_frame * M / (frames - 1))
+            /* frame f (1..frames-1) is taken after transition ceil(f * M / (frames-1)), the step
+             * draw_trajectory_captions names */
+            while (frames > 1 && next_frame < frames && k + 1 >= ((long)next_frame * M + frames - 2) / (frames - 1))
                 record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
         }
         while (frames > 1 && next_frame < frames) record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
