@@ -2,7 +2,6 @@
  * kept pixels equal the input, strength 0 is the identity, the upscale matches its input when
  * downsampled, same command => same bytes whatever --batch/--threads, and every bad input is
  * one line with exit 2 and no file left behind. */
-#include <dirent.h>
 #include <stb_image.h>
 #include <sys/stat.h>
 
@@ -24,18 +23,6 @@ static int same(const char *d, const char *a, const char *b, const char *name) {
     snprintf(pa, sizeof pa, "%s/%s/%s", d, a, name);
     snprintf(pb, sizeof pb, "%s/%s/%s", d, b, name);
     return same_file(pa, pb);
-}
-
-/* No temporary or output files in dir (after a refused command). */
-static int empty_dir(const char *dir) {
-    DIR *dd = opendir(dir);
-    if (!dd) return 1;
-    struct dirent *e;
-    int n = 0;
-    while ((e = readdir(dd)))
-        if (e->d_name[0] != '.') n++;
-    closedir(dd);
-    return n == 0;
 }
 
 /* A labelled strip against its --no-labels twin (n frames of 16x16 in a row): every bare
