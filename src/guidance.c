@@ -21,3 +21,5 @@ void guidance_combine(float *out, const float *cond, const float *uncond, float 
     float f = (float)(rescale * sc / sg + (1.0 - rescale)); /* phi*g*sc/sg + (1-phi)*g = g*(phi*sc/sg + 1-phi) */
     for (size_t i = 0; i < D; i++) out[i] *= f;
 }
+
+int guidance_needs_both(float scale, float rescale) { return !((scale == 1 || scale == 0) && rescale == 0); }

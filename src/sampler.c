@@ -41,8 +41,7 @@ void sample_opts_from_config(SampleOpts *o, const Config *c) {
 }
 
 int sample_guided(const UNet *u, const SampleOpts *o) {
-    return u->n_classes > 0 && o->classes && !(o->guidance == 1 && o->guidance_rescale == 0) &&
-           !(o->guidance == 0 && o->guidance_rescale == 0);
+    return u->n_classes > 0 && o->classes && guidance_needs_both(o->guidance, o->guidance_rescale);
 }
 
 /* Network part of the denoiser: pred (b,D) for x (b,D) at timestep t. A class-conditional
@@ -225,8 +224,9 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
                 done += b;
                 if (progress) progress(ctx, done, total);
             }
-            /* frame f (1..frames-1) is taken after transition round(f * M / (frames-1)) */
-            while (frames > 1 && next_frame < frames && k + 1 >= (long)next_frame * M / (frames - 1))
+            /* frame f (1..frames-1) is taken after transition ceil(f * M / (frames-1)), the step
+             * draw_trajectory_captions names */
+            while (frames > 1 && next_frame < frames && k + 1 >= ((long)next_frame * M + frames - 2) / (frames - 1))
                 record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
         }
         while (frames > 1 && next_frame < frames) record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);

@@ -2,9 +2,11 @@
 #ifndef DDPM_CLI_UTIL_H
 #define DDPM_CLI_UTIL_H
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <sys/wait.h>
 
+#include "ddpm/checkpoint.h"
 #include "test.h"
 
 static char g_out[1 << 16], g_err[1 << 16];
@@ -63,6 +65,45 @@ static inline int same_file(const char *a, const char *b) {
     if (fa) fclose(fa);
     if (fb) fclose(fb);
     return same;
+}
+
+/* 1 if dir does not exist or holds no file (after a refused command: nothing half-written). */
+static inline int empty_dir(const char *dir) {
+    DIR *dd = opendir(dir);
+    if (!dd) return 1;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(dd)))
+        if (e->d_name[0] != '.') n++;
+    closedir(dd);
+    return n == 0;
+}
+
+/* 1 if two safetensors files hold the same tensor names and sizes; *maxrel is the largest
+ * relative difference of any float in them (0: bitwise the same values; 1e9 if unreadable). */
+static inline int same_tensors(const char *a, const char *b, double *maxrel) {
+    StFile fa, fb;
+    *maxrel = 1e9;
+    if (st_read(&fa, a)) return 0;
+    if (st_read(&fb, b)) {
+        st_free(&fa);
+        return 0;
+    }
+    int ok = fa.n == fb.n;
+    *maxrel = 0;
+    for (int i = 0; ok && i < fa.n; i++) {
+        const StEntry *eb = st_find(&fb, fa.e[i].name);
+        if (!eb || eb->end - eb->begin != fa.e[i].end - fa.e[i].begin) {
+            ok = 0;
+            break;
+        }
+        const float *x = (const float *)(fa.data + fa.e[i].begin), *y = (const float *)(fb.data + eb->begin);
+        for (size_t j = 0; j < (fa.e[i].end - fa.e[i].begin) / 4; j++)
+            *maxrel = fmax(*maxrel, fabs(x[j] - y[j]) / (fabs(y[j]) + 1e-6));
+    }
+    st_free(&fa);
+    st_free(&fb);
+    return ok;
 }
 
 /* The loss column of a run's log.csv (at most max rows; returns the row count) and, with

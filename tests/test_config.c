@@ -72,8 +72,8 @@ int main(void) {
 
     /* shipped configs load */
     const char *files[] = {"configs/cifar.json", "configs/cifar_small.json", "configs/fashion_mnist.json", "configs/demo.json",
-                           "configs/bench.json"};
-    for (int i = 0; i < 5; i++) {
+                           "configs/bench.json", "configs/fashion_mnist_cond.json"};
+    for (int i = 0; i < 6; i++) {
         config_defaults(&c); /* each file over the defaults, not over the previous file */
         rc = config_load(&c, files[i]);
         T_OK(rc == 0, "%s loads (%s)", files[i], rc ? err_msg() : "ok");

@@ -81,6 +81,21 @@ int main(void) {
     snprintf(b, sizeof b, "%s/np2/latest.safetensors", d);
     double wd = weight_diff(a, b);
     T_OK(wd >= 0 && wd <= 1e-5, "and the final weights agree (rel L2 %.2g <= 1e-5)", wd);
+    /* class conditioning: cond_drop draws each image's "no class" from (seed, step, global
+     * image index), so 2 ranks drop the same labels one rank does. The runs without any drop
+     * show how far a different draw would move the weights. */
+    int c1 = mpi(1, "train --config %s --set train.out_dir=%s/c1 --set model.class_cond=true --set train.cond_drop=0.5 --quiet", cfg, d);
+    int c2 = mpi(2, "train --config %s --set train.out_dir=%s/c2 --set model.class_cond=true --set train.cond_drop=0.5 --quiet", cfg, d);
+    int c3 = mpi(2, "train --config %s --set train.out_dir=%s/c3 --set model.class_cond=true --set train.cond_drop=0 --quiet", cfg, d);
+    snprintf(a, sizeof a, "%s/c1/latest.safetensors", d);
+    snprintf(b, sizeof b, "%s/c2/latest.safetensors", d);
+    double cd = weight_diff(a, b);
+    snprintf(b, sizeof b, "%s/c3/latest.safetensors", d);
+    double cn = weight_diff(a, b);
+    T_OK(c1 == 0 && c2 == 0 && c3 == 0 && cd >= 0 && cd <= 1e-5 && cn > 100 * 1e-5,
+         "class_cond, cond_drop 0.5: 2 ranks x 4 = 1 rank x 8 (weights rel L2 %.2g <= 1e-5; without the drop %.2g)%s", cd, cn,
+         c2 ? g_err : "");
+
     /* batch that does not divide */
     int r3 = mpi(2, "train --config %s --set train.out_dir=%s/odd --set train.batch_size=7 --quiet", cfg, d);
     T_OK(r3 != 0 && strstr(g_err, "does not divide"), "batch 7 on 2 ranks is refused: %.200s", g_err);

@@ -19,31 +19,6 @@ static const char *TINY =
 
 static char cfg[512];
 
-static int same_tensors(const char *a, const char *b, double *maxrel) {
-    StFile fa, fb;
-    *maxrel = 1e9;
-    if (st_read(&fa, a)) return 0;
-    if (st_read(&fb, b)) {
-        st_free(&fa);
-        return 0;
-    }
-    int ok = fa.n == fb.n;
-    *maxrel = 0;
-    for (int i = 0; ok && i < fa.n; i++) {
-        const StEntry *eb = st_find(&fb, fa.e[i].name);
-        if (!eb || eb->end - eb->begin != fa.e[i].end - fa.e[i].begin) {
-            ok = 0;
-            break;
-        }
-        const float *x = (const float *)(fa.data + fa.e[i].begin), *y = (const float *)(fb.data + eb->begin);
-        for (size_t j = 0; j < (fa.e[i].end - fa.e[i].begin) / 4; j++)
-            *maxrel = fmax(*maxrel, fabs(x[j] - y[j]) / (fabs(y[j]) + 1e-6));
-    }
-    st_free(&fa);
-    st_free(&fb);
-    return ok;
-}
-
 static void test_overfit(const char *d) {
     int rc = run("train --config %s --set train.out_dir=%s/overfit --quiet", cfg, d);
     double loss[64];

@@ -4,6 +4,9 @@
 #ifndef DDPM_CLI_H
 #define DDPM_CLI_H
 
+#include <getopt.h>
+
+#include "ddpm/checkpoint.h"
 #include "ddpm/config.h"
 #include "ddpm/sampler.h"
 
@@ -40,5 +43,36 @@ int cli_check_sampler(const char *cmd, const char *sampler, const char *spacing,
  * or is a degenerate single step. */
 int cli_sample_opts(const char *cmd, SampleOpts *so, Config *c, const char *sampler, int steps, float eta, const char *spacing,
                     const char *var, int seed, int batch, int no_clip);
+
+/* Class-conditional models: --class, --guidance and --guidance-rescale, the same options and
+ * the same parsing for ddpm sample, inpaint, edit and upscale. */
+enum { CLI_OPT_CLASS = 0x100, CLI_OPT_GUIDANCE, CLI_OPT_GRESCALE };
+#define CLI_COND_OPTIONS                                                                                   \
+    {"class", required_argument, 0, CLI_OPT_CLASS}, {"guidance", required_argument, 0, CLI_OPT_GUIDANCE}, \
+        {"guidance-rescale", required_argument, 0, CLI_OPT_GRESCALE}
+/* The --guidance and --guidance-rescale lines of --help. */
+extern const char *CLI_GUIDANCE_HELP;
+typedef struct {
+    const char *arg;         /* --class (NULL: none) */
+    float guidance, rescale; /* < 0: the checkpoint's sample.guidance / sample.guidance_rescale */
+} CliCond;
+void cli_cond_init(CliCond *cc);
+/* One of the CLI_OPT_* codes with its value into cc; 0, or 2 with a message. */
+int cli_cond_opt(const char *cmd, CliCond *cc, int o, const char *v);
+
+typedef struct {
+    int *want, n_want; /* the classes asked for, in the order given (NULL, 0: no --class) */
+    char **names;      /* the model's class names (n_names; NULL without --class) */
+    int n_names;
+} CliClasses;
+/* Apply --guidance/--guidance-rescale to the checkpoint's config c, and with --class: refuse an
+ * unconditional model (one line naming `path`), read the class names from f and parse the
+ * argument: names (case-insensitive, "did you mean"), indices, a comma list, and "all" (every
+ * class) when allow_all. 0, or the exit code with the message printed. */
+int cli_classes(const char *path, const StFile *f, Config *c, const CliCond *cc, int allow_all, CliClasses *out);
+void cli_classes_free(CliClasses *cl);
+/* 1 when sampling these classes needs the conditional and unconditional halves in one
+ * forward (the U-Net then needs twice the batch rows); see sample_guided. */
+int cli_guided(const Config *c, const CliClasses *cl);
 
 #endif

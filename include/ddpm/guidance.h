@@ -19,4 +19,8 @@
 /* out (D) from cond (D) and uncond (D); out may be cond or uncond. */
 void guidance_combine(float *out, const float *cond, const float *uncond, float scale, float rescale, size_t D);
 
+/* 1 when the combination needs both halves: not for S = 1 (the conditional prediction) or
+ * S = 0 (the unconditional one) without rescale. */
+int guidance_needs_both(float scale, float rescale);
+
 #endif

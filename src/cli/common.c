@@ -4,10 +4,13 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
 #include "ddpm/err.h"
+#include "ddpm/guidance.h"
+#include "ddpm/model_io.h"
 #include "ddpm/sampler.h"
 
 int cli_fail(int rc) {
@@ -89,4 +92,82 @@ int cli_sample_opts(const char *cmd, SampleOpts *so, Config *c, const char *samp
         return cli_usage_error(cmd, "--steps 1 with --spacing %s is a single step at t = 0, which returns the noise; use --spacing trailing",
                                spacing_name(so->spacing));
     return 0;
+}
+
+const char *CLI_GUIDANCE_HELP =
+    "  --guidance S        classifier-free guidance: uncond + S (cond - uncond); 1 = plain\n"
+    "                      conditional, 0 = unconditional (default sample.guidance)\n"
+    "  --guidance-rescale PHI  rescale the guided prediction to the conditional one's std,\n"
+    "                      blended by PHI in [0,1] (Lin et al. 2023; default sample.guidance_rescale)\n";
+
+void cli_cond_init(CliCond *cc) { cc->arg = NULL, cc->guidance = cc->rescale = -1; }
+
+int cli_cond_opt(const char *cmd, CliCond *cc, int o, const char *v) {
+    if (o == CLI_OPT_CLASS) cc->arg = v;
+    else if (o == CLI_OPT_GUIDANCE) return cli_float(cmd, "--guidance", v, 0, 100, &cc->guidance);
+    else if (o == CLI_OPT_GRESCALE) return cli_float(cmd, "--guidance-rescale", v, 0, 1, &cc->rescale);
+    return 0;
+}
+
+/* "all", or a comma list of names / indices -> class indices (malloc'd). */
+static int parse_classes(const UNet *u, const char *arg, int allow_all, int **out, int *n_out) {
+    int cap = u->n_classes > 0 ? u->n_classes : 1, n = 0, rc;
+    int *v = xmalloc(sizeof(int) * (strlen(arg) + (size_t)cap + 1));
+    if (!strcasecmp(arg, "all")) {
+        if (!allow_all) {
+            free(v);
+            return err_set(DDPM_EUSAGE, "--class all: give one class for every input, or a comma list of one class per input");
+        }
+        for (int i = 0; i < u->n_classes; i++) v[n++] = i;
+    } else {
+        char *copy = xmalloc(strlen(arg) + 1), *save = NULL;
+        strcpy(copy, arg);
+        for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            while (*tok == ' ') tok++;
+            char *e = tok + strlen(tok);
+            while (e > tok && e[-1] == ' ') *--e = 0;
+            if ((rc = unet_class_lookup(u, tok, &v[n]))) {
+                free(copy), free(v);
+                return rc;
+            }
+            n++;
+        }
+        free(copy);
+        if (!n) {
+            free(v);
+            return err_set(DDPM_EUSAGE, "--class '%s': no class given (a name, an index or a comma list%s)", arg,
+                           allow_all ? ", or all" : "");
+        }
+    }
+    *out = v, *n_out = n;
+    return DDPM_OK;
+}
+
+int cli_classes(const char *path, const StFile *f, Config *c, const CliCond *cc, int allow_all, CliClasses *out) {
+    memset(out, 0, sizeof *out);
+    if (cc->guidance >= 0) c->sample.guidance = cc->guidance;
+    if (cc->rescale >= 0) c->sample.guidance_rescale = cc->rescale;
+    if (!cc->arg) return 0;
+    if (!c->model.class_cond) {
+        err_set(DDPM_EUSAGE, "--class: %s is an unconditional model (model.class_cond = false); train a class-conditional one "
+                             "or drop --class", path);
+        return cli_fail(DDPM_EUSAGE);
+    }
+    UNet probe; /* only for the class names */
+    int rc = unet_plan(&probe, c, 1, 0);
+    if (!rc) rc = ckpt_load_class_names(f, &probe);
+    if (!rc) rc = parse_classes(&probe, cc->arg, allow_all, &out->want, &out->n_want);
+    if (!rc) out->names = probe.class_names, out->n_names = probe.n_classes, probe.class_names = NULL;
+    unet_free(&probe);
+    return cli_fail(rc);
+}
+
+void cli_classes_free(CliClasses *cl) {
+    for (int i = 0; cl->names && i < cl->n_names; i++) free(cl->names[i]);
+    free(cl->names), free(cl->want);
+    memset(cl, 0, sizeof *cl);
+}
+
+int cli_guided(const Config *c, const CliClasses *cl) {
+    return c->model.class_cond && cl->want && guidance_needs_both(c->sample.guidance, c->sample.guidance_rescale);
 }

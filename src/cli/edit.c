@@ -16,12 +16,12 @@ static void usage(FILE *f) {
             "a noisy, scratched or roughly drawn image becomes one the model would make. S = 0\n"
             "returns the image, S = 1 ignores it. The sampler is the checkpoint's (or --sampler)\n"
             "with --steps scaled to the part of the process that is run (ddpm: all t0 steps).\n"
-            "Writes DIR/<name>_strip.png (original | noised to t0 | results) and DIR/<name>_<k>.png.\n"
+            "Writes DIR/<name>_strip.png (original | noised to t0 | result 1..n, captioned) and DIR/<name>_<k>.png.\n"
             "\n"
             "edit options:\n"
             "  --strength S        in [0, 1] (default 0.5)\n"
             "\n");
-    fputs(TASK_COMMON_HELP, f);
+    task_help(f);
 }
 
 static float strength = 0.5f;
@@ -83,8 +83,14 @@ int cmd_edit(int argc, char **argv) {
                     levels_evals(lv, nl), sampler_name(m.so.kind));
         task_run(&a, &m, &task, out, traj);
     }
+    char noised[48], title[160], start[32];
+    snprintf(noised, sizeof noised, "strength %g", strength);
+    snprintf(start, sizeof start, "t = %d", nl ? lv[0] : 0);
+    const char *lead_cap[] = {"original", noised};
+    snprintf(title, sizeof title, "edit: SDEdit from t = %d, %s %d steps", nl ? lv[0] : 0, sampler_name(m.so.kind), nl ? levels_evals(lv, nl) : 0);
+    m.traj_start = start; /* the trajectory starts from the input noised to lv[0] */
+    rc = task_write(&a, &m, lead, 2, lead_cap, out, traj, title, "original | noised | results");
     free(lv);
-    rc = task_write(&a, &m, lead, 2, out, traj, "original | noised | results");
 free_all:
     free(ref), free(lead), free(out), free(traj);
 done:

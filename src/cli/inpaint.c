@@ -17,7 +17,7 @@ static void usage(FILE *f) {
             "sample; every J steps the sample goes back J steps by the forward process and is denoised\n"
             "again, R times. Mask: WHITE = REGENERATE, BLACK = KEEP (grey thresholded at 0.5), as in\n"
             "image editors and Stable Diffusion; resized to the model's resolution when it differs.\n"
-            "Writes DIR/<name>_strip.png (original | masked | results) and DIR/<name>_<k>.png.\n"
+            "Writes DIR/<name>_strip.png (original | masked | result 1..n, captioned) and DIR/<name>_<k>.png.\n"
             "Kept pixels equal the input's.\n"
             "\n"
             "inpaint options:\n"
@@ -30,7 +30,7 @@ static void usage(FILE *f) {
             "                      (defaults: 4,570 transitions, 2,410 network evaluations per image)\n"
             "  --sampler S         step rule (default ddpm, the ancestral step of RePaint)\n"
             "\n");
-    fputs(TASK_COMMON_HELP, f);
+    task_help(f);
 }
 
 static const char *mask_arg;
@@ -149,7 +149,10 @@ int cmd_inpaint(int argc, char **argv) {
         task_run(&a, &m, &task, out, traj);
         free(lv);
     }
-    rc = task_write(&a, &m, lead, 2, out, traj, "original | masked | results");
+    static const char *const lead_cap[] = {"original", "masked"};
+    char title[160];
+    snprintf(title, sizeof title, "inpaint: RePaint %d steps, jump %d, resample %d", K, jump, resample);
+    rc = task_write(&a, &m, lead, 2, lead_cap, out, traj, title, "original | masked | results");
 free_all:
     free(mask), free(ref), free(lead), free(out), free(traj);
 done:

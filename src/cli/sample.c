@@ -49,14 +49,13 @@ static void usage(FILE *f) {
             "  --class C           a class name (case-insensitive, e.g. sneaker), an index, a comma list\n"
             "                      (sneaker,bag) or all: -n images of each, one grid row per class;\n"
             "                      DIR/classes.csv records each file's class. Without --class: no class\n"
-            "  --guidance S        classifier-free guidance: uncond + S (cond - uncond); 1 = plain\n"
-            "                      conditional, 0 = unconditional (default sample.guidance)\n"
-            "  --guidance-rescale PHI  rescale the guided prediction to the conditional one's std,\n"
-            "                      blended by PHI in [0,1] (Lin et al. 2023; default sample.guidance_rescale)\n"
+            "%s"
+            "\n"
             "  --threads N         threads (default: all cores)\n"
             "  --no-labels         bare grid.png and trajectory strips (no captions, no scaling)\n"
             "  -q, --quiet         no progress bar\n"
-            "  -h, --help          this help\n");
+            "  -h, --help          this help\n",
+            CLI_GUIDANCE_HELP);
 }
 
 /* Most recently modified runs/<x>/latest.safetensors. */
@@ -80,41 +79,6 @@ static int find_latest_run(char *out, size_t n) {
     return found;
 }
 
-static void free_names(char **v, int n) {
-    if (v)
-        for (int i = 0; i < n; i++) free(v[i]);
-    free(v);
-}
-
-/* --class: "all", or a comma list of names / indices -> class indices (malloc'd). */
-static int parse_classes(const UNet *u, const char *arg, int **out, int *n_out) {
-    int cap = u->n_classes > 0 ? u->n_classes : 1, n = 0, rc;
-    int *v = xmalloc(sizeof(int) * (strlen(arg) + (size_t)cap + 1));
-    if (!strcasecmp(arg, "all")) {
-        for (int i = 0; i < u->n_classes; i++) v[n++] = i;
-    } else {
-        char *copy = xmalloc(strlen(arg) + 1), *save = NULL;
-        strcpy(copy, arg);
-        for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-            while (*tok == ' ') tok++;
-            char *e = tok + strlen(tok);
-            while (e > tok && e[-1] == ' ') *--e = 0;
-            if ((rc = unet_class_lookup(u, tok, &v[n]))) {
-                free(copy), free(v);
-                return rc;
-            }
-            n++;
-        }
-        free(copy);
-        if (!n) {
-            free(v);
-            return err_set(DDPM_EUSAGE, "--class '%s': no class given (a name, an index, a comma list or all)", arg);
-        }
-    }
-    *out = v, *n_out = n;
-    return DDPM_OK;
-}
-
 /* DIR/classes.csv: "NNNNNN.png,class_index" per image, atomically. */
 static int write_classes_csv(const char *path, const int *cls, int n) {
     size_t cap = (size_t)n * 24 + 1, len = 0;
@@ -134,14 +98,11 @@ int cmd_sample(int argc, char **argv) {
         {"eta", required_argument, 0, 'e'},     {"spacing", required_argument, 0, 'p'}, {"var", required_argument, 0, 'v'},
         {"no-clip", no_argument, 0, 'C'},       {"seed", required_argument, 0, 'S'},    {"batch", required_argument, 0, 'b'},
         {"trajectory", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
-        {"class", required_argument, 0, 'c'},   {"guidance", required_argument, 0, 'g'},
-        {"guidance-rescale", required_argument, 0, 'G'},
+        CLI_COND_OPTIONS,
         {"no-labels", no_argument, 0, 'L'},     {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *cls_arg = NULL;
-    float guidance = -1, grescale = -1;
+    CliCond cc;
+    cli_cond_init(&cc);
     const char *ckpt = NULL, *run = NULL, *out = "out", *sampler = NULL, *spacing = NULL, *var = NULL;
-    char **class_names = NULL;
-    int n_model_classes = 0;
     int n = 16, steps = -1, seed = -1, batch = -1, traj = 0, threads = 0, no_ema = 0, no_clip = 0, quiet = 0, rc, o;
     float eta = -1;
     optind = 1;
@@ -165,9 +126,9 @@ int cmd_sample(int argc, char **argv) {
         case 'b': if ((rc = cli_int("sample", "--batch", optarg, 1, 4096, &batch))) return rc; break;
         case 'T': if ((rc = cli_int("sample", "--trajectory", optarg, 2, 1000, &traj))) return rc; break;
         case 'j': if ((rc = cli_int("sample", "--threads", optarg, 1, 1024, &threads))) return rc; break;
-        case 'c': cls_arg = optarg; break;
-        case 'g': if ((rc = cli_float("sample", "--guidance", optarg, 0, 100, &guidance))) return rc; break;
-        case 'G': if ((rc = cli_float("sample", "--guidance-rescale", optarg, 0, 1, &grescale))) return rc; break;
+        case CLI_OPT_CLASS: case CLI_OPT_GUIDANCE: case CLI_OPT_GRESCALE:
+            if ((rc = cli_cond_opt("sample", &cc, o, optarg))) return rc;
+            break;
         case 'h': usage(stdout); return 0;
         case ':': return cli_usage_error("sample", "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("sample", "unknown option '%s'", argv[optind - 1]);
@@ -188,40 +149,21 @@ int cmd_sample(int argc, char **argv) {
     Config c;
     StFile f;
     if ((rc = ckpt_open(&f, path, &c))) return cli_fail(rc);
-    if (guidance >= 0) c.sample.guidance = guidance;
-    if (grescale >= 0) c.sample.guidance_rescale = grescale;
-    if (cls_arg && !c.model.class_cond) {
-        st_free(&f);
-        err_set(DDPM_EUSAGE, "--class: %s is an unconditional model (model.class_cond = false); train a class-conditional one "
-                             "or drop --class", path);
-        return cli_fail(DDPM_EUSAGE);
-    }
-    SampleOpts so;
-    if ((rc = cli_sample_opts("sample", &so, &c, sampler, steps, eta, spacing, var, seed, batch, no_clip))) {
+    /* the classes asked for: -n images of each, one grid row per class */
+    CliClasses cl;
+    if ((rc = cli_classes(path, &f, &c, &cc, 1, &cl))) {
         st_free(&f);
         return rc;
     }
-    /* the classes asked for: -n images of each, one grid row per class */
-    int *want = NULL, n_want = 0, total = n;
-    if (cls_arg) {
-        UNet probe; /* only for the class names */
-        if ((rc = unet_plan(&probe, &c, 1, 0)) || (rc = ckpt_load_class_names(&f, &probe)) ||
-            (rc = parse_classes(&probe, cls_arg, &want, &n_want))) {
-            unet_free(&probe);
-            st_free(&f);
-            return cli_fail(rc);
-        }
-        if ((long)n * n_want > 100000) {
-            unet_free(&probe);
-            st_free(&f);
-            free(want);
-            return cli_usage_error("sample", "-n %d x %d classes is more than 100000 images", n, n_want);
-        }
-        total = n * n_want;
-        class_names = probe.class_names, probe.class_names = NULL;
-        n_model_classes = probe.n_classes;
-        unet_free(&probe);
+    int *want = cl.want, n_want = cl.n_want, total = n;
+    char **class_names = cl.names;
+    SampleOpts so;
+    if ((rc = cli_sample_opts("sample", &so, &c, sampler, steps, eta, spacing, var, seed, batch, no_clip))) goto early;
+    if (want && (long)n * n_want > 100000) {
+        rc = cli_usage_error("sample", "-n %d x %d classes is more than 100000 images", n, n_want);
+        goto early;
     }
+    if (want) total = n * n_want;
     Schedule s;
     UNet u;
     int B = c.sample.batch < total ? c.sample.batch : total;
@@ -233,8 +175,9 @@ int cmd_sample(int argc, char **argv) {
     }
     if ((rc = schedule_init(&s, (ScheduleKind)schedule_kind(c.diffusion.schedule), c.diffusion.T, c.diffusion.beta_start,
                             c.diffusion.beta_end, c.diffusion.cosine_s))) {
-        st_free(&f);
-        return cli_fail(rc);
+        rc = cli_fail(rc);
+        free(img_cls);
+        goto early;
     }
     /* an imported model holds its EMA weights under the raw names (metadata "weights": "ema") */
     const char *wmeta = st_meta(&f, "weights"), *prefix = "ema.";
@@ -246,15 +189,14 @@ int cmd_sample(int argc, char **argv) {
             no_ema = 1;
         }
     }
-    int guided = c.model.class_cond && want && !(c.sample.guidance == 1 && c.sample.guidance_rescale == 0) &&
-                 !(c.sample.guidance == 0 && c.sample.guidance_rescale == 0);
+    int guided = cli_guided(&c, &cl);
     int built = 0;
     if ((rc = unet_init(&u, &c, guided ? 2 * B : B, 0)) || (built = 1, rc = ckpt_load_params(&f, no_ema ? "" : prefix, &u, u.params))) {
         if (built) unet_free(&u);
         st_free(&f);
         schedule_free(&s);
-        free(want), free(img_cls);
-        free_names(class_names, n_model_classes);
+        free(img_cls);
+        cli_classes_free(&cl);
         return cli_fail(rc);
     }
     st_free(&f);
@@ -334,9 +276,13 @@ int cmd_sample(int argc, char **argv) {
     free(tr);
     free(fcap);
 done:
-    free(want), free(img_cls);
-    free_names(class_names, n_model_classes);
+    free(img_cls);
+    cli_classes_free(&cl);
     unet_free(&u);
     schedule_free(&s);
     return cli_fail(rc);
+early:
+    st_free(&f);
+    cli_classes_free(&cl);
+    return rc;
 }

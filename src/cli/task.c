@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "ddpm/dist.h"
+#include "ddpm/draw.h"
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
@@ -17,7 +18,7 @@
 #include "ddpm/progress.h"
 #include "ddpm/tensor.h"
 
-const char *TASK_COMMON_HELP =
+static const char *TASK_COMMON_HELP =
     "model (EMA weights unless --no-ema):\n"
     "  --ckpt FILE         a checkpoint (.safetensors)\n"
     "  --run DIR           DIR/latest.safetensors\n"
@@ -36,8 +37,18 @@ const char *TASK_COMMON_HELP =
     "  --batch B           images per forward pass (default sample.batch)\n"
     "  --threads N         threads (default: all cores)\n"
     "  --trajectory K      also write <name>_<k>_traj.png: K frames from start to result\n"
+    "  --no-labels         bare strips (no captions, no scaling); result PNGs are always bare\n"
     "  -q, --quiet         no progress bar\n"
-    "  -h, --help          this help\n";
+    "  -h, --help          this help\n"
+    "\n"
+    "class-conditional models (model.class_cond), parsed as by ddpm sample:\n"
+    "  --class C           a class name (case-insensitive, e.g. sneaker) or an index, for every\n"
+    "                      input; or a comma list of one class per input (sneaker,bag)\n";
+
+void task_help(FILE *f) {
+    fputs(TASK_COMMON_HELP, f);
+    fputs(CLI_GUIDANCE_HELP, f);
+}
 
 int task_parse(TaskArgs *a, const char *cmd, int argc, char **argv, const struct option *extra, int n_extra,
                int (*on_extra)(TaskArgs *, int, const char *), void (*usage)(FILE *)) {
@@ -46,7 +57,8 @@ int task_parse(TaskArgs *a, const char *cmd, int argc, char **argv, const struct
         {"out", required_argument, 0, 'o'},     {"sampler", required_argument, 0, 's'}, {"steps", required_argument, 0, 'K'},
         {"eta", required_argument, 0, 'e'},     {"spacing", required_argument, 0, 'p'}, {"seed", required_argument, 0, 'S'},
         {"batch", required_argument, 0, 'b'},   {"threads", required_argument, 0, 'j'}, {"trajectory", required_argument, 0, 'T'},
-        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'}};
+        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},          {"no-labels", no_argument, 0, 'L'},
+        CLI_COND_OPTIONS};
     enum { NC = sizeof common / sizeof common[0] };
     struct option all[NC + 16];
     memcpy(all, common, sizeof common);
@@ -57,6 +69,7 @@ int task_parse(TaskArgs *a, const char *cmd, int argc, char **argv, const struct
     static char out[64];
     snprintf(out, sizeof out, "out/%s", cmd);
     a->out = out;
+    cli_cond_init(&a->cond);
     int rc, o;
     optind = 1;
     opterr = 0;
@@ -69,6 +82,10 @@ int task_parse(TaskArgs *a, const char *cmd, int argc, char **argv, const struct
         case 's': a->sampler = optarg; break;
         case 'p': a->spacing = optarg; break;
         case 'q': a->quiet = 1; break;
+        case 'L': draw_set_labels(0); break;
+        case CLI_OPT_CLASS: case CLI_OPT_GUIDANCE: case CLI_OPT_GRESCALE:
+            if ((rc = cli_cond_opt(cmd, &a->cond, o, optarg))) return rc;
+            break;
         case 'n': if ((rc = cli_int(cmd, "-n", optarg, 1, 1000, &a->n))) return rc; break;
         case 'K': if ((rc = cli_int(cmd, "--steps", optarg, 1, 100000, &a->steps))) return rc; break;
         case 'e': if ((rc = cli_float(cmd, "--eta", optarg, 0, 1, &a->eta))) return rc; break;
@@ -167,6 +184,15 @@ int task_open(TaskArgs *a, TaskModel *m) {
     if (rc) return rc;
     StFile f;
     if ((rc = ckpt_open(&f, path, &m->c))) return cli_fail(rc);
+    if ((rc = cli_classes(path, &f, &m->c, &a->cond, 0, &m->cl))) {
+        st_free(&f);
+        return rc;
+    }
+    if (m->cl.want && m->cl.n_want != 1 && m->cl.n_want != m->n_files) {
+        st_free(&f);
+        return cli_usage_error(a->cmd, "--class '%s' names %d classes for %d input%s: give one class for all, or one per input",
+                               a->cond.arg, m->cl.n_want, m->n_files, m->n_files == 1 ? "" : "s");
+    }
     if ((rc = cli_sample_opts(a->cmd, &m->so, &m->c, a->sampler, a->steps, a->eta, a->spacing, NULL, a->seed, a->batch, 0))) {
         st_free(&f);
         return rc;
@@ -183,8 +209,12 @@ int task_open(TaskArgs *a, TaskModel *m) {
         no_ema = 1;
     }
     int total = m->n_files * a->n;
+    if (m->cl.want) {
+        m->cls = xmalloc(sizeof(int) * total);
+        for (int g = 0; g < total; g++) m->cls[g] = m->cl.want[m->cl.n_want == 1 ? 0 : g / a->n];
+    }
     m->B = c->sample.batch < total ? c->sample.batch : total;
-    if ((rc = unet_init(&m->u, c, m->B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : "ema.", &m->u, m->u.params))) {
+    if ((rc = unet_init(&m->u, c, cli_guided(c, &m->cl) ? 2 * m->B : m->B, 0)) || (rc = ckpt_load_params(&f, no_ema ? "" : "ema.", &m->u, m->u.params))) {
         st_free(&f);
         schedule_free(&m->s);
         return cli_fail(rc);
@@ -204,6 +234,8 @@ void task_close(TaskModel *m) {
     if (m->inited) unet_free(&m->u), schedule_free(&m->s);
     for (int i = 0; i < m->n_files; i++) free(m->files[i]);
     free(m->files);
+    free(m->cls);
+    cli_classes_free(&m->cl);
     memset(m, 0, sizeof *m);
 }
 
@@ -214,8 +246,11 @@ void task_run(TaskArgs *a, TaskModel *m, const SampleTask *task, float *out, flo
     progress_init(&pr, a->quiet || rank != 0, 0);
     memset(out, 0, sizeof(float) * n * m->D);
     if (traj) memset(traj, 0, sizeof(float) * n * a->traj * m->D);
+    SampleOpts so = m->so;
+    so.classes = m->cls ? m->cls + first : NULL;
+    m->n_trans = task->n_levels - 1;
     if (cnt)
-        sample_run(&m->u, &m->s, &m->so, task, cnt, first, m->B, out + (size_t)first * m->D, traj ? a->traj : 0,
+        sample_run(&m->u, &m->s, &so, task, cnt, first, m->B, out + (size_t)first * m->D, traj ? a->traj : 0,
                    traj ? traj + (size_t)first * a->traj * m->D : NULL, on_progress, &pr);
     progress_end(&pr);
     dist_allreduce_f32(out, (size_t)n * m->D); /* each image is zero except on its rank */
@@ -231,14 +266,21 @@ static void stem(char *out, size_t n, const char *path) {
     if (d && d != out) *d = 0;
 }
 
-int task_write(TaskArgs *a, TaskModel *m, const float *lead, int n_lead, const float *out, const float *traj, const char *what) {
+int task_write(TaskArgs *a, TaskModel *m, const float *lead, int n_lead, const char *const *lead_cap, const float *out,
+               const float *traj, const char *title, const char *what) {
     if (dist_rank() != 0) return 0;
-    int res = m->res, C = m->C, k = a->n, rc = 0;
+    int res = m->res, C = m->C, k = a->n, nf = n_lead + k, rc = 0;
     size_t D = m->D;
-    int W = (n_lead + k) * res;
-    uint8_t *px = xmalloc((size_t)W * res * C);
+    float *frames = xmalloc(sizeof(float) * nf * D);
+    /* captions: the lead frames', then "result 1".."result n"; the trajectory's steps */
+    char **cells = xmalloc(sizeof(char *) * nf), *rcap = xmalloc((size_t)k * 24);
+    for (int f = 0; f < nf; f++) cells[f] = f < n_lead ? (char *)lead_cap[f] : rcap + (size_t)(f - n_lead) * 24;
+    for (int r = 0; r < k; r++) snprintf(rcap + (size_t)r * 24, 24, k == 1 ? "result" : "result %d", r + 1);
+    char **tcap = traj && m->n_trans > 0 ? draw_trajectory_captions(a->traj, m->n_trans) : NULL;
+    if (tcap && m->traj_start) snprintf(tcap[0], 32, "%s", m->traj_start);
+    DrawCaptions tc = {.cell = (const char *const *)tcap};
     for (int i = 0; i < m->n_files && !rc; i++) {
-        char base[512], p[1200];
+        char base[512], p[1200], ttl[512];
         stem(base, sizeof base, m->files[i]);
         for (int j = 0; j < i; j++) { /* two inputs with the same name: keep both */
             char o[512];
@@ -249,15 +291,16 @@ int task_write(TaskArgs *a, TaskModel *m, const float *lead, int n_lead, const f
                 break;
             }
         }
-        /* strip: the lead frames (original, masked, ...) then the results */
-        for (int f = 0; f < n_lead + k; f++) {
-            const float *im = f < n_lead ? lead + ((size_t)i * n_lead + f) * D : out + ((size_t)i * k + f - n_lead) * D;
-            for (int y = 0; y < res; y++)
-                for (int x = 0; x < res * C; x++)
-                    px[((size_t)y * W + (size_t)f * res) * C + x] = image_to_u8(im[(size_t)y * res * C + x]);
-        }
+        /* strip: the lead frames (original, masked, ...) then the results, captioned */
+        memcpy(frames, lead + (size_t)i * n_lead * D, sizeof(float) * n_lead * D);
+        memcpy(frames + (size_t)n_lead * D, out + (size_t)i * k * D, sizeof(float) * k * D);
+        size_t L = (size_t)snprintf(ttl, sizeof ttl, "%s", title);
+        if (m->cls)
+            L += (size_t)snprintf(ttl + L, sizeof ttl - L, " | %s, guidance %g", m->cl.names[m->cls[i * k]], m->c.sample.guidance);
+        snprintf(ttl + L, sizeof ttl - L, " | seed %d", (int)m->so.seed);
+        DrawCaptions cap = {.title = ttl, .cell = (const char *const *)cells};
         snprintf(p, sizeof p, "%s/%s_strip.png", a->out, base);
-        rc = image_write_png(p, px, W, res, C);
+        rc = draw_grid_png(p, frames, nf, res, res, C, nf, 0, &cap);
         for (int r = 0; r < k && !rc; r++) {
             uint8_t *one = xmalloc(D);
             const float *im = out + ((size_t)i * k + r) * D;
@@ -266,20 +309,12 @@ int task_write(TaskArgs *a, TaskModel *m, const float *lead, int n_lead, const f
             rc = image_write_png(p, one, res, res, C);
             free(one);
             if (!rc && traj) {
-                int F = a->traj;
-                uint8_t *tp = xmalloc(D * F);
-                const float *fr = traj + ((size_t)i * k + r) * F * D;
-                for (int q = 0; q < F; q++)
-                    for (int y = 0; y < res; y++)
-                        for (int x = 0; x < res * C; x++)
-                            tp[((size_t)y * res * F + (size_t)q * res) * C + x] = image_to_u8(fr[q * D + (size_t)y * res * C + x]);
                 snprintf(p, sizeof p, "%s/%s_%d_traj.png", a->out, base, r);
-                rc = image_write_png(p, tp, res * F, res, C);
-                free(tp);
+                rc = draw_grid_png(p, traj + ((size_t)i * k + r) * a->traj * D, a->traj, res, res, C, a->traj, 0, &tc);
             }
         }
     }
-    free(px);
+    free(frames), free(cells), free(rcap), free(tcap);
     if (!rc)
         printf("%d input%s x %d result%s (%s) in %s/: <name>_strip.png (%s), <name>_<k>.png\n", m->n_files, m->n_files == 1 ? "" : "s", k,
                k == 1 ? "" : "s", sampler_name(m->so.kind), a->out, what);

@@ -12,6 +12,7 @@ typedef struct {
     const char *cmd, *ckpt, *run, *out, *sampler, *spacing;
     int no_ema, n, steps, seed, batch, threads, traj, quiet;
     float eta;
+    CliCond cond; /* --class, --guidance, --guidance-rescale */
     char **inputs;
     int n_inputs;
 } TaskArgs;
@@ -25,10 +26,14 @@ typedef struct {
     size_t D;
     char **files; /* the input images, folders expanded */
     int n_files;
-    double t0;
+    CliClasses cl; /* --class: one class for all inputs or one per input */
+    int *cls;      /* class of result image g (n_files * n), NULL without --class */
+    int n_trans;   /* transitions of the last task_run (trajectory captions) */
+    const char *traj_start; /* caption of a trajectory's first frame (NULL: "noise") */
 } TaskModel;
 
-extern const char *TASK_COMMON_HELP;
+/* The options every task command shares, for its --help. */
+void task_help(FILE *f);
 
 /* Parse the common options plus `extra` (on_extra gets their codes). Returns 0, 2 on a usage
  * error (printed), -1 after --help (printed). */
@@ -43,8 +48,11 @@ int task_load_image(TaskArgs *a, const char *path, int size, int C, float *out, 
 /* Run the loop for every input x a->n results (image g = input g / n, result g % n), split
  * across MPI ranks and gathered on every rank. out: (n_files * n, D); traj optional. */
 void task_run(TaskArgs *a, TaskModel *m, const SampleTask *task, float *out, float *traj);
-/* Rank 0 writes per input <name>_strip.png (n_lead frames from lead, then the results) and
- * <name>_<k>.png (+ _traj). Returns the exit code. */
-int task_write(TaskArgs *a, TaskModel *m, const float *lead, int n_lead, const float *out, const float *traj, const char *what);
+/* Rank 0 writes per input <name>_strip.png: n_lead frames from lead captioned lead_cap, then
+ * the results "result 1".."result n", titled `title` plus the class, guidance and seed (bare
+ * with --no-labels); and each result bare as <name>_<k>.png (+ a captioned _traj.png).
+ * Returns the exit code. */
+int task_write(TaskArgs *a, TaskModel *m, const float *lead, int n_lead, const char *const *lead_cap, const float *out,
+               const float *traj, const char *title, const char *what);
 
 #endif

@@ -18,14 +18,14 @@ static void usage(FILE *f) {
             "that of the reference noised to the same step. Each input is the low-resolution image,\n"
             "of the model's resolution / F (resized to that when it differs, and said so). Without\n"
             "--stop, the result downsampled by F (box filter) matches the input.\n"
-            "Writes DIR/<name>_strip.png (input, enlarged | results) and DIR/<name>_<k>.png.\n"
+            "Writes DIR/<name>_strip.png (low-res input, enlarged | result 1..n, captioned) and DIR/<name>_<k>.png.\n"
             "\n"
             "upscale options:\n"
             "  --factor F          downsampling factor, divides the resolution (default 4)\n"
             "  --stop S            guide only the steps down to t = S T, in [0, 1] (default 0: all;\n"
             "                      larger S leaves the model more freedom in the details)\n"
             "\n");
-    fputs(TASK_COMMON_HELP, f);
+    task_help(f);
 }
 
 static int factor = 4;
@@ -74,7 +74,10 @@ int cmd_upscale(int argc, char **argv) {
                 levels_evals(lv, nl), sampler_name(m.so.kind));
     task_run(&a, &m, &task, out, traj);
     free(lv);
-    rc = task_write(&a, &m, ref, 1, out, traj, "input enlarged | results");
+    static const char *const lead_cap[] = {"low-res"};
+    char title[160];
+    snprintf(title, sizeof title, "upscale: ILVR %dx%d -> %dx%d, %s %d steps", lr, lr, res, res, sampler_name(m.so.kind), nl - 1);
+    rc = task_write(&a, &m, ref, 1, lead_cap, out, traj, title, "input enlarged | results");
 free_all:
     free(small), free(ref), free(out), free(traj);
 done:
