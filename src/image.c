@@ -46,7 +46,25 @@ int image_load(Image *img, const char *path, int channels) {
         return err_set(DDPM_EUSAGE, "%s: cannot load with %d channels (use 1 or 3)", path, channels);
     FILE *fp = fopen(path, "rb");
     if (!fp) return err_set(DDPM_ERUNTIME, "%s: cannot open image: %s", path, strerror(errno));
+    /* stb allocates the decoded image (and, for JPEG, one plane per component) from the
+     * header's claimed size before it reads any pixel data, so a 100-byte file can ask for
+     * gigabytes. Read the header first (stbi_info rewinds the file) and refuse anything
+     * larger than IMAGE_MAX_PIXELS before decoding. */
     int w = 0, h = 0, n = 0;
+    if (!stbi_info_from_file(fp, &w, &h, &n)) {
+        fclose(fp);
+        const char *why = stbi_failure_reason();
+        return err_set(DDPM_ERUNTIME,
+                       "%s: cannot decode image: %s (replace or delete it; PNG and JPEG are supported)",
+                       path, why ? why : "unknown error");
+    }
+    if (w <= 0 || h <= 0 || (int64_t)w * h > IMAGE_MAX_PIXELS) {
+        fclose(fp);
+        return err_set(DDPM_ERUNTIME,
+                       "%s: image is %dx%d pixels, more than ddpm decodes (at most %d pixels, e.g. %dx%d); "
+                       "downscale it or remove it",
+                       path, w, h, IMAGE_MAX_PIXELS, IMAGE_MAX_SIDE, IMAGE_MAX_SIDE);
+    }
     uint8_t *raw = stbi_load_from_file(fp, &w, &h, &n, 0);
     fclose(fp);
     if (!raw) {
@@ -55,7 +73,7 @@ int image_load(Image *img, const char *path, int channels) {
                        "%s: cannot decode image: %s (replace or delete it; PNG and JPEG are supported)",
                        path, why ? why : "unknown error");
     }
-    if (w <= 0 || h <= 0 || n < 1 || n > 4) {
+    if (w <= 0 || h <= 0 || (int64_t)w * h > IMAGE_MAX_PIXELS || n < 1 || n > 4) {
         stbi_image_free(raw);
         return err_set(DDPM_ERUNTIME, "%s: unsupported image (%dx%d, %d channels)", path, w, h, n);
     }

@@ -95,6 +95,63 @@ static void test_errors(void) {
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "x.png"), "write into missing folder: %s", err_msg());
 }
 
+static void put_be32(uint8_t *p, uint32_t v) { p[0] = v >> 24, p[1] = v >> 16, p[2] = v >> 8, p[3] = v; }
+
+/* A PNG that is only a signature, an IHDR claiming w x h grey pixels, one tiny IDAT and
+ * IEND (stb does not check CRCs): stb allocates w*h bytes from the IHDR before it finds
+ * the pixel data missing. */
+static void write_png_header(const char *path, uint32_t w, uint32_t h) {
+    uint8_t b[64] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    size_t k = 8;
+    put_be32(b + k, 13), memcpy(b + k + 4, "IHDR", 4), k += 8;
+    put_be32(b + k, w), put_be32(b + k + 4, h), b[k + 8] = 8, b[k + 9] = 0, k += 13 + 4;
+    put_be32(b + k, 2), memcpy(b + k + 4, "IDAT", 4), b[k + 8] = 0x78, b[k + 9] = 0x01, k += 10 + 4;
+    put_be32(b + k, 0), memcpy(b + k + 4, "IEND", 4), k += 8 + 4;
+    FILE *f = fopen(path, "wb");
+    fwrite(b, 1, k, f);
+    fclose(f);
+}
+
+/* A baseline JPEG that ends after its frame header (SOF0) claiming w x h, 3 components:
+ * stb allocates one w*h plane per component from SOF0 alone (3 x 3.6 GB here). */
+static void write_jpeg_header(const char *path, uint16_t w, uint16_t h) {
+    uint8_t b[] = {0xFF, 0xD8, 0xFF, 0xC0, 0, 17, 8, h >> 8, h & 255, w >> 8, w & 255, 3,
+                   1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0, 0xFF, 0xD9};
+    FILE *f = fopen(path, "wb");
+    fwrite(b, 1, sizeof b, f);
+    fclose(f);
+}
+
+/* Images whose header claims more than IMAGE_MAX_PIXELS are refused from the header, with
+ * the file, its size and the limit in the message (before the fix stb allocated what the
+ * header claimed: libFuzzer's out-of-memory in fuzz_image). */
+static void test_huge_header(void) {
+    printf("huge image headers\n");
+    Image im;
+    char want[64];
+    write_png_header(tpath("huge.png"), IMAGE_MAX_SIDE + 1, IMAGE_MAX_SIDE);
+    int rc = image_load(&im, tpath("huge.png"), 3);
+    snprintf(want, sizeof want, "%dx%d pixels", IMAGE_MAX_SIDE + 1, IMAGE_MAX_SIDE);
+    T_OK(rc == DDPM_ERUNTIME && im.pix == NULL && strstr(err_msg(), "huge.png") && strstr(err_msg(), want) &&
+             strstr(err_msg(), "at most 67108864 pixels") && !strchr(err_msg(), '\n'),
+         "PNG claiming %s: %s", want, err_msg());
+    write_png_header(tpath("wide.png"), 16384, 4097); /* sides under 8192 do not matter, the count does */
+    rc = image_load(&im, tpath("wide.png"), 1);
+    T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "16384x4097 pixels"), "PNG claiming 16384x4097: %s", err_msg());
+    write_jpeg_header(tpath("huge.jpg"), 60000, 60000);
+    rc = image_load(&im, tpath("huge.jpg"), 3);
+    T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "huge.jpg") && strstr(err_msg(), "60000x60000 pixels") &&
+             strstr(err_msg(), "at most"),
+         "JPEG claiming 60000x60000: %s", err_msg());
+    /* At the limit the header passes and stb decides: no pixel data, so a decode error,
+     * not the size refusal. */
+    write_png_header(tpath("limit.png"), IMAGE_MAX_SIDE, IMAGE_MAX_SIDE);
+    rc = image_load(&im, tpath("limit.png"), 1);
+    T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "limit.png") && strstr(err_msg(), "cannot decode") &&
+             !strstr(err_msg(), "at most"),
+         "PNG claiming exactly 8192x8192 (no data): %s", err_msg());
+}
+
 static void test_convert(void) {
     printf("float <-> uint8\n");
     T_OK(image_to_u8(-1.f) == 0 && image_to_u8(1.f) == 255 && image_to_u8(0.f) == 128,
@@ -185,6 +242,7 @@ static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *
 int main(void) {
     test_roundtrip();
     test_errors();
+    test_huge_header();
     test_convert();
     test_crop_resize();
     test_grid();

@@ -10,9 +10,18 @@ typedef struct {
     uint8_t *pix;    /* h*w*c, row-major HWC */
 } Image;
 
+/* The largest image image_load decodes: 8192x8192 = 2^26 pixels (any shape with at most
+ * that many). Decoding holds stb's buffer (up to 4 bytes a pixel, 16 for HDR floats) and
+ * the converted copy, so this caps one image near 1.5 GB; anything ddpm trains on
+ * (data.image_size <= 1024) or edits is far smaller. Larger files are refused from their
+ * header, before stb allocates anything. */
+#define IMAGE_MAX_SIDE 8192
+#define IMAGE_MAX_PIXELS (IMAGE_MAX_SIDE * IMAGE_MAX_SIDE)
+
 /* Load any PNG/JPEG (grey, grey+alpha, RGB, RGBA) converted to `channels` (1 or 3):
  * alpha is dropped (composited on black? no: simply dropped), grey->RGB replicates,
- * RGB->grey uses 0.299R+0.587G+0.114B. Error (ERUNTIME) names the file. */
+ * RGB->grey uses 0.299R+0.587G+0.114B. Error (ERUNTIME) names the file; an image of more
+ * than IMAGE_MAX_PIXELS is refused with its size and the limit. */
 int image_load(Image *img, const char *path, int channels);
 void image_free(Image *img);
 

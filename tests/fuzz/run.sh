@@ -6,6 +6,14 @@
 # DIR/crash-NAME-* (reproduce: DIR/fuzz_NAME DIR/crash-NAME-...).
 #   sh tests/fuzz/run.sh SECONDS DIR NAME...
 secs=$1; dir=$2; shift 2
+# Each input is written to a file first (the readers take paths): thousands a second. On
+# tmpfs that never waits for the disk; on the shared disk one fopen waited 61 s behind
+# other jobs' fsyncs and counted as a timeout. One private folder, removed at the end.
+base=${TMPDIR:-/tmp}
+[ -z "$TMPDIR" ] && [ -d /dev/shm ] && [ -w /dev/shm ] && base=/dev/shm
+TMPDIR=$(mktemp -d "$base/ddpm_fuzz_run.XXXXXX") || exit 1
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 fail=0; total=0
 for name in "$@"; do
     corpus="$dir/corpus/$name"
