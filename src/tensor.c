@@ -96,7 +96,16 @@ int procs_capped(int cap) {
 static void gemm_ksplit(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, int ldc, int P) {
     const size_t MN = (size_t)M * N;
-    float *S = xmalloc(sizeof(float) * MN * (P - 1));
+    /* the partial sums: a per-thread buffer kept for the next call, so a training step
+     * does not allocate (grown to the largest weight gradient once) */
+    static __thread float *buf;
+    static __thread size_t cap;
+    if (MN * (P - 1) > cap) {
+        free(buf);
+        buf = xmalloc(sizeof(float) * MN * (P - 1));
+        cap = MN * (P - 1);
+    }
+    float *S = buf; /* a local: inside the parallel loops `buf` would be each thread's own */
 #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
     for (int p = 0; p < P; p++) {
         const int k0 = (int)((long)K * p / P / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN);
@@ -114,7 +123,6 @@ static void gemm_ksplit(int transA, int transB, int M, int N, int K, float alpha
 #pragma omp simd
             for (int j = 0; j < N; j++) c[j] += s[j];
         }
-    free(S);
 }
 
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

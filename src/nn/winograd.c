@@ -19,10 +19,10 @@
  * Parallelism (measured on the 2-core bench machine, see the numbers in conv2d.c): the tiles
  * are cut into fixed blocks of tb tiles; each OpenMP thread takes whole blocks and runs
  * transform -> 36 GEMMs -> output transform on its own slice of the scratch, so a block's
- * planes stay in that core's L2. tb keeps each GEMM within OpenBLAS's small-matrix kernels
- * (M*N*K <= 1e6 with A and B untransposed, or op(A) = A^T as here for dW), which run in
- * the calling thread without packing and without OpenBLAS's thread pool, so the two thread
- * pools never compete. This ran 1.2-2.5x faster than transforming chunks of images in
+ * planes stay in that core's L2. The forward and dX tile GEMMs run on gemm_rows()
+ * (src/nn/rowgemm.c: a tile's bits do not depend on the block it sits in, so samples do
+ * not depend on the batch); the dW GEMMs on OpenBLAS, single-threaded inside the region
+ * (tb keeps them within its small-matrix bound, M*N*K <= 1e6), so no two pools compete. This ran 1.2-2.5x faster than transforming chunks of images in
  * parallel and calling 36 big GEMMs from the main thread for OpenBLAS to spread. dW sums over
  * tiles: the blocks are split into P fixed, contiguous partitions (P = number of processors),
  * each accumulating its own dU by GEMMs with beta = 1; the P partials are then added in order.
