@@ -29,6 +29,8 @@ static void usage(FILE *f) {
             "  --steps N           timed repetitions of each (default 10)\n"
             "  --threads N         threads (default: all cores)\n"
             "  --profile           time per kind of work (conv, gemm, norm, attention, elementwise, optimizer)\n"
+            "  --scaling           also time every repetition on one thread, right after its twin on\n"
+            "                      --threads, and report the median speed-up of the extra threads\n"
             "  --json              one JSON object on stdout instead of the table\n"
             "  -h, --help          this help\n");
 }
@@ -38,9 +40,30 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static double median(double *v, int n) {
-    qsort(v, n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+/* median of v[0..n), v left as it is */
+static double median(const double *v, int n) {
+    double *s = xmalloc(sizeof(double) * n);
+    memcpy(s, v, sizeof(double) * n);
+    qsort(s, n, sizeof *s, cmp_double);
+    double m = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
+    free(s);
+    return m;
+}
+
+/* median over i of a[i] / b[i] */
+static double median_ratio(const double *a, const double *b, int n) {
+    double *q = xmalloc(sizeof(double) * n);
+    for (int i = 0; i < n; i++) q[i] = a[i] / b[i];
+    double m = median(q, n);
+    free(q);
+    return m;
+}
+
+/* ", "key": [v0, v1, ...] */
+static void json_list(const char *key, const double *v, int n) {
+    printf(", \"%s\": [", key);
+    for (int i = 0; i < n; i++) printf("%s%.4f", i ? ", " : "", v[i]);
+    printf("]");
 }
 
 /* Median GFLOP/s of a large square sgemm with every thread: the ceiling of a GEMM-built net. */
@@ -65,10 +88,11 @@ int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
                                          {"steps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 'j'},
                                          {"profile", no_argument, 0, 'p'},      {"json", no_argument, 0, 'J'},
+                                         {"scaling", no_argument, 0, 's'},
                                          {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     const char *cfg_path = "configs/bench.json";
     char *sets[CLI_MAX_SETS];
-    int n_sets = 0, steps = 10, threads = 0, profile = 0, json = 0, rc, o;
+    int n_sets = 0, steps = 10, threads = 0, profile = 0, json = 0, scaling = 0, rc, o;
     optind = 1;
     opterr = 0;
     while ((o = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
@@ -79,6 +103,7 @@ int cmd_bench(int argc, char **argv) {
         case 'j': if ((rc = cli_int("bench", "--threads", optarg, 1, 1024, &threads))) return rc; break;
         case 'p': profile = 1; break;
         case 'J': json = 1; break;
+        case 's': scaling = 1; break;
         case 'h': usage(stdout); return 0;
         case ':': return cli_usage_error("bench", "option '%s' needs a value", argv[optind - 1]);
         default: return cli_usage_error("bench", "unknown option '%s'", argv[optind - 1]);
@@ -106,25 +131,38 @@ int cmd_bench(int argc, char **argv) {
     rng_normal(d, B * D, 1, 2, 0);
     for (int i = 0; i < B; i++) t[i] = (int)(rng_u32(1, 3, i) % (uint32_t)c.diffusion.T);
     u.drop_on = c.model.dropout > 0, u.drop_seed = 1;
+    /* ts/tf: times with `threads`; with --scaling, ts1/tf1 with one thread, each repetition
+     * timed right after its `threads` twin so both see the same state of a noisy machine. */
     double *ts = xmalloc(sizeof(double) * steps), *tf = xmalloc(sizeof(double) * steps);
+    double *ts1 = xmalloc(sizeof(double) * steps), *tf1 = xmalloc(sizeof(double) * steps);
+    const int nrun = scaling && threads > 1 ? 2 : 1;
     for (int r = -2; r < steps; r++) { /* 2 warm-up steps */
-        if (r == 0 && profile) g_prof_on = 1;
-        double t0 = now_s();
-        u.drop_step = (uint64_t)(r + 2);
-        unet_forward(&u, y, x, t, B);
-        unet_zero_grad(&u);
-        unet_backward(&u, d, NULL);
-        double gn = optim_grad_norm(u.grads, u.n_floats);
-        PROF(PROF_OPTIM, optim_step(&opt, u.params, u.grads, &c, r + 2, 1e-6, gn > 1 ? 1 / gn : 1, 0.999));
-        if (r >= 0) ts[r] = now_s() - t0;
+        for (int k = 0; k < nrun; k++) {
+            threads_set(k ? 1 : threads);
+            g_prof_on = profile && r >= 0 && k == 0;
+            double t0 = now_s();
+            u.drop_step = (uint64_t)(r + 2);
+            unet_forward(&u, y, x, t, B);
+            unet_zero_grad(&u);
+            unet_backward(&u, d, NULL);
+            double gn = optim_grad_norm(u.grads, u.n_floats);
+            PROF(PROF_OPTIM, optim_step(&opt, u.params, u.grads, &c, r + 2, 1e-6, gn > 1 ? 1 / gn : 1, 0.999));
+            if (r >= 0) (k ? ts1 : ts)[r] = now_s() - t0;
+        }
     }
     g_prof_on = 0;
     u.drop_on = 0;
     for (int r = -1; r < steps; r++) {
-        double t0 = now_s();
-        unet_forward(&u, y, x, t, B);
-        if (r >= 0) tf[r] = now_s() - t0;
+        for (int k = 0; k < nrun; k++) {
+            threads_set(k ? 1 : threads);
+            double t0 = now_s();
+            unet_forward(&u, y, x, t, B);
+            if (r >= 0) (k ? tf1 : tf)[r] = now_s() - t0;
+        }
     }
+    threads_set(threads);
+    double scale_step = nrun > 1 ? median_ratio(ts1, ts, steps) : 0, scale_fwd = nrun > 1 ? median_ratio(tf1, tf, steps) : 0;
+    double step1_s = nrun > 1 ? median(ts1, steps) : 0, fwd1_s = nrun > 1 ? median(tf1, steps) : 0;
     double step_s = median(ts, steps), fwd_s = median(tf, steps);
     ceiling = fmax(ceiling, sgemm_ceiling(threads)); /* best of a measurement before and after */
     struct rusage ru;
@@ -146,6 +184,14 @@ int cmd_bench(int argc, char **argv) {
             for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], g_prof_s[k] / steps);
             printf("}");
         }
+        json_list("train_steps_s", ts, steps);
+        json_list("forwards_s", tf, steps);
+        if (nrun > 1) {
+            printf(", \"train_step_1t_s\": %.5f, \"forward_1t_s\": %.5f, \"scaling_train\": %.4f, \"scaling_forward\": %.4f",
+                   step1_s, fwd1_s, scale_step, scale_fwd);
+            json_list("train_steps_1t_s", ts1, steps);
+            json_list("forwards_1t_s", tf1, steps);
+        }
         printf("}\n");
     } else {
         printf("bench %s: %zu parameters, batch %d, %d threads\n", cfg_path, nparams, B, threads);
@@ -156,6 +202,10 @@ int cmd_bench(int argc, char **argv) {
         printf("  sgemm ceiling              %7.1f GFLOP/s  (2048^3, %d threads); training step reaches %.0f%%\n", ceiling, threads,
                100 * gf_step / step_s / ceiling);
         printf("  peak RSS        %8.0f MB\n", rss_mb);
+        if (nrun > 1)
+            printf("  thread scaling  training step 1 thread %.3f s: %.2fx; forward 1 thread %.3f s: %.2fx\n"
+                   "                  (median of the per-repetition ratios, each 1-thread run right after its twin)\n",
+                   step1_s, scale_step, fwd1_s, scale_fwd);
         if (profile) {
             double tot = 0;
             for (int k = 0; k < PROF_N; k++) tot += g_prof_s[k];
@@ -165,7 +215,7 @@ int cmd_bench(int argc, char **argv) {
             printf("    %-20s %8.1f ms\n", "(other)", 1000 * (step_s - tot / steps));
         }
     }
-    free(x), free(y), free(d), free(t), free(ts), free(tf);
+    free(x), free(y), free(d), free(t), free(ts), free(tf), free(ts1), free(tf1);
     optim_free(&opt);
     unet_free(&u);
     return 0;
