@@ -12,8 +12,8 @@
  *
  * The kernel: B is packed into panels of NR = 2 vectors of columns (zero-padded past N;
  * skipped when op(B) = B already has whole panels), and MR = 6 rows at a time keep 12
- * vector accumulators in registers, each A element broadcast once per k. A 1-row version
- * handles the last M % MR rows with the same operations per element. The portable build
+ * vector accumulators in registers, each A element broadcast once per k. The last M % MR
+ * rows run the same kernel specialized to their count: the same operations per element. The portable build
  * (no AVX2/AVX-512) uses plain loops in the same order (mul then add when the target has
  * no FMA), which the compiler vectorizes over columns. */
 #include <stdlib.h>
@@ -48,41 +48,40 @@ static void pack_b(float *Bp, int transB, int N, int K, const float *B, int ldb)
 }
 
 #ifdef VF_N
-/* C rows r0..r0+5, columns of one panel (nc valid) = A rows . panel (K rows, stride bs) */
-static void kernel6(int K, const float *A, int lda, const float *Bp, size_t bs, float *C, int ldc, int nc) {
-    vf c00 = vf_set1(0), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    vf c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * (size_t)lda, *a3 = A + 3 * (size_t)lda, *a4 = A + 4 * (size_t)lda,
-                *a5 = A + 5 * (size_t)lda;
+/* C rows 0..R-1 (R <= MR), columns of one panel (nc valid) = A rows . panel (K rows, stride
+ * bs). R is a constant at every call (kernel_rows below), so the 2R accumulators live in
+ * registers; every element gets the same one FMA per k whatever R is. */
+static inline __attribute__((always_inline)) void kernel_r(const int R, int K, const float *A, int lda, const float *Bp,
+                                                           size_t bs, float *C, int ldc, int nc) {
+    vf c0[MR], c1[MR];
+    const float *a[MR];
+    for (int r = 0; r < R; r++) c0[r] = c1[r] = vf_set1(0), a[r] = A + (size_t)r * lda;
     for (int k = 0; k < K; k++) {
         const float *b = Bp + (size_t)k * bs;
-        vf b0 = vf_ld(b, VF_N), b1 = vf_ld(b + VF_N, VF_N), a;
-        a = vf_set1(a0[k]), c00 = vf_fma(a, b0, c00), c01 = vf_fma(a, b1, c01);
-        a = vf_set1(a1[k]), c10 = vf_fma(a, b0, c10), c11 = vf_fma(a, b1, c11);
-        a = vf_set1(a2[k]), c20 = vf_fma(a, b0, c20), c21 = vf_fma(a, b1, c21);
-        a = vf_set1(a3[k]), c30 = vf_fma(a, b0, c30), c31 = vf_fma(a, b1, c31);
-        a = vf_set1(a4[k]), c40 = vf_fma(a, b0, c40), c41 = vf_fma(a, b1, c41);
-        a = vf_set1(a5[k]), c50 = vf_fma(a, b0, c50), c51 = vf_fma(a, b1, c51);
+        const vf b0 = vf_ld(b, VF_N), b1 = vf_ld(b + VF_N, VF_N);
+        for (int r = 0; r < R; r++) {
+            const vf ar = vf_set1(a[r][k]);
+            c0[r] = vf_fma(ar, b0, c0[r]), c1[r] = vf_fma(ar, b1, c1[r]);
+        }
     }
     const int n0 = nc < VF_N ? nc : VF_N, n1 = nc - n0;
-    vf lo[MR] = {c00, c10, c20, c30, c40, c50}, hi[MR] = {c01, c11, c21, c31, c41, c51};
-    for (int r = 0; r < MR; r++) {
-        vf_st(C + (size_t)r * ldc, lo[r], n0);
-        if (n1 > 0) vf_st(C + (size_t)r * ldc + VF_N, hi[r], n1);
+    for (int r = 0; r < R; r++) {
+        vf_st(C + (size_t)r * ldc, c0[r], n0);
+        if (n1 > 0) vf_st(C + (size_t)r * ldc + VF_N, c1[r], n1);
     }
 }
 
-/* one row, the same operations per element as kernel6 */
-static void kernel1(int K, const float *A, const float *Bp, size_t bs, float *C, int nc) {
-    vf c0 = vf_set1(0), c1 = c0;
-    for (int k = 0; k < K; k++) {
-        const float *b = Bp + (size_t)k * bs;
-        vf a = vf_set1(A[k]);
-        c0 = vf_fma(a, vf_ld(b, VF_N), c0), c1 = vf_fma(a, vf_ld(b + VF_N, VF_N), c1);
+/* R = 1..MR rows: the tail of a block runs with as many accumulators as it has rows (a
+ * 2-row tail at the 6-row speed, instead of row by row at a third of it) */
+static void kernel_rows(int R, int K, const float *A, int lda, const float *Bp, size_t bs, float *C, int ldc, int nc) {
+    switch (R) {
+    case 6: kernel_r(6, K, A, lda, Bp, bs, C, ldc, nc); break;
+    case 5: kernel_r(5, K, A, lda, Bp, bs, C, ldc, nc); break;
+    case 4: kernel_r(4, K, A, lda, Bp, bs, C, ldc, nc); break;
+    case 3: kernel_r(3, K, A, lda, Bp, bs, C, ldc, nc); break;
+    case 2: kernel_r(2, K, A, lda, Bp, bs, C, ldc, nc); break;
+    default: kernel_r(1, K, A, lda, Bp, bs, C, ldc, nc); break;
     }
-    const int n0 = nc < VF_N ? nc : VF_N, n1 = nc - n0;
-    vf_st(C, c0, n0);
-    if (n1 > 0) vf_st(C + VF_N, c1, n1);
 }
 #endif
 
@@ -91,17 +90,13 @@ static void rows_range(int i0, int i1, int N, int K, const float *A, int lda, co
                        float *C, int ldc) {
     const int np = (N + NR - 1) / NR;
 #ifdef VF_N
-    int i = i0;
-    for (; i + MR <= i1; i += MR)
+    for (int i = i0; i < i1; i += MR) {
+        const int R = i1 - i < MR ? i1 - i : MR;
         for (int p = 0; p < np; p++) {
             const int nc = N - p * NR < NR ? N - p * NR : NR;
-            kernel6(K, A + (size_t)i * lda, lda, Bp + p * pstride, bs, C + (size_t)i * ldc + p * NR, ldc, nc);
+            kernel_rows(R, K, A + (size_t)i * lda, lda, Bp + p * pstride, bs, C + (size_t)i * ldc + p * NR, ldc, nc);
         }
-    for (; i < i1; i++)
-        for (int p = 0; p < np; p++) {
-            const int nc = N - p * NR < NR ? N - p * NR : NR;
-            kernel1(K, A + (size_t)i * lda, Bp + p * pstride, bs, C + (size_t)i * ldc + p * NR, nc);
-        }
+    }
 #else
     float acc[NR];
     for (int i = i0; i < i1; i++)
