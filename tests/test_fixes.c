@@ -208,10 +208,27 @@ static void test_noise_betas(const char *d) {
     T_OK(rc == 0 && fabs(ab0 - f1 / f0) < 1e-5, "noise --config uses the config's cosine_s: alpha_bar_0 %.6g (want %.6g)", ab0, f1 / f0);
 }
 
+/* pid is a live process: it exists and is no zombie (an orphan whose reaper has not come by) */
+static int running(int pid) {
+    char path[64], stat[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(stat, 1, sizeof stat - 1, f);
+    fclose(f);
+    stat[n] = 0;
+    const char *e = strrchr(stat, ')'); /* "pid (comm) S ..." */
+    return e && e[1] == ' ' && e[2] != 'Z' && e[2] != 'X';
+}
+
 static void test_runner(const char *d) {
     char p[700];
+    /* the hung test's two sleeps write their pids: the check below asks about those two
+     * processes only, not about any sleep another suite on the machine may be running */
+    char hang[1400];
+    snprintf(hang, sizeof hang, "#!/bin/sh\nsleep 300 & echo $! > '%s/pids'\nsleep 300 &\necho $! >> '%s/pids'\nwait\n", d, d);
     snprintf(p, sizeof p, "%s/hang", d);
-    write_text(p, "#!/bin/sh\nsleep 300 & sleep 300\n");
+    write_text(p, hang);
     snprintf(p, sizeof p, "%s/skip", d);
     write_text(p, "#!/bin/sh\necho '  skipped: no such thing here'\nexit 77\n");
     snprintf(p, sizeof p, "%s/good", d);
@@ -228,8 +245,12 @@ static void test_runner(const char *d) {
          "run.sh: a hung test fails after TEST_TIMEOUT (%.1f s)", dt);
     T_OK(strstr(text, "SKIPPED: no such thing here") && strstr(text, "skipped: skip") && strstr(text, "3 passed, 1 failed\n"),
          "run.sh: a skipped test says so and counts neither way");
-    int left = system("pgrep -f 'sleep 30[0]' >/dev/null");
-    T_OK(left != 0, "run.sh: the hung test's children were killed too");
+    snprintf(p, sizeof p, "%s/pids", d);
+    FILE *f = fopen(p, "r");
+    int pid, n = 0, alive = 0;
+    while (f && fscanf(f, "%d", &pid) == 1) n++, alive += running(pid);
+    if (f) fclose(f);
+    T_OK(n == 2 && alive == 0, "run.sh: the hung test's children were killed too (%d of %d still alive)", alive, n);
 }
 
 int main(void) {
