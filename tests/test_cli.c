@@ -103,8 +103,8 @@ int main(void) {
 
     /* bench --scaling on a small model: one JSON object with the 1-thread twins of both
      * timings, 3 repetitions each, and their ratios (positive; their size is make bench's) */
-    rc = run("bench --set model.ch=32 --set 'model.ch_mult=[1,2]' --set model.num_res_blocks=1 --set train.batch_size=2 "
-             "--steps 3 --threads 2 --scaling --json");
+    const char *small = "--set model.ch=32 --set 'model.ch_mult=[1,2]' --set model.num_res_blocks=1 --set train.batch_size=2";
+    rc = run("bench %s --steps 3 --threads 2 --scaling --json", small);
     double s_train = 0, s_fwd = 0;
     const char *k1 = strstr(g_out, "\"scaling_train\": "), *k2 = strstr(g_out, "\"scaling_forward\": ");
     if (k1) s_train = atof(k1 + strlen("\"scaling_train\": "));
@@ -114,8 +114,7 @@ int main(void) {
     for (const char *c = l1; c && *c && *c != ']'; c++) n_l1 += *c == ',';
     T_OK(rc == 0 && n_lines(g_out) == 1 && s_train > 0 && s_fwd > 0 && l1 && n_l1 == 2,
          "bench --scaling --json: scaling_train %.2f, scaling_forward %.2f, 3 one-thread steps: %s", s_train, s_fwd, g_out);
-    rc = run("bench --set model.ch=32 --set 'model.ch_mult=[1,2]' --set model.num_res_blocks=1 --set train.batch_size=2 "
-             "--steps 2 --threads 1 --scaling --json");
+    rc = run("bench %s --steps 2 --threads 1 --scaling --json", small);
     T_OK(rc == 0 && !strstr(g_out, "scaling_train"), "bench --scaling with one thread: nothing to compare, no ratio");
     return t_done();
 }
