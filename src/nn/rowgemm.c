@@ -13,9 +13,9 @@
  * The kernel: B is packed into panels of NR = 2 vectors of columns (zero-padded past N;
  * skipped when op(B) = B already has whole panels), and MR = 6 rows at a time keep 12
  * vector accumulators in registers, each A element broadcast once per k. The last M % MR
- * rows run the same kernel specialized to their count: the same operations per element. The portable build
- * (no AVX2/AVX-512) uses plain loops in the same order (mul then add when the target has
- * no FMA), which the compiler vectorizes over columns. */
+ * rows run the same kernel specialized to their count: the same operations per element.
+ * The portable build (no AVX2/AVX-512) uses plain loops in the same order (mul then add
+ * when the target has no FMA), which the compiler vectorizes over columns. */
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
