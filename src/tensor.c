@@ -93,19 +93,23 @@ int procs_capped(int cap) {
 }
 
 /* C = alpha op(A) op(B) + beta C by parts of K, see above */
+float *grow_buffer(float **buf, size_t *cap, size_t n) {
+    if (n > *cap || !*buf) {
+        free(*buf);
+        *buf = xmalloc(sizeof(float) * (n ? n : 1));
+        *cap = n;
+    }
+    return *buf;
+}
+
 static void gemm_ksplit(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                         const float *B, int ldb, float beta, float *C, int ldc, int P) {
     const size_t MN = (size_t)M * N;
-    /* the partial sums: a per-thread buffer kept for the next call, so a training step
-     * does not allocate (grown to the largest weight gradient once) */
+    /* the partial sums, in the calling thread's buffer (grown to the largest weight gradient
+     * once); a local pointer, since inside the parallel loops `buf` would be each thread's own */
     static __thread float *buf;
     static __thread size_t cap;
-    if (MN * (P - 1) > cap) {
-        free(buf);
-        buf = xmalloc(sizeof(float) * MN * (P - 1));
-        cap = MN * (P - 1);
-    }
-    float *S = buf; /* a local: inside the parallel loops `buf` would be each thread's own */
+    float *S = grow_buffer(&buf, &cap, MN * (P - 1));
 #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
     for (int p = 0; p < P; p++) {
         const int k0 = (int)((long)K * p / P / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN);

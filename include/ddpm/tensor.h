@@ -19,6 +19,10 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
  * its row of A and on B only, never on M, its position or the threads. Every forward product
  * over a batch uses it: that is what makes samples byte-identical whatever --batch. */
 void gemm_rows(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc);
+/* A scratch of at least n floats in *buf (capacity *cap floats), grown only when too small and
+ * kept for the next call: callers pass static __thread variables, so the GEMMs inside a
+ * training step allocate nothing after the first step. The old contents are not kept. */
+float *grow_buffer(float **buf, size_t *cap, size_t n);
 /* Same contract as gemm(), triple loop with double accumulation. Tests only. */
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);

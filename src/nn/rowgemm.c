@@ -121,14 +121,12 @@ void gemm_rows(int transB, int M, int N, int K, const float *A, int lda, const f
     const int direct = !transB && N % NR == 0;
     static __thread float *buf;
     static __thread size_t cap;
-    const size_t np = (size_t)(N + NR - 1) / NR, need = direct ? 0 : np * K * NR;
-    if (need > cap) {
-        free(buf);
-        buf = xmalloc(sizeof(float) * need);
-        cap = need;
+    const float *Bp = B;
+    if (!direct) {
+        float *packed = grow_buffer(&buf, &cap, (size_t)(N + NR - 1) / NR * K * NR);
+        pack_b(packed, transB, N, K, B, ldb);
+        Bp = packed;
     }
-    if (!direct) pack_b(buf, transB, N, K, B, ldb);
-    const float *Bp = direct ? B : buf;
     const size_t pstride = direct ? NR : (size_t)K * NR, bs = direct ? (size_t)ldb : NR;
     /* blocks of rows to the threads: any split gives the same bits */
     const int nb = (M + 4 * MR - 1) / (4 * MR);

@@ -13,13 +13,13 @@
  *
  * Layouts: a block's transformed tiles are tile-major, V (tiles, 36, C) and M (tiles, 36,
  * OC): a tile's transform reads or writes one contiguous run, and the GEMM of position x
- * takes V[x] as the rows at V + x*C, 36*C apart (the x-major planes V (36, tiles, C) this
- * replaced had each tile touch 36 runs of C floats far apart, and with C = 64 half of the
- * transforms' time was spent waiting for those lines: tile-major measured 5-20 % faster per
- * convolution on Zen 4, the same bits). Weights U (36, C, OC) for the forward, (36, OC, C)
- * (rotated) for dX, dU (36, OC, C). Every
- * transform is a linear combination of channel vectors (NHWC: channels fastest), 16 lanes at
- * a time (one AVX-512 register), with a masked tail when C % 16 != 0.
+ * takes V[x] as the rows at V + x*C, 36*C apart. (The x-major planes V (36, tiles, C) this
+ * replaced had each tile touch 36 runs of C floats far apart; at C = 64 half of the
+ * transforms' time was waiting for those lines. Tile-major measured 5-20 % faster per
+ * convolution on Zen 4, with the same bits.) Weights U (36, C, OC) for the forward,
+ * (36, OC, C) (rotated) for dX, dU (36, OC, C). Every transform is a linear combination of
+ * channel vectors (NHWC: channels fastest), 16 lanes at a time (one AVX-512 register), with
+ * a masked tail when C % 16 != 0.
  *
  * Parallelism (measured on the 2-core bench machine, see the numbers in conv2d.c): the tiles
  * are cut into fixed blocks of tb tiles; each OpenMP thread takes whole blocks and runs
@@ -27,8 +27,9 @@
  * tiles stay in that core's L2. The forward and dX tile GEMMs run on gemm_rows()
  * (src/nn/rowgemm.c: a tile's bits do not depend on the block it sits in, so samples do
  * not depend on the batch); the dW GEMMs on OpenBLAS, single-threaded inside the region
- * (tb keeps them within its small-matrix bound, M*N*K <= 1e6), so no two pools compete. This ran 1.2-2.5x faster than transforming chunks of images in
- * parallel and calling 36 big GEMMs from the main thread for OpenBLAS to spread. dW sums over
+ * (tb keeps them within its small-matrix bound, M*N*K <= 1e6), so no two pools compete.
+ * This ran 1.2-2.5x faster than transforming chunks of images in parallel and calling 36
+ * big GEMMs from the main thread for OpenBLAS to spread. dW sums over
  * tiles: the blocks are split into P fixed, contiguous partitions (P = number of processors),
  * each accumulating its own dU by GEMMs with beta = 1; the P partials are then added in order.
  *
@@ -52,7 +53,8 @@
 /* Block of tb tiles: tb*Cin*Cout <= WINO_BLOCK_MNK (OpenBLAS 0.3.21 sgemm small-matrix kernel
  * bound on SkylakeX; past it, a GEMM goes to OpenBLAS's threaded path, measured 2x slower
  * here), and the block's V and M tiles within WINO_BLOCK_FLOATS (2 MB: with U they sit in a
- * 2 MB L2; 1 and 4 MB measured within noise, 2 MB best). */
+ * 2 MB L2; 1 and 4 MB measured within noise, 2 MB best; on Zen 4, 1 MB L2, 0.125-1 MB blocks
+ * were 3-50 % slower, since every block re-reads U). */
 #define WINO_BLOCK_MNK 1000000L
 #define WINO_BLOCK_FLOATS (512L * 1024)
 #define WINO_TB_MIN 8
