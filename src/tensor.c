@@ -12,22 +12,51 @@
 #include "ddpm/err.h"
 
 
-/* OpenBLAS reads OPENBLAS_CORETYPE only when it loads, and 0.3.21 (Debian 12) does not know
- * some newer CPUs (an AVX-512 Xeon) and then runs its generic "Prescott" SSE3 kernels, 4-5x
- * slower than the CPU allows. So this constructor (after the libraries', before main), when
- * the variable is unset and OpenBLAS picked Prescott on a CPU with AVX-512 or AVX2+FMA, sets
- * SkylakeX or Haswell and restarts the program once, through the real path of its binary so
- * the process keeps its name in top and ps. A variable the user has set is never changed;
- * DDPM_BLAS_CHECKED marks the restarted process (setting it turns this off). CPUs OpenBLAS
- * knows (e.g. an AMD EPYC, "Zen") never restart. */
+/* DDPM_GEMM=openblas: every gemm() block runs on OpenBLAS's sgemm instead of ddpm's kernel, to
+ * compare the two (the blocks, and so the same bits with any thread count, stay). Read once,
+ * by the constructor that follows, before any thread exists. */
+static int gemm_openblas;
+
+/* OpenBLAS runs the sgemm ceiling of `ddpm bench` and, with DDPM_GEMM=openblas, the GEMMs. It
+ * reads OPENBLAS_CORETYPE only when it loads, and 0.3.21 (Debian 12) does not know every CPU:
+ * on an AVX-512 Xeon it runs its generic "Prescott" SSE3 kernels, a quarter of the speed the
+ * CPU allows. So this constructor (after the libraries', before main), when the variable is
+ * unset, compares the vector width of OpenBLAS's pick with the widest both this CPU and this
+ * build's own kernels use (a build for AVX2, `make ISA=avx2`, keeps OpenBLAS to AVX2 too, so
+ * the whole program is that build), and if they differ sets SkylakeX or Haswell and restarts
+ * the program once, through the real path of its binary so the process keeps its name in top
+ * and ps. A variable the user has set is never changed; DDPM_BLAS_CHECKED marks the restarted
+ * process (setting it turns this off). Where OpenBLAS's pick fits (Zen 3 "Zen", Zen 4 and 5
+ * "Cooperlake") nothing restarts. */
+static int core_width(const char *name) { /* widest vectors of an OpenBLAS core, in bits */
+    static const char *w512[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+    static const char *w256[] = {"Haswell", "Zen"};
+    for (size_t i = 0; i < sizeof w512 / sizeof *w512; i++)
+        if (!strcmp(name, w512[i])) return 512;
+    for (size_t i = 0; i < sizeof w256 / sizeof *w256; i++)
+        if (!strcmp(name, w256[i])) return 256;
+    return 128;
+}
+
 __attribute__((constructor)) static void blas_pick_core(int argc, char **argv, char **envp) {
+    (void)argc, (void)envp;
+    const char *g = getenv("DDPM_GEMM");
+    gemm_openblas = g && !strcmp(g, "openblas");
     if (getenv("DDPM_BLAS_CHECKED") || getenv("OPENBLAS_CORETYPE") || !argv) return;
     const char *name = openblas_get_corename();
-    if (!name || strcmp(name, "Prescott")) return;
+    if (!name) return;
     __builtin_cpu_init();
-    const char *core = __builtin_cpu_supports("avx512f") ? "SkylakeX"
-                     : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "Haswell" : NULL;
-    if (!core) return;
+    int cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")
+                  ? 512
+              : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 256
+                                                                                 : 128;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if (cpu > 256) cpu = 256; /* an AVX2 build: OpenBLAS at AVX2 as well */
+#endif
+    int have = core_width(name);
+    if (have == cpu || cpu < 256) return;
+    const char *core = cpu == 512 ? "SkylakeX" : "Haswell";
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0) return;
@@ -35,7 +64,7 @@ __attribute__((constructor)) static void blas_pick_core(int argc, char **argv, c
     setenv("OPENBLAS_CORETYPE", core, 1);
     setenv("DDPM_BLAS_CHECKED", "1", 1);
     execv(self, argv);
-    /* exec failed: carry on with the slow kernels */
+    /* exec failed: carry on with OpenBLAS's own pick */
 }
 
 const char *blas_core_name(void) { return openblas_get_corename(); }
@@ -61,22 +90,24 @@ const char *cpu_model_name(void) {
 
 static void sgemm1(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (gemm_openblas)
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K,
+                    alpha, A, lda, B, ldb, beta, C, ldc);
+    else gemm_kernel(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* Every GEMM runs on one thread (OpenBLAS's OpenMP build does so inside a parallel region,
- * and outside one when it is asked for one thread), on blocks cut here in a way that
- * depends only on the shape and the processor count, never on the thread count:
+/* Every GEMM is ddpm's own kernel (src/nn/rowgemm.c) on one thread, on blocks cut here in a
+ * way that depends only on the shape and the processor count, never on the thread count:
  *  - a product whose inner dimension K dwarfs M and N (a weight gradient, summed over every
  *    pixel of the batch) is cut along K into one part per processor (at most 16); part 0
  *    goes into C, the others into scratch, added to C in part order;
- *  - any other large product into blocks of rows of C (of columns when C is wider than
- *    tall) of about GEMM_BLOCK_MNK multiply-adds.
+ *  - any other large product into blocks of rows of C: gemm_rows_ab() packs op(B) once and
+ *    gives blocks of 4 x 6 rows to the threads; when C is wider than tall, into blocks of
+ *    columns of about GEMM_BLOCK_MNK multiply-adds.
  * Outside a parallel region the blocks go to the threads. A C element is then the same
  * single-threaded arithmetic wherever gemm() is called from and whatever the thread count:
  * the same bits with 1 or n threads. */
-#define GEMM_SPLIT_MIN (1L << 18) /* multiply-adds from which OpenBLAS would use its threads */
+#define GEMM_SPLIT_MIN (1L << 18) /* multiply-adds from which a product is cut */
 #define GEMM_BLOCK_MNK (1L << 20) /* multiply-adds per block, about */
 #define GEMM_BLOCK_ALIGN 16       /* rows per block, and K per part: a multiple of this */
 #define GEMM_KSPLIT_RATIO 8       /* K >= this times max(M, N): split K */
@@ -143,11 +174,16 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
         return;
     }
     const int by_rows = M >= N;
+    if (by_rows && !gemm_openblas) {
+        gemm_rows_ab(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
     long rows = GEMM_BLOCK_MNK / (mnk / R > 0 ? mnk / R : 1);
     rows = (rows + GEMM_BLOCK_ALIGN - 1) / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN;
     if (rows < GEMM_BLOCK_ALIGN) rows = GEMM_BLOCK_ALIGN;
     const int nblk = (int)((R + rows - 1) / rows);
-    /* a parallel region even for one block: inside one, OpenBLAS keeps to the caller */
+    /* a parallel region even for one block: inside one, OpenBLAS (DDPM_GEMM=openblas) keeps to
+     * the caller */
 #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
     for (int k = 0; k < nblk; k++) {
         const int r0 = (int)(k * rows), n = (int)(R - r0 < rows ? R - r0 : rows);

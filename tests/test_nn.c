@@ -1226,6 +1226,25 @@ static void test_gemm_rows(void) {
     }
     T_OK(same, "gemm_rows: a row gives the same bits at every position and row count");
     free(A), free(B), free(C), free(row), free(first);
+
+    /* gemm_kernel and gemm_rows_ab (one thread; blocks to the threads), A stored either way,
+     * are gemm_rows bit for bit at alpha 1, beta 0, with K in several passes (> 256) */
+    const int M2 = 29, N2 = 37, K2 = 600;
+    float *A2 = alloc_rand((size_t)M2 * K2, 1, 0), *At = alloc0((size_t)K2 * M2), *B2 = alloc_rand((size_t)K2 * N2, 1, 0);
+    for (int i = 0; i < M2; i++)
+        for (int k = 0; k < K2; k++) At[(size_t)k * M2 + i] = A2[(size_t)i * K2 + k];
+    float *C0 = alloc0((size_t)M2 * N2), *C1 = alloc_rand((size_t)M2 * N2, 1, 0);
+    gemm_rows(0, M2, N2, K2, A2, K2, B2, N2, C0, N2);
+    int bits = 1;
+    for (int v = 0; v < 4; v++) {
+        const int ta = v & 1;
+        if (v < 2) gemm_kernel(ta, 0, M2, N2, K2, 1.0f, ta ? At : A2, ta ? M2 : K2, B2, N2, 0.0f, C1, N2);
+        else gemm_rows_ab(ta, 0, M2, N2, K2, 1.0f, ta ? At : A2, ta ? M2 : K2, B2, N2, 0.0f, C1, N2);
+        bits &= memcmp(C0, C1, sizeof(float) * M2 * N2) == 0;
+        memset(C1, 0xff, sizeof(float) * M2 * N2); /* NaN: beta 0 must not read C */
+    }
+    T_OK(bits, "gemm_kernel and gemm_rows_ab, A plain or transposed, give gemm_rows' bits (29x37x600)");
+    free(A2), free(At), free(B2), free(C0), free(C1);
 }
 
 int main(void) {

@@ -1,4 +1,5 @@
-/* tensor: the GEMM wrapper (the only BLAS call site), its naive reference, and the arena.
+/* tensor: the GEMM wrapper (blocks for the threads, on the kernel of src/nn/rowgemm.c), its
+ * naive reference, and the arena.
  *
  * Layout convention of the whole project: activations are NHWC, i.e. a batch of images
  * is (B,H,W,C) row-major, channels fastest. A (B,H,W,C) tensor is also a (B*H*W, C)
@@ -19,6 +20,15 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
  * its row of A and on B only, never on M, its position or the threads. Every forward product
  * over a batch uses it: that is what makes samples byte-identical whatever --batch. */
 void gemm_rows(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc);
+/* gemm()'s contract by the same kernel: every element is c = fma(a[k], alpha b[k], c) for k in
+ * order from c = beta C (C is not read when beta is 0), so alpha 1, beta 0 is gemm_rows() bit
+ * for bit. gemm_kernel() runs on the calling thread alone; gemm_rows_ab() gives blocks of rows
+ * to the threads (outside a parallel region), op(B) packed once for all. gemm() cuts its
+ * blocks onto these. */
+void gemm_kernel(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                 int ldb, float beta, float *C, int ldc);
+void gemm_rows_ab(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc);
 /* A scratch of at least n floats in *buf (capacity *cap floats), grown only when too small and
  * kept for the next call: callers pass static __thread variables, so the GEMMs inside a
  * training step allocate nothing after the first step. The old contents are not kept. */
