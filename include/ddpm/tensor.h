@@ -29,6 +29,13 @@ void gemm_kernel(int transA, int transB, int M, int N, int K, float alpha, const
                  int ldb, float beta, float *C, int ldc);
 void gemm_rows_ab(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc);
+/* op(B) (K,N) packed ahead, for products that reuse it (Winograd's transformed weights, once
+ * per convolution for every block of tiles): element (k, n) at
+ *     (n / W) K W + k W + n % W,   W = gemm_panel_width(),
+ * gemm_pack_floats(N, K) floats in all, zero past N. gemm_rows_packed() is gemm_rows() on it. */
+int gemm_panel_width(void);
+size_t gemm_pack_floats(int N, int K);
+void gemm_rows_packed(int M, int N, int K, const float *A, int lda, const float *Bp, float *C, int ldc);
 /* A scratch of at least n floats in *buf (capacity *cap floats), grown only when too small and
  * kept for the next call: callers pass static __thread variables, so the GEMMs inside a
  * training step allocate nothing after the first step. The old contents are not kept. */

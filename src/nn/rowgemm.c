@@ -68,11 +68,11 @@ static void pack_b(float *Bp, int transB, int N, int K, float alpha, const float
 }
 
 #ifdef VF_N
-/* C rows 0..R-1 (R <= MR), columns of one panel (nc valid) = op(A) rows . panel (K rows,
- * NR floats apart), starting from 0 or, with `load`, from C. op(A) element (r, k) is A[r lda + k],
- * or A[k lda + r] when TA (a transposed A: the R values of one k are then adjacent). R and TA
- * are constants at every call (kernel_rows below), so the 2R accumulators live in registers;
- * every element gets the same one FMA per k whatever R is. */
+/* C rows 0..R-1 (R <= MR), columns of one panel (nc valid) = op(A) rows . panel (K rows, NR
+ * floats apart), starting from 0 or, with `load`, from C. op(A) element (r, k) is
+ * A[r lda + k], or A[k lda + r] when TA (a transposed A: the R values of one k are adjacent).
+ * R and TA are constants at every call (kernel_rows below), so the 2R accumulators live in
+ * registers; every element gets the same one FMA per k whatever R is. */
 static inline __attribute__((always_inline)) void kernel_r(const int R, const int TA, int K, const float *A, int lda,
                                                            const float *Bp, float *C, int ldc, int nc,
                                                            int load) {
@@ -100,14 +100,14 @@ static inline __attribute__((always_inline)) void kernel_r(const int R, const in
 
 /* R = 1..MR rows: the tail of a block runs with as many accumulators as it has rows (a
  * 2-row tail at the 6-row speed, instead of row by row at a third of it) */
-#define KERNEL_CASES(TA)                                                                                               \
-    switch (R) {                                                                                                       \
-    case 6: kernel_r(6, TA, K, A, lda, Bp, C, ldc, nc, load); break;                                              \
-    case 5: kernel_r(5, TA, K, A, lda, Bp, C, ldc, nc, load); break;                                              \
-    case 4: kernel_r(4, TA, K, A, lda, Bp, C, ldc, nc, load); break;                                              \
-    case 3: kernel_r(3, TA, K, A, lda, Bp, C, ldc, nc, load); break;                                              \
-    case 2: kernel_r(2, TA, K, A, lda, Bp, C, ldc, nc, load); break;                                              \
-    default: kernel_r(1, TA, K, A, lda, Bp, C, ldc, nc, load); break;                                             \
+#define KERNEL_CASES(TA)                                              \
+    switch (R) {                                                      \
+    case 6: kernel_r(6, TA, K, A, lda, Bp, C, ldc, nc, load); break;  \
+    case 5: kernel_r(5, TA, K, A, lda, Bp, C, ldc, nc, load); break;  \
+    case 4: kernel_r(4, TA, K, A, lda, Bp, C, ldc, nc, load); break;  \
+    case 3: kernel_r(3, TA, K, A, lda, Bp, C, ldc, nc, load); break;  \
+    case 2: kernel_r(2, TA, K, A, lda, Bp, C, ldc, nc, load); break;  \
+    default: kernel_r(1, TA, K, A, lda, Bp, C, ldc, nc, load); break; \
     }
 static void kernel_rows(int R, int TA, int K, const float *A, int lda, const float *Bp, float *C, int ldc, int nc,
                         int load) {
@@ -148,11 +148,11 @@ static void rows_range(int rows, int TA, int N, int K, const float *A, int lda, 
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         if (TA) pack_at(at, rows, kc, A + (size_t)k0 * lda, lda);
-        for (int i = 0; i < rows; i += MR) {
-            const int R = rows - i < MR ? rows - i : MR;
-            const float *Ai = TA ? at + i : A + (size_t)i * lda + k0;
-            for (int p = 0; p < np; p++) {
-                const int nc = N - p * NR < NR ? N - p * NR : NR;
+        for (int p = 0; p < np; p++) { /* a panel stays in L1 for all the rows */
+            const int nc = N - p * NR < NR ? N - p * NR : NR;
+            for (int i = 0; i < rows; i += MR) {
+                const int R = rows - i < MR ? rows - i : MR;
+                const float *Ai = TA ? at + i : A + (size_t)i * lda + k0;
                 kernel_rows(R, TA, kc, Ai, TA ? rows : lda, Bp + p * pstride + (size_t)k0 * NR,
                             C + (size_t)i * ldc + p * NR, ldc, nc, load || k0 > 0);
             }
@@ -178,12 +178,25 @@ void gemm_kernel(int transA, int transB, int M, int N, int K, float alpha, const
     /* op(B) packed a pass at a time: K can be a whole batch's pixels (a weight gradient) */
     static __thread float *buf;
     static __thread size_t cap;
-    float *Bp = grow_buffer(&buf, &cap, (size_t)(N + NR - 1) / NR * (K < KC ? K : KC) * NR);
+    float *Bp = grow_buffer(&buf, &cap, gemm_pack_floats(N, K < KC ? K : KC));
     for (int k0 = 0; k0 < K; k0 += KC) {
         const int kc = K - k0 < KC ? K - k0 : KC;
         pack_b(Bp, transB, N, kc, alpha, transB ? B + k0 : B + (size_t)k0 * ldb, ldb);
         rows_range(M, transA, N, kc, transA ? A + (size_t)k0 * lda : A + k0, lda, Bp, (size_t)kc * NR, C, ldc,
                    beta != 0.0f || k0 > 0);
+    }
+}
+
+/* rows of C against op(B) packed at Bp, in blocks of 4*MR rows to the threads (outside a
+ * parallel region): any split gives the same bits */
+static void row_blocks(int TA, int M, int N, int K, const float *A, int lda, const float *Bp, float *C, int ldc,
+                       int load) {
+    const int nb = (M + 4 * MR - 1) / (4 * MR);
+#pragma omp parallel for schedule(static) if (!omp_in_parallel() && (long)M * N * K > (1L << 18))
+    for (int b = 0; b < nb; b++) {
+        const int i0 = b * 4 * MR, n = M - i0 < 4 * MR ? M - i0 : 4 * MR;
+        rows_range(n, TA, N, K, TA ? A + i0 : A + (size_t)i0 * lda, lda, Bp, (size_t)K * NR, C + (size_t)i0 * ldc,
+                   ldc, load);
     }
 }
 
@@ -193,18 +206,19 @@ void gemm_rows_ab(int transA, int transB, int M, int N, int K, float alpha, cons
     /* op(B) packed once by the calling thread, read by all */
     static __thread float *buf;
     static __thread size_t cap;
-    float *Bp = grow_buffer(&buf, &cap, (size_t)(N + NR - 1) / NR * K * NR);
+    float *Bp = grow_buffer(&buf, &cap, gemm_pack_floats(N, K));
     pack_b(Bp, transB, N, K, alpha, B, ldb);
-    /* blocks of rows to the threads: any split gives the same bits */
-    const int nb = (M + 4 * MR - 1) / (4 * MR);
-#pragma omp parallel for schedule(static) if (!omp_in_parallel() && (long)M * N * K > (1L << 18))
-    for (int b = 0; b < nb; b++) {
-        const int i0 = b * 4 * MR, n = M - i0 < 4 * MR ? M - i0 : 4 * MR;
-        rows_range(n, transA, N, K, transA ? A + i0 : A + (size_t)i0 * lda, lda, Bp, (size_t)K * NR,
-                   C + (size_t)i0 * ldc, ldc, beta != 0.0f);
-    }
+    row_blocks(transA, M, N, K, A, lda, Bp, C, ldc, beta != 0.0f);
 }
 
 void gemm_rows(int transB, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
     gemm_rows_ab(0, transB, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, ldc);
+}
+
+int gemm_panel_width(void) { return NR; }
+size_t gemm_pack_floats(int N, int K) { return (size_t)(N + NR - 1) / NR * (K > 0 ? K : 0) * NR; }
+
+void gemm_rows_packed(int M, int N, int K, const float *A, int lda, const float *Bp, float *C, int ldc) {
+    if (M <= 0 || N <= 0 || scale_c(M, N, K, 1.0f, 0.0f, C, ldc)) return;
+    row_blocks(0, M, N, K, A, lda, Bp, C, ldc, 0);
 }

@@ -24,12 +24,13 @@
  * Parallelism (measured on the 2-core bench machine, see the numbers in conv2d.c): the tiles
  * are cut into fixed blocks of tb tiles; each OpenMP thread takes whole blocks and runs
  * transform -> 36 GEMMs -> output transform on its own slice of the scratch, so a block's
- * tiles stay in that core's L2. The forward and dX tile GEMMs run on gemm_rows()
+ * tiles stay in that core's L2. The forward and dX tile GEMMs run on gemm_rows_packed()
  * (src/nn/rowgemm.c: a tile's bits do not depend on the block it sits in, so samples do
- * not depend on the batch); the dW GEMMs on OpenBLAS, single-threaded inside the region
- * (tb keeps them within its small-matrix bound, M*N*K <= 1e6), so no two pools compete.
- * This ran 1.2-2.5x faster than transforming chunks of images in parallel and calling 36
- * big GEMMs from the main thread for OpenBLAS to spread. dW sums over
+ * not depend on the batch) against weights the transform writes in the kernel's panel
+ * layout, once per convolution (packing them per block and position cost 7 % of a forward
+ * on Zen 5); the dW GEMMs on gemm(), single-threaded inside the region. This ran 1.2-2.5x
+ * faster than transforming chunks of images in parallel and calling 36 big GEMMs from the
+ * main thread for OpenBLAS to spread (sessions before the own kernel). dW sums over
  * tiles: the blocks are split into P fixed, contiguous partitions (P = number of processors),
  * each accumulating its own dU by GEMMs with beta = 1; the P partials are then added in order.
  *
@@ -50,9 +51,9 @@
 #define WX 36 /* alpha^2 transformed positions */
 #define VL 16 /* channel lanes per transform step (one AVX-512 register) */
 
-/* Block of tb tiles: tb*Cin*Cout <= WINO_BLOCK_MNK (OpenBLAS 0.3.21 sgemm small-matrix kernel
- * bound on SkylakeX; past it, a GEMM goes to OpenBLAS's threaded path, measured 2x slower
- * here), and the block's V and M tiles within WINO_BLOCK_FLOATS (2 MB: with U they sit in a
+/* Block of tb tiles: tb*Cin*Cout <= WINO_BLOCK_MNK (set when the tile GEMMs were OpenBLAS's:
+ * its sgemm small-matrix bound on SkylakeX, past which it went to its threaded path, 2x
+ * slower; kept), and the block's V and M tiles within WINO_BLOCK_FLOATS (2 MB: with U they sit in a
  * 2 MB L2; 1 and 4 MB measured within noise, 2 MB best; on Zen 4, 1 MB L2, 0.125-1 MB blocks
  * were 3-50 % slower, since every block re-reads U). */
 #define WINO_BLOCK_MNK 1000000L
@@ -102,6 +103,11 @@ static int dw_block_tiles(Geo g, int C, int OC) { return balanced_tiles(g, WINO_
 
 static size_t block_floats(int tb, int Cin, int Cout) { return (size_t)WX * tb * (Cin + Cout); }
 
+/* floats of one of the 36 transformed weight matrices as packed by weight_transform() below */
+static size_t weight_floats(int C, int OC, int cmajor) {
+    return cmajor ? gemm_pack_floats(OC, C) : gemm_pack_floats(C, OC);
+}
+
 WinoPlan wino_plan(ConvShape s) {
     Geo g = geo_of(s.B, s.H, s.W);
     WinoPlan p = {g.NTOT, block_tiles(g, s.C, s.OC), block_tiles(g, s.OC, s.C), dw_block_tiles(g, s.C, s.OC),
@@ -121,10 +127,10 @@ int wino_applies(ConvShape s) {
 size_t wino_scratch(ConvShape s) {
     Geo g = geo_of(s.B, s.H, s.W);
     const size_t wt = (size_t)WX * s.C * s.OC, ns = wino_slots();
-    size_t fwd = wt + ns * block_floats(block_tiles(g, s.C, s.OC), s.C, s.OC);
+    size_t fwd = WX * weight_floats(s.C, s.OC, 1) + ns * block_floats(block_tiles(g, s.C, s.OC), s.C, s.OC);
     size_t dx = ns * block_floats(block_tiles(g, s.OC, s.C), s.OC, s.C);
     size_t dw = ns * block_floats(dw_block_tiles(g, s.C, s.OC), s.C, s.OC);
-    size_t bwd = (1 + ns) * wt + (dx > dw ? dx : dw);
+    size_t bwd = WX * weight_floats(s.C, s.OC, 0) + ns * wt + (dx > dw ? dx : dw);
     return fwd > bwd ? fwd : bwd;
 }
 
@@ -363,12 +369,19 @@ static inline __attribute__((always_inline)) void w_tile(float (*u)[VL], const f
     }
 }
 
-/* Transformed weights G g G^T of w (OC,3,3,C), g rotated by 180 degrees when rot:
- *   cmajor = 0: U (36, OC, C);  cmajor = 1: U (36, C, OC).
- * Work items are blocks of VL output channels x VL input channels; with cmajor the block is
- * transposed through a local buffer so every store is a contiguous run. */
+/* Transformed weights G g G^T of w (OC,3,3,C), g rotated by 180 degrees when rot, as the
+ * B operand (K, N) of the 36 tile GEMMs, packed for gemm_rows_packed() (see tensor.h), x after x
+ * gemm_pack_floats(N, K) apart:
+ *   cmajor = 0: U[x] (OC, C), K = OC;  cmajor = 1: U[x] (C, OC), K = C.
+ * Work items are blocks of VL output channels x VL input channels; every store is a run of
+ * VL channels within one panel (the panel width is a multiple of VL). */
 static void weight_transform(float *U, const float *w, int C, int OC, int rot, int cmajor) {
-    const size_t ps = (size_t)OC * C;
+    const int K = cmajor ? C : OC, N = cmajor ? OC : C, W = gemm_panel_width();
+    const size_t ps = weight_floats(C, OC, cmajor);
+    if (N % W) /* the last panel's columns past N are zeros */
+        for (int x = 0; x < WX; x++)
+            for (int k = 0; k < K; k++)
+                memset(U + x * ps + (size_t)(N / W) * K * W + (size_t)k * W + N % W, 0, sizeof(float) * (W - N % W));
     const int nob = (OC + VL - 1) / VL, ncb = (C + VL - 1) / VL;
 #pragma omp parallel for schedule(static) if ((size_t)OC * C > 4096)
     for (int blk = 0; blk < nob * ncb; blk++) {
@@ -387,14 +400,14 @@ static void weight_transform(float *U, const float *w, int C, int OC, int rot, i
         }
         for (int x = 0; x < WX; x++) {
             float *Ux = U + (size_t)x * ps;
-            if (cmajor) {
+            if (cmajor) { /* (k, n) = (c, oc) */
                 for (int l = 0; l < n; l++) {
-                    float *d = Ux + (size_t)(cb + l) * OC + ob;
+                    float *d = Ux + (size_t)(ob / W) * K * W + (size_t)(cb + l) * W + ob % W;
                     for (int o = 0; o < no; o++) d[o] = u[o][x][l];
                 }
-            } else {
+            } else { /* (k, n) = (oc, c) */
                 for (int o = 0; o < no; o++) {
-                    float *d = Ux + (size_t)(ob + o) * C + cb;
+                    float *d = Ux + (size_t)(cb / W) * K * W + (size_t)(ob + o) * W + cb % W;
                     for (int l = 0; l < n; l++) d[l] = u[o][x][l];
                 }
             }
@@ -458,12 +471,12 @@ static int thread_id(void) {
 }
 
 /* out (B,H,W,Cout) = (accum ? out + : ) conv of inp (B,H,W,Cin) (+ bias) with transformed
- * weights U (36, Cin, Cout), by blocks of tiles, each block on one thread start to end. */
+ * weights U[x] (Cin, Cout) packed (weight_transform), by blocks of tiles, each block on one thread start to end. */
 static void conv_blocks(float *out, int accum, const float *bias, const float *inp, Geo g, int Cin, int Cout,
                         const float *U, float *work) {
     const int tb = block_tiles(g, Cin, Cout);
     const long nblk = (g.NTOT + tb - 1) / tb;
-    const size_t slot = block_floats(tb, Cin, Cout);
+    const size_t slot = block_floats(tb, Cin, Cout), us = gemm_pack_floats(Cout, Cin);
 #pragma omp parallel num_threads(run_threads(nblk))
     {
         float *V = work + thread_id() * slot, *M = V + (size_t)WX * tb * Cin;
@@ -473,8 +486,8 @@ static void conv_blocks(float *out, int accum, const float *bias, const float *i
             const int n = (int)(g1 - g0);
             for (long gt = g0; gt < g1; gt++) in_tile_at(V + (gt - g0) * WX * Cin, Cin, inp, g, Cin, gt);
             for (int x = 0; x < WX; x++) /* M[x] (n, Cout) = V[x] (n, Cin) . U[x] (Cin, Cout) */
-                gemm_rows(0, n, Cout, Cin, V + (size_t)x * Cin, WX * Cin, U + (size_t)x * Cin * Cout, Cout, M + (size_t)x * Cout,
-                          WX * Cout);
+                gemm_rows_packed(n, Cout, Cin, V + (size_t)x * Cin, WX * Cin, U + (size_t)x * us, M + (size_t)x * Cout,
+                                 WX * Cout);
             for (long gt = g0; gt < g1; gt++) out_tile_at(out, accum, bias, M + (gt - g0) * WX * Cout, Cout, g, Cout, gt);
         }
     }
@@ -522,8 +535,8 @@ static void dw_blocks(float *dU, const float *dout, const float *inp, Geo g, int
 
 void wino_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s, float *scratch) {
     Geo g = geo_of(s.B, s.H, s.W);
-    float *U = scratch, *work = scratch + (size_t)WX * s.C * s.OC;
-    weight_transform(U, w, s.C, s.OC, 0, 1); /* (36, C, OC) */
+    float *U = scratch, *work = scratch + WX * weight_floats(s.C, s.OC, 1);
+    weight_transform(U, w, s.C, s.OC, 0, 1); /* U[x] (C, OC) */
     conv_blocks(out, 0, bias, inp, g, s.C, s.OC, U, work);
 }
 
@@ -532,9 +545,9 @@ void wino_backward(float *dinp, float *dw, const float *dout, const float *inp, 
     Geo g = geo_of(s.B, s.H, s.W);
     const int C = s.C, OC = s.OC;
     const size_t wt = (size_t)WX * C * OC;
-    float *U = scratch, *dU = scratch + wt, *work = scratch + (1 + (size_t)wino_slots()) * wt;
+    float *U = scratch, *dU = scratch + WX * weight_floats(C, OC, 0), *work = dU + (size_t)wino_slots() * wt;
     if (dinp) {
-        /* dX = conv(dY, rot180(w)) with C and OC swapped: U (36, OC, C) is (Cin', Cout') */
+        /* dX = conv(dY, rot180(w)) with C and OC swapped: U[x] (OC, C) is (Cin', Cout') */
         weight_transform(U, w, C, OC, 1, 0);
         conv_blocks(dinp, 1, NULL, dout, g, OC, C, U, work);
     }
