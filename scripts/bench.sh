@@ -15,6 +15,10 @@
 #   BENCH_SCALING   1 (default): also time ddpm with 1 thread, for the thread-scaling ratio
 #                   (ddpm bench --scaling: every repetition on 1 thread right after its twin on
 #                   BENCH_THREADS, in one process, and the median of the per-pair ratios)
+#   BENCH_TORCH_ISA match (default): when ddpm is the AVX2 build (`make bench ISA=avx2`) on a
+#                   CPU with AVX-512, PyTorch is kept to AVX2 as well (ONEDNN_MAX_CPU_ISA=AVX2,
+#                   ATEN_CPU_CAPABILITY=avx2), so the two compare on the same instructions, as
+#                   on an AVX2 CPU; native: PyTorch uses whatever the CPU has
 # PyTorch runs with the OpenBLAS kernel ddpm used (its "blas_core"), unless OPENBLAS_CORETYPE
 # is already set: OpenBLAS 0.3.21 misdetects some CPUs and ddpm corrects that for itself. Its
 # memory format (channels_last or contiguous, the faster) is chosen in round 1 and kept.
@@ -48,6 +52,7 @@ print("" if v is None else v)' "$1" "$2" 2>/dev/null
 scaling=""
 [ "${BENCH_SCALING:-1}" = 1 ] && [ "$THREADS" -gt 1 ] && scaling=" --scaling"
 core_note=""
+isa_note=""
 [ -n "${OPENBLAS_CORETYPE:-}" ] && core_note="OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE set by the user, used for both"
 fmt=auto
 t_ok=0
@@ -77,6 +82,12 @@ while [ $r -le "$ROUNDS" ]; do
             export OPENBLAS_CORETYPE
             core_note="PyTorch run with OPENBLAS_CORETYPE=$d_core, the OpenBLAS kernel ddpm used (blas_core)"
         fi
+    fi
+    if [ $r = 1 ] && [ "$(jget "$tmp/ddpm.json" kernel_isa)" = avx2 ] && [ "${BENCH_TORCH_ISA:-match}" = match ] &&
+        grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+        ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
+        export ONEDNN_MAX_CPU_ISA ATEN_CPU_CAPABILITY
+        isa_note="ddpm is the AVX2 build on a CPU with AVX-512: PyTorch kept to AVX2 too (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2; BENCH_TORCH_ISA=native lifts it)"
     fi
     t_step="" t_fwd="" t_rss=""
     if [ $have_python = 1 ] && { [ $r = 1 ] || [ $t_ok = 1 ]; }; then
@@ -175,6 +186,7 @@ END {
 if [ -n "$last_t" ]; then
     echo "  PyTorch: memory format $t_fmt (the faster of channels_last/contiguous here), $t_threads threads, OpenBLAS core $t_core"
     [ -n "$core_note" ] && echo "  $core_note"
+    [ -n "$isa_note" ] && echo "  $isa_note"
     [ "$t_params" != "$d_params" ] && echo "  WARNING: parameter counts differ: ddpm $d_params, PyTorch $t_params"
     [ $t_ok = 1 ] || echo "  PyTorch failed in a later round: $skip_note"
 else
