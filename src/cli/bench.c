@@ -209,10 +209,13 @@ int cmd_bench(int argc, char **argv) {
         if (profile) {
             double tot = 0;
             for (int k = 0; k < PROF_N; k++) tot += g_prof_s[k];
-            printf("  time per training step by kind of work:\n");
+            /* the kinds are means over the repetitions, so the rest is against the mean step */
+            double mean_s = 0;
+            for (int r = 0; r < steps; r++) mean_s += ts[r] / steps;
+            printf("  time per training step by kind of work (means of %d):\n", steps);
             for (int k = 0; k < PROF_N; k++)
                 printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * g_prof_s[k] / steps, 100 * g_prof_s[k] / tot);
-            printf("    %-20s %8.1f ms\n", "(other)", 1000 * (step_s - tot / steps));
+            printf("    %-20s %8.1f ms  (of a mean step of %.1f ms)\n", "(other)", 1000 * (mean_s - tot / steps), 1000 * mean_s);
         }
     }
     free(x), free(y), free(d), free(t), free(ts), free(tf), free(ts1), free(tf1);
