@@ -12,13 +12,7 @@
 #include "ddpm/err.h"
 
 
-/* DDPM_GEMM=openblas: every gemm() block runs on OpenBLAS's sgemm instead of ddpm's kernel, to
- * compare the two (the blocks, and so the same bits with any thread count, stay). Read once,
- * by the constructor that follows, before any thread exists. */
-static int gemm_openblas;
-
-/* OpenBLAS runs the sgemm ceiling of `ddpm bench` and, with DDPM_GEMM=openblas, the GEMMs. It
- * reads OPENBLAS_CORETYPE only when it loads, and 0.3.21 (Debian 12) does not know every CPU:
+/* OpenBLAS only runs the sgemm ceiling of `ddpm bench` (the GEMMs are ddpm's own). It reads OPENBLAS_CORETYPE only when it loads, and 0.3.21 (Debian 12) does not know every CPU:
  * on an AVX-512 Xeon it runs its generic "Prescott" SSE3 kernels, a quarter of the speed the
  * CPU allows. So this constructor (after the libraries', before main), when the variable is
  * unset, compares the vector width of OpenBLAS's pick with the widest both this CPU and this
@@ -40,8 +34,6 @@ static int core_width(const char *name) { /* widest vectors of an OpenBLAS core,
 
 __attribute__((constructor)) static void blas_pick_core(int argc, char **argv, char **envp) {
     (void)argc, (void)envp;
-    const char *g = getenv("DDPM_GEMM");
-    gemm_openblas = g && !strcmp(g, "openblas");
     if (getenv("DDPM_BLAS_CHECKED") || getenv("OPENBLAS_CORETYPE") || !argv) return;
     const char *name = openblas_get_corename();
     if (!name) return;
@@ -86,14 +78,6 @@ const char *cpu_model_name(void) {
     }
     fclose(f);
     return name;
-}
-
-static void sgemm1(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-                   const float *B, int ldb, float beta, float *C, int ldc) {
-    if (gemm_openblas)
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K,
-                    alpha, A, lda, B, ldb, beta, C, ldc);
-    else gemm_kernel(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* Every GEMM is ddpm's own kernel (src/nn/rowgemm.c) on one thread, on blocks cut here in a
@@ -147,8 +131,8 @@ static void gemm_ksplit(int transA, int transB, int M, int N, int K, float alpha
         const int k1 = p + 1 == P ? K : (int)((long)K * (p + 1) / P / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN);
         /* columns k0.. of op(A), rows k0.. of op(B) */
         const float *Ap = transA ? A + (size_t)k0 * lda : A + k0, *Bp = transB ? B + k0 : B + (size_t)k0 * ldb;
-        if (p == 0) sgemm1(transA, transB, M, N, k1 - k0, alpha, Ap, lda, Bp, ldb, beta, C, ldc);
-        else sgemm1(transA, transB, M, N, k1 - k0, alpha, Ap, lda, Bp, ldb, 0.0f, S + MN * (p - 1), N);
+        if (p == 0) gemm_kernel(transA, transB, M, N, k1 - k0, alpha, Ap, lda, Bp, ldb, beta, C, ldc);
+        else gemm_kernel(transA, transB, M, N, k1 - k0, alpha, Ap, lda, Bp, ldb, 0.0f, S + MN * (p - 1), N);
     }
 #pragma omp parallel for schedule(static) if (!omp_in_parallel() && MN > 16384)
     for (int i = 0; i < M; i++)
@@ -165,7 +149,7 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
     if (M <= 0 || N <= 0) return;
     const long mnk = (long)M * N * (K > 0 ? K : 1);
     if (mnk < GEMM_SPLIT_MIN) {
-        sgemm1(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        gemm_kernel(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
     const int R = M >= N ? M : N, P = procs_capped(GEMM_MAX_PARTS);
@@ -173,26 +157,20 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
         gemm_ksplit(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
         return;
     }
-    const int by_rows = M >= N;
-    if (by_rows && !gemm_openblas) {
+    if (M >= N) { /* blocks of rows of C, op(B) packed once */
         gemm_rows_ab(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return;
     }
-    long rows = GEMM_BLOCK_MNK / (mnk / R > 0 ? mnk / R : 1);
-    rows = (rows + GEMM_BLOCK_ALIGN - 1) / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN;
-    if (rows < GEMM_BLOCK_ALIGN) rows = GEMM_BLOCK_ALIGN;
-    const int nblk = (int)((R + rows - 1) / rows);
-    /* a parallel region even for one block: inside one, OpenBLAS (DDPM_GEMM=openblas) keeps to
-     * the caller */
+    /* blocks of columns r0.. of C and of op(B) */
+    long cols = GEMM_BLOCK_MNK / (mnk / N > 0 ? mnk / N : 1);
+    cols = (cols + GEMM_BLOCK_ALIGN - 1) / GEMM_BLOCK_ALIGN * GEMM_BLOCK_ALIGN;
+    if (cols < GEMM_BLOCK_ALIGN) cols = GEMM_BLOCK_ALIGN;
+    const int nblk = (int)((N + cols - 1) / cols);
 #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
     for (int k = 0; k < nblk; k++) {
-        const int r0 = (int)(k * rows), n = (int)(R - r0 < rows ? R - r0 : rows);
-        if (by_rows) /* rows r0.. of C and of op(A) */
-            sgemm1(transA, transB, n, N, K, alpha, transA ? A + r0 : A + (size_t)r0 * lda, lda, B, ldb, beta,
-                   C + (size_t)r0 * ldc, ldc);
-        else /* columns r0.. of C and of op(B) */
-            sgemm1(transA, transB, M, n, K, alpha, A, lda, transB ? B + (size_t)r0 * ldb : B + r0, ldb, beta, C + r0,
-                   ldc);
+        const int r0 = (int)(k * cols), n = (int)(N - r0 < cols ? N - r0 : cols);
+        gemm_kernel(transA, transB, M, n, K, alpha, A, lda, transB ? B + (size_t)r0 * ldb : B + r0, ldb, beta, C + r0,
+                    ldc);
     }
 }
 
