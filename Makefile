@@ -5,6 +5,7 @@
 #   make bench      ddpm bench next to PyTorch on configs/bench.json (CONFIG=... for another), with ratios
 #   make MPI=1      build against Open MPI with mpicc (data-parallel train/sample)
 #   make ISA=avx2   build for AVX2+FMA (also avx512, portable; default native)
+#   make test-arm64 cross-build for aarch64 and run the kernel, layer and U-Net tests under qemu
 #   make check      the test suite built with ASan+UBSan (= make test SAN=1), zero reports
 #   make fuzz       libFuzzer harnesses (clang) on the file readers, FUZZ_TIME s each
 #   make install PREFIX=/usr/local
@@ -13,7 +14,9 @@ FUZZ_CC ?= clang
 PYTHON  ?= python3
 PREFIX  ?= /usr/local
 # ISA: native (this CPU), avx2 (-march=haswell: AVX2+FMA), avx512 (-march=skylake-avx512)
-# or portable (x86-64 baseline: the kernels' plain C loops). Each builds in its own folder.
+# or portable (x86-64 baseline: the kernels' plain C loops; OpenBLAS keeps its own vector
+# kernels), or arm64 (cross-compiled with Debian's aarch64-linux-gnu-gcc against its arm64
+# libraries, run under qemu-aarch64: make test-arm64). Each builds in its own folder.
 # -fno-trapping-math lets the compiler vectorize the portable loops' clamps (no FP traps
 # are ever enabled); it does not reorder arithmetic, so results stay the same bits.
 ISA     ?= native
@@ -21,20 +24,26 @@ MARCH_native   := -march=native
 MARCH_avx2     := -march=haswell
 MARCH_avx512   := -march=skylake-avx512
 MARCH_portable := -march=x86-64
+MARCH_arm64    := -march=armv8-a
 ifeq ($(MARCH_$(ISA)),)
-$(error ISA=$(ISA): use native, avx2, avx512 or portable)
+$(error ISA=$(ISA): use native, avx2, avx512, portable or arm64)
 endif
+ifeq ($(ISA),arm64)
+CC      := aarch64-linux-gnu-gcc
+PKG_CONFIG := aarch64-linux-gnu-pkg-config
+endif
+PKG_CONFIG ?= pkg-config
 OPT     ?= -O3 $(MARCH_$(ISA)) -fno-trapping-math
 CFLAGS  ?= $(OPT) -g -Wall -Wextra -Wno-unused-parameter -std=gnu11 -fopenmp
 VERSION := 0.1.0
 PKGS    := openblas libcjson stb zlib cairo fontconfig
 # OpenBLAS built with OpenMP (libopenblas-openmp-dev): one thread pool for ddpm's loops and
 # BLAS, and a GEMM called inside a parallel loop runs on the calling thread. Debian installs
-# it beside the default pthreads build; its pkg-config file comes first and the binary is
-# linked with an rpath to it, whatever /etc/alternatives says.
+# it beside the default pthreads build. ddpm does not link it: src/gemm.c loads that build
+# (its path below) at run time, after choosing its kernel family.
 MULTIARCH   := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 OPENBLAS_PC := /usr/lib/$(MULTIARCH)/openblas-openmp/pkgconfig
-PKGCONF     := PKG_CONFIG_PATH=$(OPENBLAS_PC)$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH)) pkg-config
+PKGCONF     := PKG_CONFIG_PATH=$(OPENBLAS_PC)$(if $(PKG_CONFIG_PATH),:$(PKG_CONFIG_PATH)) $(PKG_CONFIG)
 
 ISA_DIR := $(if $(filter native,$(ISA)),,-$(ISA))
 ifeq ($(MPI),1)
@@ -61,26 +70,28 @@ BUILD   := $(BUILD)-noomp
 endif
 
 # Dependencies: when any is missing, scripts/install-deps.sh installs it (or says how).
-NODEPS_GOALS := clean help
+NODEPS_GOALS := clean help test-arm64
 ifeq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
 else
 NEED_FUZZ := $(filter fuzz fuzz-build,$(MAKECMDGOALS))
 DEPS_OK := $(shell test -f $(OPENBLAS_PC)/openblas.pc && $(PKGCONF) --exists $(PKGS) && test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
                    && test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
                    $(if $(filter 1,$(MPI)),&& command -v mpicc >/dev/null) \
+                   $(if $(filter arm64,$(ISA)),&& command -v qemu-aarch64 >/dev/null && command -v $(CC) >/dev/null) \
                    $(if $(NEED_FUZZ),&& command -v $(FUZZ_CC) >/dev/null) && echo yes)
 ifneq ($(DEPS_OK),yes)
 $(info ddpm: dependencies missing, running scripts/install-deps.sh)
-DEPS_RC := $(shell sh scripts/install-deps.sh $(if $(filter 1,$(MPI)),--mpi) $(if $(NEED_FUZZ),--fuzz) >&2; echo $$?)
+DEPS_RC := $(shell sh scripts/install-deps.sh $(if $(filter 1,$(MPI)),--mpi) $(if $(NEED_FUZZ),--fuzz) $(if $(filter arm64,$(ISA)),--arm64) >&2; echo $$?)
 ifneq ($(DEPS_RC),0)
 $(error dependencies are missing: run the command printed above, then make again)
 endif
 endif
 PKG_CFLAGS := $(shell $(PKGCONF) --cflags $(PKGS))
-PKG_LIBS   := $(shell $(PKGCONF) --libs $(PKGS)) -Wl,-rpath,$(shell $(PKGCONF) --variable=libdir openblas)
+PKG_LIBS   := $(shell $(PKGCONF) --libs $(filter-out openblas,$(PKGS))) -ldl
+OPENBLAS_LIB := $(shell $(PKGCONF) --variable=libdir openblas)/libopenblas.so.0
 endif
 
-CPPFLAGS += -Iinclude $(PKG_CFLAGS) -DDDPM_VERSION=\"$(VERSION)\"
+CPPFLAGS += -Iinclude $(PKG_CFLAGS) -DDDPM_VERSION=\"$(VERSION)\" -DDDPM_OPENBLAS_LIB=\"$(OPENBLAS_LIB)\"
 LDLIBS   += $(PKG_LIBS) -lm
 
 LIB_SRC  := $(sort $(wildcard src/*.c src/nn/*.c src/cli/*.c))
@@ -89,7 +100,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test check fuzz fuzz-build demo bench install clean help FORCE
+.PHONY: test-arm64 all test check fuzz fuzz-build demo bench install clean help FORCE
 all: ddpm
 
 # ./ddpm is the variant last asked for (MPI=1 or not); each variant builds in its own folder.
@@ -148,6 +159,14 @@ endif
 
 check:
 	@$(MAKE) --no-print-directory SAN=1 test
+
+# arm64: the GEMM, layer and U-Net tests cross-built and run under qemu-aarch64 user
+# emulation. It proves the code builds and computes within the same bounds on arm64 with
+# OpenBLAS's arm64 kernels; qemu says nothing about speed on real arm64 hardware.
+ARM64_TESTS_ONLY := test_core test_nn test_unet
+test-arm64:
+	@$(MAKE) --no-print-directory ISA=arm64 $(ARM64_TESTS_ONLY:%=build/cpu-arm64/tests/%)
+	@TEST_EXEC=qemu-aarch64 sh tests/run.sh $(ARM64_TESTS_ONLY:%=build/cpu-arm64/tests/%)
 
 # libFuzzer harnesses (tests/fuzz/fuzz_*.c) over the library built with clang, ASan and
 # UBSan, without OpenMP (the readers are single-threaded; this also keeps the OMP=0 build

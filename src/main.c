@@ -4,6 +4,9 @@
 
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
+#include "ddpm/err.h"
+#include "ddpm/gemm.h"
+#include "ddpm/platform.h"
 
 static const struct {
     const char *name;
@@ -42,6 +45,11 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    /* OpenBLAS first: its kernel family is chosen before it initialises (src/gemm.c) */
+    if (blas_init()) {
+        fprintf(stderr, "ddpm: %s\n", err_msg());
+        return 1;
+    }
     if (argc < 2) {
         usage(stderr);
         return 2;
@@ -52,7 +60,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V")) {
-        printf("ddpm %s\n", DDPM_VERSION);
+        printf("ddpm %s\nOpenBLAS core %s (%s); ddpm kernels %s; CPU %s\n", DDPM_VERSION, blas_core_name(),
+               blas_core_source(), kernel_isa(), cpu_model_name());
         return 0;
     }
     for (int i = 0; i < N_COMMANDS; i++)

@@ -4,12 +4,13 @@
 # TEST_TIMEOUT seconds (default 900; killed with its whole process group, e.g. a hung
 # mpirun) counts as a failure. A binary that exits 77 after a "skipped: why" line is
 # reported as skipped (e.g. test_mpi without an MPI build) and counts neither way.
+# TEST_EXEC, when set, runs each binary through it (make test-arm64: qemu-aarch64).
 limit=${TEST_TIMEOUT:-900}
 pass=0; fail=0; skipped=""
 for t in "$@"; do
     echo "== $t"
     t0=$(date +%s)
-    out=$(timeout -k 10 "$limit" "./$t" 2>&1); rc=$?
+    out=$(timeout -k 10 "$limit" $TEST_EXEC "./$t" 2>&1); rc=$?
     dt=$(( $(date +%s) - t0 ))
     printf '%s\n' "$out" | grep -v '^  ok ' | grep -v '^ *skipped: ' | grep -v '^[0-9]* passed, [0-9]* failed$'
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then

@@ -4,15 +4,20 @@
 #include <stdint.h>
 
 #include "ddpm/rng.h"
-#include "ddpm/tensor.h"
+#include "ddpm/arena.h"
+#include "ddpm/gemm.h"
+#include "ddpm/platform.h"
+#include <strings.h>
+
 #include "test.h"
 
 /* gemm() against the double reference, every transpose, beta 0 and 0.5, alpha 1.5, for shapes
- * that take each of its paths: one block, K cut into parts (20x24x600), blocks of rows with K
- * in several passes of the kernel (300x40x520), blocks of columns (40x300x64). The bound: the
- * kernel scales B by alpha (one rounding), C by beta (exact for 0.5) and adds K products by
- * FMA in order, so |error| <= (K + 1) u (sum|alpha a b| + |beta c|) with u = 2^-24, taken
- * twice; a K split adds its partial sums in order, P - 1 more roundings of that size. */
+ * that take each of its paths: small products, K cut into parts (20x24x600), tall, wide and
+ * square products that OpenBLAS threads. The bound: whatever order OpenBLAS sums the K
+ * products in (blocked, several accumulators), a sum of K terms is off by at most
+ * (K - 1) u sum|terms| with u = 2^-24; alpha and beta add a rounding each (beta 0.5 is
+ * exact), so |error| <= (K + 1) u (sum|alpha a b| + |beta c|), taken twice; a K split adds its
+ * P <= 16 partial sums afterwards, 15 more roundings of that size at most. */
 static void test_gemm(void) {
     const int shapes[][3] = {{1, 1, 1},   {3, 5, 7},     {17, 13, 29},   {64, 3, 128},
                              {33, 65, 1}, {128, 96, 200}, {20, 24, 600}, {300, 40, 520}, {40, 300, 64}};
@@ -56,6 +61,40 @@ static void test_gemm(void) {
                 }
     }
     T_OK(worst <= 1, "gemm matches the reference for 9 shapes x all transposes x beta (worst %.3g of the float32 bound)", worst);
+}
+
+/* The OpenBLAS kernel family ddpm sets, for each CPU kind the project runs on and each build:
+ * the widest vectors both use; AMD's AVX2 family is "Zen"; other architectures and CPUs
+ * without AVX2 keep OpenBLAS's own detection. */
+static void test_blas_choice(void) {
+    const struct {
+        const char *cpu;
+        CpuKind k;
+        const char *want512, *want256, *want0; /* native AVX-512 build, AVX2 build, portable build */
+    } cases[] = {
+        {"AMD EPYC Zen 3 (AVX2)", {1, 1, 1, 0}, "Zen", "Zen", "Zen"},
+        {"AMD EPYC Zen 4 / Zen 5 (AVX-512)", {1, 1, 1, 1}, "SkylakeX", "Zen", "SkylakeX"},
+        {"Intel Xeon (AVX-512)", {1, 0, 1, 1}, "SkylakeX", "Haswell", "SkylakeX"},
+        {"Intel (AVX2)", {1, 0, 1, 0}, "Haswell", "Haswell", "Haswell"},
+        {"x86-64 without AVX2", {1, 0, 0, 0}, NULL, NULL, NULL},
+        {"arm64", {0, 0, 0, 0}, NULL, NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *got[3] = {blas_core_for(cases[i].k, 512), blas_core_for(cases[i].k, 256), blas_core_for(cases[i].k, 0)};
+        const char *want[3] = {cases[i].want512, cases[i].want256, cases[i].want0};
+        int ok = 1;
+        for (int b = 0; b < 3; b++) ok &= (!got[b] && !want[b]) || (got[b] && want[b] && !strcmp(got[b], want[b]));
+        T_OK(ok, "OpenBLAS core for %s: %s (AVX-512 build), %s (AVX2 build), %s (portable build)", cases[i].cpu,
+             got[0] ? got[0] : "OpenBLAS's own", got[1] ? got[1] : "OpenBLAS's own", got[2] ? got[2] : "OpenBLAS's own");
+    }
+    T_OK(blas_init() == 0 && strlen(blas_core_name()) > 0, "OpenBLAS loaded: core %s (%s), ddpm kernels %s, %s",
+         blas_core_name(), blas_core_source(), kernel_isa(), cpu_model_name());
+    const char *user = getenv("OPENBLAS_CORETYPE");
+    if (user && *user)
+        T_OK(!strcasecmp(blas_core_name(), user) && !strcmp(blas_core_source(), "set by OPENBLAS_CORETYPE"),
+             "the user's OPENBLAS_CORETYPE=%s is honoured: OpenBLAS runs %s", user, blas_core_name());
+    else
+        T_OK(!getenv("OPENBLAS_CORETYPE"), "OPENBLAS_CORETYPE is set only while OpenBLAS loads, not left in the environment");
 }
 
 static void test_rng(void) {
@@ -121,6 +160,7 @@ static void test_arena(void) {
 }
 
 int main(void) {
+    test_blas_choice();
     test_gemm();
     test_rng();
     test_arena();

@@ -318,6 +318,28 @@ static void test_cifar_size(void) {
 
 /* ---- (b) Fashion-MNIST model, (c) thread-count independence ----------------------------- */
 
+/* Bound from float32 arithmetic, not from one CPU, for two forwards that differ only in the
+ * order (and blocking) in which OpenBLAS and the kernels sum each reduction (another thread
+ * count, another batch around an image: OpenBLAS's micro-kernels treat the rows of a block's
+ * edge differently); everything else is the same arithmetic. A sum of K float32 terms of
+ * random sign carries a rounding error of rms ~ sqrt(K/2) u relative to its value
+ * (u = 2^-24: the n-th addition errs by <= u of a partial sum that grows like sqrt(n) as the
+ * total does), so two summation orders differ by ~ sqrt(K) u; blocked/FMA sums only less.
+ * Each layer adds such an independent relative error to its output and later layers carry
+ * relative errors through with gain ~1 (random weights, normalizations, SiLU, residual adds),
+ * so over D reductions in sequence they add in quadrature: rel L2 <= sqrt(D * K_max) u.
+ * K_max is the longest reduction, the 3x3 conv over the widest up-path concat
+ * (9 * 2 * ch * max(ch_mult)); GroupNorm statistics are summed in double and do not count.
+ * D counts 4 reductions per block (2 convs + 2 norms in a ResBlock; q/k/v, scores,
+ * weights.v, proj in an AttnBlock), generous for the rest. A real bug (a row range never
+ * computed, a race, an image reading its neighbour) gives an O(1) error. */
+static double order_bound(const UNet *u, const Config *c, double *D, double *K_max) {
+    int max_mult = 1;
+    for (int i = 0; i < c->model.n_levels; i++) max_mult = c->model.ch_mult[i] > max_mult ? c->model.ch_mult[i] : max_mult;
+    *K_max = 9.0 * 2 * c->model.ch * max_mult, *D = 4.0 * u->nblk;
+    return sqrt(*D * *K_max) * ldexp(1.0, -24);
+}
+
 static void test_fashion(void) {
     Config c;
     config_defaults(&c);
@@ -349,26 +371,7 @@ static void test_fashion(void) {
     double s = 0;
     for (size_t i = 0; i < nx; i++) s += (double)out1[i] * out1[i];
     T_OK(s > 0, "fashion forward: non-zero output (rms %.3g)", sqrt(s / nx));
-    /* Bound from float32 arithmetic, not from one CPU. Changing the thread count may
-     * change the order (and blocking) in which OpenBLAS and the kernels sum each reduction;
-     * everything else is the same arithmetic. A sum of K float32 terms of random sign
-     * carries a rounding error of rms ~ sqrt(K/2) u relative to its value (u = 2^-24:
-     * the n-th addition errs by <= u of a partial sum that grows like sqrt(n) as the total
-     * does), so two summation orders differ by ~ sqrt(K) u; blocked/FMA sums only less.
-     * Each layer adds such an independent relative error to its output and later layers
-     * carry relative errors through with gain ~1 (random weights, normalizations, SiLU,
-     * residual adds), so over D reductions in sequence they add in quadrature:
-     * rel L2 <= sqrt(D * K_max) u. K_max is the longest reduction, the 3x3 conv over the
-     * widest up-path concat (9 * 2 * ch * max(ch_mult)); GroupNorm statistics are summed in
-     * double and do not count. D counts 4 reductions per block (2 convs + 2 norms in a
-     * ResBlock; q/k/v, scores, weights.v, proj in an AttnBlock), generous for the rest.
-     * fashion_mnist.json: K_max = 2304, D = 4 * 29: bound 3.1e-5. Measured: 3.7e-6 (AMD
-     * EPYC, AVX2), < 1e-6 (Intel Xeon, AVX-512). A real threading bug (a row range never
-     * computed, a race) gives an O(1) error. */
-    int max_mult = 1;
-    for (int i = 0; i < c.model.n_levels; i++) max_mult = c.model.ch_mult[i] > max_mult ? c.model.ch_mult[i] : max_mult;
-    double K_max = 9.0 * 2 * c.model.ch * max_mult, D = 4.0 * u.nblk, ulp = ldexp(1.0, -24);
-    double bound = sqrt(D * K_max) * ulp;
+    double D, K_max, bound = order_bound(&u, &c, &D, &K_max);
     T_OK(e <= bound, "forward 1 vs 2 threads: rel L2 %.3g (bound sqrt(D*K_max)*2^-24 = %.3g, D = %.0f, K_max = %.0f)", e,
          bound, D, K_max);
 
@@ -608,11 +611,12 @@ static void test_class_emb_grad(void) {
     if (!rc) unet_free(&u);
 }
 
-/* The forward of B images gives each image the same bits as a forward of that image alone,
- * for a class-conditional demo-sized model (every kind of layer: Winograd and strided convs,
- * 1x1 skips, attention, GroupNorm, the timestep MLP): what makes samples byte-identical
- * whatever --batch or MPI ranks. (OpenBLAS gave other last bits to rows 6..11 of every 12
- * on the AMD EPYC, so this failed before the forward GEMMs went through gemm_rows().) */
+/* The forward of B images gives each image what a forward of that image alone gives, within
+ * the bound of two summation orders (order_bound), for a class-conditional demo-sized model
+ * (every kind of layer: Winograd and strided convs, 1x1 skips, attention, GroupNorm, the
+ * timestep MLP): OpenBLAS may give a row other last bits depending on where it sits in a
+ * product, so samples of another --batch or MPI rank count agree to float32 rounding, not bit
+ * for bit. An image that read another image's data would be off by O(1). */
 static void test_batch_invariance(void) {
     Config c;
     config_defaults(&c);
@@ -628,19 +632,21 @@ static void test_batch_invariance(void) {
     float *x = malloc(B * D * 4), *all = malloc(B * D * 4), *one = malloc(D * 4);
     int t[7] = {999, 3, 500, 250, 750, 1, 120}, y[7] = {0, 3, 10, 9, 3, 5, 7};
     rng_normal(x, B * D, 32, 0, 0);
+    double nD, K_max, bound = order_bound(&u, &c, &nD, &K_max);
     unet_forward_cond(&u, all, x, t, y, B);
-    int same = 1;
-    double s = 0;
+    double worst = 0, s = 0;
     for (int i = 0; i < B; i++) {
         unet_forward_cond(&u, one, x + i * D, t + i, y + i, 1);
-        same &= memcmp(one, all + i * D, D * 4) == 0;
+        worst = fmax(worst, t_rel_l2(all + i * D, one, D));
         for (size_t j = 0; j < D; j++) s += (double)one[j] * one[j];
     }
-    T_OK(same && s > 0, "forward of %d images = each image alone, bit for bit (rms %.3g)", B, sqrt(s / (B * D)));
+    T_OK(worst <= bound && s > 0, "forward of %d images = each image alone: worst rel L2 %.3g (bound %.3g; rms %.3g)", B,
+         worst, bound, sqrt(s / (B * D)));
     /* and in another position: image 4 first in a batch of 3 (images 4..6) */
     unet_forward_cond(&u, all, x + 4 * D, t + 4, y + 4, 3);
     unet_forward_cond(&u, one, x + 4 * D, t + 4, y + 4, 1);
-    T_OK(memcmp(one, all, D * 4) == 0, "an image first in another batch: the same bits");
+    double e = t_rel_l2(all, one, D);
+    T_OK(e <= bound, "an image first in another batch: rel L2 %.3g (bound %.3g)", e, bound);
     free(x), free(all), free(one);
     unet_free(&u);
 }

@@ -7,7 +7,7 @@
  *  - activations are NHWC: (B,H,W,C) row-major, channels fastest;
  *  - conv weights are stored (OC,KH,KW,C) ("OHWI"), linear weights (OUT,IN) as PyTorch;
  *  - no allocation inside kernels: scratch buffers are passed in, sized by *_scratch().
- * All GEMMs go through gemm() in tensor.h. */
+ * All GEMMs go through gemm() in gemm.h. */
 #ifndef DDPM_NN_H
 #define DDPM_NN_H
 
@@ -35,6 +35,12 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
 /* dinp (B,H,W,C) += ..., dw (OC,k,k,C) += ..., dbias (OC) += ...; dinp may be NULL. */
 void conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, ConvShape s, float *scratch);
+/* The im2col path alone, for any 3x3 shape (conv2d_forward/backward take it for stride 2 and
+ * Winograd for stride 1): the reference tests hold Winograd against. Same contracts. */
+void conv2d_im2col_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s,
+                           float *scratch);
+void conv2d_im2col_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                            const float *w, ConvShape s, float *scratch);
 
 /* ---- linear --------------------------------------------------------------------------
  * out (N,OUT) = inp (N,IN) @ w (OUT,IN)^T + bias (OUT); bias may be NULL. */

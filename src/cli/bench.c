@@ -1,6 +1,5 @@
 /* ddpm bench: median time of a training step (forward + backward + optimizer) and of a
  * no-grad forward on random data, next to this machine's sgemm ceiling. */
-#include <cblas.h>
 #include <getopt.h>
 #include <math.h>
 #include <string.h>
@@ -72,14 +71,13 @@ static double sgemm_ceiling(int threads) {
     float *a = xmalloc(sizeof(float) * n * n), *b = xmalloc(sizeof(float) * n * n), *c = xmalloc(sizeof(float) * n * n);
     rng_uniform(a, (size_t)n * n, 1, 1, 0);
     rng_uniform(b, (size_t)n * n, 1, 2, 0);
-    openblas_set_num_threads(threads);
+    threads_set(threads);
     double t[7];
     for (int r = 0; r < 8; r++) {
         double t0 = now_s();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1, a, n, b, n, 0, c, n);
+        gemm(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
         if (r) t[r - 1] = now_s() - t0;
     }
-    threads_set(threads); /* back to the project's threading */
     free(a), free(b), free(c);
     return 2.0 * n * n * n / median(t, 7) / 1e9;
 }
@@ -195,7 +193,8 @@ int cmd_bench(int argc, char **argv) {
         printf("}\n");
     } else {
         printf("bench %s: %zu parameters, batch %d, %d threads\n", cfg_path, nparams, B, threads);
-        printf("  CPU %s; ddpm kernels %s, OpenBLAS core %s\n", cpu_model_name(), kernel_isa(), blas_core_name());
+        printf("  CPU %s; ddpm kernels %s, OpenBLAS core %s (%s)\n", cpu_model_name(), kernel_isa(), blas_core_name(),
+               blas_core_source());
         printf("  training step   %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP per step, median of %d)\n", step_s, gf_step / step_s, gf_step,
                steps);
         printf("  no-grad forward %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP)\n", fwd_s, gf_fwd / fwd_s, gf_fwd);

@@ -1,12 +1,10 @@
 /* conv2d: NHWC convolution. Three paths:
  *  - 3x3 stride 1 (nearly all of the U-Net's FLOPs): Winograd F(4x4,3x3), winograd.c;
- *  - 3x3 stride 2, and 3x3 stride 1 when DDPM_CONV=im2col (the reference fallback, read on
- *    every call): im2col tiles + one GEMM per tile, below;
+ *  - 3x3 stride 2: im2col tiles + one GEMM per tile, below (conv2d_im2col_forward/backward,
+ *    which also take 3x3 stride 1, as the reference Winograd is tested against);
  *  - 1x1: one plain GEMM.
- * Measured on the 2-core bench machine (configs/bench.json, batch 32, 3x3 stride-1 convs of
- * one training step): im2col 1.6-1.7 s, Winograd 0.54 s; training step 2.2-2.4 s -> 0.95-1.0 s,
- * forward 0.82 s -> 0.28-0.38 s. Winograd's max |err| / max |ref| against a double direct conv
- * is 1e-6..4e-6 on the tested shapes (C up to 256), im2col's 1e-7..7e-7.
+ * Winograd needs 4x fewer multiplies than im2col; its max |err| / max |ref| against a double
+ * direct conv is 1e-6..4e-6 on the tested shapes (C up to 256), im2col's 1e-7..7e-7.
  *
  * im2col: inp (B,H,W,C), w (OC,k,k,C), out (B,OH,OW,OC). The B*OH*OW output pixels are the rows of
  * an implicit (rows, k*k*C) im2col matrix; we build it a tile of whole output lines at a time
@@ -19,7 +17,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
 #include "winograd.h"
 
 /* im2col tile budget in floats (4 MB) and bounds on rows per tile (measured on 2 cores:
@@ -64,7 +62,7 @@ static int tile_lines(ConvShape s) {
 size_t conv2d_scratch(ConvShape s) {
     if (s.k == 1) return 0;
     size_t n = (size_t)tile_lines(s) * s.OW * s.k * s.k * s.C;
-    if (s.stride == 1) { /* room for both paths, so DDPM_CONV may change between calls */
+    if (s.stride == 1) { /* room for both paths: tests run im2col on Winograd's shapes */
         size_t nw = wino_scratch(s);
         if (nw > n) n = nw;
     }
@@ -169,15 +167,17 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
     const size_t P = (size_t)s.B * s.OH * s.OW;
     if (s.k == 1) {
         /* out (P,OC) = inp (P,C) . w(OC,C)^T */
-        gemm_rows(1, (int)P, s.OC, s.C, inp, s.C, w, s.C, out, s.OC);
+        gemm(0, 1, (int)P, s.OC, s.C, 1.0f, inp, s.C, w, s.C, 0.0f, out, s.OC);
         add_bias_rows(out, bias, P, s.OC);
         return;
     }
     CHECK(scratch, "conv2d_forward: 3x3 needs scratch (conv2d_scratch floats)");
-    if (wino_applies(s)) {
-        wino_forward(out, inp, w, bias, s, scratch);
-        return;
-    }
+    if (s.stride == 1) wino_forward(out, inp, w, bias, s, scratch);
+    else conv2d_im2col_forward(out, inp, w, bias, s, scratch);
+}
+
+void conv2d_im2col_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s,
+                           float *scratch) {
     const int K = 9 * s.C, TL = tile_lines(s), NL = s.B * s.OH;
     const int pt = pad_before(s.H, s.OH, 3, s.stride), pl = pad_before(s.W, s.OW, 3, s.stride);
     for (int L0 = 0; L0 < NL; L0 += TL) {
@@ -186,7 +186,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
         float *o = out + (size_t)L0 * s.OW * s.OC;
         im2col(scratch, inp, s, L0, L1, pt, pl);
         /* o (rows,OC) = col (rows,K) . w (OC,K)^T */
-        gemm_rows(1, rows, s.OC, K, scratch, K, w, K, o, s.OC);
+        gemm(0, 1, rows, s.OC, K, 1.0f, scratch, K, w, K, 0.0f, o, s.OC);
         add_bias_rows(o, bias, (size_t)rows, s.OC);
     }
 }
@@ -205,10 +205,13 @@ void conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout, co
     }
     if (!dw && !dinp) return;
     CHECK(scratch, "conv2d_backward: 3x3 needs scratch (conv2d_scratch floats)");
-    if (wino_applies(s)) {
-        wino_backward(dinp, dw, dout, inp, w, s, scratch);
-        return;
-    }
+    if (s.stride == 1) wino_backward(dinp, dw, dout, inp, w, s, scratch);
+    else conv2d_im2col_backward(dinp, dw, NULL, dout, inp, w, s, scratch);
+}
+
+void conv2d_im2col_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                            const float *w, ConvShape s, float *scratch) {
+    if (dbias) add_bcast_backward(dbias, dout, 1, s.B * s.OH * s.OW, s.OC);
     const int K = 9 * s.C, TL = tile_lines(s), NL = s.B * s.OH;
     const int pt = pad_before(s.H, s.OH, 3, s.stride), pl = pad_before(s.W, s.OW, 3, s.stride);
     for (int L0 = 0; L0 < NL; L0 += TL) {

@@ -1,13 +1,11 @@
 /* linear: out (N,OUT) = inp (N,IN) . w (OUT,IN)^T + bias (OUT), PyTorch weight layout.
- *
- * The forward product is gemm_rows() (an output row's bits depend on its input row only, so
- * samples are the same whatever the batch), the backward ones gemm(). */
+ */
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
 
 void linear_forward(float *out, const float *inp, const float *w, const float *bias, int N, int IN,
                     int OUT) {
-    gemm_rows(1, N, OUT, IN, inp, IN, w, IN, out, OUT);
+    gemm(0, 1, N, OUT, IN, 1.0f, inp, IN, w, IN, 0.0f, out, OUT);
     if (!bias) return;
 #pragma omp parallel for schedule(static) if ((size_t)N * OUT > 65536)
     for (int n = 0; n < N; n++) {

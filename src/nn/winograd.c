@@ -13,26 +13,17 @@
  *
  * Layouts: a block's transformed tiles are tile-major, V (tiles, 36, C) and M (tiles, 36,
  * OC): a tile's transform reads or writes one contiguous run, and the GEMM of position x
- * takes V[x] as the rows at V + x*C, 36*C apart. (The x-major planes V (36, tiles, C) this
- * replaced had each tile touch 36 runs of C floats far apart; at C = 64 half of the
- * transforms' time was waiting for those lines. Tile-major measured 5-20 % faster per
- * convolution on Zen 4, with the same bits.) Weights U (36, C, OC) for the forward,
+ * takes V[x] as the rows at V + x*C, 36*C apart. Weights U (36, C, OC) for the forward,
  * (36, OC, C) (rotated) for dX, dU (36, OC, C). Every transform is a linear combination of
- * channel vectors (NHWC: channels fastest), 16 lanes at a time (one AVX-512 register), with
- * a masked tail when C % 16 != 0.
+ * channel vectors (NHWC: channels fastest), 16 lanes at a time, with a shorter tail when
+ * C % 16 != 0.
  *
- * Parallelism (measured on the 2-core bench machine, see the numbers in conv2d.c): the tiles
- * are cut into fixed blocks of tb tiles; each OpenMP thread takes whole blocks and runs
- * transform -> 36 GEMMs -> output transform on its own slice of the scratch, so a block's
- * tiles stay in that core's L2. The forward and dX tile GEMMs run on gemm_rows_packed()
- * (src/nn/rowgemm.c: a tile's bits do not depend on the block it sits in, so samples do
- * not depend on the batch) against weights the transform writes in the kernel's panel
- * layout, once per convolution (packing them per block and position cost 7 % of a forward
- * on Zen 5); the dW GEMMs on gemm(), single-threaded inside the region. This ran 1.2-2.5x
- * faster than transforming chunks of images in parallel and calling 36 big GEMMs from the
- * main thread for OpenBLAS to spread (sessions before the own kernel). dW sums over
- * tiles: the blocks are split into P fixed, contiguous partitions (P = number of processors),
- * each accumulating its own dU by GEMMs with beta = 1; the P partials are then added in order.
+ * Parallelism: the tiles are cut into fixed blocks of tb tiles; each OpenMP thread takes
+ * whole blocks and runs transform -> 36 GEMMs -> output transform on its own slice of the
+ * scratch, so a block's tiles stay in that core's L2, and every GEMM runs single-threaded
+ * inside the region. dW sums over tiles: the blocks are split into P fixed, contiguous
+ * partitions (P = number of processors), each accumulating its own dU by GEMMs with
+ * beta = 1; the P partials are then added in order.
  *
  * Determinism: tb, P and the partition of blocks depend only on the shape and the processor
  * count, every output element comes from one block, and every dU partial sums its blocks in
@@ -45,17 +36,15 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
 #include "winograd.h"
 
 #define WX 36 /* alpha^2 transformed positions */
 #define VL 16 /* channel lanes per transform step (one AVX-512 register) */
 
-/* Block of tb tiles: tb*Cin*Cout <= WINO_BLOCK_MNK (set when the tile GEMMs were OpenBLAS's:
- * its sgemm small-matrix bound on SkylakeX, past which it went to its threaded path, 2x
- * slower; kept), and the block's V and M tiles within WINO_BLOCK_FLOATS (2 MB: with U they sit in a
- * 2 MB L2; 1 and 4 MB measured within noise, 2 MB best; on Zen 4, 1 MB L2, 0.125-1 MB blocks
- * were 3-50 % slower, since every block re-reads U). */
+/* Block of tb tiles: tb*Cin*Cout <= WINO_BLOCK_MNK multiply-adds per tile GEMM, and the
+ * block's V and M tiles within WINO_BLOCK_FLOATS (2 MB, so that with U they stay in L2;
+ * smaller blocks re-read U more often and were slower on 1 MB L2 CPUs too). */
 #define WINO_BLOCK_MNK 1000000L
 #define WINO_BLOCK_FLOATS (512L * 1024)
 #define WINO_TB_MIN 8
@@ -103,10 +92,8 @@ static int dw_block_tiles(Geo g, int C, int OC) { return balanced_tiles(g, WINO_
 
 static size_t block_floats(int tb, int Cin, int Cout) { return (size_t)WX * tb * (Cin + Cout); }
 
-/* floats of one of the 36 transformed weight matrices as packed by weight_transform() below */
-static size_t weight_floats(int C, int OC, int cmajor) {
-    return cmajor ? gemm_pack_floats(OC, C) : gemm_pack_floats(C, OC);
-}
+/* floats of one of the 36 transformed weight matrices */
+static size_t weight_floats(int C, int OC) { return (size_t)C * OC; }
 
 WinoPlan wino_plan(ConvShape s) {
     Geo g = geo_of(s.B, s.H, s.W);
@@ -115,22 +102,14 @@ WinoPlan wino_plan(ConvShape s) {
     return p;
 }
 
-/* 3x3 stride 1 unless DDPM_CONV=im2col (read on every call, so tests can switch paths; the
- * scratch from conv2d_scratch() fits both). */
-int wino_applies(ConvShape s) {
-    if (s.k != 3 || s.stride != 1) return 0;
-    const char *e = getenv("DDPM_CONV");
-    return !(e && !strcmp(e, "im2col"));
-}
-
 /* forward: U + a block per slot; backward: U (rotated) + P dU partials + a block per slot */
 size_t wino_scratch(ConvShape s) {
     Geo g = geo_of(s.B, s.H, s.W);
     const size_t wt = (size_t)WX * s.C * s.OC, ns = wino_slots();
-    size_t fwd = WX * weight_floats(s.C, s.OC, 1) + ns * block_floats(block_tiles(g, s.C, s.OC), s.C, s.OC);
+    size_t fwd = WX * weight_floats(s.C, s.OC) + ns * block_floats(block_tiles(g, s.C, s.OC), s.C, s.OC);
     size_t dx = ns * block_floats(block_tiles(g, s.OC, s.C), s.OC, s.C);
     size_t dw = ns * block_floats(dw_block_tiles(g, s.C, s.OC), s.C, s.OC);
-    size_t bwd = WX * weight_floats(s.C, s.OC, 0) + ns * wt + (dx > dw ? dx : dw);
+    size_t bwd = WX * weight_floats(s.C, s.OC) + ns * wt + (dx > dw ? dx : dw);
     return fwd > bwd ? fwd : bwd;
 }
 
@@ -370,18 +349,11 @@ static inline __attribute__((always_inline)) void w_tile(float (*u)[VL], const f
 }
 
 /* Transformed weights G g G^T of w (OC,3,3,C), g rotated by 180 degrees when rot, as the
- * B operand (K, N) of the 36 tile GEMMs, packed for gemm_rows_packed() (see tensor.h), x after x
- * gemm_pack_floats(N, K) apart:
+ * B operand (K, N), row-major, of the 36 tile GEMMs, x after x C*OC apart:
  *   cmajor = 0: U[x] (OC, C), K = OC;  cmajor = 1: U[x] (C, OC), K = C.
- * Work items are blocks of VL output channels x VL input channels; every store is a run of
- * VL channels within one panel (the panel width is a multiple of VL). */
+ * Work items are blocks of VL output channels x VL input channels. */
 static void weight_transform(float *U, const float *w, int C, int OC, int rot, int cmajor) {
-    const int K = cmajor ? C : OC, N = cmajor ? OC : C, W = gemm_panel_width();
-    const size_t ps = weight_floats(C, OC, cmajor);
-    if (N % W) /* the last panel's columns past N are zeros */
-        for (int x = 0; x < WX; x++)
-            for (int k = 0; k < K; k++)
-                memset(U + x * ps + (size_t)(N / W) * K * W + (size_t)k * W + N % W, 0, sizeof(float) * (W - N % W));
+    const size_t ps = weight_floats(C, OC);
     const int nob = (OC + VL - 1) / VL, ncb = (C + VL - 1) / VL;
 #pragma omp parallel for schedule(static) if ((size_t)OC * C > 4096)
     for (int blk = 0; blk < nob * ncb; blk++) {
@@ -401,15 +373,11 @@ static void weight_transform(float *U, const float *w, int C, int OC, int rot, i
         for (int x = 0; x < WX; x++) {
             float *Ux = U + (size_t)x * ps;
             if (cmajor) { /* (k, n) = (c, oc) */
-                for (int l = 0; l < n; l++) {
-                    float *d = Ux + (size_t)(ob / W) * K * W + (size_t)(cb + l) * W + ob % W;
-                    for (int o = 0; o < no; o++) d[o] = u[o][x][l];
-                }
+                for (int l = 0; l < n; l++)
+                    for (int o = 0; o < no; o++) Ux[(size_t)(cb + l) * OC + ob + o] = u[o][x][l];
             } else { /* (k, n) = (oc, c) */
-                for (int o = 0; o < no; o++) {
-                    float *d = Ux + (size_t)(cb / W) * K * W + (size_t)(ob + o) * W + cb % W;
-                    for (int l = 0; l < n; l++) d[l] = u[o][x][l];
-                }
+                for (int o = 0; o < no; o++)
+                    for (int l = 0; l < n; l++) Ux[(size_t)(ob + o) * C + cb + l] = u[o][x][l];
             }
         }
     }
@@ -471,12 +439,13 @@ static int thread_id(void) {
 }
 
 /* out (B,H,W,Cout) = (accum ? out + : ) conv of inp (B,H,W,Cin) (+ bias) with transformed
- * weights U[x] (Cin, Cout) packed (weight_transform), by blocks of tiles, each block on one thread start to end. */
+ * weights U[x] (Cin, Cout) (weight_transform), by blocks of tiles, each block on one thread
+ * start to end. */
 static void conv_blocks(float *out, int accum, const float *bias, const float *inp, Geo g, int Cin, int Cout,
                         const float *U, float *work) {
     const int tb = block_tiles(g, Cin, Cout);
     const long nblk = (g.NTOT + tb - 1) / tb;
-    const size_t slot = block_floats(tb, Cin, Cout), us = gemm_pack_floats(Cout, Cin);
+    const size_t slot = block_floats(tb, Cin, Cout), us = weight_floats(Cin, Cout);
 #pragma omp parallel num_threads(run_threads(nblk))
     {
         float *V = work + thread_id() * slot, *M = V + (size_t)WX * tb * Cin;
@@ -486,8 +455,8 @@ static void conv_blocks(float *out, int accum, const float *bias, const float *i
             const int n = (int)(g1 - g0);
             for (long gt = g0; gt < g1; gt++) in_tile_at(V + (gt - g0) * WX * Cin, Cin, inp, g, Cin, gt);
             for (int x = 0; x < WX; x++) /* M[x] (n, Cout) = V[x] (n, Cin) . U[x] (Cin, Cout) */
-                gemm_rows_packed(n, Cout, Cin, V + (size_t)x * Cin, WX * Cin, U + (size_t)x * us, M + (size_t)x * Cout,
-                                 WX * Cout);
+                gemm(0, 0, n, Cout, Cin, 1.0f, V + (size_t)x * Cin, WX * Cin, U + (size_t)x * us, Cout, 0.0f,
+                     M + (size_t)x * Cout, WX * Cout);
             for (long gt = g0; gt < g1; gt++) out_tile_at(out, accum, bias, M + (gt - g0) * WX * Cout, Cout, g, Cout, gt);
         }
     }
@@ -535,7 +504,7 @@ static void dw_blocks(float *dU, const float *dout, const float *inp, Geo g, int
 
 void wino_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s, float *scratch) {
     Geo g = geo_of(s.B, s.H, s.W);
-    float *U = scratch, *work = scratch + WX * weight_floats(s.C, s.OC, 1);
+    float *U = scratch, *work = scratch + WX * weight_floats(s.C, s.OC);
     weight_transform(U, w, s.C, s.OC, 0, 1); /* U[x] (C, OC) */
     conv_blocks(out, 0, bias, inp, g, s.C, s.OC, U, work);
 }
@@ -545,7 +514,7 @@ void wino_backward(float *dinp, float *dw, const float *dout, const float *inp, 
     Geo g = geo_of(s.B, s.H, s.W);
     const int C = s.C, OC = s.OC;
     const size_t wt = (size_t)WX * C * OC;
-    float *U = scratch, *dU = scratch + WX * weight_floats(C, OC, 0), *work = dU + (size_t)wino_slots() * wt;
+    float *U = scratch, *dU = scratch + WX * weight_floats(C, OC), *work = dU + (size_t)wino_slots() * wt;
     if (dinp) {
         /* dX = conv(dY, rot180(w)) with C and OC swapped: U[x] (OC, C) is (Cin', Cout') */
         weight_transform(U, w, C, OC, 1, 0);

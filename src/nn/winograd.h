@@ -1,5 +1,5 @@
 /* winograd: 3x3 stride-1 pad-1 convolution by Winograd F(4x4,3x3), private to src/nn.
- * conv2d.c decides when to use it (wino_applies) and sizes the scratch from wino_scratch. */
+ * conv2d.c uses it for every 3x3 stride-1 convolution and sizes the scratch from wino_scratch. */
 #ifndef DDPM_NN_WINOGRAD_H
 #define DDPM_NN_WINOGRAD_H
 
@@ -7,8 +7,6 @@
 
 #include "ddpm/nn.h"
 
-/* 1 when s is a 3x3 stride-1 conv the Winograd path handles. */
-int wino_applies(ConvShape s);
 /* Floats of scratch wino_forward and wino_backward need for s. */
 size_t wino_scratch(ConvShape s);
 /* out (B,H,W,OC) = conv(inp, w) + bias (bias may be NULL). */
