@@ -8,7 +8,7 @@ Runs `ddpm sample` for DDPM-1000, DDIM at 10/25/50 and DPM-Solver++(2M) at 5/10/
 classifier's features against the 10,000 test images) and writes, in --out (default out/compare):
 
   results.csv  sampler,spacing,steps,evals,n,seconds,s_per_image,fd,fd_real,n_small,fd_small,fd_real_small
-  table.md     the README's sampler table (with the command, checkpoint and CPU under it)
+  table.md     the sampler table of docs/samplers.md (with the command, checkpoint and CPU under it)
   fd.png       FD of --n-small images per run against evaluations per image (log x), one series
                per sampler and the FD of as many real images: every row at the same count
   fd_n.png     FD of -n images per run for DDIM and DPM-Solver++(2M) (the precise comparison)

@@ -17,7 +17,7 @@ as in the test set), the same seed for every S, and scores the folder with scrip
 and writes, in --out (default out/guidance):
 
   results.csv   guidance,sampler,steps,evals,n,seconds,s_per_image,accuracy,fd,fd_real,<class>...
-  table.md      the README's guidance table, then per-class accuracy (command, checkpoint, CPU under it)
+  table.md      the guidance table of docs/conditioning.md, then per-class accuracy (command, checkpoint, CPU)
   accuracy.png  class accuracy (%) against guidance, drawn by `ddpm plot`
   fd.png        FD and the real-image floor against guidance, drawn by `ddpm plot`
 (each PNG with its numbers in a .csv of the same name)

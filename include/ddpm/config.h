@@ -1,6 +1,6 @@
 /* config: one schema for every command. JSON (cJSON) -> Config with defaults.
  * Every key, its type, range and default lives in one table in src/config.c;
- * configs/README.md documents the same table. */
+ * configs/README.md documents the same table; docs/design.md, "Conventions in the code". */
 #ifndef DDPM_CONFIG_H
 #define DDPM_CONFIG_H
 
