@@ -493,6 +493,9 @@ int dfs_exportable(const Config *c) {
                        "schedule (squaredcos_cap_v2) has s = 0.008 built in", fnice(c->diffusion.cosine_s));
     if (c->data.image_size % (1 << (c->model.n_levels - 1)))
         return err_set(DDPM_EUSAGE, "diffusers cannot express this model: image size %d is not divisible by 2^(levels-1)", c->data.image_size);
+    if (c->model.class_cond)
+        return err_set(DDPM_EUSAGE, "ddpm does not export class-conditional models yet (model.class_cond): only unconditional "
+                       "UNet2DModel folders are written; see docs/diffusers.md");
     return DDPM_OK;
 }
 
@@ -679,7 +682,7 @@ int dfs_import(const char *dir, const char *out, int force, char *summary, size_
     if (!path_exists(p)) {
         snprintf(p, sizeof p, "%s/unet/config.json", dir);
         if (!path_exists(p))
-            return err_set(DDPM_EUSAGE, "%s: no config.json (nor unet/config.json): not a diffusers UNet2DModel folder (see README, \"diffusers\")", dir);
+            return err_set(DDPM_EUSAGE, "%s: no config.json (nor unet/config.json): not a diffusers UNet2DModel folder (see docs/diffusers.md)", dir);
         snprintf(m, sizeof m, "%s/unet", dir);
     }
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", m);
