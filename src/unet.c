@@ -508,6 +508,9 @@ static void linear_bwd(const UNet *u, float *dinp, const float *dout, const floa
     PROF(PROF_GEMM, linear_backward(dinp, grad(u, l.w), grad(u, l.b), dout, inp, par(u, l.w), N, IN, OUT));
 }
 
+/* A 1x1 conv weight (OC,1,1,C) is a linear weight (OUT,IN) over the B*H*W pixels (NHWC). */
+static LinearParams conv1x1_as_linear(ConvParams c) { return (LinearParams){c.w, c.b}; }
+
 /* out (B,OH,OW,OC) = conv(inp (B,H,W,C)) */
 static void conv_fwd(const UNet *u, float *out, const float *inp, ConvParams c, ConvShape s) {
     PROF(PROF_CONV, conv2d_forward(out, inp, par(u, c.w), par(u, c.b), s, u->conv_scr));
@@ -561,8 +564,8 @@ static void res_forward(UNet *u, int i, const float *x, int B) {
     norm_fwd(u, r->a2, r->mean2, r->rstd2, r->h1, r->norm2, B, HW, b->cout, 1);
     if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, r->a2, B, (size_t)HW * b->cout));
     conv_fwd(u, b->out, r->a2, r->conv2, conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1));
-    if (r->has_shortcut) { /* 1x1 conv: in NHWC a linear layer over the B*HW pixels, same weight layout */
-        linear_fwd(u, u->scr.shortcut, x, (LinearParams){r->nin_shortcut.w, r->nin_shortcut.b}, B * HW, b->cin, b->cout);
+    if (r->has_shortcut) {
+        linear_fwd(u, u->scr.shortcut, x, conv1x1_as_linear(r->nin_shortcut), B * HW, b->cin, b->cout);
         PROF(PROF_ELEM, add_inplace(b->out, u->scr.shortcut, nout));
     } else {
         PROF(PROF_ELEM, add_inplace(b->out, x, nout));
@@ -654,8 +657,8 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
     int HW = b->H * b->W;
     size_t nout = (size_t)B * HW * b->cout;
     /* out = conv2(a2) + shortcut(x) */
-    if (r->has_shortcut) /* 1x1 conv as a linear layer (see res_forward) */
-        linear_bwd(u, dx, b->dout, x, (LinearParams){r->nin_shortcut.w, r->nin_shortcut.b}, B * HW, b->cin, b->cout);
+    if (r->has_shortcut)
+        linear_bwd(u, dx, b->dout, x, conv1x1_as_linear(r->nin_shortcut), B * HW, b->cin, b->cout);
     else
         PROF(PROF_ELEM, add_inplace(dx, b->dout, nout));
     float *da2 = zeroed(sc->d_a2, nout);
