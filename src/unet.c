@@ -14,28 +14,73 @@
 
 typedef enum { BLK_CONV_IN, BLK_RES, BLK_ATTN, BLK_DOWN, BLK_UP, BLK_OUT } BlockKind;
 
-/* parameter slots per block kind */
-enum { RES_N1W, RES_N1B, RES_C1W, RES_C1B, RES_TW, RES_TB, RES_N2W, RES_N2B, RES_C2W, RES_C2B, RES_SW, RES_SB };
-enum { ATT_NW, ATT_NB, ATT_QW, ATT_QB, ATT_KW, ATT_KB, ATT_VW, ATT_VB, ATT_PW, ATT_PB };
-enum { CONV_W, CONV_B };          /* conv_in, down, up */
-enum { OUT_NW, OUT_NB, OUT_CW, OUT_CB };
+/* What each block kind holds: its parameters (indices into u->P, shapes in terms of the
+ * block's H, W, cin, cout) and the activations its backward needs, sized for B_max.
+ * G = groups, N = H*W. */
+
+/* conv_in; down.L.downsample: 3x3 stride 2 (TF SAME); up.L.upsample: nearest x2, then 3x3 */
+typedef struct {
+    ConvParams conv;        /* w (cout,3,3,cin), b (cout) */
+    float *up;              /* upsample only: the upsampled input (B,2H,2W,cin) */
+} ConvBlock;
+
+/* ResBlock on x (B,H,W,cin); on the up path x = concat(h, output of block `skip`):
+ *   a1 = silu(norm1(x)),  h1 = conv1(a1) + tp,  tp = temb_proj(silu(temb)),
+ *   a2 = dropout(silu(norm2(h1))),  out = conv2(a2) + (nin_shortcut(x) or x) */
+typedef struct {
+    NormParams norm1;       /* (cin) */
+    ConvParams conv1;       /* w (cout,3,3,cin), b (cout) */
+    LinearParams temb_proj; /* w (cout,temb_ch), b (cout) */
+    NormParams norm2;       /* (cout) */
+    ConvParams conv2;       /* w (cout,3,3,cout), b (cout); zero at init */
+    ConvParams nin_shortcut; /* w (cout,1,1,cin), b (cout); only if has_shortcut */
+    int has_shortcut;       /* cin != cout */
+    int skip;               /* up path: index in u->blk of the concatenated block; else -1 */
+    float *cat;             /* up path: concat(h, skip output) (B,H,W,cin) */
+    float *a1;              /* (B,H,W,cin) */
+    float *mean1, *rstd1;   /* norm1 statistics (B,G) */
+    float *tp;              /* (B,cout) */
+    float *h1, *a2;         /* (B,H,W,cout) */
+    float *mean2, *rstd2;   /* norm2 statistics (B,G) */
+} ResBlock;
+
+/* AttnBlock on x (B,N,C), C = cin = cout, single head:
+ *   hn = norm(x),  query/key/value = q/k/v(hn),  att = softmax(query key^T / sqrt(C)),
+ *   o = att value,  out = x + proj_out(o) */
+typedef struct {
+    NormParams norm;        /* (C) */
+    LinearParams q, k, v;   /* 1x1 projections: w (C,C), b (C) */
+    LinearParams proj_out;  /* w (C,C), b (C); zero at init */
+    float *hn;              /* (B,N,C) */
+    float *mean, *rstd;     /* norm statistics (B,G) */
+    float *query, *key, *value; /* (B,N,C) */
+    float *att;             /* (B,N,N) */
+    float *o;               /* (B,N,C) */
+} AttnBlock;
+
+/* Output head: out = conv_out(silu(norm_out(x))) */
+typedef struct {
+    NormParams norm_out;    /* (cin) */
+    ConvParams conv_out;    /* w (C_img,3,3,cin), b (C_img); zero at init */
+    float *a;               /* silu(norm_out(x)) (B,H,W,cin) */
+    float *mean, *rstd;     /* norm_out statistics (B,G) */
+} OutBlock;
 
 struct Block {
     BlockKind kind;
-    char name[32];
+    char name[32];         /* prefix of its parameter names ("down.0.res.1"); "" for the output head */
     int H, W, cin, cout;   /* input spatial size and channels (cin includes the skip for up-path res) */
     int OH, OW;            /* output spatial size: halved by BLK_DOWN (TF SAME), doubled by BLK_UP */
-    int skip;              /* up-path res: index of the block whose output is concatenated; else -1 */
-    int shortcut;          /* res: 1x1 conv shortcut */
-    int p0, np;            /* first parameter index in u->P and count (for the summary) */
-    size_t p[12];          /* parameter offsets by slot */
+    int p0, np;            /* its parameters are u->P[p0 .. p0+np) */
     double flops;
-    /* saved activations, sized for B_max */
-    float *cat;            /* up-path res: concat(prev, skip) */
-    float *a1, *h1, *tp, *a2, *out;
-    float *m1, *r1, *m2, *r2;
-    float *q, *k, *v, *att, *o;  /* attention (a1 holds the normalized input) */
+    float *out;            /* (B,OH,OW,cout) */
     float *dout;           /* gradient of out (training) */
+    union {
+        ConvBlock conv;    /* BLK_CONV_IN, BLK_DOWN, BLK_UP */
+        ResBlock res;      /* BLK_RES */
+        AttnBlock attn;    /* BLK_ATTN */
+        OutBlock head;     /* BLK_OUT */
+    };
 };
 
 /* ---- parameter table ---------------------------------------------------------------- */
@@ -46,14 +91,15 @@ typedef struct {
     Block *b;
 } Builder;
 
-static size_t param(Builder *bd, int init, int fan_in, int ndim, const int *shape, const char *fmt, ...) {
+/* Append a parameter named "<block name>.<fmt>" to the table; returns its index. */
+static int param(Builder *bd, int init, int fan_in, int ndim, const int *shape, const char *fmt, ...) {
     UNet *u = bd->u;
     if (u->nP == bd->cap) {
         bd->cap = bd->cap ? bd->cap * 2 : 256;
         u->P = realloc(u->P, sizeof(Param) * bd->cap);
         CHECK(u->P, "out of memory");
     }
-    Param *p = &u->P[u->nP++];
+    Param *p = &u->P[u->nP];
     memset(p, 0, sizeof *p);
     char suffix[64];
     va_list ap;
@@ -69,29 +115,38 @@ static size_t param(Builder *bd, int init, int fan_in, int ndim, const int *shap
     p->init = init;
     p->fan_in = fan_in;
     u->n_floats += (p->n + 15) / 16 * 16; /* 64-byte aligned tensors */
-    return p->off;
+    return u->nP++;
 }
 
-/* conv weight (OC,k,k,C) + bias (OC) */
-static void conv_params(Builder *bd, size_t *w, size_t *b, const char *nm, int C, int OC, int k, int zero) {
+/* conv weight (OC,k,k,C) + bias (OC), named nm.weight, nm.bias (weight, bias if nm is "") */
+static ConvParams conv_params(Builder *bd, const char *nm, int C, int OC, int k, int zero) {
     int ws[4] = {OC, k, k, C}, bs[1] = {OC};
     const char *dot = nm[0] ? "." : "";
-    *w = param(bd, zero ? PINIT_ZERO : PINIT_UNIFORM, C * k * k, 4, ws, "%s%sweight", nm, dot);
-    *b = param(bd, zero ? PINIT_ZERO : PINIT_UNIFORM, C * k * k, 1, bs, "%s%sbias", nm, dot);
+    ConvParams c;
+    c.w = param(bd, zero ? PINIT_ZERO : PINIT_UNIFORM, C * k * k, 4, ws, "%s%sweight", nm, dot);
+    c.b = param(bd, zero ? PINIT_ZERO : PINIT_UNIFORM, C * k * k, 1, bs, "%s%sbias", nm, dot);
+    return c;
 }
 
-static void linear_params(Builder *bd, size_t *w, size_t *b, const char *nm, int IN, int OUT, int zero) {
+/* linear weight (OUT,IN) + bias (OUT) */
+static LinearParams linear_params(Builder *bd, const char *nm, int IN, int OUT, int zero) {
     int ws[2] = {OUT, IN}, bs[1] = {OUT};
-    *w = param(bd, zero ? PINIT_ZERO : PINIT_UNIFORM, IN, 2, ws, "%s.weight", nm);
-    *b = param(bd, zero ? PINIT_ZERO : PINIT_UNIFORM, IN, 1, bs, "%s.bias", nm);
+    LinearParams l;
+    l.w = param(bd, zero ? PINIT_ZERO : PINIT_UNIFORM, IN, 2, ws, "%s.weight", nm);
+    l.b = param(bd, zero ? PINIT_ZERO : PINIT_UNIFORM, IN, 1, bs, "%s.bias", nm);
+    return l;
 }
 
-static void norm_params(Builder *bd, size_t *w, size_t *b, const char *nm, int C) {
+/* GroupNorm gamma (C) = 1, beta (C) = 0 */
+static NormParams norm_params(Builder *bd, const char *nm, int C) {
     int s[1] = {C};
-    *w = param(bd, PINIT_ONE, 0, 1, s, "%s.weight", nm);
-    *b = param(bd, PINIT_ZERO, 0, 1, s, "%s.bias", nm);
+    NormParams n;
+    n.w = param(bd, PINIT_ONE, 0, 1, s, "%s.weight", nm);
+    n.b = param(bd, PINIT_ZERO, 0, 1, s, "%s.bias", nm);
+    return n;
 }
 
+/* Append a block and its parameters (in the order of the parameter table). */
 static Block *add_block(Builder *bd, int *cap, BlockKind kind, int H, int W, int cin, int cout, const char *fmt, ...) {
     UNet *u = bd->u;
     if (u->nblk == *cap) {
@@ -102,7 +157,7 @@ static Block *add_block(Builder *bd, int *cap, BlockKind kind, int H, int W, int
     Block *b = &u->blk[u->nblk++];
     memset(b, 0, sizeof *b);
     b->kind = kind;
-    b->H = H, b->W = W, b->cin = cin, b->cout = cout, b->skip = -1;
+    b->H = H, b->W = W, b->cin = cin, b->cout = cout;
     b->OH = kind == BLK_DOWN ? (H + 1) / 2 : kind == BLK_UP ? 2 * H : H;
     b->OW = kind == BLK_DOWN ? (W + 1) / 2 : kind == BLK_UP ? 2 * W : W;
     va_list ap;
@@ -115,32 +170,36 @@ static Block *add_block(Builder *bd, int *cap, BlockKind kind, int H, int W, int
     switch (kind) {
     case BLK_CONV_IN:
     case BLK_DOWN:
-    case BLK_UP: {
-        conv_params(bd, &b->p[CONV_W], &b->p[CONV_B], kind == BLK_CONV_IN ? "" : "conv", cin, cout, 3, 0);
+    case BLK_UP:
+        b->conv.conv = conv_params(bd, kind == BLK_CONV_IN ? "" : "conv", cin, cout, 3, 0);
         b->flops = 2.0 * b->OH * b->OW * cout * 9 * cin;
         break;
-    }
-    case BLK_RES:
-        norm_params(bd, &b->p[RES_N1W], &b->p[RES_N1B], "norm1", cin);
-        conv_params(bd, &b->p[RES_C1W], &b->p[RES_C1B], "conv1", cin, cout, 3, 0);
-        linear_params(bd, &b->p[RES_TW], &b->p[RES_TB], "temb_proj", T, cout, 0);
-        norm_params(bd, &b->p[RES_N2W], &b->p[RES_N2B], "norm2", cout);
-        conv_params(bd, &b->p[RES_C2W], &b->p[RES_C2B], "conv2", cout, cout, 3, 1);
-        b->shortcut = cin != cout;
-        if (b->shortcut) conv_params(bd, &b->p[RES_SW], &b->p[RES_SB], "nin_shortcut", cin, cout, 1, 0);
-        b->flops = 2.0 * HW * cout * 9 * (cin + cout) + 2.0 * T * cout + (b->shortcut ? 2.0 * HW * cin * cout : 0);
+    case BLK_RES: {
+        ResBlock *r = &b->res;
+        r->norm1 = norm_params(bd, "norm1", cin);
+        r->conv1 = conv_params(bd, "conv1", cin, cout, 3, 0);
+        r->temb_proj = linear_params(bd, "temb_proj", T, cout, 0);
+        r->norm2 = norm_params(bd, "norm2", cout);
+        r->conv2 = conv_params(bd, "conv2", cout, cout, 3, 1);
+        r->has_shortcut = cin != cout;
+        r->nin_shortcut = r->has_shortcut ? conv_params(bd, "nin_shortcut", cin, cout, 1, 0) : (ConvParams){-1, -1};
+        r->skip = -1;
+        b->flops = 2.0 * HW * cout * 9 * (cin + cout) + 2.0 * T * cout + (r->has_shortcut ? 2.0 * HW * cin * cout : 0);
         break;
-    case BLK_ATTN:
-        norm_params(bd, &b->p[ATT_NW], &b->p[ATT_NB], "norm", cin);
-        linear_params(bd, &b->p[ATT_QW], &b->p[ATT_QB], "q", cin, cin, 0);
-        linear_params(bd, &b->p[ATT_KW], &b->p[ATT_KB], "k", cin, cin, 0);
-        linear_params(bd, &b->p[ATT_VW], &b->p[ATT_VB], "v", cin, cin, 0);
-        linear_params(bd, &b->p[ATT_PW], &b->p[ATT_PB], "proj_out", cin, cin, 1);
+    }
+    case BLK_ATTN: {
+        AttnBlock *a = &b->attn;
+        a->norm = norm_params(bd, "norm", cin);
+        a->q = linear_params(bd, "q", cin, cin, 0);
+        a->k = linear_params(bd, "k", cin, cin, 0);
+        a->v = linear_params(bd, "v", cin, cin, 0);
+        a->proj_out = linear_params(bd, "proj_out", cin, cin, 1);
         b->flops = 2.0 * HW * cin * cin * 4 + 4.0 * HW * HW * cin;
         break;
+    }
     case BLK_OUT:
-        norm_params(bd, &b->p[OUT_NW], &b->p[OUT_NB], "norm_out", cin);
-        conv_params(bd, &b->p[OUT_CW], &b->p[OUT_CB], "conv_out", cin, cout, 3, 1);
+        b->head.norm_out = norm_params(bd, "norm_out", cin);
+        b->head.conv_out = conv_params(bd, "conv_out", cin, cout, 3, 1);
         b->flops = 2.0 * HW * cout * 9 * cin;
         break;
     }
@@ -155,16 +214,16 @@ static int has_attn(const Config *c, int res) {
     return 0;
 }
 
+/* The parameter table and the block list, in execution order (see unet.h). */
 static void build(UNet *u, const Config *c) {
     Builder bd = {u, 0, NULL};
     int bcap = 0;
     int T = u->temb_ch, ch = u->ch;
-    /* timestep MLP (not a block: no spatial activations) */
     int s0[2] = {T, ch}, s1[2] = {T, T}, sb[1] = {T};
-    u->temb_p[0] = param(&bd, PINIT_UNIFORM, ch, 2, s0, "temb.dense0.weight");
-    u->temb_p[1] = param(&bd, PINIT_UNIFORM, ch, 1, sb, "temb.dense0.bias");
-    u->temb_p[2] = param(&bd, PINIT_UNIFORM, T, 2, s1, "temb.dense1.weight");
-    u->temb_p[3] = param(&bd, PINIT_UNIFORM, T, 1, sb, "temb.dense1.bias");
+    u->temb_dense0.w = param(&bd, PINIT_UNIFORM, ch, 2, s0, "temb.dense0.weight");
+    u->temb_dense0.b = param(&bd, PINIT_UNIFORM, ch, 1, sb, "temb.dense0.bias");
+    u->temb_dense1.w = param(&bd, PINIT_UNIFORM, T, 2, s1, "temb.dense1.weight");
+    u->temb_dense1.b = param(&bd, PINIT_UNIFORM, T, 1, sb, "temb.dense1.bias");
 
     /* skips: conv_in, every down-path res (or attn) block, every downsample */
     const int max_skips = 1 + u->n_levels * (u->nrb + 1);
@@ -194,7 +253,7 @@ static void build(UNet *u, const Config *c) {
         for (int i = 0; i <= u->nrb; i++) {
             ns--;
             Block *b = add_block(&bd, &bcap, BLK_RES, H, W, C + skip_ch[ns], CO, "up.%d.res.%d", L, i);
-            b->skip = skip_blk[ns];
+            b->res.skip = skip_blk[ns];
             C = CO;
             if (has_attn(c, H)) add_block(&bd, &bcap, BLK_ATTN, H, W, C, C, "up.%d.attn.%d", L, i);
         }
@@ -206,9 +265,10 @@ static void build(UNet *u, const Config *c) {
     CHECK(ns == 0, "skip stack not empty");
     free(skip_blk), free(skip_ch);
     add_block(&bd, &bcap, BLK_OUT, H, W, C, u->C_img, "%s", "");
+    u->class_emb = -1;
     if (u->n_classes > 0) { /* last in the table: see unet.h */
         int se[2] = {u->n_classes + 1, T};
-        u->cemb_p = param(&bd, PINIT_NORMAL, 0, 2, se, "class_emb.weight");
+        u->class_emb = param(&bd, PINIT_NORMAL, 0, 2, se, "class_emb.weight");
     }
     u->flops = 2.0 * (ch * T + T * T);
     for (int i = 0; i < u->nblk; i++) u->flops += u->blk[i].flops;
@@ -251,56 +311,66 @@ static size_t alloc_acts(UNet *u, Arena *a) {
         case BLK_CONV_IN:
             conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1)));
             break;
-        case BLK_DOWN: {
-            ConvShape s = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2);
-            conv_n = fmax(conv_n, conv2d_scratch(s));
+        case BLK_DOWN:
+            conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2)));
             break;
-        }
         case BLK_UP:
-            ACT(b->a1, B * 4 * HW * b->cin); /* upsampled input */
+            ACT(b->conv.up, B * 4 * HW * b->cin);
             conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1)));
             scr_n = fmax(scr_n, B * 4 * HW * b->cin);
             break;
-        case BLK_RES:
-            if (b->skip >= 0) ACT(b->cat, nin);
-            ACT(b->a1, nin);
-            ACT(b->h1, nout);
-            ACT(b->tp, B * b->cout);
-            ACT(b->a2, nout);
-            ACT(b->m1, B * G);
-            ACT(b->r1, B * G);
-            ACT(b->m2, B * G);
-            ACT(b->r2, B * G);
+        case BLK_RES: {
+            ResBlock *r = &b->res;
+            if (r->skip >= 0) ACT(r->cat, nin);
+            ACT(r->a1, nin);
+            ACT(r->h1, nout);
+            ACT(r->tp, B * b->cout);
+            ACT(r->a2, nout);
+            ACT(r->mean1, B * G);
+            ACT(r->rstd1, B * G);
+            ACT(r->mean2, B * G);
+            ACT(r->rstd2, B * G);
             conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1)));
             conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1)));
             scr_n = fmax(scr_n, fmax(nin, nout));
             break;
-        case BLK_ATTN:
-            ACT(b->a1, nin);
-            ACT(b->q, nin);
-            ACT(b->k, nin);
-            ACT(b->v, nin);
-            ACT(b->att, B * HW * HW);
-            ACT(b->o, nin);
-            ACT(b->m1, B * G);
-            ACT(b->r1, B * G);
+        }
+        case BLK_ATTN: {
+            AttnBlock *at = &b->attn;
+            ACT(at->hn, nin);
+            ACT(at->query, nin);
+            ACT(at->key, nin);
+            ACT(at->value, nin);
+            ACT(at->att, B * HW * HW);
+            ACT(at->o, nin);
+            ACT(at->mean, B * G);
+            ACT(at->rstd, B * G);
             scr_n = fmax(scr_n, nin);
             att_n = fmax(att_n, attention_scratch((int)HW));
             break;
+        }
         case BLK_OUT:
-            ACT(b->a1, nin);
-            ACT(b->m1, B * G);
-            ACT(b->r1, B * G);
+            ACT(b->head.a, nin);
+            ACT(b->head.mean, B * G);
+            ACT(b->head.rstd, B * G);
             conv_n = fmax(conv_n, conv2d_scratch(conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1)));
             scr_n = fmax(scr_n, nin);
             break;
         }
         if (tr) ACT(b->dout, nout);
     }
-    if (tr)
-        for (int i = 0; i < 5; i++) ACT(u->scr[i], scr_n);
-    else
-        ACT(u->scr[0], scr_n);
+    /* the scratch buffers and their roles: see UNetScratch in unet.h */
+    float *buf[5] = {NULL};
+    for (int k = 0; k < (tr ? 5 : 1); k++) ACT(buf[k], scr_n);
+    UNetScratch *sc = &u->scr;
+    sc->shortcut = buf[0];
+    if (tr) {
+        sc->d_a2 = sc->d_a1 = sc->d_o = sc->d_up = sc->d_a = buf[0];
+        sc->d_h1 = sc->d_query = buf[1];
+        sc->d_tp = sc->d_key = buf[2];
+        sc->d_cat = sc->d_value = buf[3];
+        sc->d_hn = buf[4];
+    }
     ACT(u->conv_scr, conv_n);
     ACT(u->att_scr, att_n);
 #undef ACT
@@ -413,6 +483,56 @@ const Param *unet_param(const UNet *u, const char *name) {
     return NULL;
 }
 
+int unet_set_frozen(UNet *u, const char *prefix, int frozen) {
+    int n = 0;
+    size_t len = strlen(prefix);
+    for (int i = 0; i < u->nP; i++)
+        if (!strncmp(u->P[i].name, prefix, len)) u->P[i].frozen = frozen, n++;
+    return n;
+}
+
+/* ---- layers ----------------------------------------------------------------------------
+ * The nn.h kernels on parameters given by index: par() is the parameter's values, grad()
+ * its gradient, NULL when it is frozen (the kernels then skip that gradient). */
+
+static const float *par(const UNet *u, int i) { return u->params + u->P[i].off; }
+static float *grad(const UNet *u, int i) { return u->P[i].frozen ? NULL : u->grads + u->P[i].off; }
+
+/* out (N,OUT) = inp (N,IN) W^T + b */
+static void linear_fwd(const UNet *u, float *out, const float *inp, LinearParams l, int N, int IN, int OUT) {
+    PROF(PROF_GEMM, linear_forward(out, inp, par(u, l.w), par(u, l.b), N, IN, OUT));
+}
+
+/* dinp (N,IN) += ..., dW, db += ... unless frozen; dinp may be NULL */
+static void linear_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, LinearParams l, int N, int IN, int OUT) {
+    PROF(PROF_GEMM, linear_backward(dinp, grad(u, l.w), grad(u, l.b), dout, inp, par(u, l.w), N, IN, OUT));
+}
+
+/* A 1x1 conv weight (OC,1,1,C) is a linear weight (OUT,IN) over the B*H*W pixels (NHWC). */
+static LinearParams conv1x1_as_linear(ConvParams c) { return (LinearParams){c.w, c.b}; }
+
+/* out (B,OH,OW,OC) = conv(inp (B,H,W,C)) */
+static void conv_fwd(const UNet *u, float *out, const float *inp, ConvParams c, ConvShape s) {
+    PROF(PROF_CONV, conv2d_forward(out, inp, par(u, c.w), par(u, c.b), s, u->conv_scr));
+}
+
+/* dinp (B,H,W,C) += ..., dW, db += ... unless frozen; dinp may be NULL */
+static void conv_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, ConvParams c, ConvShape s) {
+    PROF(PROF_CONV, conv2d_backward(dinp, grad(u, c.w), grad(u, c.b), dout, inp, par(u, c.w), s, u->conv_scr));
+}
+
+/* out (B,HW,C) = GroupNorm(inp) (then SiLU if silu); mean, rstd (B,G) saved */
+static void norm_fwd(const UNet *u, float *out, float *mean, float *rstd, const float *inp, NormParams n, int B, int HW, int C,
+                     int silu) {
+    PROF(PROF_NORM, groupnorm_forward(out, mean, rstd, inp, par(u, n.w), par(u, n.b), B, HW, C, u->groups, silu));
+}
+
+static void norm_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, NormParams n, const float *mean,
+                     const float *rstd, int B, int HW, int C, int silu) {
+    PROF(PROF_NORM, groupnorm_backward(dinp, grad(u, n.w), grad(u, n.b), dout, inp, par(u, n.w), par(u, n.b), mean, rstd, B, HW, C,
+                                       u->groups, silu));
+}
+
 /* ---- forward ---------------------------------------------------------------------------- */
 
 /* Dropout stream of block i for image g (global index) at the current step. */
@@ -431,37 +551,37 @@ static void dropout_mask(UNet *u, int i, float *a, int B, size_t D) {
     }
 }
 
+/* ResBlock i on x (B,H,W,cin); see ResBlock */
 static void res_forward(UNet *u, int i, const float *x, int B) {
     Block *b = &u->blk[i];
-    const float *P = u->params;
-    int HW = b->H * b->W, G = u->groups;
+    ResBlock *r = &b->res;
+    int HW = b->H * b->W;
     size_t nout = (size_t)B * HW * b->cout;
-    ConvShape s1 = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
-    ConvShape s2 = conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1);
-    PROF(PROF_NORM, groupnorm_forward(b->a1, b->m1, b->r1, x, P + b->p[RES_N1W], P + b->p[RES_N1B], B, HW, b->cin, G, 1));
-    PROF(PROF_CONV, conv2d_forward(b->h1, b->a1, P + b->p[RES_C1W], P + b->p[RES_C1B], s1, u->conv_scr));
-    PROF(PROF_GEMM, linear_forward(b->tp, u->temb_act, P + b->p[RES_TW], P + b->p[RES_TB], B, u->temb_ch, b->cout));
-    PROF(PROF_ELEM, add_bcast_forward(b->h1, b->tp, B, HW, b->cout));
-    PROF(PROF_NORM, groupnorm_forward(b->a2, b->m2, b->r2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], B, HW, b->cout, G, 1));
-    if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, b->a2, B, (size_t)HW * b->cout));
-    PROF(PROF_CONV, conv2d_forward(b->out, b->a2, P + b->p[RES_C2W], P + b->p[RES_C2B], s2, u->conv_scr));
-    if (b->shortcut) { /* 1x1 conv: in NHWC a linear layer over the B*HW pixels, same weight layout */
-        PROF(PROF_GEMM, linear_forward(u->scr[0], x, P + b->p[RES_SW], P + b->p[RES_SB], B * HW, b->cin, b->cout));
-        PROF(PROF_ELEM, add_inplace(b->out, u->scr[0], nout));
+    norm_fwd(u, r->a1, r->mean1, r->rstd1, x, r->norm1, B, HW, b->cin, 1);
+    conv_fwd(u, r->h1, r->a1, r->conv1, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
+    linear_fwd(u, r->tp, u->temb_act, r->temb_proj, B, u->temb_ch, b->cout);
+    PROF(PROF_ELEM, add_bcast_forward(r->h1, r->tp, B, HW, b->cout));
+    norm_fwd(u, r->a2, r->mean2, r->rstd2, r->h1, r->norm2, B, HW, b->cout, 1);
+    if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, r->a2, B, (size_t)HW * b->cout));
+    conv_fwd(u, b->out, r->a2, r->conv2, conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1));
+    if (r->has_shortcut) {
+        linear_fwd(u, u->scr.shortcut, x, conv1x1_as_linear(r->nin_shortcut), B * HW, b->cin, b->cout);
+        PROF(PROF_ELEM, add_inplace(b->out, u->scr.shortcut, nout));
     } else {
         PROF(PROF_ELEM, add_inplace(b->out, x, nout));
     }
 }
 
+/* AttnBlock on x (B,N,C); see AttnBlock */
 static void attn_forward(UNet *u, Block *b, const float *x, int B) {
-    const float *P = u->params;
+    AttnBlock *a = &b->attn;
     int N = b->H * b->W, C = b->cin, BN = B * N;
-    PROF(PROF_NORM, groupnorm_forward(b->a1, b->m1, b->r1, x, P + b->p[ATT_NW], P + b->p[ATT_NB], B, N, C, u->groups, 0));
-    PROF(PROF_GEMM, linear_forward(b->q, b->a1, P + b->p[ATT_QW], P + b->p[ATT_QB], BN, C, C));
-    PROF(PROF_GEMM, linear_forward(b->k, b->a1, P + b->p[ATT_KW], P + b->p[ATT_KB], BN, C, C));
-    PROF(PROF_GEMM, linear_forward(b->v, b->a1, P + b->p[ATT_VW], P + b->p[ATT_VB], BN, C, C));
-    PROF(PROF_ATTN, attention_forward(b->o, b->att, b->q, b->k, b->v, B, N, C));
-    PROF(PROF_GEMM, linear_forward(b->out, b->o, P + b->p[ATT_PW], P + b->p[ATT_PB], BN, C, C));
+    norm_fwd(u, a->hn, a->mean, a->rstd, x, a->norm, B, N, C, 0);
+    linear_fwd(u, a->query, a->hn, a->q, BN, C, C);
+    linear_fwd(u, a->key, a->hn, a->k, BN, C, C);
+    linear_fwd(u, a->value, a->hn, a->v, BN, C, C);
+    PROF(PROF_ATTN, attention_forward(a->o, a->att, a->query, a->key, a->value, B, N, C));
+    linear_fwd(u, b->out, a->o, a->proj_out, BN, C, C);
     PROF(PROF_ELEM, add_inplace(b->out, x, (size_t)BN * C));
 }
 
@@ -470,19 +590,18 @@ void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) { un
 void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const int *y, int B) {
     CHECK(B >= 1 && B <= u->B_max, "batch %d outside 1..%d", B, u->B_max);
     u->last_B = B;
-    const float *P = u->params;
     int T = u->temb_ch;
     memcpy(u->x_in, x, sizeof(float) * B * u->res * u->res * u->C_img);
     PROF(PROF_ELEM, timestep_embedding(u->temb_sin, t, B, u->ch));
-    PROF(PROF_GEMM, linear_forward(u->temb_h, u->temb_sin, P + u->temb_p[0], P + u->temb_p[1], B, u->ch, T));
+    linear_fwd(u, u->temb_h, u->temb_sin, u->temb_dense0, B, u->ch, T);
     PROF(PROF_ELEM, silu_forward(u->temb_hs, u->temb_h, (size_t)B * T));
-    PROF(PROF_GEMM, linear_forward(u->temb, u->temb_hs, P + u->temb_p[2], P + u->temb_p[3], B, T, T));
+    linear_fwd(u, u->temb, u->temb_hs, u->temb_dense1, B, T, T);
     if (u->n_classes > 0) /* temb += class_emb[y] */
         for (int i = 0; i < B; i++) {
             int k = y ? y[i] : u->n_classes;
             CHECK(k >= 0 && k <= u->n_classes, "class %d outside 0..%d", k, u->n_classes);
             u->y_in[i] = k;
-            add_inplace(u->temb + (size_t)i * T, P + u->cemb_p + (size_t)k * T, (size_t)T);
+            add_inplace(u->temb + (size_t)i * T, par(u, u->class_emb) + (size_t)k * T, (size_t)T);
         }
     PROF(PROF_ELEM, silu_forward(u->temb_act, u->temb, (size_t)B * T));
     const float *h = u->x_in;
@@ -490,23 +609,20 @@ void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const 
         Block *b = &u->blk[i];
         switch (b->kind) {
         case BLK_CONV_IN:
-            PROF(PROF_CONV, conv2d_forward(b->out, h, P + b->p[CONV_W], P + b->p[CONV_B], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1),
-                           u->conv_scr));
+            conv_fwd(u, b->out, h, b->conv.conv, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
             break;
         case BLK_DOWN:
-            PROF(PROF_CONV, conv2d_forward(b->out, h, P + b->p[CONV_W], P + b->p[CONV_B], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2),
-                           u->conv_scr));
+            conv_fwd(u, b->out, h, b->conv.conv, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2));
             break;
         case BLK_UP:
-            PROF(PROF_ELEM, upsample_forward(b->a1, h, B, b->H, b->W, b->cin));
-            PROF(PROF_CONV, conv2d_forward(b->out, b->a1, P + b->p[CONV_W], P + b->p[CONV_B],
-                           conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1), u->conv_scr));
+            PROF(PROF_ELEM, upsample_forward(b->conv.up, h, B, b->H, b->W, b->cin));
+            conv_fwd(u, b->out, b->conv.up, b->conv.conv, conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1));
             break;
         case BLK_RES:
-            if (b->skip >= 0) {
-                const Block *s = &u->blk[b->skip];
-                PROF(PROF_ELEM, concat_forward(b->cat, h, s->out, (size_t)B * b->H * b->W, b->cin - s->cout, s->cout));
-                h = b->cat;
+            if (b->res.skip >= 0) {
+                const Block *s = &u->blk[b->res.skip];
+                PROF(PROF_ELEM, concat_forward(b->res.cat, h, s->out, (size_t)B * b->H * b->W, b->cin - s->cout, s->cout));
+                h = b->res.cat;
             }
             res_forward(u, i, h, B);
             break;
@@ -514,9 +630,8 @@ void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const 
             attn_forward(u, b, h, B);
             break;
         case BLK_OUT:
-            PROF(PROF_NORM, groupnorm_forward(b->a1, b->m1, b->r1, h, P + b->p[OUT_NW], P + b->p[OUT_NB], B, b->H * b->W, b->cin, u->groups, 1));
-            PROF(PROF_CONV, conv2d_forward(b->out, b->a1, P + b->p[OUT_CW], P + b->p[OUT_CB], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1),
-                           u->conv_scr));
+            norm_fwd(u, b->head.a, b->head.mean, b->head.rstd, h, b->head.norm_out, B, b->H * b->W, b->cin, 1);
+            conv_fwd(u, b->out, b->head.a, b->head.conv_out, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
             break;
         }
         h = b->out;
@@ -526,74 +641,63 @@ void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const 
 
 /* ---- backward ---------------------------------------------------------------------------- */
 
-/* Gradient buffers. Every backward kernel adds into its gradients (as in llm.c), so each
- * buffer is zeroed before its first writer: the block output gradients once at the start of
- * unet_backward, the scratch buffers right before they are filled. (Tracking which buffer
- * was written yet and calling writing variants instead saved ~1% of a step: measured, not
- * worth the bookkeeping.) */
+/* Every backward kernel adds into its gradients (as in llm.c), so each gradient buffer is
+ * zeroed before its first writer: the block output gradients once at the start of
+ * unet_backward, the scratch buffers right before they are filled. */
 static float *zeroed(float *p, size_t n) {
     memset(p, 0, n * sizeof(float));
     return p;
 }
 
-/* x is the block input (cat buffer for up-path res); dL/dx is added into dx. */
+/* ResBlock i; x is its input (cat for the up path); dL/dx is added into dx. */
 static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
     Block *b = &u->blk[i];
-    const float *P = u->params;
-    float *Gp = u->grads;
-    int HW = b->H * b->W, G = u->groups;
+    ResBlock *r = &b->res;
+    UNetScratch *sc = &u->scr;
+    int HW = b->H * b->W;
     size_t nout = (size_t)B * HW * b->cout;
-    ConvShape s1 = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
-    ConvShape s2 = conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1);
     /* out = conv2(a2) + shortcut(x) */
-    if (b->shortcut) /* 1x1 conv as a linear layer (see res_forward) */
-        PROF(PROF_GEMM, linear_backward(dx, Gp + b->p[RES_SW], Gp + b->p[RES_SB], b->dout, x, P + b->p[RES_SW], B * HW, b->cin,
-                                        b->cout));
+    if (r->has_shortcut)
+        linear_bwd(u, dx, b->dout, x, conv1x1_as_linear(r->nin_shortcut), B * HW, b->cin, b->cout);
     else
         PROF(PROF_ELEM, add_inplace(dx, b->dout, nout));
-    float *da2 = zeroed(u->scr[0], nout);
-    PROF(PROF_CONV, conv2d_backward(da2, Gp + b->p[RES_C2W], Gp + b->p[RES_C2B], b->dout, b->a2, P + b->p[RES_C2W], s2, u->conv_scr));
+    float *da2 = zeroed(sc->d_a2, nout);
+    conv_bwd(u, da2, b->dout, r->a2, r->conv2, conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1));
     if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, da2, B, (size_t)HW * b->cout));
-    /* a2 = silu(gn2(h1)) */
-    float *dh1 = zeroed(u->scr[1], nout);
-    PROF(PROF_NORM, groupnorm_backward(dh1, Gp + b->p[RES_N2W], Gp + b->p[RES_N2B], da2, b->h1, P + b->p[RES_N2W], P + b->p[RES_N2B], b->m2,
-                       b->r2, B, HW, b->cout, G, 1));
+    /* a2 = silu(norm2(h1)) */
+    float *dh1 = zeroed(sc->d_h1, nout);
+    norm_bwd(u, dh1, da2, r->h1, r->norm2, r->mean2, r->rstd2, B, HW, b->cout, 1);
     /* h1 = conv1(a1) + temb_proj(silu(temb)) */
-    float *dtp = zeroed(u->scr[2], (size_t)B * b->cout);
+    float *dtp = zeroed(sc->d_tp, (size_t)B * b->cout);
     PROF(PROF_ELEM, add_bcast_backward(dtp, dh1, B, HW, b->cout));
-    PROF(PROF_GEMM, linear_backward(u->d_temb_act, Gp + b->p[RES_TW], Gp + b->p[RES_TB], dtp, u->temb_act, P + b->p[RES_TW], B,
-                    u->temb_ch, b->cout));
-    float *da1 = zeroed(u->scr[0], (size_t)B * HW * b->cin);
-    PROF(PROF_CONV, conv2d_backward(da1, Gp + b->p[RES_C1W], Gp + b->p[RES_C1B], dh1, b->a1, P + b->p[RES_C1W], s1, u->conv_scr));
-    /* a1 = silu(gn1(x)) */
-    PROF(PROF_NORM, groupnorm_backward(dx, Gp + b->p[RES_N1W], Gp + b->p[RES_N1B], da1, x, P + b->p[RES_N1W], P + b->p[RES_N1B], b->m1,
-                       b->r1, B, HW, b->cin, G, 1));
+    linear_bwd(u, u->d_temb_act, dtp, u->temb_act, r->temb_proj, B, u->temb_ch, b->cout);
+    float *da1 = zeroed(sc->d_a1, (size_t)B * HW * b->cin); /* d_a2's buffer, no longer needed */
+    conv_bwd(u, da1, dh1, r->a1, r->conv1, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
+    /* a1 = silu(norm1(x)) */
+    norm_bwd(u, dx, da1, x, r->norm1, r->mean1, r->rstd1, B, HW, b->cin, 1);
 }
 
-/* dL/dx is added into dx */
+/* AttnBlock b on x; dL/dx is added into dx. */
 static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
-    const float *P = u->params;
-    float *Gp = u->grads;
+    AttnBlock *a = &b->attn;
+    UNetScratch *sc = &u->scr;
     int N = b->H * b->W, C = b->cin, BN = B * N;
     size_t n = (size_t)BN * C;
     PROF(PROF_ELEM, add_inplace(dx, b->dout, n)); /* residual */
-    float *dO = zeroed(u->scr[0], n);
-    PROF(PROF_GEMM, linear_backward(dO, Gp + b->p[ATT_PW], Gp + b->p[ATT_PB], b->dout, b->o, P + b->p[ATT_PW], BN, C, C));
-    float *dq = zeroed(u->scr[1], n), *dk = zeroed(u->scr[2], n), *dv = zeroed(u->scr[3], n);
-    PROF(PROF_ATTN, attention_backward(dq, dk, dv, dO, b->q, b->k, b->v, b->att, B, N, C, u->att_scr));
-    float *dh = zeroed(u->scr[4], n);
-    PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_QW], Gp + b->p[ATT_QB], dq, b->a1, P + b->p[ATT_QW], BN, C, C));
-    PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_KW], Gp + b->p[ATT_KB], dk, b->a1, P + b->p[ATT_KW], BN, C, C));
-    PROF(PROF_GEMM, linear_backward(dh, Gp + b->p[ATT_VW], Gp + b->p[ATT_VB], dv, b->a1, P + b->p[ATT_VW], BN, C, C));
-    PROF(PROF_NORM, groupnorm_backward(dx, Gp + b->p[ATT_NW], Gp + b->p[ATT_NB], dh, x, P + b->p[ATT_NW], P + b->p[ATT_NB], b->m1, b->r1, B, N,
-                       C, u->groups, 0));
+    float *d_o = zeroed(sc->d_o, n);
+    linear_bwd(u, d_o, b->dout, a->o, a->proj_out, BN, C, C);
+    float *dq = zeroed(sc->d_query, n), *dk = zeroed(sc->d_key, n), *dv = zeroed(sc->d_value, n);
+    PROF(PROF_ATTN, attention_backward(dq, dk, dv, d_o, a->query, a->key, a->value, a->att, B, N, C, u->att_scr));
+    float *dhn = zeroed(sc->d_hn, n);
+    linear_bwd(u, dhn, dq, a->hn, a->q, BN, C, C);
+    linear_bwd(u, dhn, dk, a->hn, a->k, BN, C, C);
+    linear_bwd(u, dhn, dv, a->hn, a->v, BN, C, C);
+    norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, 0);
 }
 
 void unet_backward(UNet *u, const float *dout, float *dx) {
     CHECK(u->training, "unet_backward on a model built without training buffers");
     int B = u->last_B, T = u->temb_ch;
-    const float *P = u->params;
-    float *Gp = u->grads;
     for (int i = 0; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zeroed(u->blk[i].dout, block_out_n(&u->blk[i], B)));
     zeroed(u->d_temb_act, (size_t)B * T);
     Block *last = &u->blk[u->nblk - 1];
@@ -604,28 +708,24 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
         float *dxb = i > 0 ? u->blk[i - 1].dout : NULL;
         switch (b->kind) {
         case BLK_CONV_IN:
-            PROF(PROF_CONV, conv2d_backward(dx, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x, P + b->p[CONV_W],
-                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr));
+            conv_bwd(u, dx, b->dout, x, b->conv.conv, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
             break;
         case BLK_DOWN:
-            PROF(PROF_CONV, conv2d_backward(dxb, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, x,
-                            P + b->p[CONV_W], conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2), u->conv_scr));
+            conv_bwd(u, dxb, b->dout, x, b->conv.conv, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2));
             break;
         case BLK_UP: {
-            float *du = zeroed(u->scr[0], (size_t)B * 4 * b->H * b->W * b->cin);
-            PROF(PROF_CONV, conv2d_backward(du, Gp + b->p[CONV_W], Gp + b->p[CONV_B], b->dout, b->a1, P + b->p[CONV_W],
-                            conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1), u->conv_scr));
-            PROF(PROF_ELEM, upsample_backward(dxb, du, B, b->H, b->W, b->cin));
+            float *dup = zeroed(u->scr.d_up, (size_t)B * 4 * b->H * b->W * b->cin);
+            conv_bwd(u, dup, b->dout, b->conv.up, b->conv.conv, conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1));
+            PROF(PROF_ELEM, upsample_backward(dxb, dup, B, b->H, b->W, b->cin));
             break;
         }
         case BLK_RES:
-            if (b->skip >= 0) {
-                /* the concat gradient goes through scr[3], which res_backward does not use */
-                Block *s = &u->blk[b->skip];
-                size_t P_ = (size_t)B * b->H * b->W;
-                float *dcat = zeroed(u->scr[3], P_ * b->cin);
-                res_backward(u, i, b->cat, dcat, B);
-                PROF(PROF_ELEM, concat_backward(dxb, s->dout, dcat, P_, b->cin - s->cout, s->cout));
+            if (b->res.skip >= 0) { /* x = concat(h, skip): its gradient is split between the two */
+                Block *s = &u->blk[b->res.skip];
+                size_t npix = (size_t)B * b->H * b->W;
+                float *dcat = zeroed(u->scr.d_cat, npix * b->cin);
+                res_backward(u, i, b->res.cat, dcat, B);
+                PROF(PROF_ELEM, concat_backward(dxb, s->dout, dcat, npix, b->cin - s->cout, s->cout));
             } else {
                 res_backward(u, i, x, dxb, B);
             }
@@ -634,25 +734,22 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
             attn_backward(u, b, x, dxb, B);
             break;
         case BLK_OUT: {
-            float *da = zeroed(u->scr[0], (size_t)B * b->H * b->W * b->cin);
-            PROF(PROF_CONV, conv2d_backward(da, Gp + b->p[OUT_CW], Gp + b->p[OUT_CB], b->dout, b->a1, P + b->p[OUT_CW],
-                            conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1), u->conv_scr));
-            PROF(PROF_NORM, groupnorm_backward(dxb, Gp + b->p[OUT_NW], Gp + b->p[OUT_NB], da, x, P + b->p[OUT_NW], P + b->p[OUT_NB], b->m1,
-                                                   b->r1, B, b->H * b->W, b->cin, u->groups, 1));
+            float *da = zeroed(u->scr.d_a, (size_t)B * b->H * b->W * b->cin);
+            conv_bwd(u, da, b->dout, b->head.a, b->head.conv_out, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
+            norm_bwd(u, dxb, da, x, b->head.norm_out, b->head.mean, b->head.rstd, B, b->H * b->W, b->cin, 1);
             break;
         }
         }
     }
-    /* timestep MLP: temb_act = silu(temb), temb = dense1(silu(dense0(sin))) */
+    /* timestep MLP: temb_act = silu(temb), temb = dense1(silu(dense0(sin))) + class_emb[y] */
     size_t nt = (size_t)B * T;
     PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb, nt), u->d_temb_act, u->temb, nt));
-    if (u->n_classes > 0) /* temb += class_emb[y]: d class_emb[y_i] += d temb_i, images in order */
-        for (int i = 0; i < B; i++) add_inplace(Gp + u->cemb_p + (size_t)u->y_in[i] * T, u->d_temb + (size_t)i * T, (size_t)T);
-    PROF(PROF_GEMM, linear_backward(zeroed(u->d_temb_hs, nt), Gp + u->temb_p[2], Gp + u->temb_p[3], u->d_temb, u->temb_hs, P + u->temb_p[2], B,
-                    T, T));
+    float *gce = u->n_classes > 0 ? grad(u, u->class_emb) : NULL;
+    if (gce) /* d class_emb[y_i] += d temb_i, images in order */
+        for (int i = 0; i < B; i++) add_inplace(gce + (size_t)u->y_in[i] * T, u->d_temb + (size_t)i * T, (size_t)T);
+    linear_bwd(u, zeroed(u->d_temb_hs, nt), u->d_temb, u->temb_hs, u->temb_dense1, B, T, T);
     PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb_h, nt), u->d_temb_hs, u->temb_h, nt));
-    PROF(PROF_GEMM, linear_backward(zeroed(u->d_temb_sin, (size_t)B * u->ch), Gp + u->temb_p[0], Gp + u->temb_p[1], u->d_temb_h, u->temb_sin,
-                    P + u->temb_p[0], B, u->ch, T));
+    linear_bwd(u, zeroed(u->d_temb_sin, (size_t)B * u->ch), u->d_temb_h, u->temb_sin, u->temb_dense0, B, u->ch, T);
 }
 
 const float *unet_activation(const UNet *u, const char *name, int *H, int *W, int *C) {
@@ -678,9 +775,8 @@ static size_t count_params(const UNet *u, int p0, int np) {
 void unet_print_summary(const UNet *u, FILE *f) {
     fprintf(f, "model\n");
     fprintf(f, "  %-22s %12s %10s  %s\n", "block", "params", "MFLOP/img", "in -> out");
-    fprintf(f, "  %-22s %12zu %10.1f  t -> %d\n", "temb", count_params(u, 0, 4), 2.0 * (u->ch * u->temb_ch + u->temb_ch * u->temb_ch) / 1e6,
-            u->temb_ch);
-    size_t total = count_params(u, 0, 4);
+    size_t total = count_params(u, u->temb_dense0.w, 4); /* temb.dense0/1 weight and bias come first */
+    fprintf(f, "  %-22s %12zu %10.1f  t -> %d\n", "temb", total, 2.0 * (u->ch * u->temb_ch + u->temb_ch * u->temb_ch) / 1e6, u->temb_ch);
     for (int i = 0; i < u->nblk; i++) {
         const Block *b = &u->blk[i];
         size_t n = count_params(u, b->p0, b->np);

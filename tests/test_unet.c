@@ -611,6 +611,76 @@ static void test_class_emb_grad(void) {
     if (!rc) unet_free(&u);
 }
 
+/* Frozen parameters (unet_set_frozen): backward computes no gradient for them and leaves
+ * their part of grads untouched, while every other gradient and dx come out the same bits
+ * (skipping a weight-gradient GEMM changes no other sum). A tiny class-conditional model
+ * with every kind of block: 1x1 shortcuts, attention, down/upsample, class_emb. */
+static void backward_all(UNet *u, const float *x, const int *t, const int *y, const float *R, float *dx, size_t nx) {
+    float *out = malloc(nx * sizeof(float));
+    unet_forward_cond(u, out, x, t, y, 2);
+    unet_zero_grad(u);
+    memset(dx, 0, nx * sizeof(float));
+    unet_backward(u, R, dx);
+    free(out);
+}
+
+static void test_frozen(void) {
+    const char *js = "{\"data\": {\"image_size\": 8, \"channels\": 3}, \"model\": {\"ch\": 8, \"ch_mult\": [1, 2], "
+                     "\"num_res_blocks\": 1, \"attn_resolutions\": [4], \"dropout\": 0, \"groups\": 4, \"class_cond\": true, "
+                     "\"num_classes\": 3}}";
+    Config c;
+    UNet u;
+    config_defaults(&c);
+    int rc = config_parse(&c, js, "frozen test");
+    if (!rc) rc = unet_init(&u, &c, 2, 1);
+    T_OK(rc == 0, "tiny class-conditional U-Net builds%s%s", rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) return;
+    random_params(&u, 41);
+    size_t nx = (size_t)2 * 8 * 8 * 3;
+    float *x = malloc(nx * 4), *R = malloc(nx * 4), *dx0 = malloc(nx * 4), *dx = malloc(nx * 4);
+    float *g0 = malloc(u.n_floats * 4);
+    int t[2] = {7, 640}, y[2] = {2, 3};
+    rng_normal(x, nx, 42, 0, 0);
+    rng_normal(R, nx, 42, 1, 0);
+    backward_all(&u, x, t, y, R, dx0, nx);
+    memcpy(g0, u.grads, u.n_floats * 4);
+    int nonzero = 0;
+    for (int i = 0; i < u.nP; i++) {
+        int nz = 0;
+        for (size_t j = 0; j < u.P[i].n && !nz; j++) nz = g0[u.P[i].off + j] != 0.0f;
+        nonzero += nz;
+    }
+    T_OK(nonzero == u.nP, "nothing frozen: %d of %d parameter gradients non-zero", nonzero, u.nP);
+
+    int nf = unet_set_frozen(&u, "", 1);
+    T_OK(nf == u.nP, "unet_set_frozen(\"\") marks all %d parameters (%d)", u.nP, nf);
+    backward_all(&u, x, t, y, R, dx, nx);
+    size_t nzg = 0;
+    for (size_t j = 0; j < u.n_floats; j++) nzg += u.grads[j] != 0.0f;
+    T_OK(nzg == 0, "all frozen: grads stays zero (%zu of %zu non-zero)", nzg, u.n_floats);
+    T_OK(!memcmp(dx, dx0, nx * 4), "all frozen: dx the same bits as with nothing frozen (rel L2 %.3g)", t_rel_l2(dx, dx0, nx));
+
+    unet_set_frozen(&u, "", 0);
+    int nd = unet_set_frozen(&u, "down.", 1) + unet_set_frozen(&u, "class_emb", 1);
+    backward_all(&u, x, t, y, R, dx, nx);
+    int bad = 0, nfrozen = 0;
+    for (int i = 0; i < u.nP; i++) {
+        const Param *p = &u.P[i];
+        const float *g = u.grads + p->off;
+        if (p->frozen) {
+            nfrozen++;
+            for (size_t j = 0; j < p->n; j++) bad += g[j] != 0.0f;
+        } else {
+            bad += memcmp(g, g0 + p->off, p->n * 4) != 0;
+        }
+    }
+    T_OK(nd == nfrozen && nd > 0 && bad == 0 && !memcmp(dx, dx0, nx * 4),
+         "down.* and class_emb frozen (%d parameters): their gradients zero, the other %d and dx the same bits (%d differ)", nd,
+         u.nP - nd, bad);
+    free(x), free(R), free(dx0), free(dx), free(g0);
+    unet_free(&u);
+}
+
 /* The forward of B images gives each image what a forward of that image alone gives, within
  * the bound of two summation orders (order_bound), for a class-conditional demo-sized model
  * (every kind of layer: Winograd and strided convs, 1x1 skips, attention, GroupNorm, the
@@ -659,6 +729,8 @@ int main(void) {
     test_reference("tests/fixtures/unet_cond_ref.safetensors");
     printf("class embedding gradient\n");
     test_class_emb_grad();
+    printf("frozen parameters\n");
+    test_frozen();
     printf("CIFAR-10 model size\n");
     test_cifar_size();
     printf("Fashion-MNIST model, threads\n");

@@ -10,7 +10,9 @@
  *   out  = conv_out(SiLU(GroupNorm(h)))
  *
  * Memory: every parameter lives in one block `params` described by the table `P`
- * (name, shape, offset); `grads` has the same layout (and so will Adam moments and EMA).
+ * (name, shape, offset); `grads`, the Adam moments and the EMA copy have the same layout.
+ * Layers refer to their parameters by index into `P` (NormParams, ConvParams,
+ * LinearParams below); the blocks and what each holds are declared at the top of unet.c.
  * Activations for batch <= B_max live in one arena sized at init; forward and backward
  * allocate nothing. Activations are NHWC; conv weights (OC,KH,KW,C).
  *
@@ -23,8 +25,13 @@
  * PyTorch's nn.Embedding, the last row the "no class" embedding; row y of it is added to
  * the timestep MLP's output before the SiLU that feeds every ResBlock's temb_proj:
  *   temb = dense1(silu(dense0(sin(t)))) + class_emb[y]
- * It is the last entry of the parameter table, so every other parameter keeps its index,
- * init stream and offset: unconditional models are exactly as before. */
+ * It is the last entry of the parameter table, so the table of an unconditional model is
+ * that of the conditional one without it: same indices, init streams and offsets.
+ *
+ * Frozen parameters (Param.frozen, unet_set_frozen): unet_backward computes no gradient
+ * for them (a frozen weight skips its weight-gradient GEMM) and leaves their part of
+ * `grads` untouched; gradients flowing through them to earlier layers and to dx are
+ * computed as usual. */
 #ifndef DDPM_UNET_H
 #define DDPM_UNET_H
 
@@ -41,11 +48,39 @@ typedef struct {
     size_t off, n;   /* offset into the parameter block, element count */
     int init;        /* PINIT_* */
     int fan_in;
+    int frozen;      /* 1: unet_backward computes no gradient for it (see above) */
 } Param;
 
 enum { PINIT_UNIFORM, PINIT_ZERO, PINIT_ONE, PINIT_NORMAL };
 
-typedef struct Block Block;
+/* One layer's parameters as indices into UNet.P (-1: absent). The shapes name the
+ * layer's input channels C (IN) and output channels OC (OUT). */
+typedef struct { int w, b; } NormParams;   /* GroupNorm: gamma w (C), beta b (C) */
+typedef struct { int w, b; } ConvParams;   /* conv: w (OC,k,k,C), b (OC) */
+typedef struct { int w, b; } LinearParams; /* linear: w (OUT,IN), b (OUT) */
+
+typedef struct Block Block; /* one U-Net block: see unet.c */
+
+/* Scratch tensors shared by all blocks, each sized for the largest one. A role lives only
+ * inside one block's forward or backward; roles that share a buffer are never live at the
+ * same time:
+ *   buffer 0: shortcut, d_a2, d_a1, d_o, d_up, d_a    buffer 1: d_h1, d_query
+ *   buffer 2: d_tp, d_key                             buffer 3: d_cat, d_value
+ *   buffer 4: d_hn
+ * Without training buffers only buffer 0 exists (shortcut; the d_ roles are NULL).
+ * Shapes are those of the block at hand (N = H*W). */
+typedef struct {
+    float *shortcut;            /* ResBlock forward: nin_shortcut(x) (B,H,W,cout) */
+    float *d_a2, *d_h1;         /* ResBlock backward: gradients of a2, h1 (B,H,W,cout) */
+    float *d_tp;                /* ResBlock backward: gradient of tp (B,cout) */
+    float *d_a1;                /* ResBlock backward: gradient of a1 (B,H,W,cin) */
+    float *d_cat;               /* up-path ResBlock backward: gradient of concat(h, skip) (B,H,W,cin) */
+    float *d_o;                 /* AttnBlock backward: gradient of o = att value (B,N,C) */
+    float *d_query, *d_key, *d_value; /* AttnBlock backward (B,N,C) each */
+    float *d_hn;                /* AttnBlock backward: gradient of hn = norm(x) (B,N,C) */
+    float *d_up;                /* upsample backward: gradient of the upsampled input (B,2H,2W,C) */
+    float *d_a;                 /* output head backward: gradient of silu(norm_out(x)) (B,H,W,C) */
+} UNetScratch;
 
 typedef struct {
     /* shape */
@@ -58,18 +93,25 @@ typedef struct {
     size_t n_floats;
     float *params, *grads;  /* grads NULL unless training */
     /* graph */
-    Block *blk;
+    Block *blk;             /* conv_in, down path, mid, up path, output head, in execution order */
     int nblk;
-    size_t temb_p[4];       /* dense0.w, dense0.b, dense1.w, dense1.b offsets */
+    /* timestep MLP and class embedding (not blocks: no spatial activations) */
+    LinearParams temb_dense0; /* w (temb_ch,ch), b (temb_ch) */
+    LinearParams temb_dense1; /* w (temb_ch,temb_ch), b (temb_ch) */
+    int class_emb;          /* (n_classes+1, temb_ch) index into P; -1 if unconditional */
     int n_classes;          /* class_cond: classes (row n_classes = no class); 0 = unconditional */
-    size_t cemb_p;          /* class_emb.weight offset */
     int *y_in;              /* labels of the last forward (B_max) */
     char **class_names;     /* n_classes names (owned, may be NULL); saved in checkpoints */
     float *x_in;            /* copy of the input (B,H,W,C_img) */
-    float *temb_sin, *temb_h, *temb_hs, *temb, *temb_act;
-    float *d_temb_act, *d_temb, *d_temb_hs, *d_temb_h, *d_temb_sin;
+    float *temb_sin;        /* sinusoidal embedding of t (B,ch) */
+    float *temb_h, *temb_hs; /* dense0(temb_sin) and its SiLU (B,temb_ch) */
+    float *temb;            /* dense1(temb_hs) (+ class_emb[y]) (B,temb_ch) */
+    float *temb_act;        /* silu(temb), every ResBlock's temb_proj input (B,temb_ch) */
+    float *d_temb_act, *d_temb, *d_temb_hs, *d_temb_h, *d_temb_sin; /* their gradients (training) */
     /* scratch */
-    float *scr[5], *conv_scr, *att_scr;
+    UNetScratch scr;
+    float *conv_scr;        /* conv2d_scratch() floats of the largest convolution */
+    float *att_scr;         /* attention_scratch() floats of the largest attention */
     void *arena;            /* Arena * */
     size_t act_bytes;
     double flops;           /* forward FLOPs per image (2 per multiply-add) */
@@ -98,6 +140,9 @@ void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const 
 void unet_backward(UNet *u, const float *dout, float *dx);
 void unet_zero_grad(UNet *u);
 const Param *unet_param(const UNet *u, const char *name);
+/* Set Param.frozen of every parameter whose name starts with prefix ("" = all of them);
+ * returns how many it set. */
+int unet_set_frozen(UNet *u, const char *prefix, int frozen);
 /* Output of the block named `name` ("conv_in", "down.0.res.1", "down.0.downsample",
  * "mid.attn.0", "up.1.upsample", ...) from the last forward, (B,OH,OW,C) NHWC; its
  * shape in *H, *W, *C. NULL if no such block. "temb" gives the sinusoidal embedding
