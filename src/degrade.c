@@ -348,6 +348,7 @@ static int pick(float u, int n) {
 void degrade_draw(DegradeDraw *d, const DegradeSpec *s, uint64_t seed, uint64_t step, uint64_t g, int H, int W) {
     memset(d, 0, sizeof *d);
     d->seed = seed, d->step = step, d->g = g;
+    if (s->n == 0) return; /* no degradation: n_ops = 0, y = x0 */
     double total = 0, acc = 0;
     for (int i = 0; i < s->n; i++) total += s->e[i].weight;
     double u = draw_u(seed, step, g, 0) * total;
@@ -385,7 +386,7 @@ void degrade_draw(DegradeDraw *d, const DegradeSpec *s, uint64_t seed, uint64_t 
 
 void degrade_name(char *buf, size_t n, const DegradeSpec *s, const DegradeDraw *d) {
     if (!n) return;
-    buf[0] = 0;
+    snprintf(buf, n, "%s", d->n_ops ? "" : "none");
     const DegradeEntry *e = &s->e[d->entry];
     for (int k = 0; k < d->n_ops; k++) {
         size_t l = strlen(buf);
@@ -675,6 +676,7 @@ static void area_resize(float *out, const float *in, int h, int w, int C, int Ho
 
 int degrade_prepare_input(float *out, const float *in, int h, int w, int C, int size, DegradeUp up, char *note,
                           size_t note_n) {
+    CHECK(h > 0 && w > 0 && size > 0 && C > 0, "degrade_prepare_input: empty image");
     int s = h < w ? h : w, oy = (h - s) / 2, ox = (w - s) / 2, ret = 0;
     float *sq = xmalloc(sizeof(float) * (size_t)s * s * C);
     for (int y = 0; y < s; y++) memcpy(sq + (size_t)y * s * C, in + ((size_t)(y + oy) * w + ox) * C, sizeof(float) * s * C);

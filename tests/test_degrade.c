@@ -488,6 +488,15 @@ static void test_parser(void) {
          "describe lists the entries with their share");
 
     T_OK(parse_text(&s, "[]") == 0 && s.n == 0 && !s.has_mask, "an empty list: no degradation");
+    {
+        float x[12], y[12];
+        for (int i = 0; i < 12; i++) x[i] = 0.1f * i - 0.5f;
+        DegradeDraw d;
+        degrade_draw(&d, &s, 1, 2, 3, 2, 2);
+        degrade_apply(y, NULL, x, &s, &d, 2, 2, 3);
+        degrade_name(desc, sizeof desc, &s, &d);
+        T_OK(d.n_ops == 0 && bytes_equal(x, y, 12) && !strcmp(desc, "none"), "drawing from an empty spec: y = x0, named \"%s\"", desc);
+    }
     T_OK(parse_text(&s, "[{\"type\": \"blur\"}]") == 0 && s.e[0].ops[0].lo == 0.5f && s.e[0].ops[0].hi == 2.0f &&
              s.e[0].ops[0].border == DEGRADE_BORDER_REFLECT && s.e[0].weight == 1,
          "defaults fill what an entry leaves out");
