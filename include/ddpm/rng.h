@@ -33,6 +33,8 @@ enum {
     RNG_NOISECMD = 8, /* ddpm noise command */
     RNG_CONSTRAINT = 9, /* fresh noise of a sampling constraint (inpaint, ILVR), id = image index */
     RNG_CONDDROP = 10, /* train.cond_drop: id = step, index = global image position */
+    RNG_DEGRADE = 11,  /* train.degrade choices: id = step, index = global image position * 64 + slot */
+    RNG_DEGRADE_NOISE = 12, /* train.degrade noise fields: id = step, offset = (position * 8 + op) * H*W*C */
 };
 
 #endif
