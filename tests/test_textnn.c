@@ -20,7 +20,8 @@
  *    are all masked gives out = to_out bias exactly, finite everywhere, and no gradient to
  *    its input; the encoder's padding token and all-padding positions get exactly zero
  *    gradient through encoder + cross-attention;
- *  - identical bits with 1 and 3 OpenMP threads (attention on both work splits, LayerNorm);
+ *  - identical bits with 1 and 3 OpenMP threads (attention on both work splits, LayerNorm),
+ *    and for a caption or image alone and in a batch (encoder, Transformer2D);
  *  - the composites: text encoder (2 layers, a partly padded caption) and Transformer2D
  *    (self-attention, cross-attention with one caption all padding, GEGLU) against finite
  *    differences for every parameter tensor and the inputs;
@@ -969,6 +970,51 @@ static void test_padding_grads(void) {
     free(dstates), free(scratch), free(g2), free(dx), free(ds2);
 }
 
+/* Each caption and image alone gives the same bits as in a batch of 3 (samples must not
+ * depend on --batch): encoder states and pooled, and the block's output, 1 and 3 threads. */
+static void test_batch_independence(void) {
+    const int B = 3, V = 6, L = 5, d = 8, H = 3, W = 3, C = 8;
+    int tok[15] = {1, 2, 3, 0, 0, 4, 5, 3, 2, 1, 0, 0, 0, 0, 0};
+    uint8_t keep[15] = {1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0};
+    ParamTable pt = {0};
+    TextEncoder e;
+    Transformer2D t;
+    text_encoder_build(&e, &pt, "text", V, L, d, 2, 2);
+    tf2d_build(&t, &pt, "mid.attn.0", H, W, C, 2, 2, L, d);
+    float *params = alloc0(pt.n_floats);
+    random_params(&pt, params);
+    Arena a;
+    arena_init(&a, text_encoder_acts(&e, NULL, B) + tf2d_acts(&t, NULL, B));
+    text_encoder_acts(&e, &a, B);
+    tf2d_acts(&t, &a, B);
+    const size_t nx = (size_t)H * W * C, ns = (size_t)L * d;
+    float *x = alloc_rand(B * nx, 1, 0), *out = alloc0(B * nx), *states = alloc0(B * ns), *pooled = alloc0((size_t)B * d);
+    float *o1 = alloc0(nx), *s1 = alloc0(ns), *p1 = alloc0(d);
+    int same = 1;
+#ifdef _OPENMP
+    int nt = omp_get_max_threads();
+    for (int th = 1; th <= 3; th += 2) {
+        omp_set_num_threads(th);
+#endif
+        text_encoder_forward(&e, states, pooled, params, tok, keep, B);
+        tf2d_forward(&t, out, params, x, states, keep, B);
+        for (int b = 0; b < B; b++) {
+            text_encoder_forward(&e, s1, p1, params, tok + b * L, keep + b * L, 1);
+            tf2d_forward(&t, o1, params, x + b * nx, s1, keep + b * L, 1);
+            same &= !memcmp(s1, states + b * ns, ns * 4) && !memcmp(p1, pooled + (size_t)b * d, (size_t)d * 4) &&
+                    !memcmp(o1, out + b * nx, nx * 4);
+        }
+#ifdef _OPENMP
+    }
+    omp_set_num_threads(nt);
+#endif
+    T_OK(same, "encoder states, pooled and tf2d out: each caption/image alone equals its row of a batch of 3, bit for "
+               "bit (1 and 3 threads)");
+    text_encoder_free(&e);
+    arena_free(&a);
+    free(pt.P), free(params), free(x), free(out), free(states), free(pooled), free(o1), free(s1), free(p1);
+}
+
 /* ---- against PyTorch ----------------------------------------------------------------------- */
 
 static const char *repo_path(const char *rel) {
@@ -1155,6 +1201,7 @@ int main(void) {
     printf("transformer2d\n");
     test_tf2d();
     test_padding_grads();
+    test_batch_independence();
     printf("against PyTorch (tests/fixtures/text_ref.safetensors)\n");
     test_reference();
     printf("time %.2f s\n", now_s() - t0);

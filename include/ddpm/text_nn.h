@@ -40,8 +40,8 @@ void embedding_forward(float *out, const int *tok, const float *wte, const float
 void embedding_backward(float *dwte, float *dwpe, const float *dout, const int *tok, int B, int L, int C);
 
 /* ---- GELU, the erf form (PyTorch's nn.GELU() default) ----------------------------------
- * out = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); erf by a vectorizable formula (gelu.c),
- * within 5e-7 of the exact value. n elements; dinp += dout * (Phi(x) + x phi(x)). */
+ * out = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); erf by a vectorizable formula (gelu.c)
+ * within 5e-7 of the exact erf. n elements; dinp += dout * (Phi(x) + x phi(x)). */
 void gelu_forward(float *out, const float *inp, size_t n);
 void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 /* erf(x), the function gelu uses (exposed for the tests). */
