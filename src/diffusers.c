@@ -603,12 +603,6 @@ static void read_tensor(const StFile *f, const StEntry *e, float *dst, size_t n)
         }
 }
 
-static void shape_txt(char *b, size_t n, int nd, const int64_t *s) {
-    int k = snprintf(b, n, "[");
-    for (int i = 0; i < nd; i++) k += snprintf(b + k, n - k, "%s%lld", i ? ", " : "", (long long)s[i]);
-    snprintf(b + k, n - k, "]");
-}
-
 /* Copy the tensors of f into u->params; every expected tensor present (either naming) with
  * its shape and a float dtype, nothing else in the file. *legacy counts old names. */
 static int load_weights(const StFile *f, UNet *u, const char *cfg_label, int *legacy) {
@@ -622,7 +616,7 @@ static int load_weights(const StFile *f, UNet *u, const char *cfg_label, int *le
         const StEntry *e = st_find(f, t[i].name);
         if (!e && t[i].legacy[0] && (e = st_find(f, t[i].legacy))) ++*legacy;
         char want[96], have[96];
-        shape_txt(want, sizeof want, t[i].ndim, t[i].shape);
+        st_shape_str(want, sizeof want, t[i].ndim, t[i].shape);
         if (!e) {
             rc = err_set(DDPM_EUSAGE, "%s: tensor \"%s\"%s%s%s is missing (a %s the model of %s needs, ddpm's %s)", f->path, t[i].name,
                          t[i].legacy[0] ? " (or \"" : "", t[i].legacy, t[i].legacy[0] ? "\")" : "", want, cfg_label, p->name);
@@ -636,7 +630,7 @@ static int load_weights(const StFile *f, UNet *u, const char *cfg_label, int *le
         int same = e->ndim == t[i].ndim;
         for (int k = 0; same && k < e->ndim; k++) same = e->shape[k] == t[i].shape[k];
         if (!same) {
-            shape_txt(have, sizeof have, e->ndim, e->shape);
+            st_shape_str(have, sizeof have, e->ndim, e->shape);
             rc = err_set(DDPM_EUSAGE, "%s: tensor \"%s\" has shape %s, but the model of %s needs %s", f->path, e->name, have, cfg_label, want);
             break;
         }

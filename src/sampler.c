@@ -144,7 +144,7 @@ static void constrain(const SampleTask *task, const Schedule *s, const SampleOpt
     if (task->constraint == CONSTRAINT_ILVR && tn < task->ilvr_stop) return;
     const float *ref = task->ref + (size_t)(g / task->per_ref) * D;
     rng_normal(w, D, o->seed, RNG_STREAM(RNG_CONSTRAINT, g), (uint64_t)k * D);
-    noise_to(w, ref, w, tn, s, D); /* the reference at level tn, fresh noise */
+    q_sample(w, ref, w, &tn, s, 1, D); /* the reference at level tn, fresh noise */
     if (task->constraint == CONSTRAINT_INPAINT) {
         for (size_t j = 0; j < D; j++)
             if (task->mask[j] < 0.5f) x[j] = w[j];
@@ -193,7 +193,7 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
         for (int i = 0; i < b; i++) {
             int g = first + i0 + i;
             rng_normal(x + i * D, D, o->seed, RNG_STREAM(RNG_SAMPLE, g), 0);
-            if (task->init_from_ref) noise_to(x + i * D, task->ref + (size_t)(g / task->per_ref) * D, x + i * D, lv[0], s, D);
+            if (task->init_from_ref) q_sample(x + i * D, task->ref + (size_t)(g / task->per_ref) * D, x + i * D, lv, s, 1, D);
         }
         int next_frame = 0, t_hist = -2; /* level of the DPM-Solver++ history in x0p; -2: none */
         if (frames > 0) record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);

@@ -157,7 +157,7 @@ static void prune_milestones(Run *r, int fresh) {
         names = realloc(names, sizeof(char *) * (n + 1));
         steps = realloc(steps, sizeof(long) * (n + 1));
         CHECK(names && steps, "out of memory");
-        names[n] = strdup(e->d_name), steps[n++] = s;
+        names[n] = xstrdup(e->d_name), steps[n++] = s;
     }
     closedir(d);
     for (int i = 0; i < n; i++)

@@ -69,7 +69,8 @@ int cmd_edit(int argc, char **argv) {
         memcpy(lead + 2 * i * D, ref + i * D, sizeof(float) * D);
         float *z = lead + (2 * i + 1) * D;
         rng_normal(z, D, m.so.seed, RNG_STREAM(RNG_SAMPLE, (uint64_t)i * a.n), 0);
-        noise_to(z, ref + i * D, z, nl ? lv[0] : -1, &m.s, D);
+        int lv0 = nl ? lv[0] : -1;
+        q_sample(z, ref + i * D, z, &lv0, &m.s, 1, D);
     }
     if (nl == 0) { /* strength 0: the image itself */
         for (int g = 0; g < n; g++) memcpy(out + g * D, ref + (g / a.n) * D, sizeof(float) * D);

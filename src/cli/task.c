@@ -109,11 +109,6 @@ int task_parse(TaskArgs *a, const char *cmd, int argc, char **argv, const struct
 /* Input files: the arguments, folders expanded to their PNG/JPEG files in name order. */
 static int cmpstr(const void *x, const void *y) { return strcmp(*(char *const *)x, *(char *const *)y); }
 
-static int has_image_ext(const char *n) {
-    const char *d = strrchr(n, '.');
-    return d && (!strcasecmp(d, ".png") || !strcasecmp(d, ".jpg") || !strcasecmp(d, ".jpeg"));
-}
-
 static int list_inputs(TaskArgs *a, char ***files, int *nf) {
     int cap = 16, n = 0;
     char **f = xmalloc(sizeof(char *) * cap);
@@ -126,14 +121,14 @@ static int list_inputs(TaskArgs *a, char ***files, int *nf) {
         }
         if (!S_ISDIR(st.st_mode)) {
             if (n == cap) f = realloc(f, sizeof(char *) * (cap *= 2));
-            f[n++] = strdup(a->inputs[i]);
+            f[n++] = xstrdup(a->inputs[i]);
             continue;
         }
         DIR *d = opendir(a->inputs[i]);
         struct dirent *e;
         int first = n;
         while (d && (e = readdir(d))) {
-            if (e->d_name[0] == '.' || !has_image_ext(e->d_name)) continue;
+            if (e->d_name[0] == '.' || !image_has_ext(e->d_name)) continue;
             if (n == cap) f = realloc(f, sizeof(char *) * (cap *= 2));
             size_t L = strlen(a->inputs[i]) + strlen(e->d_name) + 2;
             f[n] = xmalloc(L);
