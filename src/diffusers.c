@@ -760,23 +760,17 @@ int dfs_export(const char *ckpt, const char *dir, int no_ema, int force, char *s
         snprintf(msg, sizeof msg, "%s", err_msg());
         return err_set(DDPM_EUSAGE, "%s: %s", ckpt, msg);
     }
-    const char *which = no_ema ? "raw" : "EMA";
-    const char *w = st_meta(&f, "weights");
-    if (!no_ema && !st_find(&f, "ema.conv_in.weight")) {
-        if (w && !strcmp(w, "ema")) which = "EMA (imported)";
-        else {
-            fprintf(stderr, "ddpm: %s holds no EMA weights; exporting its raw weights\n", ckpt);
-            which = "raw";
-        }
-        no_ema = 1;
-    }
+    const char *prefix;
+    CkptWeights kind = ckpt_pick_weights(&f, no_ema, &prefix);
+    const char *which = kind == CKPT_EMA ? "EMA" : kind == CKPT_EMA_IMPORTED ? "EMA (imported)" : "raw";
+    if (kind == CKPT_NO_EMA) fprintf(stderr, "ddpm: %s holds no EMA weights; exporting its raw weights\n", ckpt);
     if ((rc = unet_plan(&u, &c, 1, 0))) {
         st_free(&f);
         return rc;
     }
     u.params = aligned_alloc(64, u.n_floats * sizeof(float));
     CHECK(u.params, "out of memory for %zu parameters", u.n_floats);
-    rc = ckpt_load_params(&f, no_ema ? "" : "ema.", &u, u.params);
+    rc = ckpt_load_params(&f, prefix, &u, u.params);
     st_free(&f);
     DfsTensor *t = NULL;
     StTensorOut *to = NULL;

@@ -104,7 +104,7 @@ static int write_loss_png(Run *r) {
     DrawSeries ds[2] = {{.name = k ? raw_name : "loss", .x = x, .y = r->log.loss, .n = n, .color = 0, .faint = k > 0},
                         {.name = sm_name, .x = x, .y = sm, .n = n, .color = 1, .width = 2.5}};
     DrawPlot pl = draw_plot_defaults();
-    pl.title = title, pl.xlabel = "step", pl.ylabel = "loss (MSE, log scale)", pl.logy = 1;
+    pl.title = title, pl.xlabel = "step", pl.ylabel = "loss (MSE, log scale)", pl.logy = 1, pl.bare = r->o->no_labels;
     if (!k) ds[0].markers = 1;
     path_in(r, p, sizeof p, "loss.png");
     int rc = draw_plot_png(p, &pl, ds, k ? 2 : 1);
@@ -225,7 +225,7 @@ static int preview(Run *r) {
     char title[128];
     snprintf(title, sizeof title, "step %ld | EMA, ddim %d steps, seed %d", r->st.step, c->train.sample_steps, (int)c->train.seed);
     DrawCaptions cap = {.title = title};
-    int rc = draw_grid_png(p, imgs, (int)n, u->res, u->res, u->C_img, u->n_classes > 0 ? u->n_classes : 0, 2, &cap);
+    int rc = draw_grid_png(p, imgs, (int)n, u->res, u->res, u->C_img, u->n_classes > 0 ? u->n_classes : 0, 2, r->o->no_labels ? NULL : &cap);
     free(saved), free(imgs);
     return rc;
 }

@@ -22,6 +22,7 @@ typedef struct {
     const char *resume;   /* run folder to continue, or NULL */
     int force;            /* start over in a folder that holds a run */
     int quiet;
+    int no_labels;        /* bare previews and loss.png (no text) */
 } TrainOpts;
 
 /* train.cond_drop: 1 if image g (global position in the batch) of `step` trains with the

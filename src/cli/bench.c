@@ -84,34 +84,40 @@ static double sgemm_ceiling(int threads) {
     return 2.0 * n * n * n / median(t, 7) / 1e9;
 }
 
+typedef struct {
+    const char *cfg_path;
+    const char *sets[CLI_MAX_SETS];
+    int n_sets, steps, threads, profile, json, scaling;
+} Args;
+
+static int on_opt(void *ctx, int o, const char *v) {
+    Args *a = ctx;
+    switch (o) {
+    case 'c': a->cfg_path = v; return 0;
+    case 'S': return cli_add_set("bench", v, a->sets, &a->n_sets);
+    case 'n': return cli_int("bench", "--steps", v, 1, 100000, &a->steps);
+    case 'j': return cli_int("bench", "--threads", v, 1, 1024, &a->threads);
+    case 'p': a->profile = 1; return 0;
+    case 'J': a->json = 1; return 0;
+    case 's': a->scaling = 1; return 0;
+    default: return CLI_NOT_MINE;
+    }
+}
+
 int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
                                          {"steps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 'j'},
                                          {"profile", no_argument, 0, 'p'},      {"json", no_argument, 0, 'J'},
                                          {"scaling", no_argument, 0, 's'},
                                          {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-    const char *cfg_path = "configs/bench.json";
-    char *sets[CLI_MAX_SETS];
-    int n_sets = 0, steps = 10, threads = 0, profile = 0, json = 0, scaling = 0, rc, o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c': cfg_path = optarg; break;
-        case 'S': if ((rc = cli_add_set("bench", sets, &n_sets))) return rc; break;
-        case 'n': if ((rc = cli_int("bench", "--steps", optarg, 1, 100000, &steps))) return rc; break;
-        case 'j': if ((rc = cli_int("bench", "--threads", optarg, 1, 1024, &threads))) return rc; break;
-        case 'p': profile = 1; break;
-        case 'J': json = 1; break;
-        case 's': scaling = 1; break;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("bench", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("bench", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc) return cli_usage_error("bench", "unexpected argument '%s'", argv[optind]);
+    Args a = {.cfg_path = "configs/bench.json", .steps = 10};
+    int rest, rc = cli_parse("bench", argc, argv, ":c:h", opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (rest < argc) return cli_usage_error("bench", "unexpected argument '%s'", argv[rest]);
+    const char *cfg_path = a.cfg_path;
+    int steps = a.steps, threads = a.threads, profile = a.profile, json = a.json, scaling = a.scaling;
     Config c;
-    if ((rc = cli_config(&c, cfg_path, sets, n_sets))) return cli_fail(rc);
+    if ((rc = cli_config(&c, cfg_path, a.sets, a.n_sets))) return cli_fail(rc);
     /* a class-conditional config without a dataset: ten classes (the embedding is one row added
      * per image, negligible next to the convolutions; the images get the "no class" row) */
     if (c.model.class_cond && c.model.num_classes == 0) c.model.num_classes = 10;
