@@ -1,18 +1,23 @@
 #!/bin/sh
 # Installs the Debian packages ddpm needs, only those missing.
 #   scripts/install-deps.sh          build + test + demo dependencies
+#   scripts/install-deps.sh --build  only what compiling needs (no font, no dataset)
 #   scripts/install-deps.sh --mpi    also Open MPI (for make MPI=1)
 #   scripts/install-deps.sh --fuzz   also clang with libFuzzer (only for make fuzz)
 #   scripts/install-deps.sh --torch  also PyTorch (only for scripts/ fixtures and make bench)
 # As root it runs apt-get; otherwise it prints the exact command and exits 1.
 set -e
-pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev libcairo2-dev libfontconfig-dev fonts-dejavu-core pkg-config dataset-fashion-mnist"
+pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev libcairo2-dev libfontconfig-dev pkg-config"
+run="fonts-dejavu-core dataset-fashion-mnist"
+for a in "$@"; do [ "$a" = --build ] && run=""; done
+pkgs="$pkgs $run"
 for a in "$@"; do
     case "$a" in
+        --build) ;;
         --mpi) pkgs="$pkgs openmpi-bin libopenmpi-dev" ;;
         --torch) pkgs="$pkgs python3-torch" ;;
         --fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
-        *) echo "install-deps.sh: unknown option $a (use --mpi, --fuzz or --torch)" >&2; exit 2 ;;
+        *) echo "install-deps.sh: unknown option $a (use --build, --mpi, --fuzz or --torch)" >&2; exit 2 ;;
     esac
 done
 missing=""

@@ -673,7 +673,7 @@ int dfs_import(const char *dir, const char *out, int force, char *summary, size_
     if (!path_exists(p)) {
         snprintf(p, sizeof p, "%s/unet/config.json", dir);
         if (!path_exists(p))
-            return err_set(DDPM_EUSAGE, "%s: no config.json (nor unet/config.json): not a diffusers UNet2DModel folder (see README, \"diffusers\")", dir);
+            return err_set(DDPM_EUSAGE, "%s: no config.json (nor unet/config.json): not a diffusers UNet2DModel folder (see docs/diffusers.md)", dir);
         snprintf(m, sizeof m, "%s/unet", dir);
     }
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", m);

@@ -18,7 +18,7 @@ int sampler_kind(const char *n) {
 const char *sampler_name(SamplerKind k) { return SAMPLER_NAMES[k]; }
 
 Spacing sampler_default_spacing(SamplerKind k) {
-    /* measured on the demo model (README "Samplers", scripts/compare_samplers.py --spacings):
+    /* measured on the demo model (docs/samplers.md, scripts/compare_samplers.py --spacings):
      * linspace is best for DDIM and DPM-Solver++(2M), trailing a close second; both start at T-1 */
     (void)k;
     return SPACING_LINSPACE;

@@ -46,11 +46,18 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
  * (message printed). */
 int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, int *out);
 int cli_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out);
-/* Collect a --set KEY=VALUE into sets (CLI_MAX_SETS); 2 with a message when full. */
+/* -c/--config FILE and --set KEY=VALUE (repeatable), as info, train and bench take them. */
+#define CLI_CONFIG_OPTIONS {"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'}
 #define CLI_MAX_SETS 64
-int cli_add_set(const char *cmd, const char *value, const char **sets, int *n_sets);
+typedef struct {
+    const char *path;                 /* --config (NULL: none) */
+    const char *sets[CLI_MAX_SETS];   /* the --set assignments, in order */
+    int n_sets;
+} CliConfigArgs;
+/* 'c' or 'S' into a: 0, or 2 with a message (too many --set); CLI_NOT_MINE for another code. */
+int cli_config_opt(const char *cmd, CliConfigArgs *a, int code, const char *value);
 /* Load the config from `path` (NULL = defaults) and apply the --set assignments. */
-int cli_config(Config *c, const char *path, const char **sets, int n_sets);
+int cli_config(Config *c, const char *path, const char *const *sets, int n_sets);
 
 /* Check --sampler/--spacing/--var names (NULL = not given); 0 or 2 with a message. */
 int cli_check_sampler(const char *cmd, const char *sampler, const char *spacing, const char *var);

@@ -1,4 +1,5 @@
-/* sampler: the one reverse loop that every sampling task runs (DESIGN.md, "One reverse loop").
+/* sampler: the one reverse loop that every sampling task runs (docs/design.md, "One reverse
+ * loop").
  *
  *   levels     the timestep list, data: levels[0] is where x starts, each pair
  *              (levels[k], levels[k+1]) is one transition; downward = one network evaluation
@@ -41,7 +42,7 @@ typedef struct {
 /* Sampler name ("ddpm", "ddim", "dpm++2m") -> SamplerKind, -1 if unknown. */
 int sampler_kind(const char *name);
 const char *sampler_name(SamplerKind k);
-/* The spacing a sampler uses when the config says "auto" (measured, README "Samplers"). */
+/* The spacing a sampler uses when the config says "auto" (measured: docs/samplers.md). */
 Spacing sampler_default_spacing(SamplerKind k);
 /* Fill SampleOpts from the config's sample section and diffusion.objective
  * (ddpm: steps = T; "auto" spacing: sampler_default_spacing). */

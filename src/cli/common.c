@@ -76,13 +76,15 @@ int cli_float(const char *cmd, const char *opt, const char *s, double lo, double
     return 0;
 }
 
-int cli_add_set(const char *cmd, const char *value, const char **sets, int *n_sets) {
-    if (*n_sets == CLI_MAX_SETS) return cli_usage_error(cmd, "too many --set options (at most %d)", CLI_MAX_SETS);
-    sets[(*n_sets)++] = value;
+int cli_config_opt(const char *cmd, CliConfigArgs *a, int o, const char *v) {
+    if (o == 'c') a->path = v;
+    else if (o != 'S') return CLI_NOT_MINE;
+    else if (a->n_sets == CLI_MAX_SETS) return cli_usage_error(cmd, "too many --set options (at most %d)", CLI_MAX_SETS);
+    else a->sets[a->n_sets++] = v;
     return 0;
 }
 
-int cli_config(Config *c, const char *path, const char **sets, int n_sets) {
+int cli_config(Config *c, const char *path, const char *const *sets, int n_sets) {
     config_defaults(c);
     int rc = path ? config_load(c, path) : 0;
     for (int i = 0; !rc && i < n_sets; i++) rc = config_set(c, sets[i]);

@@ -24,25 +24,22 @@ static void usage(FILE *f) {
 }
 
 typedef struct {
-    const char *cfg_path;
-    const char *sets[CLI_MAX_SETS];
-    int n_sets, batch, no_data;
+    CliConfigArgs cfg;
+    int batch, no_data;
 } Args;
 
 static int on_opt(void *ctx, int o, const char *v) {
     Args *a = ctx;
     switch (o) {
-    case 'c': a->cfg_path = v; return 0;
-    case 'S': return cli_add_set("info", v, a->sets, &a->n_sets);
     case 'b': return cli_int("info", "--batch", v, 1, 1 << 16, &a->batch);
     case 'n': a->no_data = 1; return 0;
     case 'k': config_print_keys(stdout); return CLI_HELP;
-    default: return CLI_NOT_MINE;
+    default: return cli_config_opt("info", &a->cfg, o, v);
     }
 }
 
 int cmd_info(int argc, char **argv) {
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
+    static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"batch", required_argument, 0, 'b'},  {"no-data", no_argument, 0, 'n'},
                                          {"keys", no_argument, 0, 'k'},         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
@@ -50,10 +47,10 @@ int cmd_info(int argc, char **argv) {
     int rest, rc = cli_parse("info", argc, argv, ":c:h", opts, on_opt, &a, usage, &rest);
     if (rc) return rc == CLI_HELP ? 0 : rc;
     if (rest < argc) return cli_usage_error("info", "unexpected argument '%s'", argv[rest]);
-    const char *cfg_path = a.cfg_path;
+    const char *cfg_path = a.cfg.path;
     int batch = a.batch;
     Config c;
-    if ((rc = cli_config(&c, cfg_path, a.sets, a.n_sets))) return cli_fail(rc);
+    if ((rc = cli_config(&c, cfg_path, a.cfg.sets, a.cfg.n_sets))) return cli_fail(rc);
     char *json = config_to_json(&c);
     printf("config%s%s\n%s\n\n", cfg_path ? " " : " (defaults)", cfg_path ? cfg_path : "", json);
     free(json);

@@ -32,28 +32,25 @@ static void usage(FILE *f) {
 }
 
 typedef struct {
-    const char *cfg_path;
-    const char *sets[CLI_MAX_SETS];
-    int n_sets, threads;
+    CliConfigArgs cfg;
+    int threads;
     TrainOpts to;
 } Args;
 
 static int on_opt(void *ctx, int o, const char *v) {
     Args *a = ctx;
     switch (o) {
-    case 'c': a->cfg_path = v; return 0;
-    case 'S': return cli_add_set("train", v, a->sets, &a->n_sets);
     case 'r': a->to.resume = v; return 0;
     case 'f': a->to.force = 1; return 0;
     case 'j': return cli_int("train", "--threads", v, 1, 1024, &a->threads);
     case 'q': a->to.quiet = 1; return 0;
     case 'L': a->to.no_labels = 1; return 0;
-    default: return CLI_NOT_MINE;
+    default: return cli_config_opt("train", &a->cfg, o, v);
     }
 }
 
 int cmd_train(int argc, char **argv) {
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
+    static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"resume", required_argument, 0, 'r'}, {"force", no_argument, 0, 'f'},
                                          {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
                                          {"no-labels", no_argument, 0, 'L'},
@@ -62,7 +59,7 @@ int cmd_train(int argc, char **argv) {
     int rest, rc = cli_parse("train", argc, argv, ":c:qh", opts, on_opt, &a, usage, &rest);
     if (rc) return rc == CLI_HELP ? 0 : rc;
     if (rest < argc) return cli_usage_error("train", "unexpected argument '%s'", argv[rest]);
-    const char *cfg_path = a.cfg_path;
+    const char *cfg_path = a.cfg.path;
     TrainOpts to = a.to;
     if (!cfg_path && !to.resume) return cli_usage_error("train", "give --config FILE or --resume RUN_DIR");
     if (cfg_path && to.resume) return cli_usage_error("train", "--resume takes the config from the checkpoint; drop --config");
@@ -74,10 +71,10 @@ int cmd_train(int argc, char **argv) {
         snprintf(p, sizeof p, "%s/latest.safetensors", to.resume);
         if ((rc = ckpt_open(&f, p, &c))) return cli_fail(rc);
         st_free(&f);
-        for (int i = 0; !rc && i < a.n_sets; i++) rc = config_set(&c, a.sets[i]);
+        for (int i = 0; !rc && i < a.cfg.n_sets; i++) rc = config_set(&c, a.cfg.sets[i]);
         if (!rc) rc = config_validate(&c);
     } else {
-        rc = cli_config(&c, cfg_path, a.sets, a.n_sets);
+        rc = cli_config(&c, cfg_path, a.cfg.sets, a.cfg.n_sets);
     }
     if (rc) return cli_fail(rc);
     threads_set(a.threads);
