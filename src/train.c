@@ -297,6 +297,47 @@ static int check_labels(Run *r) {
     return DDPM_OK;
 }
 
+/* Resume: the weights, EMA, Adam moments and training state of checkpoint f (at path p,
+ * with config stored) into the run. */
+static int load_state(Run *r, const StFile *f, const Config *stored, const char *p) {
+    const Config *c = r->c;
+    int rc;
+    if ((rc = ckpt_load_params(f, "", &r->u, r->u.params)) || (rc = ckpt_load_params(f, "ema.", &r->u, r->opt.ema)) ||
+        (rc = ckpt_load_params(f, "adam_m.", &r->u, r->opt.m)) || (rc = ckpt_load_params(f, "adam_v.", &r->u, r->opt.v)) ||
+        (rc = ckpt_load_state(f, &r->st)))
+        return rc;
+    if (r->st.pos > r->ds.n)
+        return err_set(DDPM_ERUNTIME, "%s: data position %d is beyond the dataset's %d images (corrupt checkpoint, or the dataset "
+                       "shrank since it was saved)", p, r->st.pos, r->ds.n);
+    r->bt.epoch = r->st.epoch, r->bt.pos = r->st.pos;
+    /* A new train.steps with cosine decay: decay from the LR where it stands now to
+     * min_lr at the new total (it would jump back up from min_lr otherwise). */
+    if (c->train.steps != stored->train.steps && r->st.step >= c->train.warmup && r->st.step < c->train.steps) {
+        r->st.decay_lr = optim_lr_from(stored, r->st.step, r->st.decay_from, r->st.decay_lr);
+        r->st.decay_from = r->st.step;
+    }
+    r->saved_step = r->st.step;
+    return DDPM_OK;
+}
+
+/* Rank 0: the run folder with samples/, config.json and log.csv; a new run also drops the
+ * milestones of the run it replaces (--force) and saves a loadable latest.safetensors from
+ * the start. */
+static int init_folder(Run *r, int resume) {
+    char p[PATHBUF], sp[PATHBUF];
+    path_in(r, sp, sizeof sp, "samples");
+    int rc = mkdir_p(r->dir);
+    if (rc || (rc = mkdir_p(sp))) return rc;
+    char *json = config_to_json(r->c);
+    path_in(r, p, sizeof p, "config.json");
+    rc = atomic_write(p, json, strlen(json));
+    free(json);
+    if (rc || (rc = open_log(r, resume))) return rc;
+    if (resume) return DDPM_OK;
+    prune_milestones(r, 1);
+    return save(r, 0);
+}
+
 static int setup(Run *r) {
     Config *c = r->c;
     int rc;
@@ -348,41 +389,14 @@ static int setup(Run *r) {
     optim_init(&r->opt, r->u.n_floats);
     batcher_init(&r->bt, r->ds.n, (uint64_t)c->train.seed, c->data.hflip);
     if (resume) {
-        if ((rc = ckpt_load_params(&f, "", &r->u, r->u.params)) || (rc = ckpt_load_params(&f, "ema.", &r->u, r->opt.ema)) ||
-            (rc = ckpt_load_params(&f, "adam_m.", &r->u, r->opt.m)) || (rc = ckpt_load_params(&f, "adam_v.", &r->u, r->opt.v)) ||
-            (rc = ckpt_load_state(&f, &r->st)))
-            goto fail;
-        if (r->st.pos > r->ds.n) {
-            rc = err_set(DDPM_ERUNTIME, "%s: data position %d is beyond the dataset's %d images (corrupt checkpoint, or the dataset "
-                         "shrank since it was saved)", p, r->st.pos, r->ds.n);
-            goto fail;
-        }
-        r->bt.epoch = r->st.epoch, r->bt.pos = r->st.pos;
-        /* A new train.steps with cosine decay: decay from the LR where it stands now to
-         * min_lr at the new total (it would jump back up from min_lr otherwise). */
-        if (c->train.steps != stored.train.steps && r->st.step >= c->train.warmup && r->st.step < c->train.steps) {
-            r->st.decay_lr = optim_lr_from(&stored, r->st.step, r->st.decay_from, r->st.decay_lr);
-            r->st.decay_from = r->st.step;
-        }
-        r->saved_step = r->st.step;
+        if ((rc = load_state(r, &f, &stored, p))) goto fail;
         st_free(&f);
     } else {
         unet_init_params(&r->u, (uint64_t)c->train.seed);
         dist_bcast_f32(r->u.params, r->u.n_floats);
         memcpy(r->opt.ema, r->u.params, sizeof(float) * r->u.n_floats);
     }
-    if (r->rank == 0) {
-        char sp[PATHBUF];
-        path_in(r, sp, sizeof sp, "samples");
-        if ((rc = mkdir_p(r->dir)) || (rc = mkdir_p(sp))) goto fail;
-        char *json = config_to_json(c);
-        path_in(r, p, sizeof p, "config.json");
-        rc = atomic_write(p, json, strlen(json));
-        free(json);
-        if (rc || (rc = open_log(r, resume))) goto fail;
-        if (!resume) prune_milestones(r, 1); /* --force: the old run's milestones go */
-        if (!resume && (rc = save(r, 0))) goto fail; /* a loadable latest.safetensors from the start */
-    }
+    if (r->rank == 0 && (rc = init_folder(r, resume))) goto fail;
     return DDPM_OK;
 fail:
     st_free(&f);

@@ -112,6 +112,7 @@ typedef struct {
     size_t nparams;
     double ceiling, gf_step, gf_fwd, rss_mb;
     double *ts, *tf, *ts1, *tf1;
+    Prof prof;  /* --profile: the timed training steps with `threads` */
 } Bench;
 
 /* Warm up (2 steps, 1 forward), then time a.steps training steps and no-grad forwards. */
@@ -122,12 +123,12 @@ static int measure(Bench *m, TrainStep *train) {
     for (int r = -2; r < a->steps && !rc; r++)
         for (int k = 0; k < m->nrun && !rc; k++) {
             threads_set(k ? 1 : m->threads);
-            g_prof_on = a->profile && r >= 0 && k == 0;
+            m->prof.on = a->profile && r >= 0 && k == 0;
             double t0 = now_s(), loss, gn;
             if ((rc = train_step(train, r + 2, 1e-6, &loss, &gn))) break;
             if (r >= 0) (k ? m->ts1 : m->ts)[r] = now_s() - t0;
         }
-    g_prof_on = 0;
+    m->prof.on = 0;
     u->drop_on = 0;
     for (int r = -1; r < a->steps && !rc; r++)
         for (int k = 0; k < m->nrun; k++) {
@@ -153,7 +154,7 @@ static void print_json(const Bench *m) {
            fwd_s, m->gf_step / step_s, m->gf_fwd / fwd_s, m->ceiling, m->gf_step / step_s / m->ceiling, m->rss_mb);
     if (a->profile) {
         printf(", \"profile_s\": {");
-        for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], g_prof_s[k] / steps);
+        for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], m->prof.s[k] / steps);
         printf("}");
     }
     json_list("train_steps_s", m->ts, steps);
@@ -185,13 +186,13 @@ static void print_table(const Bench *m) {
                median(m->ts1, steps), median_ratio(m->ts1, m->ts, steps), median(m->tf1, steps), median_ratio(m->tf1, m->tf, steps));
     if (a->profile) {
         double tot = 0;
-        for (int k = 0; k < PROF_N; k++) tot += g_prof_s[k];
+        for (int k = 0; k < PROF_N; k++) tot += m->prof.s[k];
         /* the kinds are means over the repetitions, so the rest is against the mean step */
         double mean_s = 0;
         for (int r = 0; r < steps; r++) mean_s += m->ts[r] / steps;
         printf("  time per training step by kind of work (means of %d):\n", steps);
         for (int k = 0; k < PROF_N; k++)
-            printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * g_prof_s[k] / steps, 100 * g_prof_s[k] / tot);
+            printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * m->prof.s[k] / steps, 100 * m->prof.s[k] / tot);
         printf("    %-20s %8.1f ms  (of a mean step of %.1f ms)\n", "(other)", 1000 * (mean_s - tot / steps), 1000 * mean_s);
     }
 }
@@ -236,7 +237,10 @@ int cmd_bench(int argc, char **argv) {
     for (int i = 0; train.y && i < m.B; i++) train.y[i] = u.n_classes;
     m.ts = xcalloc(a.steps, sizeof(double)), m.tf = xcalloc(a.steps, sizeof(double));
     m.ts1 = xcalloc(a.steps, sizeof(double)), m.tf1 = xcalloc(a.steps, sizeof(double));
-    if (!(rc = measure(&m, &train))) {
+    g_prof = &m.prof;
+    rc = measure(&m, &train);
+    g_prof = NULL;
+    if (!rc) {
         m.ceiling = fmax(m.ceiling, sgemm_ceiling(m.threads)); /* best of a measurement before and after */
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
