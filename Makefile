@@ -1,6 +1,6 @@
 # ddpm — build, test, demo, bench, install.
 #   make            build ./ddpm (installs missing Debian packages first, see scripts/install-deps.sh)
-#   make test       build and run every test binary; last line "N passed, N failed"
+#   make test       build and run every test binary; last line "N passed, N failed[, N skipped]"
 #   make demo       noise strip + train configs/demo.json (<= 10 min) + 64 samples
 #   make bench      ddpm bench next to PyTorch on configs/bench.json (CONFIG=... for another), with ratios
 #   make MPI=1      build against Open MPI with mpicc (data-parallel train/sample)
@@ -69,19 +69,24 @@ CFLAGS  := $(filter-out -fopenmp,$(CFLAGS)) -Wno-unknown-pragmas
 BUILD   := $(BUILD)-noomp
 endif
 
-# Dependencies: when any is missing, scripts/install-deps.sh installs it (or says how).
+# Dependencies: compiling needs the libraries in PKGS; the tests and the demo also need the
+# font (text in pictures) and the Fashion-MNIST dataset, which nothing needs to compile.
+# When what the goals need is missing, scripts/install-deps.sh installs it (or says how).
 NODEPS_GOALS := clean help test-arm64
+RUN_GOALS    := test check demo
 ifeq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
 else
 NEED_FUZZ := $(filter fuzz fuzz-build,$(MAKECMDGOALS))
-DEPS_OK := $(shell test -f $(OPENBLAS_PC)/openblas.pc && $(PKGCONF) --exists $(PKGS) && test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
-                   && test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf \
+NEED_RUN  := $(filter $(RUN_GOALS),$(MAKECMDGOALS))
+RUN_FILES := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+DEPS_OK := $(shell test -f $(OPENBLAS_PC)/openblas.pc && $(PKGCONF) --exists $(PKGS) \
+                   $(if $(NEED_RUN),$(foreach f,$(RUN_FILES),&& test -f $(f))) \
                    $(if $(filter 1,$(MPI)),&& command -v mpicc >/dev/null) \
                    $(if $(filter arm64,$(ISA)),&& command -v qemu-aarch64 >/dev/null && command -v $(CC) >/dev/null) \
                    $(if $(NEED_FUZZ),&& command -v $(FUZZ_CC) >/dev/null) && echo yes)
 ifneq ($(DEPS_OK),yes)
 $(info ddpm: dependencies missing, running scripts/install-deps.sh)
-DEPS_RC := $(shell sh scripts/install-deps.sh $(if $(filter 1,$(MPI)),--mpi) $(if $(NEED_FUZZ),--fuzz) $(if $(filter arm64,$(ISA)),--arm64) >&2; echo $$?)
+DEPS_RC := $(shell sh scripts/install-deps.sh $(if $(NEED_RUN),,--build) $(if $(filter 1,$(MPI)),--mpi) $(if $(NEED_FUZZ),--fuzz) $(if $(filter arm64,$(ISA)),--arm64) >&2; echo $$?)
 ifneq ($(DEPS_RC),0)
 $(error dependencies are missing: run the command printed above, then make again)
 endif
@@ -127,15 +132,13 @@ HAVE_MPICC := $(shell command -v mpicc >/dev/null 2>&1 && echo yes)
 ifeq ($(SAN),1)
 # Every sanitizer report (from a test binary or from a ddpm it runs) goes to a file under
 # $(BUILD)/san-reports; the suite fails if any file appears, even when the process that
-# hit it exited with a code some test expected. A reduced set, to stay within minutes:
+# hit it exited with a code some test expected. A reduced set, so that it runs in minutes:
 # test_mpi is left out (Open MPI's own allocations swamp LeakSanitizer; the MPI code paths
-# are the same C as the 1-rank ones), test_sample too (its 1000-step samplers take long
-# under ASan; DDIM and DDPM sampling still run sanitized in test_edges, ~24 models),
-# test_train too (its 16x16 model takes 2-3 s a step at -O1 under ASan against ~20 ms
-# optimized, so its 200-step overfit, 80-step resume and signal rounds passed the 30-min
-# limit on the shared 2-core machine; checkpoint write/read, resume and corrupt files still
-# run sanitized in test_checkpoint, test_fixes and test_edges' 2-step trains), and
-# test_edges trains only the structural edges (DDPM_EDGES_QUICK).
+# are the same C as the 1-rank ones), test_sample and test_train too (1000-step samplers
+# and trainings of hundreds of steps, two orders of magnitude slower under ASan at -O1);
+# what they exercise still runs sanitized elsewhere: DDIM and DDPM sampling in test_edges,
+# checkpoint write/read, resume and corrupt files in test_checkpoint, test_fixes and
+# test_edges' 2-step trains. test_edges trains only the structural edges (DDPM_EDGES_QUICK).
 SAN_DIR  := $(CURDIR)/$(BUILD)/san-reports
 SAN_SKIP ?= test_mpi test_sample test_train
 SAN_ENV  := ASAN_OPTIONS=log_path=$(SAN_DIR)/asan:detect_leaks=1:abort_on_error=0:exitcode=86 \

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages ddpm needs, only those missing.
 #   scripts/install-deps.sh          build + test + demo dependencies
+#   scripts/install-deps.sh --build  only what compiling needs (no font, no dataset)
 #   scripts/install-deps.sh --mpi    also Open MPI (for make MPI=1)
 #   scripts/install-deps.sh --fuzz   also clang with libFuzzer (only for make fuzz)
 #   scripts/install-deps.sh --torch  also PyTorch (only for scripts/ fixtures and make bench)
@@ -8,14 +9,18 @@
 #                                    libraries (only for make test-arm64; adds dpkg's arm64 arch)
 # As root it runs apt-get; otherwise it prints the exact command and exits 1.
 set -e
-pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev libcairo2-dev libfontconfig-dev fonts-dejavu-core pkg-config dataset-fashion-mnist"
+pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev libcairo2-dev libfontconfig-dev pkg-config"
+run="fonts-dejavu-core dataset-fashion-mnist"
+for a in "$@"; do [ "$a" = --build ] && run=""; done
+pkgs="$pkgs $run"
 for a in "$@"; do
     case "$a" in
+        --build) ;;
         --mpi) pkgs="$pkgs openmpi-bin libopenmpi-dev" ;;
         --torch) pkgs="$pkgs python3-torch" ;;
         --fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
         --arm64) arm64=1; pkgs="$pkgs gcc-aarch64-linux-gnu qemu-user libc6:arm64 libgomp1:arm64 pkg-config:arm64 libopenblas-openmp-dev:arm64 libcjson-dev:arm64 libstb-dev:arm64 zlib1g-dev:arm64 libcairo2-dev:arm64 libfontconfig-dev:arm64" ;;
-        *) echo "install-deps.sh: unknown option $a (use --mpi, --fuzz, --torch or --arm64)" >&2; exit 2 ;;
+        *) echo "install-deps.sh: unknown option $a (use --build, --mpi, --fuzz, --torch or --arm64)" >&2; exit 2 ;;
     esac
 done
 missing=""

@@ -102,19 +102,12 @@ static QName qname(const char *name) {
     return q;
 }
 
-static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+void st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
     size_t o = 0;
     o += (size_t)snprintf(buf + o, cap - o, "[");
     for (int i = 0; i < ndim && i < ST_MAX_DIM && o < cap; i++)
         o += (size_t)snprintf(buf + o, cap - o, "%s%" PRId64, i ? ", " : "", shape[i]);
     if (o < cap) snprintf(buf + o, cap - o, "]");
-}
-
-static char *xstrdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = xmalloc(n);
-    memcpy(d, s, n);
-    return d;
 }
 
 static int cmp_str_ptr(const void *a, const void *b) {
@@ -406,7 +399,7 @@ static int parse_entry(const char *path, const char *name, const cJSON *o, StEnt
                        path, q, b, en);
     if (en - b != bytes) {
         char sh[256];
-        shape_str(sh, sizeof sh, nd, e->shape);
+        st_shape_str(sh, sizeof sh, nd, e->shape);
         return CORRUPT("tensor %s: data_offsets [%" PRIu64 ", %" PRIu64 "] span %" PRIu64
                        " bytes but %s %s needs %" PRIu64,
                        path, q, b, en, en - b, dt->name, sh, bytes);
@@ -620,11 +613,11 @@ int st_get_f32(const StFile *f, const char *name, int ndim, const int64_t *shape
     for (int d = 0; same && d < ndim; d++) same = shape[d] == e->shape[d];
     if (!same) {
         char have[256], want[256];
-        shape_str(have, sizeof have, e->ndim, e->shape);
+        st_shape_str(have, sizeof have, e->ndim, e->shape);
         if (ndim < 0 || ndim > ST_MAX_DIM)
             snprintf(want, sizeof want, "%d dims", ndim);
         else
-            shape_str(want, sizeof want, ndim, shape);
+            st_shape_str(want, sizeof want, ndim, shape);
         return err_set(DDPM_ERUNTIME, "%s: tensor %s has shape %s, expected %s", path,
                        qname(name).s, have, want);
     }

@@ -42,13 +42,6 @@ static const char *FMNIST_HINT =
 /* ------------------------------------------------------------------------------------------ */
 /* helpers */
 
-static char *xstrdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = xmalloc(n);
-    memcpy(d, s, n);
-    return d;
-}
-
 static char *path_join(const char *a, const char *b) {
     size_t na = strlen(a), nb = strlen(b);
     char *p = xmalloc(na + nb + 2);
@@ -512,11 +505,6 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int has_image_ext(const char *name) {
-    const char *dot = strrchr(name, '.');
-    return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg"));
-}
-
 /* Collect image paths relative to root under root/rel (rel "" = root). Hidden entries
  * (starting with '.') are skipped. */
 static int walk(const char *root, const char *rel, int depth, StrList *out) {
@@ -552,7 +540,7 @@ static int walk(const char *root, const char *rel, int depth, StrList *out) {
             else
                 rc = walk(root, r, depth + 1, out);
             free(r);
-        } else if (S_ISREG(st.st_mode) && has_image_ext(names.v[i])) {
+        } else if (S_ISREG(st.st_mode) && image_has_ext(names.v[i])) {
             sl_push(out, r);
         } else {
             free(r);

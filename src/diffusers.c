@@ -606,12 +606,6 @@ static void read_tensor(const StFile *f, const StEntry *e, float *dst, size_t n)
         }
 }
 
-static void shape_txt(char *b, size_t n, int nd, const int64_t *s) {
-    int k = snprintf(b, n, "[");
-    for (int i = 0; i < nd; i++) k += snprintf(b + k, n - k, "%s%lld", i ? ", " : "", (long long)s[i]);
-    snprintf(b + k, n - k, "]");
-}
-
 /* Copy the tensors of f into u->params; every expected tensor present (either naming) with
  * its shape and a float dtype, nothing else in the file. *legacy counts old names. */
 static int load_weights(const StFile *f, UNet *u, const char *cfg_label, int *legacy) {
@@ -625,7 +619,7 @@ static int load_weights(const StFile *f, UNet *u, const char *cfg_label, int *le
         const StEntry *e = st_find(f, t[i].name);
         if (!e && t[i].legacy[0] && (e = st_find(f, t[i].legacy))) ++*legacy;
         char want[96], have[96];
-        shape_txt(want, sizeof want, t[i].ndim, t[i].shape);
+        st_shape_str(want, sizeof want, t[i].ndim, t[i].shape);
         if (!e) {
             rc = err_set(DDPM_EUSAGE, "%s: tensor \"%s\"%s%s%s is missing (a %s the model of %s needs, ddpm's %s)", f->path, t[i].name,
                          t[i].legacy[0] ? " (or \"" : "", t[i].legacy, t[i].legacy[0] ? "\")" : "", want, cfg_label, p->name);
@@ -639,7 +633,7 @@ static int load_weights(const StFile *f, UNet *u, const char *cfg_label, int *le
         int same = e->ndim == t[i].ndim;
         for (int k = 0; same && k < e->ndim; k++) same = e->shape[k] == t[i].shape[k];
         if (!same) {
-            shape_txt(have, sizeof have, e->ndim, e->shape);
+            st_shape_str(have, sizeof have, e->ndim, e->shape);
             rc = err_set(DDPM_EUSAGE, "%s: tensor \"%s\" has shape %s, but the model of %s needs %s", f->path, e->name, have, cfg_label, want);
             break;
         }
@@ -769,23 +763,17 @@ int dfs_export(const char *ckpt, const char *dir, int no_ema, int force, char *s
         snprintf(msg, sizeof msg, "%s", err_msg());
         return err_set(DDPM_EUSAGE, "%s: %s", ckpt, msg);
     }
-    const char *which = no_ema ? "raw" : "EMA";
-    const char *w = st_meta(&f, "weights");
-    if (!no_ema && !st_find(&f, "ema.conv_in.weight")) {
-        if (w && !strcmp(w, "ema")) which = "EMA (imported)";
-        else {
-            fprintf(stderr, "ddpm: %s holds no EMA weights; exporting its raw weights\n", ckpt);
-            which = "raw";
-        }
-        no_ema = 1;
-    }
+    const char *prefix;
+    CkptWeights kind = ckpt_pick_weights(&f, no_ema, &prefix);
+    const char *which = kind == CKPT_EMA ? "EMA" : kind == CKPT_EMA_IMPORTED ? "EMA (imported)" : "raw";
+    if (kind == CKPT_NO_EMA) fprintf(stderr, "ddpm: %s holds no EMA weights; exporting its raw weights\n", ckpt);
     if ((rc = unet_plan(&u, &c, 1, 0))) {
         st_free(&f);
         return rc;
     }
     u.params = aligned_alloc(64, u.n_floats * sizeof(float));
     CHECK(u.params, "out of memory for %zu parameters", u.n_floats);
-    rc = ckpt_load_params(&f, no_ema ? "" : "ema.", &u, u.params);
+    rc = ckpt_load_params(&f, prefix, &u, u.params);
     st_free(&f);
     DfsTensor *t = NULL;
     StTensorOut *to = NULL;

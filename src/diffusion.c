@@ -64,10 +64,10 @@ void schedule_free(Schedule *s) {
 
 void q_sample(float *xt, const float *x0, const float *eps, const int *t, const Schedule *s, int B, size_t D) {
     for (int b = 0; b < B; b++) {
-        float a = (float)s->sqrt_ab[t[b]], c = (float)s->sqrt_1mab[t[b]];
+        double ab = schedule_ab(s, t[b]), a = sqrt(ab), c = sqrt(1 - ab);
         const float *x = x0 + b * D, *e = eps + b * D;
         float *o = xt + b * D;
-        for (size_t i = 0; i < D; i++) o[i] = a * x[i] + c * e[i];
+        for (size_t i = 0; i < D; i++) o[i] = (float)(a * x[i] + c * e[i]);
     }
 }
 
@@ -160,11 +160,6 @@ void step_dpmpp2m(float *xn, const float *x, const float *x0, const float *x0_pr
 void step_renoise(float *xn, const float *x, int t, int tn, const Schedule *s, const float *z, size_t D) {
     double r = schedule_ab(s, tn) / schedule_ab(s, t), a = sqrt(r), c = sqrt(1 - r);
     for (size_t i = 0; i < D; i++) xn[i] = (float)(a * x[i] + c * z[i]);
-}
-
-void noise_to(float *xt, const float *x0, const float *z, int t, const Schedule *s, size_t D) {
-    double ab = schedule_ab(s, t), a = sqrt(ab), c = sqrt(1 - ab);
-    for (size_t i = 0; i < D; i++) xt[i] = (float)(a * x0[i] + c * z[i]);
 }
 
 static const char *SPACING_NAMES[] = {"leading", "trailing", "linspace", "quadratic", "karras"};

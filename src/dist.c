@@ -65,3 +65,9 @@ void dist_bcast_bytes(void *buf, size_t n) {}
 void dist_barrier(void) {}
 void dist_abort(int code) {}
 #endif
+
+void dist_share(int n, int *first, int *count) {
+    int R = dist_size(), per = (n + R - 1) / R, f = dist_rank() * per;
+    *first = f;
+    *count = f >= n ? 0 : (n - f < per ? n - f : per);
+}

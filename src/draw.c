@@ -16,9 +16,9 @@
 enum { MIN_CELL = 64, MAX_SIDE = 32000 };
 #define MAX_AREA (64L << 20) /* pixels of a captioned grid: 256 MB of RGB24 */
 
-static int g_labels = 1, g_font = -1; /* g_font: -1 not probed yet, 0 none, 1 found */
-
-void draw_set_labels(int on) { g_labels = on != 0; }
+/* Whether fontconfig finds a font: a fact of the machine, probed once per process.
+ * -1 not probed yet, 0 none, 1 found. */
+static int g_font = -1;
 
 /* At exit: hand Cairo's font caches and fontconfig's configuration back, so that leak
  * checkers (make check) see a clean exit instead of fontconfig's cached patterns. */
@@ -28,7 +28,6 @@ static void release_fonts(void) {
 }
 
 int draw_labels(void) {
-    if (!g_labels) return 0;
     if (g_font < 0) {
         atexit(release_fonts);
         /* Cairo falls back to its built-in stroke font ("twin", a user font) when fontconfig
@@ -254,7 +253,7 @@ static long ink_in(const DrawSeries *s, int ns, const Axis *ax, const Axis *ay, 
 int draw_plot_png(const char *path, const DrawPlot *p, const DrawSeries *s, int ns) {
     int W = p->w > 0 ? p->w : 800, H = p->h > 0 ? p->h : 500;
     if (W > MAX_SIDE || H > MAX_SIDE) return err_set(DDPM_EUSAGE, "%s: a %dx%d plot is too large (at most %d)", path, W, H, MAX_SIDE);
-    int lab = draw_labels();
+    int lab = !p->bare && draw_labels();
     cairo_surface_t *sf = cairo_image_surface_create(CAIRO_FORMAT_RGB24, W, H);
     cairo_t *cr = cairo_create(sf);
     cairo_set_source_rgb(cr, 1, 1, 1);

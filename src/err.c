@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char g_msg[1024];
 
@@ -23,6 +24,13 @@ void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
     CHECK(p, "out of memory allocating %zu bytes", n);
     return p;
+}
+
+char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = xmalloc(n);
+    memcpy(d, s, n);
+    return d;
 }
 
 void *xcalloc(size_t n, size_t size) {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <stb_image.h>
 #include <stb_image_resize.h>
@@ -86,6 +87,11 @@ int image_load(Image *img, const char *path, int channels) {
     stbi_image_free(raw);
     img->w = w, img->h = h, img->c = channels;
     return DDPM_OK;
+}
+
+int image_has_ext(const char *name) {
+    const char *dot = strrchr(name, '.');
+    return dot && (!strcasecmp(dot, ".png") || !strcasecmp(dot, ".jpg") || !strcasecmp(dot, ".jpeg"));
 }
 
 void image_free(Image *img) {

@@ -122,6 +122,17 @@ int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *
     return DDPM_OK;
 }
 
+CkptWeights ckpt_pick_weights(const StFile *f, int raw_only, const char **prefix) {
+    *prefix = "";
+    if (raw_only) return CKPT_RAW;
+    if (st_find(f, "ema.conv_in.weight")) {
+        *prefix = "ema.";
+        return CKPT_EMA;
+    }
+    const char *w = st_meta(f, "weights");
+    return w && !strcmp(w, "ema") ? CKPT_EMA_IMPORTED : CKPT_NO_EMA;
+}
+
 static int meta_num(const StFile *f, const char *key, double *out) {
     const char *s = st_meta(f, key);
     char *end;

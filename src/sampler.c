@@ -48,9 +48,10 @@ int sample_guided(const UNet *u, const SampleOpts *o) {
  * model asked for classes cls runs the conditional half (cls) and the unconditional half
  * (no class) as one forward of 2b images and combines them by guidance; S = 1 (or 0)
  * without rescale needs only the conditional (unconditional) half. x2, pred2 hold 2b
- * images, tv and y 2b ints. */
+ * images, tv and y 2b ints. *evals counts the images evaluated (b per call). */
 static void network_pred(UNet *u, const SampleOpts *o, float *pred, const float *x, int t, const int *cls, int b,
-                         float *x2, float *pred2, int *tv, int *y, size_t D) {
+                         float *x2, float *pred2, int *tv, int *y, size_t D, long *evals) {
+    *evals += b;
     for (int i = 0; i < 2 * b; i++) tv[i] = t;
     if (u->n_classes <= 0 || !cls) {
         unet_forward(u, pred, x, tv, b);
@@ -132,8 +133,8 @@ void lowpass_box(float *x, int res, int C, int F) {
  * Classifier-free guidance belongs here: run the conditional and unconditional halves in one
  * batched forward, mix the outputs, then convert. */
 static void denoise(UNet *u, const SampleOpts *o, const Schedule *s, float *x0, float *eps, const float *x, int t,
-                    const int *cls, int b, float *pred, float *x2, float *pred2, int *tv, int *y, size_t D) {
-    network_pred(u, o, pred, x, t, cls, b, x2, pred2, tv, y, D);
+                    const int *cls, int b, float *pred, float *x2, float *pred2, int *tv, int *y, size_t D, long *evals) {
+    network_pred(u, o, pred, x, t, cls, b, x2, pred2, tv, y, D, evals);
     for (int i = 0; i < b; i++) diffusion_predict(x0 + i * D, eps + i * D, pred + i * D, x + i * D, t, s, o->obj, o->clip, D);
 }
 
@@ -144,7 +145,7 @@ static void constrain(const SampleTask *task, const Schedule *s, const SampleOpt
     if (task->constraint == CONSTRAINT_ILVR && tn < task->ilvr_stop) return;
     const float *ref = task->ref + (size_t)(g / task->per_ref) * D;
     rng_normal(w, D, o->seed, RNG_STREAM(RNG_CONSTRAINT, g), (uint64_t)k * D);
-    noise_to(w, ref, w, tn, s, D); /* the reference at level tn, fresh noise */
+    q_sample(w, ref, w, &tn, s, 1, D); /* the reference at level tn, fresh noise */
     if (task->constraint == CONSTRAINT_INPAINT) {
         for (size_t j = 0; j < D; j++)
             if (task->mask[j] < 0.5f) x[j] = w[j];
@@ -171,7 +172,7 @@ static void record(float *traj, const float *x, int b, int frames, int f, size_t
     for (int i = 0; i < b; i++) memcpy(traj + ((size_t)i * frames + f) * D, x + i * D, D * sizeof(float));
 }
 
-void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTask *task, int n, int first, int batch,
+long sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTask *task, int n, int first, int batch,
                 float *out, int frames, float *traj, SampleProgress progress, void *ctx) {
     size_t D = (size_t)u->res * u->res * u->C_img;
     const int *lv = task->levels;
@@ -187,13 +188,13 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
     int *tv = xmalloc(sizeof(int) * 2 * batch), *y = xmalloc(sizeof(int) * 2 * batch);
     int drop = u->drop_on;
     u->drop_on = 0;
-    long done = 0, total = (long)n * levels_evals(lv, task->n_levels);
+    long done = 0, total = (long)n * levels_evals(lv, task->n_levels), evals = 0;
     for (int i0 = 0; i0 < n; i0 += batch) {
         int b = n - i0 < batch ? n - i0 : batch;
         for (int i = 0; i < b; i++) {
             int g = first + i0 + i;
             rng_normal(x + i * D, D, o->seed, RNG_STREAM(RNG_SAMPLE, g), 0);
-            if (task->init_from_ref) noise_to(x + i * D, task->ref + (size_t)(g / task->per_ref) * D, x + i * D, lv[0], s, D);
+            if (task->init_from_ref) q_sample(x + i * D, task->ref + (size_t)(g / task->per_ref) * D, x + i * D, lv, s, 1, D);
         }
         int next_frame = 0, t_hist = -2; /* level of the DPM-Solver++ history in x0p; -2: none */
         if (frames > 0) record(traj + (size_t)i0 * frames * D, x, b, frames, next_frame++, D);
@@ -206,7 +207,7 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
                 }
                 t_hist = -2;
             } else {
-                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, b, pred, x2, pred2, tv, y, D);
+                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, b, pred, x2, pred2, tv, y, D, &evals);
                 int noisy = tn >= 0 && (o->kind == SAMPLER_DDPM || (o->kind == SAMPLER_DDIM && o->eta > 0));
                 for (int i = 0; i < b; i++) {
                     int g = first + i0 + i;
@@ -234,15 +235,17 @@ void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
     }
     u->drop_on = drop;
     free(x), free(pred), free(x0), free(eps), free(x0p), free(z), free(tv), free(y), free(x2), free(pred2);
+    return evals;
 }
 
 int sample_n_steps(const SampleOpts *o, const Schedule *s) { return o->steps < s->T ? o->steps : s->T; }
 
-void sample_images(UNet *u, const Schedule *s, const SampleOpts *o, int n, int first, int batch, float *out, int frames,
+long sample_images(UNet *u, const Schedule *s, const SampleOpts *o, int n, int first, int batch, float *out, int frames,
                    float *traj, SampleProgress progress, void *ctx) {
     int *lv = xmalloc(sizeof(int) * (s->T + 2));
     int m = sample_levels(lv, o, s, s->T);
     SampleTask task = sample_task_plain(lv, m);
-    sample_run(u, s, o, &task, n, first, batch, out, frames, traj, progress, ctx);
+    long evals = sample_run(u, s, o, &task, n, first, batch, out, frames, traj, progress, ctx);
     free(lv);
+    return evals;
 }

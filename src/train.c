@@ -1,5 +1,6 @@
 /* train: one step is batch -> q_sample -> forward -> weighted MSE -> backward ->
- * all-reduce -> clip -> Adam(W) + EMA. Checkpoints are atomic; signals stop cleanly. */
+ * all-reduce -> clip -> Adam(W) + EMA (train_step). Checkpoints are atomic; signals stop
+ * cleanly. */
 #include "ddpm/train.h"
 
 #include <dirent.h>
@@ -18,6 +19,7 @@
 #include "ddpm/image.h"
 #include "ddpm/model_io.h"
 #include "ddpm/optim.h"
+#include "ddpm/prof.h"
 #include "ddpm/progress.h"
 #include "ddpm/rng.h"
 #include "ddpm/sampler.h"
@@ -77,6 +79,9 @@ typedef struct {
     LossLog log;
     FILE *csv;
     Progress pr;
+    double smooth;         /* moving average of the loss, for the progress bar (-1: none yet) */
+    double t_int;          /* when the open log interval began */
+    long int_start;        /* the step it began at */
 } Run;
 
 static void path_in(const Run *r, char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", r->dir, name); }
@@ -104,7 +109,7 @@ static int write_loss_png(Run *r) {
     DrawSeries ds[2] = {{.name = k ? raw_name : "loss", .x = x, .y = r->log.loss, .n = n, .color = 0, .faint = k > 0},
                         {.name = sm_name, .x = x, .y = sm, .n = n, .color = 1, .width = 2.5}};
     DrawPlot pl = draw_plot_defaults();
-    pl.title = title, pl.xlabel = "step", pl.ylabel = "loss (MSE, log scale)", pl.logy = 1;
+    pl.title = title, pl.xlabel = "step", pl.ylabel = "loss (MSE, log scale)", pl.logy = 1, pl.bare = r->o->no_labels;
     if (!k) ds[0].markers = 1;
     path_in(r, p, sizeof p, "loss.png");
     int rc = draw_plot_png(p, &pl, ds, k ? 2 : 1);
@@ -157,7 +162,7 @@ static void prune_milestones(Run *r, int fresh) {
         names = realloc(names, sizeof(char *) * (n + 1));
         steps = realloc(steps, sizeof(long) * (n + 1));
         CHECK(names && steps, "out of memory");
-        names[n] = strdup(e->d_name), steps[n++] = s;
+        names[n] = xstrdup(e->d_name), steps[n++] = s;
     }
     closedir(d);
     for (int i = 0; i < n; i++)
@@ -225,7 +230,7 @@ static int preview(Run *r) {
     char title[128];
     snprintf(title, sizeof title, "step %ld | EMA, ddim %d steps, seed %d", r->st.step, c->train.sample_steps, (int)c->train.seed);
     DrawCaptions cap = {.title = title};
-    int rc = draw_grid_png(p, imgs, (int)n, u->res, u->res, u->C_img, u->n_classes > 0 ? u->n_classes : 0, 2, &cap);
+    int rc = draw_grid_png(p, imgs, (int)n, u->res, u->res, u->C_img, u->n_classes > 0 ? u->n_classes : 0, 2, r->o->no_labels ? NULL : &cap);
     free(saved), free(imgs);
     return rc;
 }
@@ -292,6 +297,47 @@ static int check_labels(Run *r) {
     return DDPM_OK;
 }
 
+/* Resume: the weights, EMA, Adam moments and training state of checkpoint f (at path p,
+ * with config stored) into the run. */
+static int load_state(Run *r, const StFile *f, const Config *stored, const char *p) {
+    const Config *c = r->c;
+    int rc;
+    if ((rc = ckpt_load_params(f, "", &r->u, r->u.params)) || (rc = ckpt_load_params(f, "ema.", &r->u, r->opt.ema)) ||
+        (rc = ckpt_load_params(f, "adam_m.", &r->u, r->opt.m)) || (rc = ckpt_load_params(f, "adam_v.", &r->u, r->opt.v)) ||
+        (rc = ckpt_load_state(f, &r->st)))
+        return rc;
+    if (r->st.pos > r->ds.n)
+        return err_set(DDPM_ERUNTIME, "%s: data position %d is beyond the dataset's %d images (corrupt checkpoint, or the dataset "
+                       "shrank since it was saved)", p, r->st.pos, r->ds.n);
+    r->bt.epoch = r->st.epoch, r->bt.pos = r->st.pos;
+    /* A new train.steps with cosine decay: decay from the LR where it stands now to
+     * min_lr at the new total (it would jump back up from min_lr otherwise). */
+    if (c->train.steps != stored->train.steps && r->st.step >= c->train.warmup && r->st.step < c->train.steps) {
+        r->st.decay_lr = optim_lr_from(stored, r->st.step, r->st.decay_from, r->st.decay_lr);
+        r->st.decay_from = r->st.step;
+    }
+    r->saved_step = r->st.step;
+    return DDPM_OK;
+}
+
+/* Rank 0: the run folder with samples/, config.json and log.csv; a new run also drops the
+ * milestones of the run it replaces (--force) and saves a loadable latest.safetensors from
+ * the start. */
+static int init_folder(Run *r, int resume) {
+    char p[PATHBUF], sp[PATHBUF];
+    path_in(r, sp, sizeof sp, "samples");
+    int rc = mkdir_p(r->dir);
+    if (rc || (rc = mkdir_p(sp))) return rc;
+    char *json = config_to_json(r->c);
+    path_in(r, p, sizeof p, "config.json");
+    rc = atomic_write(p, json, strlen(json));
+    free(json);
+    if (rc || (rc = open_log(r, resume))) return rc;
+    if (resume) return DDPM_OK;
+    prune_milestones(r, 1);
+    return save(r, 0);
+}
+
 static int setup(Run *r) {
     Config *c = r->c;
     int rc;
@@ -343,41 +389,14 @@ static int setup(Run *r) {
     optim_init(&r->opt, r->u.n_floats);
     batcher_init(&r->bt, r->ds.n, (uint64_t)c->train.seed, c->data.hflip);
     if (resume) {
-        if ((rc = ckpt_load_params(&f, "", &r->u, r->u.params)) || (rc = ckpt_load_params(&f, "ema.", &r->u, r->opt.ema)) ||
-            (rc = ckpt_load_params(&f, "adam_m.", &r->u, r->opt.m)) || (rc = ckpt_load_params(&f, "adam_v.", &r->u, r->opt.v)) ||
-            (rc = ckpt_load_state(&f, &r->st)))
-            goto fail;
-        if (r->st.pos > r->ds.n) {
-            rc = err_set(DDPM_ERUNTIME, "%s: data position %d is beyond the dataset's %d images (corrupt checkpoint, or the dataset "
-                         "shrank since it was saved)", p, r->st.pos, r->ds.n);
-            goto fail;
-        }
-        r->bt.epoch = r->st.epoch, r->bt.pos = r->st.pos;
-        /* A new train.steps with cosine decay: decay from the LR where it stands now to
-         * min_lr at the new total (it would jump back up from min_lr otherwise). */
-        if (c->train.steps != stored.train.steps && r->st.step >= c->train.warmup && r->st.step < c->train.steps) {
-            r->st.decay_lr = optim_lr_from(&stored, r->st.step, r->st.decay_from, r->st.decay_lr);
-            r->st.decay_from = r->st.step;
-        }
-        r->saved_step = r->st.step;
+        if ((rc = load_state(r, &f, &stored, p))) goto fail;
         st_free(&f);
     } else {
         unet_init_params(&r->u, (uint64_t)c->train.seed);
         dist_bcast_f32(r->u.params, r->u.n_floats);
         memcpy(r->opt.ema, r->u.params, sizeof(float) * r->u.n_floats);
     }
-    if (r->rank == 0) {
-        char sp[PATHBUF];
-        path_in(r, sp, sizeof sp, "samples");
-        if ((rc = mkdir_p(r->dir)) || (rc = mkdir_p(sp))) goto fail;
-        char *json = config_to_json(c);
-        path_in(r, p, sizeof p, "config.json");
-        rc = atomic_write(p, json, strlen(json));
-        free(json);
-        if (rc || (rc = open_log(r, resume))) goto fail;
-        if (!resume) prune_milestones(r, 1); /* --force: the old run's milestones go */
-        if (!resume && (rc = save(r, 0))) goto fail; /* a loadable latest.safetensors from the start */
-    }
+    if (r->rank == 0 && (rc = init_folder(r, resume))) goto fail;
     return DDPM_OK;
 fail:
     st_free(&f);
@@ -395,6 +414,158 @@ static void teardown(Run *r) {
     free(r->log.loss);
 }
 
+/* ---- one step ---- */
+
+double mse_forward(const float *pred, const float *tgt, const double *w, int B, int N, size_t D) {
+    double loss = 0;
+    for (int i = 0; i < B; i++) {
+        double l = 0;
+        for (size_t j = 0; j < D; j++) {
+            float d = pred[i * D + j] - tgt[i * D + j];
+            l += (double)d * d;
+        }
+        loss += w[i] * l / ((double)N * D);
+    }
+    return loss;
+}
+
+void mse_backward(float *dpred, const float *pred, const float *tgt, const double *w, int B, int N, size_t D) {
+    for (int i = 0; i < B; i++) {
+        float sc = (float)(2.0 * w[i] / ((double)N * D));
+        for (size_t j = 0; j < D; j++) dpred[i * D + j] += sc * (pred[i * D + j] - tgt[i * D + j]);
+    }
+}
+
+void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, const Config *c, int rank, int nranks) {
+    memset(ts, 0, sizeof *ts);
+    ts->u = u, ts->opt = opt, ts->s = s, ts->c = c;
+    ts->N = c->train.batch_size, ts->B = ts->N / nranks, ts->lo = rank * ts->B;
+    ts->D = (size_t)u->res * u->res * u->C_img;
+    size_t n = (size_t)ts->B * ts->D;
+    ts->x0 = xmalloc(sizeof(float) * n), ts->eps = xmalloc(sizeof(float) * n), ts->xt = xmalloc(sizeof(float) * n);
+    ts->tgt = xmalloc(sizeof(float) * n), ts->pred = xmalloc(sizeof(float) * n), ts->dout = xmalloc(sizeof(float) * n);
+    ts->t = xmalloc(sizeof(int) * ts->B), ts->w = xmalloc(sizeof(double) * ts->B);
+    ts->y = u->n_classes > 0 ? xmalloc(sizeof(int) * ts->B) : NULL;
+}
+
+void train_step_free(TrainStep *ts) {
+    free(ts->x0), free(ts->eps), free(ts->xt), free(ts->tgt), free(ts->pred), free(ts->dout);
+    free(ts->t), free(ts->w), free(ts->y);
+    memset(ts, 0, sizeof *ts);
+}
+
+int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_norm) {
+    UNet *u = ts->u;
+    const Config *c = ts->c;
+    const Schedule *s = ts->s;
+    int B = ts->B;
+    size_t D = ts->D;
+    Objective obj = (Objective)objective_kind(c->diffusion.objective);
+    uint64_t seed = (uint64_t)c->train.seed;
+    /* the draws: timestep, noise and class drop of image g of the global batch */
+    for (int i = 0; i < B; i++) {
+        uint64_t g = (uint64_t)(ts->lo + i);
+        ts->t[i] = (int)(rng_u32(seed, RNG_STREAM(RNG_TSTEP, step), g) % (uint32_t)c->diffusion.T);
+        rng_normal(ts->eps + i * D, D, seed, RNG_STREAM(RNG_NOISE, step), g * D);
+        if (ts->y && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop)) ts->y[i] = u->n_classes;
+        ts->w[i] = diffusion_loss_weight(s, obj, ts->t[i], c->diffusion.min_snr_gamma);
+    }
+    q_sample(ts->xt, ts->x0, ts->eps, ts->t, s, B, D);
+    diffusion_target(ts->tgt, ts->x0, ts->eps, ts->t, s, obj, B, D);
+    u->drop_on = u->dropout > 0, u->drop_seed = seed, u->drop_step = (uint64_t)step, u->img0 = (uint64_t)ts->lo;
+    unet_forward_cond(u, ts->pred, ts->xt, ts->t, ts->y, B);
+    double l = mse_forward(ts->pred, ts->tgt, ts->w, B, ts->N, D);
+    memset(ts->dout, 0, sizeof(float) * B * D);
+    mse_backward(ts->dout, ts->pred, ts->tgt, ts->w, B, ts->N, D);
+    unet_zero_grad(u);
+    unet_backward(u, ts->dout, NULL);
+    dist_allreduce_f32(u->grads, u->n_floats);
+    dist_allreduce_f64(&l, 1);
+    double gn = optim_grad_norm(u->grads, u->n_floats);
+    *loss = l, *grad_norm = gn;
+    if (!isfinite(l) || !isfinite(gn))
+        return err_set(DDPM_ERUNTIME, "step %ld: %s is not finite", step + 1, isfinite(l) ? "the gradient norm" : "the loss");
+    double clip = c->train.grad_clip, gscale = clip > 0 && gn > clip ? clip / gn : 1.0;
+    PROF(PROF_OPTIM, optim_step(ts->opt, u->params, u->grads, c, step, lr, gscale, optim_ema_decay(c, step)));
+    return DDPM_OK;
+}
+
+/* ---- the loop ---- */
+
+/* After update `s1`: the progress bar, and every log_every steps (and at the last) the
+ * interval's mean loss as a log.csv row and a progress line. */
+static void log_step(Run *r, long s1, double loss, double lr, double gn, double t_start, double t_step, double now) {
+    const Config *c = r->c;
+    int B = c->train.batch_size, last = s1 == c->train.steps;
+    r->smooth = r->smooth < 0 ? loss : 0.98 * r->smooth + 0.02 * loss;
+    if (r->rank == 0) {
+        char extra[96];
+        double run_s = now - t_start;
+        snprintf(extra, sizeof extra, "loss %.4f  %.1f img/s", r->smooth, run_s > 0 ? (double)B * (s1 - r->saved_step0) / run_s : 0);
+        progress_bar(&r->pr, "train", s1, c->train.steps, "step", extra);
+    }
+    if (s1 % c->train.log_every && !last) return;
+    double mean = r->st.loss_sum / r->st.loss_count;
+    double ips = (double)B * (s1 - r->int_start) / (now - r->t_int);
+    if (r->rank == 0) {
+        fprintf(r->csv, "%ld,%.6g,%.6g,%.6g,%.2f,%.1f\n", s1, mean, lr, gn, ips, r->st.elapsed);
+        fflush(r->csv);
+        losslog_add(&r->log, s1, mean);
+        progress_line(&r->pr, "step %ld/%d | loss %.4f | lr %.2e | grad %.3f | %.1f img/s | %.0f ms/step", s1, c->train.steps, mean, lr,
+                      gn, ips, 1000 * (now - t_step));
+    }
+    r->st.loss_sum = 0, r->st.loss_count = 0;
+    r->t_int = now, r->int_start = s1;
+}
+
+/* Why to stop after this step (NULL: go on): a signal, or train.max_minutes. Every rank
+ * must agree to stop at the same step. */
+static const char *stop_reason(const Run *r, double t_start, double now) {
+    int stop_time = r->c->train.max_minutes > 0 && now - t_start >= 60.0 * r->c->train.max_minutes;
+    double flags[2] = {(double)g_stop, (double)stop_time};
+    dist_allreduce_f64(flags, 2);
+    return flags[0] ? "interrupted" : flags[1] ? "time limit (train.max_minutes) reached" : NULL;
+}
+
+/* The steps from r->st.step to train.steps, with previews and checkpoints; *why says why it
+ * stopped early (NULL: it did not). */
+static int train_loop(Run *r, const char **why) {
+    const Config *c = r->c;
+    TrainStep ts;
+    train_step_init(&ts, &r->u, &r->opt, &r->s, c, r->rank, r->nranks);
+    double t_start = now_s(), el0 = r->st.elapsed;
+    r->t_int = t_start, r->smooth = -1, r->saved_step0 = r->int_start = r->st.step;
+    int rc = 0;
+    *why = NULL;
+    while (r->st.step < c->train.steps) {
+        long step = r->st.step;
+        double t0 = now_s(), loss, gn;
+        batcher_next(&r->bt, &r->ds, ts.x0, ts.y, c->train.batch_size, ts.lo, ts.lo + ts.B);
+        double lr = optim_lr_from(c, step, r->st.decay_from, r->st.decay_lr);
+        if ((rc = train_step(&ts, step, lr, &loss, &gn))) {
+            rc = err_set(DDPM_ERUNTIME,
+                         "step %ld: %s is %s (learning rate too high? train.lr = %g); training stopped, the last good checkpoint "
+                         "is %s/latest.safetensors (step %ld)",
+                         step + 1, isfinite(loss) ? "the gradient norm" : "the loss", isnan(isfinite(loss) ? gn : loss) ? "NaN" : "infinite",
+                         c->train.lr, r->dir, r->saved_step);
+            break;
+        }
+        long s1 = r->st.step = step + 1;
+        r->st.loss_sum += loss;
+        r->st.loss_count++;
+        double now = now_s();
+        r->st.elapsed = el0 + (now - t_start);
+        log_step(r, s1, loss, lr, gn, t_start, t0, now);
+        int last = s1 == c->train.steps;
+        *why = stop_reason(r, t_start, now);
+        if (c->train.sample_every && (s1 % c->train.sample_every == 0 || last || *why) && (rc = preview(r))) break;
+        if ((s1 % c->train.ckpt_every == 0 || last || *why) && (rc = save(r, s1 % c->train.ckpt_every == 0))) break;
+        if (*why) break;
+    }
+    train_step_free(&ts);
+    return rc;
+}
+
 int train_main(Config *c, const TrainOpts *o) {
     Run run = {0}, *r = &run;
     r->c = c, r->o = o;
@@ -403,15 +574,6 @@ int train_main(Config *c, const TrainOpts *o) {
         teardown(r);
         return rc;
     }
-    UNet *u = &r->u;
-    int B = c->train.batch_size, Bl = B / r->nranks, lo = r->rank * Bl;
-    size_t D = (size_t)u->res * u->res * u->C_img;
-    float *x0 = xmalloc(sizeof(float) * Bl * D), *eps = xmalloc(sizeof(float) * Bl * D);
-    float *xt = xmalloc(sizeof(float) * Bl * D), *tgt = xmalloc(sizeof(float) * Bl * D);
-    float *pred = xmalloc(sizeof(float) * Bl * D), *dout = xmalloc(sizeof(float) * Bl * D);
-    int *t = xmalloc(sizeof(int) * Bl), *y = u->n_classes > 0 ? xmalloc(sizeof(int) * Bl) : NULL;
-    Objective obj = (Objective)objective_kind(c->diffusion.objective);
-    uint64_t seed = (uint64_t)c->train.seed;
     struct sigaction sa = {0}, old_int, old_term;
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, &old_int);
@@ -419,104 +581,23 @@ int train_main(Config *c, const TrainOpts *o) {
     g_stop = 0;
     progress_init(&r->pr, o->quiet || r->rank != 0, r->st.step);
     if (r->rank == 0 && !o->quiet)
-        fprintf(stderr, "training %s: %.2f M parameters, batch %d%s, steps %ld -> %d, run folder %s\n", c->data.path,
-                u->n_floats / 1e6, B, r->nranks > 1 ? " (split over MPI ranks)" : "", r->st.step, c->train.steps, r->dir);
-    double t_start = now_s(), t_int = t_start, el0 = r->st.elapsed, smooth = -1;
-    r->saved_step0 = r->st.step;
-    long int_start = r->st.step;
-    const char *stop_reason = NULL;
-    while (r->st.step < c->train.steps) {
-        long step = r->st.step;
-        double t0 = now_s();
-        batcher_next(&r->bt, &r->ds, x0, y, B, lo, lo + Bl);
-        for (int i = 0; i < Bl; i++) {
-            uint64_t g = (uint64_t)(lo + i);
-            t[i] = (int)(rng_u32(seed, RNG_STREAM(RNG_TSTEP, step), g) % (uint32_t)c->diffusion.T);
-            rng_normal(eps + i * D, D, seed, RNG_STREAM(RNG_NOISE, step), g * D);
-            if (y && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop)) y[i] = u->n_classes;
-        }
-        q_sample(xt, x0, eps, t, &r->s, Bl, D);
-        diffusion_target(tgt, x0, eps, t, &r->s, obj, Bl, D);
-        u->drop_on = u->dropout > 0, u->drop_seed = seed, u->drop_step = (uint64_t)step, u->img0 = (uint64_t)lo;
-        unet_forward_cond(u, pred, xt, t, y, Bl);
-        double loss = 0;
-        for (int i = 0; i < Bl; i++) {
-            double w = diffusion_loss_weight(&r->s, obj, t[i], c->diffusion.min_snr_gamma), l = 0;
-            float sc = (float)(2.0 * w / ((double)B * D));
-            for (size_t j = 0; j < D; j++) {
-                float d = pred[i * D + j] - tgt[i * D + j];
-                l += (double)d * d;
-                dout[i * D + j] = sc * d;
-            }
-            loss += w * l / ((double)B * D);
-        }
-        unet_zero_grad(u);
-        unet_backward(u, dout, NULL);
-        dist_allreduce_f32(u->grads, u->n_floats);
-        dist_allreduce_f64(&loss, 1);
-        double gn = optim_grad_norm(u->grads, u->n_floats);
-        if (!isfinite(loss) || !isfinite(gn)) {
-            rc = err_set(DDPM_ERUNTIME,
-                         "step %ld: %s is %s (learning rate too high? train.lr = %g); training stopped, the last good checkpoint "
-                         "is %s/latest.safetensors (step %ld)",
-                         step + 1, isfinite(loss) ? "the gradient norm" : "the loss", isnan(isfinite(loss) ? gn : loss) ? "NaN" : "infinite",
-                         c->train.lr, r->dir, r->saved_step);
-            break;
-        }
-        double clip = c->train.grad_clip, gscale = clip > 0 && gn > clip ? clip / gn : 1.0;
-        double lr = optim_lr_from(c, step, r->st.decay_from, r->st.decay_lr);
-        optim_step(&r->opt, u->params, u->grads, c, step, lr, gscale, optim_ema_decay(c, step));
-        r->st.step = step + 1;
-        r->st.loss_sum += loss;
-        r->st.loss_count++;
-        double now = now_s();
-        r->st.elapsed = el0 + (now - t_start);
-        smooth = smooth < 0 ? loss : 0.98 * smooth + 0.02 * loss;
-        long s1 = r->st.step;
-        int last = s1 == c->train.steps;
-        if (r->rank == 0) {
-            char extra[96];
-            double run_s = now - t_start;
-            snprintf(extra, sizeof extra, "loss %.4f  %.1f img/s", smooth, run_s > 0 ? (double)B * (s1 - r->saved_step0) / run_s : 0);
-            progress_bar(&r->pr, "train", s1, c->train.steps, "step", extra);
-        }
-        if (s1 % c->train.log_every == 0 || last) {
-            double mean = r->st.loss_sum / r->st.loss_count;
-            double ips = (double)B * (s1 - int_start) / (now - t_int);
-            if (r->rank == 0) {
-                fprintf(r->csv, "%ld,%.6g,%.6g,%.6g,%.2f,%.1f\n", s1, mean, lr, gn, ips, r->st.elapsed);
-                fflush(r->csv);
-                losslog_add(&r->log, s1, mean);
-                progress_line(&r->pr, "step %ld/%d | loss %.4f | lr %.2e | grad %.3f | %.1f img/s | %.0f ms/step", s1, c->train.steps,
-                              mean, lr, gn, ips, 1000 * (now - t0));
-            }
-            r->st.loss_sum = 0, r->st.loss_count = 0;
-            t_int = now, int_start = s1;
-        }
-        int stop_time = c->train.max_minutes > 0 && now - t_start >= 60.0 * c->train.max_minutes;
-        /* every rank must agree to stop at the same step */
-        double flags[2] = {(double)g_stop, (double)stop_time};
-        dist_allreduce_f64(flags, 2);
-        if (flags[0]) stop_reason = "interrupted";
-        else if (flags[1]) stop_reason = "time limit (train.max_minutes) reached";
-        if (c->train.sample_every && (s1 % c->train.sample_every == 0 || last || stop_reason) && (rc = preview(r))) break;
-        if ((s1 % c->train.ckpt_every == 0 || last || stop_reason) && (rc = save(r, s1 % c->train.ckpt_every == 0))) break;
-        if (stop_reason) break;
-    }
+        fprintf(stderr, "training %s: %.2f M parameters, batch %d%s, steps %ld -> %d, run folder %s\n", c->data.path, r->u.n_floats / 1e6,
+                c->train.batch_size, r->nranks > 1 ? " (split over MPI ranks)" : "", r->st.step, c->train.steps, r->dir);
+    const char *why;
+    rc = train_loop(r, &why);
     progress_end(&r->pr);
     /* a run resumed with no step left to train: redraw loss.png from its log.csv */
     if (!rc && r->rank == 0 && r->st.step == r->saved_step0) rc = write_loss_png(r);
     if (!rc && r->rank == 0 && !o->quiet) {
-        if (stop_reason)
-            fprintf(stderr, "%s at step %ld; saved %s/latest.safetensors. Continue with: ddpm train --resume %s\n", stop_reason,
-                    r->st.step, r->dir, r->dir);
+        if (why)
+            fprintf(stderr, "%s at step %ld; saved %s/latest.safetensors. Continue with: ddpm train --resume %s\n", why, r->st.step, r->dir,
+                    r->dir);
         else
             fprintf(stderr, "done: %ld steps in %.0f s; checkpoint %s/latest.safetensors, samples in %s/samples/, log %s/log.csv\n",
                     r->st.step, r->st.elapsed, r->dir, r->dir, r->dir);
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    free(x0), free(eps), free(xt), free(tgt), free(pred), free(dout), free(t), free(y);
     teardown(r);
     return rc;
 }

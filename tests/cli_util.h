@@ -39,6 +39,18 @@ static inline int run(const char *fmt, ...) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
+/* The network evaluations the reverse loop counted, from the line a sampling command prints
+ * under --verbose ("ddpm <cmd>: network evaluations (counted): N in all, M per image"): M,
+ * and N in *all (may be NULL); -1 when the line is not there. */
+static inline long counted_evals(const char *err, long *all) {
+    static const char key[] = "network evaluations (counted): ";
+    const char *p = strstr(err, key);
+    long n, m;
+    if (!p || sscanf(p + sizeof key - 1, "%ld in all, %ld per image", &n, &m) != 2) return -1;
+    if (all) *all = n;
+    return m;
+}
+
 /* Lines in s. */
 static inline int n_lines(const char *s) {
     int n = 0;

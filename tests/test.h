@@ -1,6 +1,8 @@
-/* Minimal test harness: every check counts, the binary prints "N passed, N failed"
- * last and exits 1 if anything failed. Checks print their measured value so a log
- * shows how close each one came to its bound. */
+/* Minimal test harness: every check counts, the binary prints "N passed, N failed" last
+ * (followed by ", N skipped" when checks could not run here) and exits 1 if anything
+ * failed. Checks print their measured value so a log shows how close each one came to its
+ * bound. A check that cannot run on this machine (no OpenMP, a missing dataset) is a
+ * T_SKIP saying why, never a pass. */
 #ifndef DDPM_TEST_H
 #define DDPM_TEST_H
 
@@ -9,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int t_pass, t_fail;
+static int t_pass, t_fail, t_skip;
 
 #define T_OK(cond, ...)                                                     \
     do {                                                                    \
@@ -25,6 +27,16 @@ static int t_pass, t_fail;
         fflush(stdout);                                                     \
     } while (0)
 
+/* A check that did not run, and why: "  skip <why>", counted as skipped. */
+#define T_SKIP(...)                                                         \
+    do {                                                                    \
+        t_skip++;                                                           \
+        printf("  skip ");                                                  \
+        printf(__VA_ARGS__);                                                \
+        printf("\n");                                                       \
+        fflush(stdout);                                                     \
+    } while (0)
+
 /* |a-b| <= tol, printing both. */
 #define T_NEAR(a, b, tol, what)                                                          \
     do {                                                                                 \
@@ -34,7 +46,9 @@ static int t_pass, t_fail;
     } while (0)
 
 static inline int t_done(void) {
-    printf("%d passed, %d failed\n", t_pass, t_fail);
+    printf("%d passed, %d failed", t_pass, t_fail);
+    if (t_skip) printf(", %d skipped", t_skip);
+    printf("\n");
     return t_fail ? 1 : 0;
 }
 

@@ -615,7 +615,7 @@ static void test_fashion_mnist(void) {
     snprintf(p, sizeof p, "%s/train-images-idx3-ubyte.gz", dir);
     FILE *f = fopen(p, "rb");
     if (!f) {
-        printf("  note: %s missing (Debian package dataset-fashion-mnist); skipped\n", p);
+        T_SKIP("the real Fashion-MNIST: %s missing (Debian package dataset-fashion-mnist)", p);
         return;
     }
     fclose(f);

@@ -8,8 +8,11 @@
  *  - older attention names import to bitwise the same weights; export then import, and
  *    import then export, give bitwise the same tensors; a ddpm-trained checkpoint samples
  *    the same images after export + import;
+ *  - an imported model inpaints, edits and upscales with its weights (the EMA weights under
+ *    the raw names, "weights": "ema"), as ddpm sample does;
  *  - every refusal is exit 2 with one line naming the key, and writes nothing. */
 #include <cJSON.h>
+#include <stb_image.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +21,7 @@
 #include "ddpm/config.h"
 #include "ddpm/diffusers.h"
 #include "ddpm/err.h"
+#include "ddpm/image.h"
 #include "ddpm/model_io.h"
 #include "ddpm/unet.h"
 
@@ -204,6 +208,38 @@ static void test_reference(const char *d) {
     rc = run("sample --ckpt %s/a.safetensors -n 2 --sampler ddim --steps 5 -o %s/a_out --quiet", d, d);
     T_OK(rc == 0 && !g_err[0] && strstr(g_out, "EMA weights"), "ddpm sample uses the imported checkpoint as it is (no EMA warning): exit %d %s%s", rc,
          g_out, g_err);
+}
+
+/* inpaint, edit and upscale open an imported model as ddpm sample does: its weights are the
+ * EMA weights (metadata "weights": "ema"), used without a "holds no EMA weights" warning and
+ * the same as --no-ema (there is one set). Input: an 8x8 RGB image (4x4 for upscale x2). */
+static void test_tasks_on_import(const char *d) {
+    printf("inpaint, edit and upscale with an imported model\n");
+    uint8_t px[8 * 8 * 3];
+    for (int i = 0; i < 8 * 8 * 3; i++) px[i] = (uint8_t)(i * 37 % 256);
+    char in8[600], in4[600];
+    snprintf(in8, sizeof in8, "%s/in8.png", d);
+    snprintf(in4, sizeof in4, "%s/in4.png", d);
+    image_write_png(in8, px, 8, 8, 3);
+    image_write_png(in4, px, 4, 4, 3);
+    const struct {
+        const char *cmd, *in, *args, *file;
+    } t[3] = {{"inpaint", in8, "--mask top --steps 10 --jump 5 --resample 2", "in8_0.png"},
+              {"edit", in8, "--strength 0.5 --sampler ddim --steps 10", "in8_0.png"},
+              {"upscale", in4, "--factor 2 --sampler ddim --steps 10", "in4_0.png"}};
+    for (int k = 0; k < 3; k++) {
+        int rc = run("%s %s --ckpt %s/a.safetensors %s -o %s/imp_%s --quiet", t[k].cmd, t[k].in, d, t[k].args, d, t[k].cmd);
+        int warned = strstr(g_err, "EMA") != NULL;
+        char err[512];
+        snprintf(err, sizeof err, "%.500s", g_err);
+        int rc2 = run("%s %s --ckpt %s/a.safetensors %s --no-ema -o %s/imp_%s_raw --quiet", t[k].cmd, t[k].in, d, t[k].args, d, t[k].cmd);
+        char a[700], b[700];
+        snprintf(a, sizeof a, "%s/imp_%s/%s", d, t[k].cmd, t[k].file);
+        snprintf(b, sizeof b, "%s/imp_%s_raw/%s", d, t[k].cmd, t[k].file);
+        int w = 0, h = 0, c = 0;
+        T_OK(rc == 0 && rc2 == 0 && !warned && stbi_info(a, &w, &h, &c) && w == 8 && h == 8 && same_file(a, b),
+             "%s on the imported model: exit %d, %dx%d result, its weights (= --no-ema), no EMA warning: %s", t[k].cmd, rc, w, h, err);
+    }
 }
 
 /* 1 if two ddpm checkpoints hold bitwise the same tensors under prefixes pa / pb */
@@ -712,6 +748,7 @@ int main(void) {
     const char *d = t_tmpdir();
     test_cifar_names();
     test_reference(d);
+    test_tasks_on_import(d);
     test_round_trips(d);
     test_layouts(d);
     test_refusals(d);

@@ -1,8 +1,10 @@
 /* Schedules against double-precision formulas; q_sample statistics; the DDPM and DDIM
- * updates against the closed forms for every objective. */
+ * updates against the closed forms for every objective; the training loss
+ * (mse_forward/backward) against a double-precision sum and central differences. */
 #include "ddpm/diffusion.h"
 #include "ddpm/rng.h"
 #include "ddpm/sampler.h"
+#include "ddpm/train.h"
 #include "test.h"
 
 static void test_schedules(void) {
@@ -325,8 +327,48 @@ static void test_repaint(void) {
     }
 }
 
+/* mse_forward / mse_backward on B = 3 images of D = 50, weights 0.5, 1, 2, as this rank's
+ * share of a batch of N = 6. The loss is quadratic in pred, so a central difference is exact
+ * but for rounding: with the step h' actually taken (fl(p + h) - p), d = fl(pred - tgt)
+ * rounds by u |d| (u = 6e-8), which moves the difference quotient by about |d| u / h
+ * relative: 6e-6 for |d| <= 1, h = 1e-2; the double sums add ~1e-16. Bound 1e-4. */
+static void test_mse(void) {
+    printf("mse loss\n");
+    enum { B = 3, D = 50, N = 6 };
+    float pred[B * D], tgt[B * D], g[B * D];
+    double w[B] = {0.5, 1, 2};
+    rng_uniform(pred, B * D, 5, 1, 0);
+    rng_uniform(tgt, B * D, 5, 2, 0);
+    double want = 0;
+    for (int i = 0; i < B; i++)
+        for (int j = 0; j < D; j++) want += w[i] * ((double)pred[i * D + j] - tgt[i * D + j]) * ((double)pred[i * D + j] - tgt[i * D + j]) / (N * D);
+    double l = mse_forward(pred, tgt, w, B, N, D);
+    T_NEAR(l, want, 1e-12 * want, "mse_forward = sum w (pred - tgt)^2 / (N D) in double");
+    double halves = mse_forward(pred, tgt, w, 1, N, D) + mse_forward(pred + D, tgt + D, w + 1, 2, N, D);
+    T_NEAR(halves, l, 1e-12 * l, "two ranks' shares (1 + 2 images) sum to the loss of the three");
+    memset(g, 0, sizeof g);
+    mse_backward(g, pred, tgt, w, B, N, D);
+    double worst = 0;
+    for (int k = 0; k < B * D; k++) {
+        float p0 = pred[k];
+        pred[k] = p0 + 1e-2f;
+        double hp = (double)pred[k] - p0, lp = mse_forward(pred, tgt, w, B, N, D);
+        pred[k] = p0 - 1e-2f;
+        double hm = p0 - (double)pred[k], lm = mse_forward(pred, tgt, w, B, N, D);
+        pred[k] = p0;
+        double fd = (lp - lm) / (hp + hm), scale = fabs(fd) > 1e-6 ? fabs(fd) : 1e-6;
+        worst = fmax(worst, fabs(g[k] - fd) / scale);
+    }
+    T_OK(worst <= 1e-4, "mse_backward = central differences of mse_forward at all %d outputs: worst relative error %.3g (bound 1e-4)", B * D,
+         worst);
+    float g0 = g[7];
+    mse_backward(g, pred, tgt, w, B, N, D);
+    T_NEAR(g[7], 2 * g0, 1e-6 * fabs(g0), "mse_backward adds into dpred (twice = 2x)");
+}
+
 int main(void) {
     test_schedules();
+    test_mse();
     test_q_sample();
     test_steps();
     test_dpmpp();

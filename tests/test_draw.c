@@ -59,10 +59,9 @@ static void test_plot(void) {
     T_OK(draw_plot_png(tp("plot_small.png"), &p, s, 2) == 0 && stbi_info(tp("plot_small.png"), &w, &h, &c) && w == 640 && h == 360,
          "a 640x360 plot is 640x360 (got %dx%d)", w, h);
     /* the same plot without text: the title band and the tick-label margins are blank */
-    p.w = p.h = 0;
-    draw_set_labels(0);
+    p.w = p.h = 0, p.bare = 1;
     T_OK(draw_plot_png(tp("plot_bare.png"), &p, s, 2) == 0, "unlabelled plot writes");
-    draw_set_labels(1);
+    p.bare = 0;
     uint8_t *bare = load(tp("plot_bare.png"), &w, &h, &c, 3);
     T_OK(bare && w == 800 && h == 500, "unlabelled plot is 800x500 too");
     if (lab && bare) {
@@ -87,18 +86,16 @@ static void test_grid(void) {
     enum { N = 6, S = 28 };
     float *imgs = malloc(sizeof(float) * N * S * S);
     for (int i = 0; i < N * S * S; i++) imgs[i] = (float)((i * 37 % 255) / 127.5 - 1);
-    /* bare: the layout of image_grid_u8, grey stays grey */
-    draw_set_labels(0);
+    /* bare (no captions, as --no-labels): the layout of image_grid_u8, grey stays grey */
     const char *cells[N] = {"t = 0", "t = 200", "t = 400", "t = 600", "t = 800", "t = 999"};
     DrawCaptions cap = {.title = "step 100 | ddim", .cell = cells};
-    T_OK(draw_grid_png(tp("bare.png"), imgs, N, S, S, 1, 3, 2, &cap) == 0, "bare grid writes");
+    T_OK(draw_grid_png(tp("bare.png"), imgs, N, S, S, 1, 3, 2, NULL) == 0, "bare grid writes");
     int w, h, c;
     T_OK(stbi_info(tp("bare.png"), &w, &h, &c) && w == 3 * (S + 2) + 2 && h == 2 * (S + 2) + 2 && c == 1,
          "--no-labels grid of 6 in 3 columns: %dx%d, %d channel (want %dx%d, 1)", w, h, c, 3 * (S + 2) + 2, 2 * (S + 2) + 2);
-    T_OK(draw_grid_png(tp("bare_strip.png"), imgs, N, S, S, 1, N, 0, &cap) == 0 && stbi_info(tp("bare_strip.png"), &w, &h, &c) &&
+    T_OK(draw_grid_png(tp("bare_strip.png"), imgs, N, S, S, 1, N, 0, NULL) == 0 && stbi_info(tp("bare_strip.png"), &w, &h, &c) &&
              w == N * S && h == S,
          "--no-labels strip of 6 is exactly 6 frames wide: %dx%d", w, h);
-    draw_set_labels(1);
     /* labelled: the same layout with captions, and with empty captions (no text) */
     T_OK(draw_grid_png(tp("lab.png"), imgs, N, S, S, 1, 3, 2, &cap) == 0, "captioned grid writes");
     const char *blank[N] = {"", "", "", "", "", ""};

@@ -100,18 +100,26 @@ int main(void) {
     snprintf(q, sizeof q, "%s/t/000001.png", d);
     T_OK(same_file(p, q), "the single images are the same with and without labels");
     /* step counts */
-    run("sample --ckpt " FIXTURE " -n 1 --sampler ddim --steps 50 -o %s/k", d);
-    T_OK(strstr(g_out, "ddim, 50 steps") != NULL, "--sampler ddim --steps 50 takes 50 network evaluations: %s", g_out);
-    run("sample --ckpt " FIXTURE " -n 1 --sampler ddpm -o %s/k --quiet", d);
-    T_OK(strstr(g_out, "ddpm, 1000 steps") != NULL, "--sampler ddpm takes T = 1000: %s", g_out);
+    /* step counts: what the loop counted (--verbose) and what the summary says */
+    long all = 0, per;
+    run("sample --ckpt " FIXTURE " -n 2 --sampler ddim --steps 50 -o %s/k --quiet --verbose", d);
+    per = counted_evals(g_err, &all);
+    T_OK(per == 50 && all == 100 && strstr(g_out, "(ddim, 50 steps,") != NULL,
+         "--sampler ddim --steps 50 -n 2: the loop counts 50 network evaluations per image, 100 in all (%ld, %ld): %s", per, all, g_out);
+    run("sample --ckpt " FIXTURE " -n 1 --sampler ddpm -o %s/k --quiet --verbose", d);
+    per = counted_evals(g_err, NULL);
+    T_OK(per == 1000 && strstr(g_out, "(ddpm, 1000 steps,") != NULL, "--sampler ddpm takes T = 1000, counted %ld: %s", per, g_out);
+    run("sample --ckpt " FIXTURE " -n 1 --sampler ddim --steps 11 -o %s/k --quiet", d);
+    T_OK(counted_evals(g_err, NULL) == -1, "without --verbose there is no count line");
 
     /* DPM-Solver++(2M) and the spacings */
     const char *dp = "sample --ckpt " FIXTURE " -n 5 --seed 5 --sampler dpm++2m --steps 15 --quiet";
     a = run("%s -o %s/da --batch 5", dp, d);
     b = run("%s -o %s/db --batch 2 --threads 1", dp, d);
     T_OK(a == 0 && b == 0 && same_dirs(d, "da", "db", 5), "dpm++2m: --batch 5 and --batch 2 --threads 1 give byte-identical files");
-    run("sample --ckpt " FIXTURE " -n 1 --sampler dpm++2m --steps 15 -o %s/k", d);
-    T_OK(strstr(g_out, "dpm++2m, 15 steps") != NULL, "--sampler dpm++2m --steps 15 takes 15 evaluations: %s", g_out);
+    run("sample --ckpt " FIXTURE " -n 1 --sampler dpm++2m --steps 15 -o %s/k --verbose", d);
+    per = counted_evals(g_err, NULL);
+    T_OK(per == 15 && strstr(g_out, "(dpm++2m, 15 steps,") != NULL, "--sampler dpm++2m --steps 15 takes 15 evaluations, counted %ld: %s", per, g_out);
     const char *sps[] = {"leading", "trailing", "linspace", "quadratic", "karras", "auto"};
     int all_ok = 1;
     for (int i = 0; i < 6; i++) {
@@ -119,10 +127,14 @@ int main(void) {
         all_ok &= run("sample --ckpt " FIXTURE " -n 2 --sampler dpm++2m --steps 7 --spacing %s -o %s/sq%d --quiet", sps[i], d, i) == 0;
     }
     T_OK(all_ok && !same_dirs(d, "sp0", "sp1", 2), "every spacing samples with ddim and dpm++2m; leading and trailing differ");
-    rc = run("sample --ckpt " FIXTURE " -n 1 --sampler ddpm --steps 100 -o %s/k", d);
-    T_OK(rc == 0 && strstr(g_out, "ddpm, 100 steps") != NULL, "--sampler ddpm --steps 100: the ancestral sampler on 100 timesteps: %s", g_out);
-    rc = run("sample --ckpt " FIXTURE " -n 1 --sampler dpm++2m --steps 1 --spacing trailing -o %s/k", d);
-    T_OK(rc == 0 && strstr(g_out, "1 steps") != NULL, "--steps 1 --spacing trailing: one evaluation at t = T-1");
+    rc = run("sample --ckpt " FIXTURE " -n 1 --sampler ddpm --steps 100 -o %s/k --verbose", d);
+    per = counted_evals(g_err, NULL);
+    T_OK(rc == 0 && per == 100 && strstr(g_out, "(ddpm, 100 steps,") != NULL,
+         "--sampler ddpm --steps 100: the ancestral sampler on 100 timesteps, counted %ld: %s", per, g_out);
+    rc = run("sample --ckpt " FIXTURE " -n 3 --sampler dpm++2m --steps 1 --spacing trailing -o %s/k --verbose", d);
+    per = counted_evals(g_err, &all);
+    T_OK(rc == 0 && per == 1 && all == 3 && strstr(g_out, "(dpm++2m, 1 steps,") != NULL,
+         "--steps 1 --spacing trailing: one evaluation per image at t = T-1, counted %ld (%ld for 3 images)", per, all);
     expect(run("sample --ckpt " FIXTURE " -n 1 --sampler ddim --steps 1 --spacing leading -o %s/x", d), 2, "--steps 1", "--steps 1 with leading spacing (a single step at t = 0)");
     expect(run("sample --ckpt " FIXTURE " -n 1 --sampler dpm++2m --steps 1001 -o %s/x", d), 2, "--steps 1001", "dpm++2m --steps larger than T");
     expect(run("sample --ckpt " FIXTURE " -n 1 --sampler ddpm --steps 2000 -o %s/x", d), 2, "--steps 2000", "ddpm --steps larger than T");

@@ -180,7 +180,12 @@ int main(void) {
 
     /* --- inpaint --- */
     const char *rp = "--steps 20 --jump 5 --resample 2";
-    rc = run("inpaint %s/000000.png %s/000001.png" M " --mask top -n 2 %s -o %s/ia", in, in, rp, d);
+    rc = run("inpaint %s/000000.png %s/000001.png" M " --mask top -n 2 %s -o %s/ia --verbose", in, in, rp, d);
+    /* RePaint K = 20, J = 5, R = 2: the K steps down, and at t = 0, 5, 10 (below K - J) J steps
+     * up and J down again R - 1 times: 20 + 3 x 5 evaluations per image */
+    long all = 0, per = counted_evals(g_err, &all);
+    T_OK(rc == 0 && per == 35 && all == 4 * 35 && strstr(g_err, ", 35 network evaluations per image"),
+         "inpaint RePaint 20 steps, jump 5, resample 2: the loop counts 35 evaluations per image (%ld), %ld for 2 x 2", per, all);
     snprintf(p, sizeof p, "%s/ia", d);
     unsigned char *r0 = load(p, "000000_0.png", &w2, &h2), *r1 = load(p, "000000_1.png", &w2, &h2);
     int kept = r0 && r1 && src, changed = 0;
@@ -252,9 +257,11 @@ int main(void) {
     r0 = load(p, "000000_0.png", &w2, &h2);
     T_OK(rc == 0 && r0 && src && !memcmp(r0, src, 256), "edit --strength 0 returns the image");
     if (r0) stbi_image_free(r0);
-    rc = run("edit %s/000000.png %s/000001.png" M " --strength 0.3 --sampler ddim --steps 20 -n 2 -o %s/ea", in, in, d);
-    int ea = rc == 0 && strstr(g_err, "6 network evaluations") != NULL;
-    T_OK(ea, "edit --strength 0.3 --steps 20: DDIM over the remaining 30%% = 6 evaluations: %s", g_err);
+    rc = run("edit %s/000000.png %s/000001.png" M " --strength 0.3 --sampler ddim --steps 20 -n 2 -o %s/ea --verbose", in, in, d);
+    per = counted_evals(g_err, &all);
+    T_OK(rc == 0 && per == 6 && all == 24 && strstr(g_err, ", 6 network evaluations per image"),
+         "edit --strength 0.3 --steps 20: DDIM over the remaining 30%% = 6 evaluations, counted %ld per image, %ld for 2 x 2: %s", per, all,
+         g_err);
     snprintf(p, sizeof p, "%s/ea", d);
     r0 = load(p, "000000_0.png", &w2, &h2);
     double diff = 0;
@@ -265,8 +272,10 @@ int main(void) {
     T_OK(same(d, "ea", "eb", "000001_1.png") && same(d, "ea", "eb", "000000_strip.png"), "edit: byte-identical with --batch 1 --threads 1");
     run("edit %s/000000.png %s/000001.png" M " --strength 0.3 --sampler ddim --steps 20 -n 2 -o %s/ec --no-labels", in, in, d);
     check_labelled(d, "ea", "ec", "000000_strip.png", 4, 1, "edit");
-    rc = run("edit %s" M " --strength 1 --sampler dpm++2m --steps 5 -o %s/e1", in, d);
-    T_OK(rc == 0 && strstr(g_err, "5 network evaluations"), "edit --strength 1 runs the whole process (dpm++2m, 5 evaluations), a folder as input");
+    rc = run("edit %s" M " --strength 1 --sampler dpm++2m --steps 5 -o %s/e1 --verbose", in, d);
+    per = counted_evals(g_err, &all);
+    T_OK(rc == 0 && per == 5 && all == 15 && strstr(g_err, ", 5 network evaluations per image"),
+         "edit --strength 1 runs the whole process (dpm++2m, 5 evaluations, counted %ld), a folder as input (its 3 PNGs: %ld)", per, all);
 
     /* --- upscale --- */
     unsigned char lo[16];
@@ -279,7 +288,9 @@ int main(void) {
         }
     snprintf(p, sizeof p, "%s/lo.png", d);
     image_write_png(p, lo, 4, 4, 1);
-    rc = run("upscale %s" M " --factor 4 --sampler ddim --steps 25 -n 2 -o %s/ua", p, d);
+    rc = run("upscale %s" M " --factor 4 --sampler ddim --steps 25 -n 2 -o %s/ua --verbose", p, d);
+    per = counted_evals(g_err, &all);
+    T_OK(rc == 0 && per == 25 && all == 50, "upscale --sampler ddim --steps 25 -n 2: counted %ld evaluations per image, %ld in all", per, all);
     snprintf(p, sizeof p, "%s/ua", d);
     r0 = load(p, "lo_1.png", &w2, &h2);
     double md = 0, mx = 0;

@@ -56,6 +56,8 @@ int st_read(StFile *f, const char *path);
 void st_free(StFile *f);
 const StEntry *st_find(const StFile *f, const char *name);
 const char *st_meta(const StFile *f, const char *key);
+/* "[a, b, c]" of a shape, for messages (cut short to fit cap). */
+void st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
 /* Copy an F32 tensor named `name` with the expected shape into dst; ERUNTIME naming the
  * tensor if it is missing, not F32, or has another shape. */
 int st_get_f32(const StFile *f, const char *name, int ndim, const int64_t *shape, float *dst);

@@ -5,10 +5,14 @@
 #define DDPM_CLI_H
 
 #include <getopt.h>
+#include <stdio.h>
 
 #include "ddpm/checkpoint.h"
 #include "ddpm/config.h"
+#include "ddpm/diffusion.h"
+#include "ddpm/model_io.h"
 #include "ddpm/sampler.h"
+#include "ddpm/unet.h"
 
 int cmd_noise(int argc, char **argv);
 int cmd_info(int argc, char **argv);
@@ -22,6 +26,18 @@ int cmd_inpaint(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_upscale(int argc, char **argv);
 
+/* A command's options, parsed as every command parses them: getopt_long over argv with
+ * `shortopts` and `opts`; each option's code and value (NULL for a flag) go to
+ * on_opt(ctx, code, value), which returns 0, an exit code, or CLI_HELP to stop with success
+ * (e.g. after printing what was asked). -h/--help (code 'h') prints usage on stdout and
+ * returns CLI_HELP; a missing value or an unknown option is a usage error that names it.
+ * Returns 0 with *rest = the index of the first argument that is not an option. A command
+ * does `if ((rc = cli_parse(...))) return rc == CLI_HELP ? 0 : rc;`. */
+enum { CLI_HELP = -1 };
+typedef int (*CliOptFn)(void *ctx, int code, const char *value);
+int cli_parse(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *opts, CliOptFn on_opt, void *ctx,
+              void (*usage)(FILE *), int *rest);
+
 /* Print "ddpm: <err_msg()>" and return rc (for `return cli_fail(rc);`). */
 int cli_fail(int rc);
 /* Usage error: print "ddpm <cmd>: <msg>" and "Try 'ddpm <cmd> --help'." Returns 2. */
@@ -30,11 +46,18 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
  * (message printed). */
 int cli_int(const char *cmd, const char *opt, const char *s, long lo, long hi, int *out);
 int cli_float(const char *cmd, const char *opt, const char *s, double lo, double hi, float *out);
-/* Collect a --set KEY=VALUE (optarg) into sets (CLI_MAX_SETS); 2 with a message when full. */
+/* -c/--config FILE and --set KEY=VALUE (repeatable), as info, train and bench take them. */
+#define CLI_CONFIG_OPTIONS {"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'}
 #define CLI_MAX_SETS 64
-int cli_add_set(const char *cmd, char **sets, int *n_sets);
+typedef struct {
+    const char *path;                 /* --config (NULL: none) */
+    const char *sets[CLI_MAX_SETS];   /* the --set assignments, in order */
+    int n_sets;
+} CliConfigArgs;
+/* 'c' or 'S' into a: 0, or 2 with a message (too many --set); CLI_NOT_MINE for another code. */
+int cli_config_opt(const char *cmd, CliConfigArgs *a, int code, const char *value);
 /* Load the config from `path` (NULL = defaults) and apply the --set assignments. */
-int cli_config(Config *c, const char *path, char **sets, int n_sets);
+int cli_config(Config *c, const char *path, const char *const *sets, int n_sets);
 
 /* Check --sampler/--spacing/--var names (NULL = not given); 0 or 2 with a message. */
 int cli_check_sampler(const char *cmd, const char *sampler, const char *spacing, const char *var);
@@ -74,5 +97,74 @@ void cli_classes_free(CliClasses *cl);
 /* 1 when sampling these classes needs the conditional and unconditional halves in one
  * forward (the U-Net then needs twice the batch rows); see sample_guided. */
 int cli_guided(const Config *c, const CliClasses *cl);
+
+/* ---- what ddpm sample, inpaint, edit and upscale share: their options and the model ---- */
+
+/* The options of the sampling commands, as parsed (NULL / negative: not given, the
+ * checkpoint's sample.* value is used). */
+typedef struct {
+    const char *ckpt, *run;               /* --ckpt FILE, --run DIR (DIR/latest.safetensors) */
+    int no_ema;                           /* --no-ema: the raw weights */
+    const char *out;                      /* -o DIR */
+    int n, n_max;                         /* -n: images (per class, per input), at most n_max */
+    const char *sampler, *spacing, *var;  /* --sampler, --spacing, --var */
+    int steps, seed, batch;               /* --steps, --seed, --batch */
+    float eta;                            /* --eta */
+    int no_clip;                          /* --no-clip */
+    int threads, traj;                    /* --threads, --trajectory K frames (0: none) */
+    int quiet, verbose, no_labels;        /* --quiet, --verbose, --no-labels */
+    CliCond cond;                         /* --class, --guidance, --guidance-rescale */
+} CliSampleArgs;
+/* Defaults: out, n (at most n_max) and seed (-1: the checkpoint's); everything else not given. */
+void cli_sample_args_init(CliSampleArgs *a, const char *out, int n, int n_max, int seed);
+/* The options every sampling command takes (codes handled by cli_sample_opt; ddpm sample
+ * also lists CLI_SAMPLE_ONLY_OPTIONS). */
+#define CLI_SAMPLE_OPTIONS                                                                                       \
+    {"ckpt", required_argument, 0, 'k'}, {"run", required_argument, 0, 'r'}, {"no-ema", no_argument, 0, 'E'},    \
+        {"out", required_argument, 0, 'o'}, {"sampler", required_argument, 0, 's'},                              \
+        {"steps", required_argument, 0, 'K'}, {"eta", required_argument, 0, 'e'},                                \
+        {"spacing", required_argument, 0, 'p'}, {"seed", required_argument, 0, 'S'},                             \
+        {"batch", required_argument, 0, 'b'}, {"threads", required_argument, 0, 'j'},                            \
+        {"trajectory", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},                               \
+        {"verbose", no_argument, 0, 'V'}, {"no-labels", no_argument, 0, 'L'}, {"help", no_argument, 0, 'h'},     \
+        CLI_COND_OPTIONS
+#define CLI_SAMPLE_ONLY_OPTIONS {"var", required_argument, 0, 'v'}, {"no-clip", no_argument, 0, 'C'}
+#define CLI_SAMPLE_SHORTOPTS ":n:o:qh"
+/* The --verbose line of --help. */
+extern const char *CLI_VERBOSE_HELP;
+/* One of those options (or -n) into a: 0, 2 with a message, or CLI_NOT_MINE for a code of
+ * the command's own options. */
+enum { CLI_NOT_MINE = -2 };
+int cli_sample_opt(const char *cmd, CliSampleArgs *a, int code, const char *value);
+
+/* A model opened for sampling. */
+typedef struct {
+    char path[1100];      /* the checkpoint */
+    Config c;             /* its config, the command line's sampling options applied */
+    Schedule s;
+    UNet u;               /* batches of B images (2B network rows when guided) */
+    SampleOpts so;        /* the sampler; so.classes is set per call (see cls) */
+    CliClasses cl;        /* --class: the classes asked for and the model's names */
+    int *cls;             /* class of image g (total), NULL without --class */
+    int total, B;         /* images to make; images per forward */
+    CkptWeights weights;  /* which weights were loaded */
+    int stage;            /* what is allocated, for cli_model_close */
+} CliModel;
+/* Open a model for sampling, as every sampling command does: resolve the checkpoint
+ * (--ckpt, --run DIR; with neither, for synthesis, the most recently modified
+ * runs/x/latest.safetensors), set the threads, read its config and apply the sampling
+ * options, apply --guidance and parse --class, build the schedule, pick the EMA weights (an
+ * imported model's "weights": "ema" metadata counts) or the raw ones, size the U-Net and load
+ * them.
+ *   n_inputs = 0: synthesis (ddpm sample): a->n images, or a->n of each class asked for
+ *     (--class all allowed);
+ *   n_inputs > 0: that many input images (inpaint, edit, upscale), a->n results each; --class
+ *     names one class for all or one per input.
+ * 0, or the exit code with the message printed; cli_model_close in both cases. */
+int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_inputs);
+void cli_model_close(CliModel *m);
+/* Create the output folder and check that a file can be written in it (before minutes of
+ * sampling). 0 or the exit code (message printed). */
+int cli_out_dir(const char *dir);
 
 #endif

@@ -73,9 +73,9 @@ typedef struct {
 
 /* Defaults for every key. */
 void config_defaults(Config *c);
-/* Load a JSON file over the defaults. Errors (exit code returned, message in err_msg()):
- * missing file / bad JSON (ERUNTIME? no: EUSAGE), unknown key with suggestion, wrong type,
- * out-of-range value. All config errors are DDPM_EUSAGE. */
+/* Load a JSON file over the defaults. Every error is DDPM_EUSAGE with the message in
+ * err_msg(): an unreadable file, bad JSON, an unknown key (with a suggestion), a wrong type,
+ * an out-of-range value. */
 int config_load(Config *c, const char *path);
 /* Parse a JSON text over c (label names the source in messages). */
 int config_parse(Config *c, const char *json, const char *label);

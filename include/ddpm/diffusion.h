@@ -32,7 +32,9 @@ void schedule_free(Schedule *s);
 int schedule_kind(const char *name);
 int objective_kind(const char *name);
 
-/* x_t = sqrt(ab_t) x0 + sqrt(1-ab_t) eps, per image b with its own t[b]; D = pixels per image. */
+/* The forward process: x_t = sqrt(ab_t) x0 + sqrt(1-ab_t) eps for B images, image b at its
+ * own level t[b] (-1: the clean image, x0 itself); x0, eps, xt are (B,D). xt may be eps
+ * (noised in place). Coefficients and the per-pixel sum in double. */
 void q_sample(float *xt, const float *x0, const float *eps, const int *t, const Schedule *s, int B, size_t D);
 /* Regression target of the network for the objective: eps, x0, or v = sqrt(ab) eps - sqrt(1-ab) x0. */
 void diffusion_target(float *target, const float *x0, const float *eps, const int *t, const Schedule *s,
@@ -70,8 +72,6 @@ void step_dpmpp2m(float *xn, const float *x, const float *x0, const float *x0_pr
 /* An upward move t -> tn > t by the forward process: x' = sqrt(ab_tn/ab_t) x + sqrt(1 - ab_tn/ab_t) z
  * (tn = t+1: sqrt(1-beta) x + sqrt(beta) z). t may be -1. */
 void step_renoise(float *xn, const float *x, int t, int tn, const Schedule *s, const float *z, size_t D);
-/* xt = sqrt(ab_t) x0 + sqrt(1-ab_t) z for one image (t = -1: x0 itself). */
-void noise_to(float *xt, const float *x0, const float *z, int t, const Schedule *s, size_t D);
 /* alpha_bar at level t, 1 at t = -1; lambda = log(alpha/sigma) = log(snr)/2 at t >= 0. */
 double schedule_ab(const Schedule *s, int t);
 double schedule_lambda(const Schedule *s, int t);

@@ -17,6 +17,9 @@ void dist_allreduce_f64(double *buf, size_t n);
 void dist_bcast_f32(float *buf, size_t n);
 void dist_bcast_bytes(void *buf, size_t n);
 void dist_barrier(void);
+/* This rank's contiguous share of n items (images to sample): items *first .. *first +
+ * *count - 1, ceil(n / ranks) each, the last ranks fewer or none. */
+void dist_share(int n, int *first, int *count);
 /* Stop every rank (after a rank hit an error it cannot recover from). */
 void dist_abort(int code);
 

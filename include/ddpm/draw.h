@@ -1,16 +1,14 @@
 /* draw: every picture with words in it, through Cairo (libcairo2-dev) with a fontconfig font
  * (fonts-dejavu-core): line plots with axes, tick values, axis names, a title and a legend;
- * image grids and strips with captions. This module alone decides whether text is drawn:
- * labels are on unless draw_set_labels(0) (the commands' --no-labels), and when no font is
- * found it prints one warning and writes the same pictures without text (never an error).
- * Every write is atomic (temp + fsync + rename). */
+ * image grids and strips with captions. The caller says whether it wants text (captions, or
+ * none; DrawPlot.bare: the commands' --no-labels); when no font is found this module prints
+ * one warning and writes the same pictures without text (never an error). Every write is
+ * atomic (temp + fsync + rename). */
 #ifndef DDPM_DRAW_H
 #define DDPM_DRAW_H
 
-/* Turn all text off (1 = on, the default). */
-void draw_set_labels(int on);
-/* 1 when text will be drawn: labels on and a real font found (the first call probes for
- * the font and warns once on stderr when there is none). */
+/* 1 when text can be drawn: a real font is found (the first call probes for it and warns
+ * once on stderr when there is none). */
 int draw_labels(void);
 
 typedef struct {
@@ -28,9 +26,11 @@ typedef struct {
     const char *title, *xlabel, *ylabel;
     int logx, logy;                  /* logarithmic axis with decade ticks (values must be > 0) */
     double xmin, xmax, ymin, ymax;   /* NaN = from the data (linear axes end on a tick) */
+    int bare;                        /* no text at all (--no-labels): lines, axes and ticks only */
 } DrawPlot;
 
-/* A plot with every field of p at its default (NaN ranges, 800 x 500, linear, no text). */
+/* A plot with every field of p at its default (NaN ranges, 800 x 500, linear, no title or
+ * axis names; tick values drawn). */
 DrawPlot draw_plot_defaults(void);
 /* Line plot of ns series. ERUNTIME on I/O failure. */
 int draw_plot_png(const char *path, const DrawPlot *p, const DrawSeries *s, int ns);
@@ -44,8 +44,8 @@ typedef struct {
 } DrawCaptions;
 
 /* n float images (n,h,w,c) in [-1,1], c = 1 or 3, in rows of `cols` (0 = ~sqrt(n)).
- * Bare (labels off, no font, or cap NULL): exactly image_grid_u8's layout with `gap` black
- * pixels (0 = a plain strip), c channels. Labelled: white background, RGB, each image scaled
+ * Bare (cap NULL, as for --no-labels, or no font): exactly image_grid_u8's layout with
+ * `gap` black pixels (0 = a plain strip), c channels. Labelled: white background, RGB, each image scaled
  * up by a whole factor to at least 64 pixels (nearest neighbour, pixels stay sharp) with the
  * captions around it. ERUNTIME on I/O failure. */
 int draw_grid_png(const char *path, const float *imgs, int n, int h, int w, int c, int cols, int gap,

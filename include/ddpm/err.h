@@ -32,5 +32,7 @@ const char *err_msg(void);
 /* malloc/calloc that CHECK for NULL (out of memory is not recoverable here). */
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
+/* A malloc'd copy of s, CHECKed likewise. */
+char *xstrdup(const char *s);
 
 #endif

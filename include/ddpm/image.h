@@ -19,10 +19,13 @@ typedef struct {
 #define IMAGE_MAX_PIXELS (IMAGE_MAX_SIDE * IMAGE_MAX_SIDE)
 
 /* Load any PNG/JPEG (grey, grey+alpha, RGB, RGBA) converted to `channels` (1 or 3):
- * alpha is dropped (composited on black? no: simply dropped), grey->RGB replicates,
+ * alpha is dropped, grey->RGB replicates,
  * RGB->grey uses 0.299R+0.587G+0.114B. Error (ERUNTIME) names the file; an image of more
  * than IMAGE_MAX_PIXELS is refused with its size and the limit. */
 int image_load(Image *img, const char *path, int channels);
+/* 1 when a file name ends in .png, .jpg or .jpeg (any case): the files image_load is given
+ * when a folder is read. */
+int image_has_ext(const char *name);
 void image_free(Image *img);
 
 /* Center-crop to a square, then resize to size x size (stb_image_resize) when it differs.

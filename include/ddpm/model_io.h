@@ -38,6 +38,16 @@ int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const ch
 /* Copy the tensors "<prefix><name>" of every parameter into dst (the block layout),
  * checking each shape against the model. */
 int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *dst);
+/* Which weights of a checkpoint a command uses (sample, inpaint, edit, upscale, export). */
+typedef enum {
+    CKPT_RAW,          /* the raw weights, as asked (--no-ema) */
+    CKPT_EMA,          /* the EMA weights, "ema.<name>" */
+    CKPT_EMA_IMPORTED, /* EMA weights stored under the raw names: metadata "weights" is "ema" */
+    CKPT_NO_EMA        /* EMA asked for, but the file holds none: the raw weights (say so) */
+} CkptWeights;
+/* The weights to use, EMA unless raw_only, and in *prefix the tensor name prefix to give
+ * ckpt_load_params ("ema." or ""). */
+CkptWeights ckpt_pick_weights(const StFile *f, int raw_only, const char **prefix);
 int ckpt_load_state(const StFile *f, TrainState *ts);
 /* u->class_names from the metadata (class-conditional models; "0".."n-1" when absent).
  * ERUNTIME when the list is malformed or its length is not u->n_classes. */

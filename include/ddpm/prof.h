@@ -1,24 +1,35 @@
-/* prof: wall time per kind of work, for `ddpm bench --profile`. Off by default; when
- * on, PROF(kind, call) adds the call's duration to its kind. */
+/* prof: wall time per kind of work, for `ddpm bench --profile`. PROF_TO(p, kind, call) adds
+ * the call's duration to p->s[kind] when p is not NULL and p->on; otherwise it only makes
+ * the call. */
 #ifndef DDPM_PROF_H
 #define DDPM_PROF_H
 
 enum { PROF_CONV, PROF_GEMM, PROF_NORM, PROF_ATTN, PROF_ELEM, PROF_OPTIM, PROF_N };
 
-extern int g_prof_on;
-extern double g_prof_s[PROF_N];
+typedef struct {
+    int on;            /* timing now (bench turns it off for warm-up and its other runs) */
+    double s[PROF_N];  /* seconds per kind of work */
+} Prof;
+
 extern const char *const PROF_NAMES[PROF_N];
 double prof_now(void);
 
-#define PROF(kind, call)                                    \
+#define PROF_TO(p, kind, call)                              \
     do {                                                    \
-        if (g_prof_on) {                                    \
+        Prof *_p = (p);                                     \
+        if (_p && _p->on) {                                 \
             double _t = prof_now();                         \
             call;                                           \
-            g_prof_s[kind] += prof_now() - _t;              \
+            _p->s[kind] += prof_now() - _t;                 \
         } else {                                            \
             call;                                           \
         }                                                   \
     } while (0)
+
+/* The profile PROF() adds to: the one `ddpm bench --profile` points at its own Prof
+ * (NULL: none). The U-Net's layer calls (src/unet.c) and train_step use it until the
+ * U-Net carries its own Prof pointer. */
+extern Prof *g_prof;
+#define PROF(kind, call) PROF_TO(g_prof, kind, call)
 
 #endif

@@ -1,4 +1,5 @@
-/* sampler: the one reverse loop that every sampling task runs (docs/design.md, "One reverse loop").
+/* sampler: the one reverse loop that every sampling task runs (docs/design.md, "One reverse
+ * loop").
  *
  *   levels     the timestep list, data: levels[0] is where x starts, each pair
  *              (levels[k], levels[k+1]) is one transition; downward = one network evaluation
@@ -41,7 +42,7 @@ typedef struct {
 /* Sampler name ("ddpm", "ddim", "dpm++2m") -> SamplerKind, -1 if unknown. */
 int sampler_kind(const char *name);
 const char *sampler_name(SamplerKind k);
-/* The spacing a sampler uses when the config says "auto" (measured, docs/samplers.md). */
+/* The spacing a sampler uses when the config says "auto" (measured: docs/samplers.md). */
 Spacing sampler_default_spacing(SamplerKind k);
 /* Fill SampleOpts from the config's sample section and diffusion.objective
  * (ddpm: steps = T; "auto" spacing: sampler_default_spacing). */
@@ -84,11 +85,14 @@ typedef void (*SampleProgress)(void *ctx, long done, long total);
  * sample_guided) into out (n,H,W,C).
  * With frames > 0, traj (n, frames, H, W, C) receives x at `frames` evenly spaced points
  * from the start to the final image. progress (may be NULL) counts network evaluations
- * of single images. The model's dropout is switched off. */
-void sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTask *task, int n, int first, int batch,
+ * of single images. The model's dropout is switched off. Returns the network evaluations
+ * of single images it ran, counted where the U-Net is called (a guided evaluation, two
+ * network rows, counts once). */
+long sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTask *task, int n, int first, int batch,
                 float *out, int frames, float *traj, SampleProgress progress, void *ctx);
-/* Synthesis from pure noise with the opts' sampler, steps and spacing (sample_levels over T). */
-void sample_images(UNet *u, const Schedule *s, const SampleOpts *o, int n, int first, int batch, float *out, int frames,
+/* Synthesis from pure noise with the opts' sampler, steps and spacing (sample_levels over T);
+ * returns sample_run's count. */
+long sample_images(UNet *u, const Schedule *s, const SampleOpts *o, int n, int first, int batch, float *out, int frames,
                    float *traj, SampleProgress progress, void *ctx);
 /* Network evaluations per image of sample_images. */
 int sample_n_steps(const SampleOpts *o, const Schedule *s);

@@ -14,14 +14,19 @@
 #ifndef DDPM_TRAIN_H
 #define DDPM_TRAIN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ddpm/config.h"
+#include "ddpm/diffusion.h"
+#include "ddpm/optim.h"
+#include "ddpm/unet.h"
 
 typedef struct {
     const char *resume;   /* run folder to continue, or NULL */
     int force;            /* start over in a folder that holds a run */
     int quiet;
+    int no_labels;        /* bare previews and loss.png (no text) */
 } TrainOpts;
 
 /* train.cond_drop: 1 if image g (global position in the batch) of `step` trains with the
@@ -30,5 +35,38 @@ int train_cond_dropped(uint64_t seed, uint64_t step, uint64_t g, float p);
 
 /* Returns the exit code (message in err_msg() when non-zero). */
 int train_main(Config *c, const TrainOpts *o);
+
+/* The training loss as a forward/backward pair, the weighted mean squared error of a batch
+ * that may be split over MPI ranks. pred, tgt are (B,D), w is (B); N is the batch over all
+ * ranks (B is this rank's share), so the ranks' losses sum to the batch mean:
+ *   loss = sum_b w[b] sum_j (pred[b,j] - tgt[b,j])^2 / (N D) */
+double mse_forward(const float *pred, const float *tgt, const double *w, int B, int N, size_t D);
+/* dpred (B,D) += d loss / d pred = 2 w[b] (pred - tgt) / (N D) */
+void mse_backward(float *dpred, const float *pred, const float *tgt, const double *w, int B, int N, size_t D);
+
+/* One rank's training steps: what it trains and its buffers. ddpm train and ddpm bench run
+ * the same step. */
+typedef struct {
+    UNet *u;
+    Optim *opt;
+    const Schedule *s;
+    const Config *c;
+    int N, B, lo;  /* global batch train.batch_size; this rank's B images are lo .. lo+B-1 */
+    size_t D;      /* floats per image */
+    float *x0;     /* (B,D) the batch in [-1,1], filled by the caller before each step */
+    int *y;        /* (B) its classes (class-conditional models; NULL otherwise) */
+    float *eps, *xt, *tgt, *pred, *dout; /* (B,D) the noise, x_t, the target, the output, dL/dout */
+    int *t;        /* (B) timesteps */
+    double *w;     /* (B) loss weights (min-SNR) */
+} TrainStep;
+void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, const Config *c, int rank, int nranks);
+void train_step_free(TrainStep *ts);
+/* One update at `step` (0-based) with learning rate lr on the batch in ts->x0 (and ts->y):
+ * timesteps, noise and dropped classes drawn as pure functions of (train.seed, step, global
+ * image index), q_sample, the objective's target, forward, mse_forward/backward, backward,
+ * all-reduce over ranks, global-norm clipping, Adam(W) + EMA. *loss and *grad_norm get the
+ * batch's loss and the gradient norm before clipping. ERUNTIME, with nothing updated, when
+ * either is not finite. */
+int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_norm);
 
 #endif

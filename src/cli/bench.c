@@ -1,5 +1,5 @@
-/* ddpm bench: median time of a training step (forward + backward + optimizer) and of a
- * no-grad forward on random data, next to this machine's sgemm ceiling. */
+/* ddpm bench: median time of a training step (train_step: noise, forward, loss, backward,
+ * optimizer) and of a no-grad forward on random data, next to this machine's sgemm ceiling. */
 #include <getopt.h>
 #include <math.h>
 #include <string.h>
@@ -12,15 +12,17 @@
 #include "ddpm/prof.h"
 #include "ddpm/rng.h"
 #include "ddpm/tensor.h"
+#include "ddpm/train.h"
 #include "ddpm/unet.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ddpm bench [--config FILE] [options]\n"
             "\n"
-            "Times a training step (forward + backward + Adam/EMA) and a no-grad forward on random\n"
-            "data at train.batch_size, after warm-up, and reports medians, GFLOP/s (nominal: 2 per\n"
-            "multiply-add, backward counted as 2x forward), this machine's sgemm ceiling and peak RSS.\n"
+            "Times a training step (noise, forward, loss, backward, Adam/EMA: the step ddpm train\n"
+            "runs) and a no-grad forward on random images at train.batch_size, after warm-up, and\n"
+            "reports medians, GFLOP/s (nominal: 2 per multiply-add, backward counted as 2x forward),\n"
+            "this machine's sgemm ceiling and peak RSS.\n"
             "\n"
             "options:\n"
             "  -c, --config FILE   model and batch (default configs/bench.json)\n"
@@ -82,143 +84,175 @@ static double sgemm_ceiling(int threads) {
     return 2.0 * n * n * n / median(t, 7) / 1e9;
 }
 
+typedef struct {
+    CliConfigArgs cfg;
+    int steps, threads, profile, json, scaling;
+} Args;
+
+static int on_opt(void *ctx, int o, const char *v) {
+    Args *a = ctx;
+    switch (o) {
+    case 'n': return cli_int("bench", "--steps", v, 1, 100000, &a->steps);
+    case 'j': return cli_int("bench", "--threads", v, 1, 1024, &a->threads);
+    case 'p': a->profile = 1; return 0;
+    case 'J': a->json = 1; return 0;
+    case 's': a->scaling = 1; return 0;
+    default: return cli_config_opt("bench", &a->cfg, o, v);
+    }
+}
+
+/* What was measured. ts/tf: the training steps and forwards with `threads`; with --scaling,
+ * ts1/tf1 with one thread, each repetition timed right after its `threads` twin so both see
+ * the same state of a noisy machine (nrun = 2). */
+typedef struct {
+    const Args *a;
+    int threads, B, nrun;
+    size_t nparams;
+    double ceiling, gf_step, gf_fwd, rss_mb;
+    double *ts, *tf, *ts1, *tf1;
+    Prof prof;  /* --profile: the timed training steps with `threads` */
+} Bench;
+
+/* Warm up (2 steps, 1 forward), then time a.steps training steps and no-grad forwards. */
+static int measure(Bench *m, TrainStep *train) {
+    const Args *a = m->a;
+    UNet *u = train->u;
+    int rc = 0;
+    for (int r = -2; r < a->steps && !rc; r++)
+        for (int k = 0; k < m->nrun && !rc; k++) {
+            threads_set(k ? 1 : m->threads);
+            m->prof.on = a->profile && r >= 0 && k == 0;
+            double t0 = now_s(), loss, gn;
+            if ((rc = train_step(train, r + 2, 1e-6, &loss, &gn))) break;
+            if (r >= 0) (k ? m->ts1 : m->ts)[r] = now_s() - t0;
+        }
+    m->prof.on = 0;
+    u->drop_on = 0;
+    for (int r = -1; r < a->steps && !rc; r++)
+        for (int k = 0; k < m->nrun; k++) {
+            threads_set(k ? 1 : m->threads);
+            double t0 = now_s();
+            unet_forward_cond(u, train->pred, train->xt, train->t, train->y, m->B);
+            if (r >= 0) (k ? m->tf1 : m->tf)[r] = now_s() - t0;
+        }
+    threads_set(m->threads);
+    return rc;
+}
+
+static void print_json(const Bench *m) {
+    const Args *a = m->a;
+    int steps = a->steps;
+    double step_s = median(m->ts, steps), fwd_s = median(m->tf, steps);
+    printf("{\"config\": \"%s\", \"threads\": %d, \"cpu\": \"%s\", \"kernel_isa\": \"%s\", \"blas_core\": \"%s\", "
+           "\"batch\": %d, \"params\": %zu, "
+           "\"gflop_per_step\": %.3f, \"gflop_per_forward\": %.3f, \"train_step_s\": %.5f, \"forward_s\": %.5f, "
+           "\"train_gflops\": %.2f, \"forward_gflops\": %.2f, \"sgemm_gflops\": %.2f, \"ceiling_fraction\": %.4f, "
+           "\"peak_rss_mb\": %.1f",
+           a->cfg.path, m->threads, cpu_model_name(), kernel_isa(), blas_core_name(), m->B, m->nparams, m->gf_step, m->gf_fwd, step_s,
+           fwd_s, m->gf_step / step_s, m->gf_fwd / fwd_s, m->ceiling, m->gf_step / step_s / m->ceiling, m->rss_mb);
+    if (a->profile) {
+        printf(", \"profile_s\": {");
+        for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], m->prof.s[k] / steps);
+        printf("}");
+    }
+    json_list("train_steps_s", m->ts, steps);
+    json_list("forwards_s", m->tf, steps);
+    if (m->nrun > 1) {
+        printf(", \"train_step_1t_s\": %.5f, \"forward_1t_s\": %.5f, \"scaling_train\": %.4f, \"scaling_forward\": %.4f",
+               median(m->ts1, steps), median(m->tf1, steps), median_ratio(m->ts1, m->ts, steps), median_ratio(m->tf1, m->tf, steps));
+        json_list("train_steps_1t_s", m->ts1, steps);
+        json_list("forwards_1t_s", m->tf1, steps);
+    }
+    printf("}\n");
+}
+
+static void print_table(const Bench *m) {
+    const Args *a = m->a;
+    int steps = a->steps;
+    double step_s = median(m->ts, steps), fwd_s = median(m->tf, steps);
+    printf("bench %s: %zu parameters, batch %d, %d threads\n", a->cfg.path, m->nparams, m->B, m->threads);
+    printf("  CPU %s; ddpm kernels %s, OpenBLAS core %s (%s)\n", cpu_model_name(), kernel_isa(), blas_core_name(),
+           blas_core_source());
+    printf("  training step   %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP per step, median of %d)\n", step_s, m->gf_step / step_s, m->gf_step,
+           steps);
+    printf("  no-grad forward %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP)\n", fwd_s, m->gf_fwd / fwd_s, m->gf_fwd);
+    printf("  sgemm ceiling              %7.1f GFLOP/s  (2048^3, %d threads); training step reaches %.0f%%\n", m->ceiling, m->threads,
+           100 * m->gf_step / step_s / m->ceiling);
+    printf("  peak RSS        %8.0f MB\n", m->rss_mb);
+    if (m->nrun > 1)
+        printf("  thread scaling  training step 1 thread %.3f s: %.2fx; forward 1 thread %.3f s: %.2fx\n"
+               "                  (median of the per-repetition ratios, each 1-thread run right after its twin)\n",
+               median(m->ts1, steps), median_ratio(m->ts1, m->ts, steps), median(m->tf1, steps), median_ratio(m->tf1, m->tf, steps));
+    if (a->profile) {
+        double tot = 0;
+        for (int k = 0; k < PROF_N; k++) tot += m->prof.s[k];
+        /* the kinds are means over the repetitions, so the rest is against the mean step */
+        double mean_s = 0;
+        for (int r = 0; r < steps; r++) mean_s += m->ts[r] / steps;
+        printf("  time per training step by kind of work (means of %d):\n", steps);
+        for (int k = 0; k < PROF_N; k++)
+            printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * m->prof.s[k] / steps, 100 * m->prof.s[k] / tot);
+        printf("    %-20s %8.1f ms  (of a mean step of %.1f ms)\n", "(other)", 1000 * (mean_s - tot / steps), 1000 * mean_s);
+    }
+}
+
 int cmd_bench(int argc, char **argv) {
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
+    static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"steps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 'j'},
                                          {"profile", no_argument, 0, 'p'},      {"json", no_argument, 0, 'J'},
                                          {"scaling", no_argument, 0, 's'},
                                          {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-    const char *cfg_path = "configs/bench.json";
-    char *sets[CLI_MAX_SETS];
-    int n_sets = 0, steps = 10, threads = 0, profile = 0, json = 0, scaling = 0, rc, o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c': cfg_path = optarg; break;
-        case 'S': if ((rc = cli_add_set("bench", sets, &n_sets))) return rc; break;
-        case 'n': if ((rc = cli_int("bench", "--steps", optarg, 1, 100000, &steps))) return rc; break;
-        case 'j': if ((rc = cli_int("bench", "--threads", optarg, 1, 1024, &threads))) return rc; break;
-        case 'p': profile = 1; break;
-        case 'J': json = 1; break;
-        case 's': scaling = 1; break;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("bench", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("bench", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc) return cli_usage_error("bench", "unexpected argument '%s'", argv[optind]);
+    Args a = {.cfg.path = "configs/bench.json", .steps = 10};
+    int rest, rc = cli_parse("bench", argc, argv, ":c:h", opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (rest < argc) return cli_usage_error("bench", "unexpected argument '%s'", argv[rest]);
     Config c;
-    if ((rc = cli_config(&c, cfg_path, sets, n_sets))) return cli_fail(rc);
+    if ((rc = cli_config(&c, a.cfg.path, a.cfg.sets, a.cfg.n_sets))) return cli_fail(rc);
     /* a class-conditional config without a dataset: ten classes (the embedding is one row added
      * per image, negligible next to the convolutions; the images get the "no class" row) */
     if (c.model.class_cond && c.model.num_classes == 0) c.model.num_classes = 10;
-    threads = threads_set(threads);
-    double ceiling = sgemm_ceiling(threads);
-    int B = c.train.batch_size;
+    Bench m = {.a = &a, .B = c.train.batch_size};
+    m.threads = threads_set(a.threads);
+    m.nrun = a.scaling && m.threads > 1 ? 2 : 1;
+    m.ceiling = sgemm_ceiling(m.threads);
+    Schedule s;
     UNet u;
-    if ((rc = unet_init(&u, &c, B, 1))) return cli_fail(rc);
+    if ((rc = schedule_init(&s, (ScheduleKind)schedule_kind(c.diffusion.schedule), c.diffusion.T, c.diffusion.beta_start,
+                            c.diffusion.beta_end, c.diffusion.cosine_s)))
+        return cli_fail(rc);
+    if ((rc = unet_init(&u, &c, m.B, 1))) {
+        schedule_free(&s);
+        return cli_fail(rc);
+    }
     unet_init_params(&u, 0);
     Optim opt;
     optim_init(&opt, u.n_floats);
     memcpy(opt.ema, u.params, sizeof(float) * u.n_floats);
-    size_t D = (size_t)u.res * u.res * u.C_img;
-    float *x = xmalloc(sizeof(float) * B * D), *y = xmalloc(sizeof(float) * B * D), *d = xmalloc(sizeof(float) * B * D);
-    int *t = xmalloc(sizeof(int) * B);
-    rng_normal(x, B * D, 1, 1, 0);
-    rng_normal(d, B * D, 1, 2, 0);
-    for (int i = 0; i < B; i++) t[i] = (int)(rng_u32(1, 3, i) % (uint32_t)c.diffusion.T);
-    u.drop_on = c.model.dropout > 0, u.drop_seed = 1;
-    /* ts/tf: times with `threads`; with --scaling, ts1/tf1 with one thread, each repetition
-     * timed right after its `threads` twin so both see the same state of a noisy machine. */
-    double *ts = xmalloc(sizeof(double) * steps), *tf = xmalloc(sizeof(double) * steps);
-    double *ts1 = xmalloc(sizeof(double) * steps), *tf1 = xmalloc(sizeof(double) * steps);
-    const int nrun = scaling && threads > 1 ? 2 : 1;
-    for (int r = -2; r < steps; r++) { /* 2 warm-up steps */
-        for (int k = 0; k < nrun; k++) {
-            threads_set(k ? 1 : threads);
-            g_prof_on = profile && r >= 0 && k == 0;
-            double t0 = now_s();
-            u.drop_step = (uint64_t)(r + 2);
-            unet_forward(&u, y, x, t, B);
-            unet_zero_grad(&u);
-            unet_backward(&u, d, NULL);
-            double gn = optim_grad_norm(u.grads, u.n_floats);
-            PROF(PROF_OPTIM, optim_step(&opt, u.params, u.grads, &c, r + 2, 1e-6, gn > 1 ? 1 / gn : 1, 0.999));
-            if (r >= 0) (k ? ts1 : ts)[r] = now_s() - t0;
-        }
+    /* the batch: random images in [-1,1], with the "no class" label on a class-conditional model */
+    TrainStep train;
+    train_step_init(&train, &u, &opt, &s, &c, 0, 1);
+    rng_uniform(train.x0, (size_t)m.B * train.D, 1, 1, 0);
+    for (size_t i = 0; i < (size_t)m.B * train.D; i++) train.x0[i] = 2 * train.x0[i] - 1;
+    for (int i = 0; train.y && i < m.B; i++) train.y[i] = u.n_classes;
+    m.ts = xcalloc(a.steps, sizeof(double)), m.tf = xcalloc(a.steps, sizeof(double));
+    m.ts1 = xcalloc(a.steps, sizeof(double)), m.tf1 = xcalloc(a.steps, sizeof(double));
+    g_prof = &m.prof;
+    rc = measure(&m, &train);
+    g_prof = NULL;
+    if (!rc) {
+        m.ceiling = fmax(m.ceiling, sgemm_ceiling(m.threads)); /* best of a measurement before and after */
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        m.rss_mb = ru.ru_maxrss / 1024.0;
+        m.gf_step = 3.0 * u.flops * m.B / 1e9, m.gf_fwd = u.flops * m.B / 1e9;
+        for (int i = 0; i < u.nP; i++) m.nparams += u.P[i].n;
+        if (a.json) print_json(&m);
+        else print_table(&m);
     }
-    g_prof_on = 0;
-    u.drop_on = 0;
-    for (int r = -1; r < steps; r++) {
-        for (int k = 0; k < nrun; k++) {
-            threads_set(k ? 1 : threads);
-            double t0 = now_s();
-            unet_forward(&u, y, x, t, B);
-            if (r >= 0) (k ? tf1 : tf)[r] = now_s() - t0;
-        }
-    }
-    threads_set(threads);
-    double scale_step = nrun > 1 ? median_ratio(ts1, ts, steps) : 0, scale_fwd = nrun > 1 ? median_ratio(tf1, tf, steps) : 0;
-    double step1_s = nrun > 1 ? median(ts1, steps) : 0, fwd1_s = nrun > 1 ? median(tf1, steps) : 0;
-    double step_s = median(ts, steps), fwd_s = median(tf, steps);
-    ceiling = fmax(ceiling, sgemm_ceiling(threads)); /* best of a measurement before and after */
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    double rss_mb = ru.ru_maxrss / 1024.0;
-    double gf_step = 3.0 * u.flops * B / 1e9, gf_fwd = u.flops * B / 1e9;
-    size_t nparams = 0;
-    for (int i = 0; i < u.nP; i++) nparams += u.P[i].n;
-    if (json) {
-        printf("{\"config\": \"%s\", \"threads\": %d, \"cpu\": \"%s\", \"kernel_isa\": \"%s\", \"blas_core\": \"%s\", "
-               "\"batch\": %d, \"params\": %zu, "
-               "\"gflop_per_step\": %.3f, \"gflop_per_forward\": %.3f, \"train_step_s\": %.5f, \"forward_s\": %.5f, "
-               "\"train_gflops\": %.2f, \"forward_gflops\": %.2f, \"sgemm_gflops\": %.2f, \"ceiling_fraction\": %.4f, "
-               "\"peak_rss_mb\": %.1f",
-               cfg_path, threads, cpu_model_name(), kernel_isa(), blas_core_name(), B, nparams, gf_step, gf_fwd, step_s, fwd_s, gf_step / step_s, gf_fwd / fwd_s,
-               ceiling, gf_step / step_s / ceiling, rss_mb);
-        if (profile) {
-            printf(", \"profile_s\": {");
-            for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], g_prof_s[k] / steps);
-            printf("}");
-        }
-        json_list("train_steps_s", ts, steps);
-        json_list("forwards_s", tf, steps);
-        if (nrun > 1) {
-            printf(", \"train_step_1t_s\": %.5f, \"forward_1t_s\": %.5f, \"scaling_train\": %.4f, \"scaling_forward\": %.4f",
-                   step1_s, fwd1_s, scale_step, scale_fwd);
-            json_list("train_steps_1t_s", ts1, steps);
-            json_list("forwards_1t_s", tf1, steps);
-        }
-        printf("}\n");
-    } else {
-        printf("bench %s: %zu parameters, batch %d, %d threads\n", cfg_path, nparams, B, threads);
-        printf("  CPU %s; ddpm kernels %s, OpenBLAS core %s (%s)\n", cpu_model_name(), kernel_isa(), blas_core_name(),
-               blas_core_source());
-        printf("  training step   %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP per step, median of %d)\n", step_s, gf_step / step_s, gf_step,
-               steps);
-        printf("  no-grad forward %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP)\n", fwd_s, gf_fwd / fwd_s, gf_fwd);
-        printf("  sgemm ceiling              %7.1f GFLOP/s  (2048^3, %d threads); training step reaches %.0f%%\n", ceiling, threads,
-               100 * gf_step / step_s / ceiling);
-        printf("  peak RSS        %8.0f MB\n", rss_mb);
-        if (nrun > 1)
-            printf("  thread scaling  training step 1 thread %.3f s: %.2fx; forward 1 thread %.3f s: %.2fx\n"
-                   "                  (median of the per-repetition ratios, each 1-thread run right after its twin)\n",
-                   step1_s, scale_step, fwd1_s, scale_fwd);
-        if (profile) {
-            double tot = 0;
-            for (int k = 0; k < PROF_N; k++) tot += g_prof_s[k];
-            /* the kinds are means over the repetitions, so the rest is against the mean step */
-            double mean_s = 0;
-            for (int r = 0; r < steps; r++) mean_s += ts[r] / steps;
-            printf("  time per training step by kind of work (means of %d):\n", steps);
-            for (int k = 0; k < PROF_N; k++)
-                printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * g_prof_s[k] / steps, 100 * g_prof_s[k] / tot);
-            printf("    %-20s %8.1f ms  (of a mean step of %.1f ms)\n", "(other)", 1000 * (mean_s - tot / steps), 1000 * mean_s);
-        }
-    }
-    free(x), free(y), free(d), free(t), free(ts), free(tf), free(ts1), free(tf1);
+    free(m.ts), free(m.tf), free(m.ts1), free(m.tf1);
+    train_step_free(&train);
     optim_free(&opt);
     unet_free(&u);
-    return 0;
+    schedule_free(&s);
+    return cli_fail(rc);
 }

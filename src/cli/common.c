@@ -1,17 +1,41 @@
-/* Shared helpers of the subcommands: option parsing and error printing. */
+/* Shared helpers of the subcommands: option parsing, error printing, and the model of the
+ * sampling commands. */
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
 #include "ddpm/err.h"
+#include "ddpm/fsio.h"
 #include "ddpm/guidance.h"
 #include "ddpm/model_io.h"
 #include "ddpm/sampler.h"
+#include "ddpm/tensor.h"
+
+int cli_parse(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *opts, CliOptFn on_opt, void *ctx,
+              void (*usage)(FILE *), int *rest) {
+    int o, rc;
+    optind = 1;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, shortopts, opts, NULL)) != -1) {
+        if (o == 'h') {
+            usage(stdout);
+            return CLI_HELP;
+        }
+        if (o == ':') return cli_usage_error(cmd, "option '%s' needs a value", argv[optind - 1]);
+        if (o == '?' || (rc = on_opt(ctx, o, optarg)) == CLI_NOT_MINE) return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+        if (rc) return rc;
+    }
+    *rest = optind;
+    return 0;
+}
 
 int cli_fail(int rc) {
     /* Under MPI a usage error is the same on every rank: rank 0 says it. A runtime error
@@ -52,13 +76,15 @@ int cli_float(const char *cmd, const char *opt, const char *s, double lo, double
     return 0;
 }
 
-int cli_add_set(const char *cmd, char **sets, int *n_sets) {
-    if (*n_sets == CLI_MAX_SETS) return cli_usage_error(cmd, "too many --set options (at most %d)", CLI_MAX_SETS);
-    sets[(*n_sets)++] = optarg;
+int cli_config_opt(const char *cmd, CliConfigArgs *a, int o, const char *v) {
+    if (o == 'c') a->path = v;
+    else if (o != 'S') return CLI_NOT_MINE;
+    else if (a->n_sets == CLI_MAX_SETS) return cli_usage_error(cmd, "too many --set options (at most %d)", CLI_MAX_SETS);
+    else a->sets[a->n_sets++] = v;
     return 0;
 }
 
-int cli_config(Config *c, const char *path, char **sets, int n_sets) {
+int cli_config(Config *c, const char *path, const char *const *sets, int n_sets) {
     config_defaults(c);
     int rc = path ? config_load(c, path) : 0;
     for (int i = 0; !rc && i < n_sets; i++) rc = config_set(c, sets[i]);
@@ -170,4 +196,137 @@ void cli_classes_free(CliClasses *cl) {
 
 int cli_guided(const Config *c, const CliClasses *cl) {
     return c->model.class_cond && cl->want && guidance_needs_both(c->sample.guidance, c->sample.guidance_rescale);
+}
+
+/* ---- the sampling commands ---- */
+
+const char *CLI_VERBOSE_HELP = "  --verbose           also print the network evaluations the reverse loop ran, counted\n";
+
+void cli_sample_args_init(CliSampleArgs *a, const char *out, int n, int n_max, int seed) {
+    memset(a, 0, sizeof *a);
+    a->out = out, a->n = n, a->n_max = n_max, a->seed = seed;
+    a->steps = a->batch = -1, a->eta = -1;
+    cli_cond_init(&a->cond);
+}
+
+int cli_sample_opt(const char *cmd, CliSampleArgs *a, int o, const char *v) {
+    switch (o) {
+    case 'k': a->ckpt = v; return 0;
+    case 'r': a->run = v; return 0;
+    case 'E': a->no_ema = 1; return 0;
+    case 'o': a->out = v; return 0;
+    case 's': a->sampler = v; return 0;
+    case 'p': a->spacing = v; return 0;
+    case 'v': a->var = v; return 0;
+    case 'C': a->no_clip = 1; return 0;
+    case 'q': a->quiet = 1; return 0;
+    case 'V': a->verbose = 1; return 0;
+    case 'L': a->no_labels = 1; return 0;
+    case 'n': return cli_int(cmd, "-n", v, 1, a->n_max, &a->n);
+    case 'K': return cli_int(cmd, "--steps", v, 1, 100000, &a->steps);
+    case 'e': return cli_float(cmd, "--eta", v, 0, 1, &a->eta);
+    case 'S': return cli_int(cmd, "--seed", v, 0, 2147483647, &a->seed);
+    case 'b': return cli_int(cmd, "--batch", v, 1, 4096, &a->batch);
+    case 'T': return cli_int(cmd, "--trajectory", v, 2, 1000, &a->traj);
+    case 'j': return cli_int(cmd, "--threads", v, 1, 1024, &a->threads);
+    case CLI_OPT_CLASS: case CLI_OPT_GUIDANCE: case CLI_OPT_GRESCALE: return cli_cond_opt(cmd, &a->cond, o, v);
+    default: return CLI_NOT_MINE;
+    }
+}
+
+/* Most recently modified runs/<x>/latest.safetensors. */
+static int find_latest_run(char *out, size_t n) {
+    DIR *d = opendir("runs");
+    if (!d) return 0;
+    struct dirent *e;
+    time_t best = 0;
+    int found = 0;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char p[1024];
+        struct stat st;
+        snprintf(p, sizeof p, "runs/%s/latest.safetensors", e->d_name);
+        if (stat(p, &st) == 0 && S_ISREG(st.st_mode) && (!found || st.st_mtime > best)) {
+            best = st.st_mtime, found = 1;
+            snprintf(out, n, "%s", p);
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+enum { STAGE_CLASSES = 1, STAGE_SCHEDULE, STAGE_UNET };
+
+int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_inputs) {
+    memset(m, 0, sizeof *m);
+    if (a->ckpt) snprintf(m->path, sizeof m->path, "%s", a->ckpt);
+    else if (a->run) snprintf(m->path, sizeof m->path, "%s/latest.safetensors", a->run);
+    else if (n_inputs > 0) return cli_usage_error(cmd, "no model given: pass --ckpt FILE or --run DIR");
+    else if (!find_latest_run(m->path, sizeof m->path)) {
+        err_set(DDPM_EUSAGE, "no model given and no runs/*/latest.safetensors here; train one (make demo) or pass --ckpt FILE");
+        return cli_fail(DDPM_EUSAGE);
+    }
+    threads_set(a->threads);
+    StFile f;
+    Config *c = &m->c;
+    int rc = ckpt_open(&f, m->path, c);
+    if (rc) return cli_fail(rc);
+    /* the classes asked for: with --class, a->n images of each (synthesis) or one class for
+     * all inputs or one per input */
+    if ((rc = cli_classes(m->path, &f, c, &a->cond, n_inputs == 0, &m->cl))) goto fail;
+    m->stage = STAGE_CLASSES;
+    int n_want = m->cl.want ? m->cl.n_want : 1;
+    if (n_inputs > 0 && m->cl.want && n_want != 1 && n_want != n_inputs) {
+        rc = cli_usage_error(cmd, "--class '%s' names %d classes for %d input%s: give one class for all, or one per input", a->cond.arg,
+                             n_want, n_inputs, n_inputs == 1 ? "" : "s");
+        goto fail;
+    }
+    if ((rc = cli_sample_opts(cmd, &m->so, c, a->sampler, a->steps, a->eta, a->spacing, a->var, a->seed, a->batch, a->no_clip)))
+        goto fail;
+    if (n_inputs == 0 && (long)a->n * n_want > 100000) {
+        rc = cli_usage_error(cmd, "-n %d x %d classes is more than 100000 images", a->n, n_want);
+        goto fail;
+    }
+    m->total = a->n * (n_inputs > 0 ? n_inputs : n_want);
+    if (m->cl.want) { /* image g: result g % n of input (or class row) g / n */
+        m->cls = xmalloc(sizeof(int) * m->total);
+        for (int g = 0; g < m->total; g++) m->cls[g] = m->cl.want[n_want == 1 ? 0 : g / a->n];
+    }
+    if ((rc = schedule_init(&m->s, (ScheduleKind)schedule_kind(c->diffusion.schedule), c->diffusion.T, c->diffusion.beta_start,
+                            c->diffusion.beta_end, c->diffusion.cosine_s))) {
+        rc = cli_fail(rc);
+        goto fail;
+    }
+    m->stage = STAGE_SCHEDULE;
+    const char *prefix;
+    m->weights = ckpt_pick_weights(&f, a->no_ema, &prefix);
+    if (m->weights == CKPT_NO_EMA) fprintf(stderr, "ddpm: %s holds no EMA weights; using its raw weights\n", m->path);
+    m->B = c->sample.batch < m->total ? c->sample.batch : m->total;
+    if ((rc = unet_init(&m->u, c, cli_guided(c, &m->cl) ? 2 * m->B : m->B, 0))) {
+        rc = cli_fail(rc);
+        goto fail;
+    }
+    m->stage = STAGE_UNET;
+    if ((rc = ckpt_load_params(&f, prefix, &m->u, m->u.params))) rc = cli_fail(rc);
+fail:
+    st_free(&f);
+    return rc;
+}
+
+void cli_model_close(CliModel *m) {
+    if (m->stage >= STAGE_UNET) unet_free(&m->u);
+    if (m->stage >= STAGE_SCHEDULE) schedule_free(&m->s);
+    cli_classes_free(&m->cl);
+    free(m->cls);
+    memset(m, 0, sizeof *m);
+}
+
+int cli_out_dir(const char *dir) {
+    int rc = mkdir_p(dir);
+    if (rc) return cli_fail(rc);
+    char probe[1100];
+    snprintf(probe, sizeof probe, "%s/.ddpm_write_test", dir);
+    if ((rc = atomic_write(probe, "", 0))) return cli_fail(rc);
+    unlink(probe);
+    return 0;
 }

@@ -25,28 +25,33 @@ static void usage(FILE *f) {
             "  -h, --help          this help\n");
 }
 
+typedef struct {
+    const char *ckpt, *run, *out;
+    int no_ema, force;
+} Args;
+
+static int on_opt(void *ctx, int o, const char *v) {
+    Args *a = ctx;
+    switch (o) {
+    case 'k': a->ckpt = v; return 0;
+    case 'r': a->run = v; return 0;
+    case 'o': a->out = v; return 0;
+    case 'E': a->no_ema = 1; return 0;
+    case 'f': a->force = 1; return 0;
+    default: return CLI_NOT_MINE;
+    }
+}
+
 int cmd_export(int argc, char **argv) {
     static const struct option opts[] = {{"ckpt", required_argument, 0, 'k'}, {"run", required_argument, 0, 'r'},
                                          {"out", required_argument, 0, 'o'},  {"no-ema", no_argument, 0, 'E'},
                                          {"force", no_argument, 0, 'f'},      {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *ckpt = NULL, *run = NULL, *out = NULL;
-    int no_ema = 0, force = 0, o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'k': ckpt = optarg; break;
-        case 'r': run = optarg; break;
-        case 'o': out = optarg; break;
-        case 'E': no_ema = 1; break;
-        case 'f': force = 1; break;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("export", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("export", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc) return cli_usage_error("export", "unexpected argument '%s'", argv[optind]);
+    Args a = {0};
+    int rest, rc = cli_parse("export", argc, argv, ":o:h", opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (rest < argc) return cli_usage_error("export", "unexpected argument '%s'", argv[rest]);
+    const char *ckpt = a.ckpt, *run = a.run, *out = a.out;
     if (ckpt && run) return cli_usage_error("export", "give --ckpt or --run, not both");
     if (!ckpt && !run) return cli_usage_error("export", "give the model: --ckpt FILE or --run RUN_DIR");
     if (!out) return cli_usage_error("export", "give the folder to write: -o DIR");
@@ -54,7 +59,7 @@ int cmd_export(int argc, char **argv) {
     if (ckpt) snprintf(path, sizeof path, "%s", ckpt);
     else snprintf(path, sizeof path, "%s/latest.safetensors", run);
     char summary[3000];
-    int rc = dfs_export(path, out, no_ema, force, summary, sizeof summary);
+    rc = dfs_export(path, out, a.no_ema, a.force, summary, sizeof summary);
     if (rc) return cli_fail(rc);
     printf("%s\n", summary);
     return 0;

@@ -30,25 +30,28 @@ static void usage(FILE *f) {
             "  -h, --help          this help\n");
 }
 
+typedef struct {
+    const char *out;
+    int force;
+} Args;
+
+static int on_opt(void *ctx, int o, const char *v) {
+    Args *a = ctx;
+    if (o == 'o') a->out = v;
+    else if (o == 'f') a->force = 1;
+    else return CLI_NOT_MINE;
+    return 0;
+}
+
 int cmd_import(int argc, char **argv) {
     static const struct option opts[] = {
         {"out", required_argument, 0, 'o'}, {"force", no_argument, 0, 'f'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *out = NULL, *dir = NULL;
-    int force = 0, o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'o': out = optarg; break;
-        case 'f': force = 1; break;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("import", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("import", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind >= argc) return cli_usage_error("import", "give the diffusers model folder");
-    dir = argv[optind++];
-    if (optind < argc) return cli_usage_error("import", "unexpected argument '%s'", argv[optind]);
+    Args a = {0};
+    int rest, rc = cli_parse("import", argc, argv, ":o:h", opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (rest >= argc) return cli_usage_error("import", "give the diffusers model folder");
+    const char *out = a.out, *dir = argv[rest++];
+    if (rest < argc) return cli_usage_error("import", "unexpected argument '%s'", argv[rest]);
     char def[1100];
     if (!out) {
         char tmp[1024];
@@ -59,7 +62,7 @@ int cmd_import(int argc, char **argv) {
         out = def;
     }
     char summary[3000];
-    int rc = dfs_import(dir, out, force, summary, sizeof summary);
+    rc = dfs_import(dir, out, a.force, summary, sizeof summary);
     if (rc) return cli_fail(rc);
     printf("%s\nsample with: ddpm sample --ckpt %s\n", summary, out);
     return 0;

@@ -23,36 +23,39 @@ static void usage(FILE *f) {
             "  -h, --help          this help\n");
 }
 
+typedef struct {
+    CliConfigArgs cfg;
+    int batch, no_data;
+} Args;
+
+static int on_opt(void *ctx, int o, const char *v) {
+    Args *a = ctx;
+    switch (o) {
+    case 'b': return cli_int("info", "--batch", v, 1, 1 << 16, &a->batch);
+    case 'n': a->no_data = 1; return 0;
+    case 'k': config_print_keys(stdout); return CLI_HELP;
+    default: return cli_config_opt("info", &a->cfg, o, v);
+    }
+}
+
 int cmd_info(int argc, char **argv) {
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
+    static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"batch", required_argument, 0, 'b'},  {"no-data", no_argument, 0, 'n'},
                                          {"keys", no_argument, 0, 'k'},         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *cfg_path = NULL;
-    char *sets[CLI_MAX_SETS];
-    int n_sets = 0, batch = 0, no_data = 0, rc, o;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c': cfg_path = optarg; break;
-        case 'S': if ((rc = cli_add_set("info", sets, &n_sets))) return rc; break;
-        case 'b': if ((rc = cli_int("info", "--batch", optarg, 1, 1 << 16, &batch))) return rc; break;
-        case 'n': no_data = 1; break;
-        case 'k': config_print_keys(stdout); return 0;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("info", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("info", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc) return cli_usage_error("info", "unexpected argument '%s'", argv[optind]);
+    Args a = {0};
+    int rest, rc = cli_parse("info", argc, argv, ":c:h", opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (rest < argc) return cli_usage_error("info", "unexpected argument '%s'", argv[rest]);
+    const char *cfg_path = a.cfg.path;
+    int batch = a.batch;
     Config c;
-    if ((rc = cli_config(&c, cfg_path, sets, n_sets))) return cli_fail(rc);
+    if ((rc = cli_config(&c, cfg_path, a.cfg.sets, a.cfg.n_sets))) return cli_fail(rc);
     char *json = config_to_json(&c);
     printf("config%s%s\n%s\n\n", cfg_path ? " " : " (defaults)", cfg_path ? cfg_path : "", json);
     free(json);
 
-    if (!no_data) {
+    if (!a.no_data) {
         Dataset ds;
         if ((rc = dataset_load(&ds, &c))) return cli_fail(rc);
         double mean[3], sd[3];

@@ -33,38 +33,43 @@ static void usage(FILE *f) {
     task_help(f);
 }
 
-static const char *mask_arg;
-static int box[4], has_box, jump = 10, resample = 10;
+/* inpaint's own options. */
+typedef struct {
+    const char *mask;  /* --mask: a file or a built-in region */
+    int box[4], has_box; /* --mask-box X,Y,W,H */
+    int jump, resample;
+} Inpaint;
 
-static int on_opt(TaskArgs *a, int o, const char *v) {
-    int rc;
-    if (o == 'M') mask_arg = v;
+static int on_opt(void *ctx, int o, const char *v) {
+    Inpaint *p = ctx;
+    int *box = p->box;
+    if (o == 'M') p->mask = v;
     else if (o == 'B') {
         char tail;
         if (sscanf(v, "%d,%d,%d,%d%c", &box[0], &box[1], &box[2], &box[3], &tail) != 4 || box[2] < 1 || box[3] < 1 || box[0] < 0 ||
             box[1] < 0)
-            return cli_usage_error(a->cmd, "--mask-box '%s': expected X,Y,W,H with X,Y >= 0 and W,H >= 1", v);
-        has_box = 1;
-    } else if (o == 'J') {
-        if ((rc = cli_int(a->cmd, "--jump", v, 1, 100000, &jump))) return rc;
-    } else if (o == 'R') {
-        if ((rc = cli_int(a->cmd, "--resample", v, 1, 1000, &resample))) return rc;
-    }
+            return cli_usage_error("inpaint", "--mask-box '%s': expected X,Y,W,H with X,Y >= 0 and W,H >= 1", v);
+        p->has_box = 1;
+    } else if (o == 'J') return cli_int("inpaint", "--jump", v, 1, 100000, &p->jump);
+    else if (o == 'R') return cli_int("inpaint", "--resample", v, 1, 1000, &p->resample);
+    else return CLI_NOT_MINE;
     return 0;
 }
 
 /* The mask as D floats (1 = regenerate). */
-static int make_mask(TaskArgs *a, TaskModel *m, float *mask) {
+static int make_mask(const Inpaint *p, TaskModel *m, float *mask) {
+    const char *mask_arg = p->mask;
+    const int *box = p->box;
     int res = m->res, C = m->C;
     float *g = xcalloc((size_t)res * res, sizeof(float));
     static const char *builtin[] = {"top", "bottom", "left", "right", "center"};
     int b = -1;
     for (int i = 0; i < 5 && mask_arg; i++)
         if (!strcmp(mask_arg, builtin[i])) b = i;
-    if (has_box) {
+    if (p->has_box) {
         if (box[0] >= res || box[1] >= res) {
             free(g);
-            return cli_usage_error(a->cmd, "--mask-box %d,%d,%d,%d: starts outside the %dx%d image", box[0], box[1], box[2], box[3], res, res);
+            return cli_usage_error("inpaint", "--mask-box %d,%d,%d,%d: starts outside the %dx%d image", box[0], box[1], box[2], box[3], res, res);
         }
         for (int y = box[1]; y < box[1] + box[3] && y < res; y++)
             for (int x = box[0]; x < box[0] + box[2] && x < res; x++) g[y * res + x] = 1;
@@ -79,7 +84,7 @@ static int make_mask(TaskArgs *a, TaskModel *m, float *mask) {
         Image im;
         if (image_load(&im, mask_arg, 1)) {
             free(g);
-            err_set(DDPM_EUSAGE, "%s: --mask: %s", a->cmd, err_msg());
+            err_set(DDPM_EUSAGE, "inpaint: --mask: %s", err_msg());
             return cli_fail(DDPM_EUSAGE);
         }
         uint8_t *px = xmalloc((size_t)res * res);
@@ -97,30 +102,33 @@ static int make_mask(TaskArgs *a, TaskModel *m, float *mask) {
 }
 
 int cmd_inpaint(int argc, char **argv) {
-    static const struct option extra[] = {{"mask", required_argument, 0, 'M'},
-                                          {"mask-box", required_argument, 0, 'B'},
-                                          {"jump", required_argument, 0, 'J'},
-                                          {"resample", required_argument, 0, 'R'}};
+    static const struct option opts[] = {TASK_OPTIONS,
+                                         {"mask", required_argument, 0, 'M'},
+                                         {"mask-box", required_argument, 0, 'B'},
+                                         {"jump", required_argument, 0, 'J'},
+                                         {"resample", required_argument, 0, 'R'},
+                                         {0, 0, 0, 0}};
     TaskArgs a;
-    mask_arg = NULL, has_box = 0, jump = 10, resample = 10;
-    int rc = task_parse(&a, "inpaint", argc, argv, extra, 4, on_opt, usage);
-    if (rc) return rc < 0 ? 0 : rc;
-    if (!mask_arg && !has_box) return cli_usage_error("inpaint", "no mask: give --mask FILE, --mask top|bottom|left|right|center or --mask-box X,Y,W,H");
-    if (mask_arg && has_box) return cli_usage_error("inpaint", "give --mask or --mask-box, not both");
-    int K = a.steps > 0 ? a.steps : 250;
-    if (!a.sampler) a.sampler = "ddpm";
-    a.steps = -1; /* K is RePaint's, not the sampler's */
+    Inpaint p = {.jump = 10, .resample = 10};
+    int rc = task_parse(&a, "inpaint", argc, argv, opts, on_opt, &p, usage);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    int jump = p.jump, resample = p.resample;
+    if (!p.mask && !p.has_box) return cli_usage_error("inpaint", "no mask: give --mask FILE, --mask top|bottom|left|right|center or --mask-box X,Y,W,H");
+    if (p.mask && p.has_box) return cli_usage_error("inpaint", "give --mask or --mask-box, not both");
+    int K = a.opt.steps > 0 ? a.opt.steps : 250;
+    if (!a.opt.sampler) a.opt.sampler = "ddpm";
+    a.opt.steps = -1; /* K is RePaint's, not the sampler's */
     TaskModel m;
     if ((rc = task_open(&a, &m))) goto done;
-    if (K > m.s.T) {
-        rc = cli_usage_error("inpaint", "--steps %d is larger than the model's T = %d", K, m.s.T);
+    if (K > m.cm.s.T) {
+        rc = cli_usage_error("inpaint", "--steps %d is larger than the model's T = %d", K, m.cm.s.T);
         goto done;
     }
     size_t D = m.D;
-    int nf = m.n_files, n = nf * a.n, noted = 0;
+    int nf = m.n_files, n = nf * a.opt.n, noted = 0;
     float *mask = xmalloc(sizeof(float) * D), *ref = xmalloc(sizeof(float) * nf * D), *lead = xmalloc(sizeof(float) * 2 * nf * D);
-    float *out = xmalloc(sizeof(float) * n * D), *traj = a.traj ? xmalloc(sizeof(float) * n * a.traj * D) : NULL;
-    if ((rc = make_mask(&a, &m, mask))) goto free_all;
+    float *out = xmalloc(sizeof(float) * n * D), *traj = a.opt.traj ? xmalloc(sizeof(float) * n * a.opt.traj * D) : NULL;
+    if ((rc = make_mask(&p, &m, mask))) goto free_all;
     for (int i = 0; i < nf && !rc; i++) rc = task_load_image(&a, m.files[i], m.res, m.C, ref + i * D, &noted);
     if (rc) {
         rc = cli_fail(rc);
@@ -135,14 +143,14 @@ int cmd_inpaint(int argc, char **argv) {
         }
     if (regen == 0) {
         fprintf(stderr, "ddpm inpaint: the mask is all black (keep everything): nothing to regenerate, the inputs are returned\n");
-        for (int g = 0; g < n; g++) memcpy(out + g * D, ref + (g / a.n) * D, sizeof(float) * D);
+        for (int g = 0; g < n; g++) memcpy(out + g * D, ref + (g / a.opt.n) * D, sizeof(float) * D);
         for (int g = 0; g < n && traj; g++)
-            for (int q = 0; q < a.traj; q++) memcpy(traj + ((size_t)g * a.traj + q) * D, ref + (g / a.n) * D, sizeof(float) * D);
+            for (int q = 0; q < a.opt.traj; q++) memcpy(traj + ((size_t)g * a.opt.traj + q) * D, ref + (g / a.opt.n) * D, sizeof(float) * D);
     } else {
         int nl;
-        int *lv = repaint_levels(K, jump, resample, m.s.T, &nl);
+        int *lv = repaint_levels(K, jump, resample, m.cm.s.T, &nl);
         SampleTask task = sample_task_plain(lv, nl);
-        task.ref = ref, task.per_ref = a.n, task.constraint = CONSTRAINT_INPAINT, task.mask = mask;
+        task.ref = ref, task.per_ref = a.opt.n, task.constraint = CONSTRAINT_INPAINT, task.mask = mask;
         if (dist_rank() == 0)
             fprintf(stderr, "ddpm inpaint: RePaint %d steps, jump %d, resample %d: %d transitions, %d network evaluations per image\n", K,
                     jump, resample, nl - 1, levels_evals(lv, nl));

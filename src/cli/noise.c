@@ -40,7 +40,7 @@ static void usage(FILE *f) {
 }
 
 /* Plot alpha_bar_t of the three schedules, the chosen one drawn thicker and named so. */
-static int write_plot(const char *path, int T, int chosen, double b0, double b1, double cs) {
+static int write_plot(const char *path, int T, int chosen, double b0, double b1, double cs, int bare) {
     Schedule s[3];
     DrawSeries ds[3];
     char names[3][96], title[64];
@@ -58,7 +58,7 @@ static int write_plot(const char *path, int T, int chosen, double b0, double b1,
     snprintf(title, sizeof title, "noise schedules: \u1fb1_t for t = 0 .. %d", T - 1);
     DrawPlot p = draw_plot_defaults();
     p.title = title, p.xlabel = "t (diffusion step)", p.ylabel = "\u1fb1_t  (x_t = \u221a\u1fb1_t\u00b7x0 + \u221a(1 \u2212 \u1fb1_t)\u00b7\u03b5)";
-    p.ymin = 0, p.ymax = 1;
+    p.ymin = 0, p.ymax = 1, p.bare = bare;
     int rc = draw_plot_png(path, &p, ds, ns);
     for (int k = 0; k < ns; k++) schedule_free(&s[k]);
     free(x);
@@ -93,6 +93,29 @@ static int write_csv(const char *path, const Schedule *s) {
     return atomic_commit(&af);
 }
 
+typedef struct {
+    int T, K, size, seed, index, steps_set, sched_set, no_labels;
+    const char *cfg_path, *sched, *out, *csv, *plot;
+} Args;
+
+static int on_opt(void *ctx, int o, const char *v) {
+    Args *a = ctx;
+    switch (o) {
+    case 'T': a->steps_set = 1; return cli_int("noise", "--steps", v, 2, 100000, &a->T);
+    case 'K': return cli_int("noise", "--frames", v, 1, 1000, &a->K);
+    case 'N': return cli_int("noise", "--size", v, 1, 4096, &a->size);
+    case 's': return cli_int("noise", "--seed", v, 0, 2147483647, &a->seed);
+    case 'S': a->sched = v, a->sched_set = 1; return 0;
+    case 'o': a->out = v; return 0;
+    case 'c': a->csv = v; return 0;
+    case 'p': a->plot = v; return 0;
+    case 'C': a->cfg_path = v; return 0;
+    case 'I': return cli_int("noise", "--index", v, 0, 2147483647, &a->index);
+    case 'L': a->no_labels = 1; return 0;
+    default: return CLI_NOT_MINE;
+    }
+}
+
 int cmd_noise(int argc, char **argv) {
     static const struct option opts[] = {
         {"steps", required_argument, 0, 'T'}, {"schedule", required_argument, 0, 'S'},
@@ -102,35 +125,16 @@ int cmd_noise(int argc, char **argv) {
         {"config", required_argument, 0, 'C'}, {"index", required_argument, 0, 'I'},
         {"no-labels", no_argument, 0, 'L'},
         {"help", no_argument, 0, 'h'},        {0, 0, 0, 0}};
-    int T = 1000, K = 10, size = 0, seed = 0, index = 0, rc, o;
-    const char *cfg_path = NULL;
-    int steps_set = 0, sched_set = 0;
+    Args a = {.T = 1000, .K = 10, .sched = "linear"};
+    int rest, rc = cli_parse("noise", argc, argv, ":o:h", opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    int T = a.T, K = a.K, size = a.size, steps_set = a.steps_set, sched_set = a.sched_set;
+    const char *cfg_path = a.cfg_path, *sched = a.sched, *out = a.out, *csv = a.csv, *plot = a.plot;
     char sched_buf[16];
-    const char *sched = "linear", *out = NULL, *csv = NULL, *plot = NULL;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'T': if ((rc = cli_int("noise", "--steps", optarg, 2, 100000, &T))) return rc; steps_set = 1; break;
-        case 'K': if ((rc = cli_int("noise", "--frames", optarg, 1, 1000, &K))) return rc; break;
-        case 'N': if ((rc = cli_int("noise", "--size", optarg, 1, 4096, &size))) return rc; break;
-        case 's': if ((rc = cli_int("noise", "--seed", optarg, 0, 2147483647, &seed))) return rc; break;
-        case 'S': sched = optarg, sched_set = 1; break;
-        case 'o': out = optarg; break;
-        case 'c': csv = optarg; break;
-        case 'p': plot = optarg; break;
-        case 'C': cfg_path = optarg; break;
-        case 'I': if ((rc = cli_int("noise", "--index", optarg, 0, 2147483647, &index))) return rc; break;
-        case 'L': draw_set_labels(0); break;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("noise", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("noise", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind != argc - (cfg_path ? 0 : 1))
-        return cli_usage_error("noise", optind >= argc ? "missing the image to noise (or --config FILE)"
-                                                       : "expected one image, got %d", argc - optind);
-    const char *in = cfg_path ? "dataset" : argv[optind];
+    if (rest != argc - (cfg_path ? 0 : 1))
+        return cli_usage_error("noise", rest >= argc ? "missing the image to noise (or --config FILE)"
+                                                     : "expected one image, got %d", argc - rest);
+    const char *in = cfg_path ? "dataset" : argv[rest];
     /* the forward process: the config's (T, schedule, beta_start, beta_end, cosine_s), with
      * --steps / --schedule overriding T and the kind; without --config the defaults */
     double beta_start = 1e-4, beta_end = 0.02, cosine_s = 0.008;
@@ -150,7 +154,7 @@ int cmd_noise(int argc, char **argv) {
     Schedule s;
     if ((rc = schedule_init(&s, (ScheduleKind)kind, T, beta_start, beta_end, cosine_s))) return cli_fail(rc);
     Image img;
-    rc = cfg_path ? dataset_image(&img, cfg_path, index) : image_load(&img, in, 3);
+    rc = cfg_path ? dataset_image(&img, cfg_path, a.index) : image_load(&img, in, 3);
     if (rc) {
         schedule_free(&s);
         return cli_fail(rc);
@@ -167,7 +171,7 @@ int cmd_noise(int argc, char **argv) {
     size_t D = (size_t)w * h * C;
     float *x0 = xmalloc(D * sizeof(float)), *eps = xmalloc(D * sizeof(float)), *xt = xmalloc(D * sizeof(float));
     for (size_t i = 0; i < D; i++) x0[i] = image_to_float(src[i]);
-    rng_normal(eps, D, (uint64_t)seed, RNG_STREAM(RNG_NOISECMD, 0), 0);
+    rng_normal(eps, D, (uint64_t)a.seed, RNG_STREAM(RNG_NOISECMD, 0), 0);
     float *frames = xmalloc(sizeof(float) * D * K);
     char (*tlab)[24] = xmalloc(sizeof(*tlab) * K);
     const char **cells = xmalloc(sizeof(char *) * K);
@@ -189,7 +193,7 @@ int cmd_noise(int argc, char **argv) {
     }
     char defpath[4096];
     if (!out) {
-        char *copy = strdup(in), *base = basename(copy), *dot = strrchr(base, '.');
+        char *copy = xstrdup(in), *base = basename(copy), *dot = strrchr(base, '.');
         if (dot && dot != base) *dot = 0;
         snprintf(defpath, sizeof defpath, "%s_noise.png", base);
         free(copy);
@@ -198,9 +202,9 @@ int cmd_noise(int argc, char **argv) {
     char title[96];
     snprintf(title, sizeof title, "x_t = \u221a\u1fb1_t x0 + \u221a(1 \u2212 \u1fb1_t) \u03b5, %s schedule, T = %d", sched, T);
     DrawCaptions cap = {.title = K >= 4 ? title : NULL, .cell = cells};
-    rc = draw_grid_png(out, frames, K, h, w, C, K, 0, &cap);
+    rc = draw_grid_png(out, frames, K, h, w, C, K, 0, a.no_labels ? NULL : &cap);
     if (!rc && csv) rc = write_csv(csv, &s);
-    if (!rc && plot) rc = write_plot(plot, T, kind, beta_start, beta_end, cosine_s);
+    if (!rc && plot) rc = write_plot(plot, T, kind, beta_start, beta_end, cosine_s, a.no_labels);
     if (!rc) {
         printf("%s\n", out);
         fprintf(stderr, "%d frames of %dx%d, t = 0..%d (%s schedule); last frame (t = %d): mean %.3f, std %.3f before clipping\n",

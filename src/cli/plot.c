@@ -117,7 +117,7 @@ static int csv_read(Csv *t, const char *path) {
             t->name = xcalloc(n, sizeof(char *));
             for (int j = 0; j < n; j++) {
                 char *s = trim(f[j]);
-                t->name[j] = strdup(*s ? s : "?");
+                t->name[j] = xstrdup(*s ? s : "?");
             }
             continue;
         }
@@ -139,7 +139,7 @@ static int csv_read(Csv *t, const char *path) {
             t->v[at] = NAN, t->txt[at] = NULL;
             if (*s && strcmp(s, "-") && strcasecmp(s, "nan")) {
                 double v = strtod(s, &end);
-                if (*end || end == s) t->txt[at] = strdup(s); /* fine unless the column is plotted */
+                if (*end || end == s) t->txt[at] = xstrdup(s); /* fine unless the column is plotted */
                 else t->v[at] = v;
             }
         }
@@ -187,6 +187,42 @@ static void col_list(const Csv *t, char *buf, size_t n) {
     }
 }
 
+typedef struct {
+    const char *out, *xname, *ynames, *byname;
+    DrawPlot p;
+    int markers; /* -1: for series of at most 50 points */
+} Args;
+
+static int on_opt(void *ctx, int o, const char *v) {
+    Args *a = ctx;
+    DrawPlot *p = &a->p;
+    float fv;
+    int rc;
+    switch (o) {
+    case 'o': a->out = v; return 0;
+    case 'x': a->xname = v; return 0;
+    case 'y': a->ynames = v; return 0;
+    case 'g': a->byname = v; return 0;
+    case 'X': p->logx = 1; return 0;
+    case 'Y': p->logy = 1; return 0;
+    case 't': p->title = v; return 0;
+    case 'a': p->xlabel = v; return 0;
+    case 'b': p->ylabel = v; return 0;
+    case 'm': if ((rc = cli_float("plot", "--ymin", v, -1e30, 1e30, &fv))) return rc; p->ymin = fv; return 0;
+    case 'M': if ((rc = cli_float("plot", "--ymax", v, -1e30, 1e30, &fv))) return rc; p->ymax = fv; return 0;
+    case 's': {
+        char tail;
+        if (sscanf(v, "%dx%d%c", &p->w, &p->h, &tail) != 2 || p->w < 100 || p->h < 80 || p->w > 8000 || p->h > 8000)
+            return cli_usage_error("plot", "--size '%s': use WxH, e.g. 800x500 (100x80 .. 8000x8000)", v);
+        return 0;
+    }
+    case 'k': a->markers = 1; return 0;
+    case 'K': a->markers = 0; return 0;
+    case 'L': p->bare = 1; return 0;
+    default: return CLI_NOT_MINE;
+    }
+}
+
 int cmd_plot(int argc, char **argv) {
     static const struct option opts[] = {
         {"out", required_argument, 0, 'o'},    {"x", required_argument, 0, 'x'},      {"y", required_argument, 0, 'y'},
@@ -195,45 +231,18 @@ int cmd_plot(int argc, char **argv) {
         {"ymax", required_argument, 0, 'M'},   {"size", required_argument, 0, 's'},   {"markers", no_argument, 0, 'k'},
         {"no-markers", no_argument, 0, 'K'},   {"no-labels", no_argument, 0, 'L'},    {"help", no_argument, 0, 'h'},
         {"by", required_argument, 0, 'g'},     {0, 0, 0, 0}};
-    const char *out = NULL, *xname = NULL, *ynames = NULL, *byname = NULL;
-    DrawPlot p = draw_plot_defaults();
-    int markers = -1, rc, o;
-    float fv;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":o:h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'o': out = optarg; break;
-        case 'x': xname = optarg; break;
-        case 'y': ynames = optarg; break;
-        case 'g': byname = optarg; break;
-        case 'X': p.logx = 1; break;
-        case 'Y': p.logy = 1; break;
-        case 't': p.title = optarg; break;
-        case 'a': p.xlabel = optarg; break;
-        case 'b': p.ylabel = optarg; break;
-        case 'm': if ((rc = cli_float("plot", "--ymin", optarg, -1e30, 1e30, &fv))) return rc; p.ymin = fv; break;
-        case 'M': if ((rc = cli_float("plot", "--ymax", optarg, -1e30, 1e30, &fv))) return rc; p.ymax = fv; break;
-        case 's': {
-            char tail;
-            if (sscanf(optarg, "%dx%d%c", &p.w, &p.h, &tail) != 2 || p.w < 100 || p.h < 80 || p.w > 8000 || p.h > 8000)
-                return cli_usage_error("plot", "--size '%s': use WxH, e.g. 800x500 (100x80 .. 8000x8000)", optarg);
-            break;
-        }
-        case 'k': markers = 1; break;
-        case 'K': markers = 0; break;
-        case 'L': draw_set_labels(0); break;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("plot", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("plot", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind != argc - 1)
-        return cli_usage_error("plot", optind >= argc ? "missing the CSV to plot" : "expected one CSV, got %d", argc - optind);
+    Args a = {.p = draw_plot_defaults(), .markers = -1};
+    int rest, rc = cli_parse("plot", argc, argv, ":o:h", opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    const char *out = a.out, *xname = a.xname, *ynames = a.ynames, *byname = a.byname;
+    DrawPlot p = a.p;
+    int markers = a.markers;
+    if (rest != argc - 1)
+        return cli_usage_error("plot", rest >= argc ? "missing the CSV to plot" : "expected one CSV, got %d", argc - rest);
     if (p.logy && ((!isnan(p.ymin) && p.ymin <= 0) || (!isnan(p.ymax) && p.ymax <= 0)))
         return cli_usage_error("plot", "--logy needs a positive --ymin/--ymax");
     if (!isnan(p.ymin) && !isnan(p.ymax) && !(p.ymax > p.ymin)) return cli_usage_error("plot", "--ymax must be above --ymin");
-    const char *csv = argv[optind];
+    const char *csv = argv[rest];
     char defout[4096];
     if (!out) {
         const char *dot = strrchr(csv, '.'), *slash = strrchr(csv, '/');
@@ -256,7 +265,7 @@ int cmd_plot(int argc, char **argv) {
         rc = cli_usage_error("plot", "--by '%s': %s has no such column (it has: %s)", byname, csv, names);
     }
     if (!rc && ynames) {
-        char *copy = strdup(ynames);
+        char *copy = xstrdup(ynames);
         for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
             int j = col_index(&t, trim(tok));
             if (j < 0) {
@@ -294,7 +303,7 @@ int cmd_plot(int argc, char **argv) {
         group_key(&t, i, bi, key, sizeof key);
         int g = 0;
         while (g < ng && strcmp(keys[g], key)) g++;
-        if (g == ng) keys[ng++] = strdup(key);
+        if (g == ng) keys[ng++] = xstrdup(key);
         grp[i] = g;
     }
     int nser = bi >= 0 ? ng : ny;

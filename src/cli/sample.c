@@ -1,9 +1,6 @@
 /* ddpm sample: images from a checkpoint, DDPM, DDIM or DPM-Solver++(2M), per-image seeds. */
-#include <dirent.h>
 #include <getopt.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ddpm/cli.h"
@@ -54,29 +51,9 @@ static void usage(FILE *f) {
             "  --threads N         threads (default: all cores)\n"
             "  --no-labels         bare grid.png and trajectory strips (no captions, no scaling)\n"
             "  -q, --quiet         no progress bar\n"
+            "%s"
             "  -h, --help          this help\n",
-            CLI_GUIDANCE_HELP);
-}
-
-/* Most recently modified runs/<x>/latest.safetensors. */
-static int find_latest_run(char *out, size_t n) {
-    DIR *d = opendir("runs");
-    if (!d) return 0;
-    struct dirent *e;
-    time_t best = 0;
-    int found = 0;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char p[1024];
-        struct stat st;
-        snprintf(p, sizeof p, "runs/%s/latest.safetensors", e->d_name);
-        if (stat(p, &st) == 0 && S_ISREG(st.st_mode) && (!found || st.st_mtime > best)) {
-            best = st.st_mtime, found = 1;
-            snprintf(out, n, "%s", p);
-        }
-    }
-    closedir(d);
-    return found;
+            CLI_GUIDANCE_HELP, CLI_VERBOSE_HELP);
 }
 
 /* DIR/classes.csv: "NNNNNN.png,class_index" per image, atomically. */
@@ -91,198 +68,124 @@ static int write_classes_csv(const char *path, const int *cls, int n) {
 
 static void on_progress(void *ctx, long done, long total) { progress_bar(ctx, "sample", done, total, "img-steps", NULL); }
 
-int cmd_sample(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"ckpt", required_argument, 0, 'k'},    {"run", required_argument, 0, 'r'},     {"no-ema", no_argument, 0, 'E'},
-        {"out", required_argument, 0, 'o'},     {"sampler", required_argument, 0, 's'}, {"steps", required_argument, 0, 'K'},
-        {"eta", required_argument, 0, 'e'},     {"spacing", required_argument, 0, 'p'}, {"var", required_argument, 0, 'v'},
-        {"no-clip", no_argument, 0, 'C'},       {"seed", required_argument, 0, 'S'},    {"batch", required_argument, 0, 'b'},
-        {"trajectory", required_argument, 0, 'T'}, {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
-        CLI_COND_OPTIONS,
-        {"no-labels", no_argument, 0, 'L'},     {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    CliCond cc;
-    cli_cond_init(&cc);
-    const char *ckpt = NULL, *run = NULL, *out = "out", *sampler = NULL, *spacing = NULL, *var = NULL;
-    int n = 16, steps = -1, seed = -1, batch = -1, traj = 0, threads = 0, no_ema = 0, no_clip = 0, quiet = 0, rc, o;
-    float eta = -1;
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":n:o:qh", opts, NULL)) != -1) {
-        switch (o) {
-        case 'k': ckpt = optarg; break;
-        case 'r': run = optarg; break;
-        case 'E': no_ema = 1; break;
-        case 'o': out = optarg; break;
-        case 's': sampler = optarg; break;
-        case 'p': spacing = optarg; break;
-        case 'v': var = optarg; break;
-        case 'C': no_clip = 1; break;
-        case 'q': quiet = 1; break;
-        case 'L': draw_set_labels(0); break;
-        case 'n': if ((rc = cli_int("sample", "-n", optarg, 1, 100000, &n))) return rc; break;
-        case 'K': if ((rc = cli_int("sample", "--steps", optarg, 1, 100000, &steps))) return rc; break;
-        case 'e': if ((rc = cli_float("sample", "--eta", optarg, 0, 1, &eta))) return rc; break;
-        case 'S': if ((rc = cli_int("sample", "--seed", optarg, 0, 2147483647, &seed))) return rc; break;
-        case 'b': if ((rc = cli_int("sample", "--batch", optarg, 1, 4096, &batch))) return rc; break;
-        case 'T': if ((rc = cli_int("sample", "--trajectory", optarg, 2, 1000, &traj))) return rc; break;
-        case 'j': if ((rc = cli_int("sample", "--threads", optarg, 1, 1024, &threads))) return rc; break;
-        case CLI_OPT_CLASS: case CLI_OPT_GUIDANCE: case CLI_OPT_GRESCALE:
-            if ((rc = cli_cond_opt("sample", &cc, o, optarg))) return rc;
-            break;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("sample", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("sample", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc) return cli_usage_error("sample", "unexpected argument '%s'", argv[optind]);
-    if (ckpt && run) return cli_usage_error("sample", "give --ckpt or --run, not both");
-    if ((rc = cli_check_sampler("sample", sampler, spacing, var))) return rc;
-    char path[1100];
-    if (ckpt) snprintf(path, sizeof path, "%s", ckpt);
-    else if (run) snprintf(path, sizeof path, "%s/latest.safetensors", run);
-    else if (!find_latest_run(path, sizeof path)) {
-        err_set(DDPM_EUSAGE, "no model given and no runs/*/latest.safetensors here; train one (make demo) or pass --ckpt FILE");
-        return cli_fail(DDPM_EUSAGE);
-    }
-    threads_set(threads);
+static int on_opt(void *ctx, int o, const char *v) { return cli_sample_opt("sample", ctx, o, v); }
 
-    Config c;
-    StFile f;
-    if ((rc = ckpt_open(&f, path, &c))) return cli_fail(rc);
-    /* the classes asked for: -n images of each, one grid row per class */
-    CliClasses cl;
-    if ((rc = cli_classes(path, &f, &c, &cc, 1, &cl))) {
-        st_free(&f);
-        return rc;
+/* What the run made, for the captions and the summary line. */
+typedef struct {
+    char gd[96];   /* ", guidance S[ rescaled PHI]" for a class-conditional run, else "" */
+    int K;         /* network evaluations per image */
+    const char *weights; /* "EMA" or "raw" */
+} Run;
+
+static void describe(Run *r, const CliModel *m) {
+    const Config *c = &m->c;
+    r->gd[0] = 0;
+    if (m->cl.want) {
+        snprintf(r->gd, sizeof r->gd, ", guidance %g%s", c->sample.guidance, c->sample.guidance_rescale > 0 ? " rescaled" : "");
+        if (c->sample.guidance_rescale > 0) snprintf(r->gd + strlen(r->gd), sizeof r->gd - strlen(r->gd), " %g", c->sample.guidance_rescale);
     }
-    int *want = cl.want, n_want = cl.n_want, total = n;
-    char **class_names = cl.names;
-    SampleOpts so;
-    if ((rc = cli_sample_opts("sample", &so, &c, sampler, steps, eta, spacing, var, seed, batch, no_clip))) goto early;
-    if (want && (long)n * n_want > 100000) {
-        rc = cli_usage_error("sample", "-n %d x %d classes is more than 100000 images", n, n_want);
-        goto early;
-    }
-    if (want) total = n * n_want;
-    Schedule s;
-    UNet u;
-    int B = c.sample.batch < total ? c.sample.batch : total;
-    int *img_cls = NULL;
-    if (want) {
-        img_cls = xmalloc(sizeof(int) * total);
-        for (int i = 0; i < total; i++) img_cls[i] = want[i / n];
-        so.classes = img_cls;
-    }
-    if ((rc = schedule_init(&s, (ScheduleKind)schedule_kind(c.diffusion.schedule), c.diffusion.T, c.diffusion.beta_start,
-                            c.diffusion.beta_end, c.diffusion.cosine_s))) {
-        rc = cli_fail(rc);
-        free(img_cls);
-        goto early;
-    }
-    /* an imported model holds its EMA weights under the raw names (metadata "weights": "ema") */
-    const char *wmeta = st_meta(&f, "weights"), *prefix = "ema.";
-    if (!no_ema && !st_find(&f, "ema.conv_in.weight")) {
-        if (wmeta && !strcmp(wmeta, "ema")) {
-            prefix = "";
-        } else {
-            fprintf(stderr, "ddpm: %s holds no EMA weights; sampling with its raw weights\n", path);
-            no_ema = 1;
-        }
-    }
-    int guided = cli_guided(&c, &cl);
-    int built = 0;
-    if ((rc = unet_init(&u, &c, guided ? 2 * B : B, 0)) || (built = 1, rc = ckpt_load_params(&f, no_ema ? "" : prefix, &u, u.params))) {
-        if (built) unet_free(&u);
-        st_free(&f);
-        schedule_free(&s);
-        free(img_cls);
-        cli_classes_free(&cl);
-        return cli_fail(rc);
-    }
-    st_free(&f);
-    if ((rc = mkdir_p(out))) goto done;
-    {
-        /* probe that the folder is writable before spending minutes sampling */
-        char probe[1100];
-        snprintf(probe, sizeof probe, "%s/.ddpm_write_test", out);
-        if ((rc = atomic_write(probe, "", 0))) goto done;
-        unlink(probe);
-    }
-    /* ranks take contiguous shares of the images; rank r writes its own files */
-    int R = dist_size(), rank = dist_rank();
-    int per = (total + R - 1) / R, first = rank * per, cnt = first >= total ? 0 : (total - first < per ? total - first : per);
-    if (img_cls) so.classes = img_cls + first;
-    size_t D = (size_t)u.res * u.res * u.C_img;
-    float *imgs = xcalloc((size_t)total * D, sizeof(float));
-    float *tr = traj ? xmalloc(sizeof(float) * (size_t)(cnt ? cnt : 1) * traj * D) : NULL;
-    Progress pr;
-    progress_init(&pr, quiet || rank != 0, 0);
-    double t0 = now_s();
-    if (cnt) sample_images(&u, &s, &so, cnt, first, B, imgs + (size_t)first * D, traj, tr, on_progress, &pr);
-    progress_end(&pr);
-    char gd[96] = ""; /* class-conditional: the guidance, and the class when there is one */
-    if (want) snprintf(gd, sizeof gd, ", guidance %g%s", c.sample.guidance, c.sample.guidance_rescale > 0 ? " rescaled" : "");
-    if (want && c.sample.guidance_rescale > 0) snprintf(gd + strlen(gd), sizeof gd - strlen(gd), " %g", c.sample.guidance_rescale);
-    char title[256], **fcap = traj ? draw_trajectory_captions(traj, sample_n_steps(&so, &s)) : NULL;
-    snprintf(title, sizeof title, "%s, %d steps, seed %d, %s weights%s%s%s", c.sample.sampler, sample_n_steps(&so, &s),
-             c.sample.seed, no_ema ? "raw" : "EMA", gd, want && n_want == 1 ? ", class " : "",
-             want && n_want == 1 ? class_names[want[0]] : "");
+    r->K = sample_n_steps(&m->so, &m->s);
+    r->weights = m->weights == CKPT_RAW || m->weights == CKPT_NO_EMA ? "raw" : "EMA";
+}
+
+/* This rank's images first..first+cnt-1 as DIR/NNNNNN.png, and their trajectory strips. */
+static int write_images(const CliSampleArgs *a, const CliModel *m, const Run *r, const float *imgs, const float *tr, int first,
+                        int cnt) {
+    int res = m->u.res, C = m->u.C_img, rc = 0;
+    size_t D = (size_t)res * res * C;
+    char **fcap = a->traj ? draw_trajectory_captions(a->traj, r->K) : NULL;
     DrawCaptions tcap = {.cell = (const char *const *)fcap};
+    uint8_t *px = xmalloc(D);
     for (int i = 0; i < cnt && !rc; i++) {
         char p[1200];
-        uint8_t *px = xmalloc(D);
         for (size_t j = 0; j < D; j++) px[j] = image_to_u8(imgs[(size_t)(first + i) * D + j]);
-        snprintf(p, sizeof p, "%s/%06d.png", out, first + i);
-        rc = image_write_png(p, px, u.res, u.res, u.C_img);
-        if (!rc && traj) {
-            snprintf(p, sizeof p, "%s/%06d_traj.png", out, first + i);
-            rc = draw_grid_png(p, tr + (size_t)i * traj * D, traj, u.res, u.res, u.C_img, traj, 0, &tcap);
+        snprintf(p, sizeof p, "%s/%06d.png", a->out, first + i);
+        rc = image_write_png(p, px, res, res, C);
+        if (!rc && a->traj) {
+            snprintf(p, sizeof p, "%s/%06d_traj.png", a->out, first + i);
+            rc = draw_grid_png(p, tr + (size_t)i * a->traj * D, a->traj, res, res, C, a->traj, 0, a->no_labels ? NULL : &tcap);
         }
-        free(px);
     }
+    free(px);
+    free(fcap);
+    return rc;
+}
+
+/* Rank 0: DIR/classes.csv (or none: a stale one would mislabel these images), DIR/grid.png
+ * with one row per class asked for, and the summary lines. */
+static int write_grid(const CliSampleArgs *a, const CliModel *m, const Run *r, const float *imgs, double seconds) {
+    const CliClasses *cl = &m->cl;
+    int total = m->total, rc = 0, n_want = cl->want ? cl->n_want : 0;
+    char p[1200], title[256];
+    snprintf(p, sizeof p, "%s/classes.csv", a->out);
+    if (cl->want) rc = write_classes_csv(p, m->cls, total);
+    else unlink(p);
+    snprintf(title, sizeof title, "%s, %d steps, seed %d, %s weights%s%s%s", m->c.sample.sampler, r->K, m->c.sample.seed, r->weights, r->gd,
+             n_want == 1 ? ", class " : "", n_want == 1 ? cl->names[cl->want[0]] : "");
+    snprintf(p, sizeof p, "%s/grid.png", a->out);
+    const char **rows = NULL; /* one grid row per class asked for, named */
+    if (n_want > 1) {
+        rows = xmalloc(sizeof(char *) * n_want);
+        for (int k = 0; k < n_want; k++) rows[k] = cl->names[cl->want[k]];
+    }
+    DrawCaptions cap = {.title = title, .row = (const char *const *)rows};
+    if (!rc) rc = draw_grid_png(p, imgs, total, m->u.res, m->u.res, m->u.C_img, n_want > 1 ? a->n : 0, 2, a->no_labels ? NULL : &cap);
+    free(rows);
+    if (rc) return rc;
+    printf("%d images (%s, %d steps, %s weights, seed %d%s) in %.1f s: %s/000000.png .. %s/%06d.png, grid %s\n", total,
+           sampler_name(m->so.kind), r->K, r->weights, m->c.sample.seed, r->gd, seconds, a->out, a->out, total - 1, p);
+    if (cl->want) {
+        printf("%s %s/classes.csv; %s:", n_want > 1 ? "grid rows (top to bottom), classes in" : "class in", a->out, n_want > 1 ? "rows" : "class");
+        for (int k = 0; k < n_want; k++) printf("%s %s", k ? "," : "", cl->names[cl->want[k]]);
+        printf("\n");
+    } else if (m->c.model.class_cond) {
+        printf("no --class: unconditional samples (the \"no class\" embedding)\n");
+    }
+    return 0;
+}
+
+/* Sample the images (ranks take contiguous shares and write their own files), gather them
+ * on every rank, then rank 0 writes the grid. Returns the exit code. */
+static int run_sample(const CliSampleArgs *a, CliModel *m) {
+    Run r;
+    describe(&r, m);
+    int total = m->total, rank = dist_rank(), first, cnt, rc;
+    dist_share(total, &first, &cnt);
+    size_t D = (size_t)m->u.res * m->u.res * m->u.C_img;
+    float *imgs = xcalloc((size_t)total * D, sizeof(float));
+    float *tr = a->traj ? xmalloc(sizeof(float) * (size_t)(cnt ? cnt : 1) * a->traj * D) : NULL;
+    SampleOpts so = m->so;
+    so.classes = m->cls ? m->cls + first : NULL;
+    Progress pr;
+    progress_init(&pr, a->quiet || rank != 0, 0);
+    double t0 = now_s(), evals = 0;
+    if (cnt) evals = (double)sample_images(&m->u, &m->s, &so, cnt, first, m->B, imgs + (size_t)first * D, a->traj, tr, on_progress, &pr);
+    progress_end(&pr);
+    dist_allreduce_f64(&evals, 1);
+    if (a->verbose && rank == 0)
+        fprintf(stderr, "ddpm sample: network evaluations (counted): %.0f in all, %.0f per image\n", evals, evals / total);
+    rc = write_images(a, m, &r, imgs, tr, first, cnt);
     double rcd = rc;
     dist_allreduce_f64(&rcd, 1);
     if (!rc && rcd) rc = err_set(DDPM_ERUNTIME, "another MPI rank failed to write its images");
     dist_allreduce_f32(imgs, (size_t)total * D); /* every image is zero except on its rank */
-    if (!rc && rank == 0) {
-        char p[1200];
-        snprintf(p, sizeof p, "%s/classes.csv", out);
-        if (want) rc = write_classes_csv(p, img_cls, total);
-        else unlink(p); /* a stale one would mislabel these images */
-        snprintf(p, sizeof p, "%s/grid.png", out);
-        const char **rows = NULL; /* one grid row per class asked for, named */
-        if (want && n_want > 1) {
-            rows = xmalloc(sizeof(char *) * n_want);
-            for (int k = 0; k < n_want; k++) rows[k] = class_names[want[k]];
-        }
-        DrawCaptions cap = {.title = title, .row = (const char *const *)rows};
-        if (!rc) rc = draw_grid_png(p, imgs, total, u.res, u.res, u.C_img, n_want > 1 ? n : 0, 2, &cap);
-        free(rows);
-        if (!rc) {
-            printf("%d images (%s, %d steps, %s weights, seed %d%s) in %.1f s: %s/000000.png .. %s/%06d.png, grid %s\n", total,
-                   sampler_name(so.kind), sample_n_steps(&so, &s), no_ema ? "raw" : "EMA", c.sample.seed, gd, now_s() - t0, out, out,
-                   total - 1, p);
-            if (want) {
-                printf("%s %s/classes.csv; %s:", n_want > 1 ? "grid rows (top to bottom), classes in" : "class in", out,
-                       n_want > 1 ? "rows" : "class");
-                for (int k = 0; k < n_want; k++) printf("%s %s", k ? "," : "", class_names[want[k]]);
-                printf("\n");
-            } else if (c.model.class_cond) {
-                printf("no --class: unconditional samples (the \"no class\" embedding)\n");
-            }
-        }
-    }
+    if (!rc && rank == 0) rc = write_grid(a, m, &r, imgs, now_s() - t0);
     free(imgs);
     free(tr);
-    free(fcap);
-done:
-    free(img_cls);
-    cli_classes_free(&cl);
-    unet_free(&u);
-    schedule_free(&s);
     return cli_fail(rc);
-early:
-    st_free(&f);
-    cli_classes_free(&cl);
+}
+
+int cmd_sample(int argc, char **argv) {
+    static const struct option opts[] = {CLI_SAMPLE_OPTIONS, CLI_SAMPLE_ONLY_OPTIONS, {0, 0, 0, 0}};
+    CliSampleArgs a;
+    cli_sample_args_init(&a, "out", 16, 100000, -1);
+    int rest, rc = cli_parse("sample", argc, argv, CLI_SAMPLE_SHORTOPTS, opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (rest < argc) return cli_usage_error("sample", "unexpected argument '%s'", argv[rest]);
+    if (a.ckpt && a.run) return cli_usage_error("sample", "give --ckpt or --run, not both");
+    if ((rc = cli_check_sampler("sample", a.sampler, a.spacing, a.var))) return rc;
+    CliModel m;
+    if (!(rc = cli_model_open(&m, "sample", &a, 0)) && !(rc = cli_out_dir(a.out))) rc = run_sample(&a, &m);
+    cli_model_close(&m);
     return rc;
 }

@@ -9,25 +9,19 @@
 #include "ddpm/sampler.h"
 
 typedef struct {
-    const char *cmd, *ckpt, *run, *out, *sampler, *spacing;
-    int no_ema, n, steps, seed, batch, threads, traj, quiet;
-    float eta;
-    CliCond cond; /* --class, --guidance, --guidance-rescale */
-    char **inputs;
+    const char *cmd;
+    CliSampleArgs opt;    /* the options every sampling command takes */
+    char **inputs;        /* the image arguments, as given */
     int n_inputs;
+    char out_default[64]; /* "out/<cmd>" */
 } TaskArgs;
 
 typedef struct {
-    Config c;
-    Schedule s;
-    UNet u;
-    SampleOpts so;
-    int B, res, C, inited;
+    CliModel cm;   /* the model, cm.total = n_files x -n results */
+    int res, C;    /* the model's images: res x res x C = D floats */
     size_t D;
-    char **files; /* the input images, folders expanded */
+    char **files;  /* the input images, folders expanded */
     int n_files;
-    CliClasses cl; /* --class: one class for all inputs or one per input */
-    int *cls;      /* class of result image g (n_files * n), NULL without --class */
     int n_trans;   /* transitions of the last task_run (trajectory captions) */
     const char *traj_start; /* caption of a trajectory's first frame (NULL: "noise") */
 } TaskModel;
@@ -35,17 +29,19 @@ typedef struct {
 /* The options every task command shares, for its --help. */
 void task_help(FILE *f);
 
-/* Parse the common options plus `extra` (on_extra gets their codes). Returns 0, 2 on a usage
- * error (printed), -1 after --help (printed). */
-int task_parse(TaskArgs *a, const char *cmd, int argc, char **argv, const struct option *extra, int n_extra,
-               int (*on_extra)(TaskArgs *, int, const char *), void (*usage)(FILE *));
-/* Expand the inputs, load the checkpoint and the model, create the output folder. 0 or the
- * exit code (message printed). */
+/* Parse argv: opts lists TASK_OPTIONS and the command's own options, whose codes go to
+ * on_opt(ctx, code, value). Returns 0, CLI_HELP after --help (printed), or the exit code of a
+ * usage error (printed). */
+#define TASK_OPTIONS CLI_SAMPLE_OPTIONS
+int task_parse(TaskArgs *a, const char *cmd, int argc, char **argv, const struct option *opts, CliOptFn on_opt, void *ctx,
+               void (*usage)(FILE *));
+/* Expand the inputs, open the model (cli_model_open), create the output folder. 0 or the
+ * exit code (message printed); task_close in both cases. */
 int task_open(TaskArgs *a, TaskModel *m);
 void task_close(TaskModel *m);
 /* Load one input as floats in [-1,1] (size x size x C); says once (*noted) when resizing. */
 int task_load_image(TaskArgs *a, const char *path, int size, int C, float *out, int *noted);
-/* Run the loop for every input x a->n results (image g = input g / n, result g % n), split
+/* Run the loop for every input x -n results (image g = input g / n, result g % n), split
  * across MPI ranks and gathered on every rank. out: (n_files * n, D); traj optional. */
 void task_run(TaskArgs *a, TaskModel *m, const SampleTask *task, float *out, float *traj);
 /* Rank 0 writes per input <name>_strip.png: n_lead frames from lead captioned lead_cap, then

@@ -4,7 +4,6 @@
 
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
-#include "ddpm/draw.h"
 #include "ddpm/err.h"
 #include "ddpm/model_io.h"
 #include "ddpm/tensor.h"
@@ -32,33 +31,36 @@ static void usage(FILE *f) {
             "  -h, --help          this help\n");
 }
 
+typedef struct {
+    CliConfigArgs cfg;
+    int threads;
+    TrainOpts to;
+} Args;
+
+static int on_opt(void *ctx, int o, const char *v) {
+    Args *a = ctx;
+    switch (o) {
+    case 'r': a->to.resume = v; return 0;
+    case 'f': a->to.force = 1; return 0;
+    case 'j': return cli_int("train", "--threads", v, 1, 1024, &a->threads);
+    case 'q': a->to.quiet = 1; return 0;
+    case 'L': a->to.no_labels = 1; return 0;
+    default: return cli_config_opt("train", &a->cfg, o, v);
+    }
+}
+
 int cmd_train(int argc, char **argv) {
-    static const struct option opts[] = {{"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 'S'},
+    static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"resume", required_argument, 0, 'r'}, {"force", no_argument, 0, 'f'},
                                          {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
                                          {"no-labels", no_argument, 0, 'L'},
                                          {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    const char *cfg_path = NULL;
-    char *sets[CLI_MAX_SETS];
-    int n_sets = 0, threads = 0, rc, o;
-    TrainOpts to = {0};
-    optind = 1;
-    opterr = 0;
-    while ((o = getopt_long(argc, argv, ":c:qh", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c': cfg_path = optarg; break;
-        case 'S': if ((rc = cli_add_set("train", sets, &n_sets))) return rc; break;
-        case 'r': to.resume = optarg; break;
-        case 'f': to.force = 1; break;
-        case 'j': if ((rc = cli_int("train", "--threads", optarg, 1, 1024, &threads))) return rc; break;
-        case 'q': to.quiet = 1; break;
-        case 'L': draw_set_labels(0); break;
-        case 'h': usage(stdout); return 0;
-        case ':': return cli_usage_error("train", "option '%s' needs a value", argv[optind - 1]);
-        default: return cli_usage_error("train", "unknown option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind < argc) return cli_usage_error("train", "unexpected argument '%s'", argv[optind]);
+    Args a = {0};
+    int rest, rc = cli_parse("train", argc, argv, ":c:qh", opts, on_opt, &a, usage, &rest);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
+    if (rest < argc) return cli_usage_error("train", "unexpected argument '%s'", argv[rest]);
+    const char *cfg_path = a.cfg.path;
+    TrainOpts to = a.to;
     if (!cfg_path && !to.resume) return cli_usage_error("train", "give --config FILE or --resume RUN_DIR");
     if (cfg_path && to.resume) return cli_usage_error("train", "--resume takes the config from the checkpoint; drop --config");
     Config c;
@@ -69,13 +71,13 @@ int cmd_train(int argc, char **argv) {
         snprintf(p, sizeof p, "%s/latest.safetensors", to.resume);
         if ((rc = ckpt_open(&f, p, &c))) return cli_fail(rc);
         st_free(&f);
-        for (int i = 0; !rc && i < n_sets; i++) rc = config_set(&c, sets[i]);
+        for (int i = 0; !rc && i < a.cfg.n_sets; i++) rc = config_set(&c, a.cfg.sets[i]);
         if (!rc) rc = config_validate(&c);
     } else {
-        rc = cli_config(&c, cfg_path, sets, n_sets);
+        rc = cli_config(&c, cfg_path, a.cfg.sets, a.cfg.n_sets);
     }
     if (rc) return cli_fail(rc);
-    threads_set(threads);
+    threads_set(a.threads);
     rc = train_main(&c, &to);
     return cli_fail(rc);
 }

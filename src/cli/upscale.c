@@ -28,32 +28,37 @@ static void usage(FILE *f) {
     task_help(f);
 }
 
-static int factor = 4;
-static float stop = 0;
+/* upscale's own options. */
+typedef struct {
+    int factor;  /* --factor F */
+    float stop;  /* --stop S */
+} Upscale;
 
-static int on_opt(TaskArgs *a, int o, const char *v) {
-    if (o == 'F') return cli_int(a->cmd, "--factor", v, 1, 1024, &factor);
-    if (o == 'P') return cli_float(a->cmd, "--stop", v, 0, 1, &stop);
-    return 0;
+static int on_opt(void *ctx, int o, const char *v) {
+    Upscale *u = ctx;
+    if (o == 'F') return cli_int("upscale", "--factor", v, 1, 1024, &u->factor);
+    if (o == 'P') return cli_float("upscale", "--stop", v, 0, 1, &u->stop);
+    return CLI_NOT_MINE;
 }
 
 int cmd_upscale(int argc, char **argv) {
-    static const struct option extra[] = {{"factor", required_argument, 0, 'F'}, {"stop", required_argument, 0, 'P'}};
+    static const struct option opts[] = {TASK_OPTIONS, {"factor", required_argument, 0, 'F'}, {"stop", required_argument, 0, 'P'},
+                                         {0, 0, 0, 0}};
     TaskArgs a;
-    factor = 4, stop = 0;
-    int rc = task_parse(&a, "upscale", argc, argv, extra, 2, on_opt, usage);
-    if (rc) return rc < 0 ? 0 : rc;
+    Upscale up = {.factor = 4, .stop = 0};
+    int rc = task_parse(&a, "upscale", argc, argv, opts, on_opt, &up, usage);
+    if (rc) return rc == CLI_HELP ? 0 : rc;
     TaskModel m;
     if ((rc = task_open(&a, &m))) goto done;
-    int res = m.res, C = m.C, F = factor, lr = res / F;
+    int res = m.res, C = m.C, F = up.factor, lr = res / F;
     if (res % F) {
         rc = cli_usage_error("upscale", "--factor %d does not divide the model's resolution %d", F, res);
         goto done;
     }
     size_t D = m.D, d = (size_t)lr * lr * C;
-    int nf = m.n_files, n = nf * a.n, noted = 0;
+    int nf = m.n_files, n = nf * a.opt.n, noted = 0;
     float *small = xmalloc(sizeof(float) * d), *ref = xmalloc(sizeof(float) * nf * D);
-    float *out = xmalloc(sizeof(float) * n * D), *traj = a.traj ? xmalloc(sizeof(float) * n * a.traj * D) : NULL;
+    float *out = xmalloc(sizeof(float) * n * D), *traj = a.opt.traj ? xmalloc(sizeof(float) * n * a.opt.traj * D) : NULL;
     for (int i = 0; i < nf && !rc; i++) {
         if ((rc = task_load_image(&a, m.files[i], lr, C, small, &noted))) break;
         for (int y = 0; y < res; y++) /* nearest up: the reference is constant on each F x F block */
@@ -64,19 +69,19 @@ int cmd_upscale(int argc, char **argv) {
         rc = cli_fail(rc);
         goto free_all;
     }
-    int *lv = xmalloc(sizeof(int) * (m.s.T + 2));
-    int nl = sample_levels(lv, &m.so, &m.s, m.s.T);
+    int *lv = xmalloc(sizeof(int) * (m.cm.s.T + 2));
+    int nl = sample_levels(lv, &m.cm.so, &m.cm.s, m.cm.s.T);
     SampleTask task = sample_task_plain(lv, nl);
-    task.ref = ref, task.per_ref = a.n, task.constraint = CONSTRAINT_ILVR, task.factor = F;
-    task.ilvr_stop = stop > 0 ? (int)ceil(stop * m.s.T) : -1;
+    task.ref = ref, task.per_ref = a.opt.n, task.constraint = CONSTRAINT_ILVR, task.factor = F;
+    task.ilvr_stop = up.stop > 0 ? (int)ceil(up.stop * m.cm.s.T) : -1;
     if (dist_rank() == 0)
         fprintf(stderr, "ddpm upscale: %dx%d -> %dx%d (ILVR, factor %d), %d network evaluations per image (%s)\n", lr, lr, res, res, F,
-                levels_evals(lv, nl), sampler_name(m.so.kind));
+                levels_evals(lv, nl), sampler_name(m.cm.so.kind));
     task_run(&a, &m, &task, out, traj);
     free(lv);
     static const char *const lead_cap[] = {"low-res"};
     char title[160];
-    snprintf(title, sizeof title, "upscale: ILVR %dx%d -> %dx%d, %s %d steps", lr, lr, res, res, sampler_name(m.so.kind), nl - 1);
+    snprintf(title, sizeof title, "upscale: ILVR %dx%d -> %dx%d, %s %d steps", lr, lr, res, res, sampler_name(m.cm.so.kind), nl - 1);
     rc = task_write(&a, &m, ref, 1, lead_cap, out, traj, title, "input enlarged | results");
 free_all:
     free(small), free(ref), free(out), free(traj);
