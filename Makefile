@@ -27,7 +27,7 @@ endif
 OPT     ?= -O3 $(MARCH_$(ISA)) -fno-trapping-math
 CFLAGS  ?= $(OPT) -g -Wall -Wextra -Wno-unused-parameter -std=gnu11 -fopenmp
 VERSION := 0.1.0
-PKGS    := openblas libcjson stb zlib cairo fontconfig
+PKGS    := openblas libcjson stb zlib cairo fontconfig nettle
 # OpenBLAS built with OpenMP (libopenblas-openmp-dev): one thread pool for ddpm's loops and
 # BLAS, and a GEMM called inside a parallel loop runs on the calling thread. Debian installs
 # it beside the default pthreads build; its pkg-config file comes first and the binary is

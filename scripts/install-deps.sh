@@ -6,7 +6,7 @@
 #   scripts/install-deps.sh --torch  also PyTorch (only for scripts/ fixtures and make bench)
 # As root it runs apt-get; otherwise it prints the exact command and exits 1.
 set -e
-pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev libcairo2-dev libfontconfig-dev fonts-dejavu-core pkg-config dataset-fashion-mnist"
+pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev libcairo2-dev libfontconfig-dev nettle-dev fonts-dejavu-core pkg-config dataset-fashion-mnist"
 for a in "$@"; do
     case "$a" in
         --mpi) pkgs="$pkgs openmpi-bin libopenmpi-dev" ;;

@@ -33,6 +33,7 @@ enum {
     RNG_NOISECMD = 8, /* ddpm noise command */
     RNG_CONSTRAINT = 9, /* fresh noise of a sampling constraint (inpaint, ILVR), id = image index */
     RNG_CONDDROP = 10, /* train.cond_drop: id = step, index = global image position */
+    RNG_LORA = 11,    /* LoRA adapter init (A), id = the adapter's index in its set */
 };
 
 #endif
