@@ -445,15 +445,17 @@ int lora_load(LoraSet *out, const char *path) {
             rc = err_set(DDPM_ERUNTIME, "%s: tensor %s appears twice (%s)", path, qn(nm).s, DAMAGED);
             goto done;
         }
-        int isa = ends_with(nm, SUF_A), isb = ends_with(nm, SUF_B);
-        if ((!isa && !isb) || strlen(nm) == sizeof SUF_A - 1) {
+        if ((!ends_with(nm, SUF_A) && !ends_with(nm, SUF_B)) || strlen(nm) == sizeof SUF_A - 1) {
             rc = err_set(DDPM_ERUNTIME, "%s: unexpected tensor %s: an adapter holds only <layer>%s / <layer>%s pairs (%s)", path,
                          qn(nm).s, SUF_A, SUF_B, DAMAGED);
             goto done;
         }
-        /* every A has its B and every B its A */
+    }
+    /* every A has its B and every B its A */
+    for (int i = 0; i < f.n; i++) {
+        const char *nm = idx[i]->name;
         char *other = xstrdup(nm);
-        other[strlen(nm) - 8] = isa ? 'B' : 'A'; /* ".lora_X.weight": X is 8 from the end */
+        other[strlen(nm) - 8] = ends_with(nm, SUF_A) ? 'B' : 'A'; /* ".lora_X.weight": X is 8 from the end */
         const StEntry *o = find_sorted(idx, f.n, other);
         if (!o) {
             rc = err_set(DDPM_ERUNTIME, "%s: tensor %s has no partner %s (%s)", path, qn(nm).s, qn(other).s, DAMAGED);
