@@ -591,9 +591,9 @@ int lora_check_base(const LoraSet *s, const char *path, const LoraBase *base, in
         shape_txt(ta, sizeof ta, p->ndim, sa);
         shape_txt(tb, sizeof tb, p->ndim, sb);
         if (!b)
-            return err_set(DDPM_EUSAGE, "%s: adapter %s (A %s, B %s) is for a tensor %s.weight this model does not have: the "
-                                        "adapter belongs to another model (its base: sha256 %s); use it with that model",
-                           path, qn(p->name).s, ta, tb, p->name, s->base_sha256);
+            return err_set(DDPM_EUSAGE, "%s: adapter %s (A %s, B %s) is for a weight this model does not have: the adapter "
+                                        "belongs to another model (its base: sha256 %s); use it with that model",
+                           path, qn(p->name).s, ta, tb, s->base_sha256);
         if (!fits(p, b)) {
             for (int d = 0; d < b->ndim && d < 4; d++) sw[d] = b->shape[d];
             shape_txt(tw, sizeof tw, b->ndim < 4 ? b->ndim : 4, sw);
@@ -633,13 +633,13 @@ int lora_spec_parse(const char *spec, char **path, float *scale) {
         if (!*end && end != colon + 1) {
             if (!isfinite(v) || fabs(v) > 1e30)
                 return err_set(DDPM_EUSAGE, "--lora %s: scale %s is not a finite number (use FILE:SCALE, e.g. "
-                                            "lora.safetensors:0.5)", spec, colon + 1);
+                                            "lora.safetensors:0.5)", qn(spec).s, qn(colon + 1).s);
             *scale = (float)v;
             plen = (size_t)(colon - spec);
         }
     }
     if (plen == 0)
-        return err_set(DDPM_EUSAGE, "--lora %s: no file name (use FILE[:SCALE], e.g. runs/bags/lora.safetensors:0.5)", spec);
+        return err_set(DDPM_EUSAGE, "--lora %s: no file name (use FILE[:SCALE], e.g. runs/bags/lora.safetensors:0.5)", qn(spec).s);
     *path = xmalloc(plen + 1);
     memcpy(*path, spec, plen);
     (*path)[plen] = 0;
