@@ -462,21 +462,20 @@ int config_validate(const Config *c) {
 char *config_to_json(const Config *c) {
     cJSON *root = cJSON_CreateObject();
     for (int s = 0; s < N_SECTIONS; s++) {
-        cJSON *sec = cJSON_AddObjectToObject(root, SECTIONS[s]);
+        cJSON *top = cJSON_AddObjectToObject(root, SECTIONS[s]);
         size_t sl = strlen(SECTIONS[s]);
         for (int i = 0; i < N_KEYS; i++) {
             const Key *k = &KEYS[i];
             if (strncmp(k->key, SECTIONS[s], sl) || k->key[sl] != '.') continue;
             const char *name = k->key + sl + 1;
             const char *p = (const char *)c + k->off;
-            cJSON *sec_obj = sec; /* "train.lora.rank" goes to the object "lora" of "train" */
+            cJSON *sec = top; /* the object the key goes in: "train.lora.rank" in "lora" of "train" */
             for (const char *dot; (dot = strchr(name, '.')); name = dot + 1) {
                 char grp[64];
                 snprintf(grp, sizeof grp, "%.*s", (int)(dot - name), name);
-                cJSON *g = cJSON_GetObjectItemCaseSensitive(sec_obj, grp);
-                sec_obj = g ? g : cJSON_AddObjectToObject(sec_obj, grp);
+                cJSON *g = cJSON_GetObjectItemCaseSensitive(sec, grp);
+                sec = g ? g : cJSON_AddObjectToObject(sec, grp);
             }
-            cJSON *sec = sec_obj;
             switch (k->type) {
             case K_INT: cJSON_AddNumberToObject(sec, name, *(const int *)p); break;
             case K_FLOAT: {
