@@ -36,7 +36,7 @@ PKG_CONFIG ?= pkg-config
 OPT     ?= -O3 $(MARCH_$(ISA)) -fno-trapping-math
 CFLAGS  ?= $(OPT) -g -Wall -Wextra -Wno-unused-parameter -std=gnu11 -fopenmp
 VERSION := 0.1.0
-PKGS    := openblas libcjson stb zlib cairo fontconfig
+PKGS    := openblas libcjson stb zlib cairo fontconfig nettle
 # OpenBLAS built with OpenMP (libopenblas-openmp-dev): one thread pool for ddpm's loops and
 # BLAS, and a GEMM called inside a parallel loop runs on the calling thread. Debian installs
 # it beside the default pthreads build. ddpm does not link it: src/gemm.c loads that build
@@ -176,7 +176,7 @@ test-arm64:
 # compiling). make fuzz runs each harness FUZZ_TIME seconds from its committed seeds
 # (tests/fuzz/seeds/NAME) plus the corpus it grew before (build/fuzz/corpus/NAME).
 FUZZ_TIME  ?= 60
-FUZZ_NAMES := safetensors config idx cifar10 image
+FUZZ_NAMES := safetensors config idx cifar10 image lora
 FUZZ_DIR   := build/fuzz
 FUZZ_FLAGS := -O1 -g -std=gnu11 -Wno-unknown-pragmas $(SAN_FLAGS)
 FUZZ_OBJ   := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)

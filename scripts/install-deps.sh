@@ -9,7 +9,7 @@
 #                                    libraries (only for make test-arm64; adds dpkg's arm64 arch)
 # As root it runs apt-get; otherwise it prints the exact command and exits 1.
 set -e
-pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev libcairo2-dev libfontconfig-dev pkg-config"
+pkgs="libopenblas-openmp-dev libcjson-dev libstb-dev zlib1g-dev libcairo2-dev libfontconfig-dev nettle-dev pkg-config"
 run="fonts-dejavu-core dataset-fashion-mnist"
 for a in "$@"; do [ "$a" = --build ] && run=""; done
 pkgs="$pkgs $run"

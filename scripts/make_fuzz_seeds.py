@@ -3,10 +3,11 @@
 almost valid) inputs each libFuzzer harness starts from. Run from the repo root after
 `make` (the checkpoint seed comes from a 1-step `./ddpm train` of a tiny model):
 
-    PYTHON=/usr/bin/python3 scripts/make_fuzz_seeds.py
+    PYTHON=/usr/bin/python3 scripts/make_fuzz_seeds.py           # every harness
+    PYTHON=/usr/bin/python3 scripts/make_fuzz_seeds.py lora      # only the named ones
 
 Images are written by Debian's libstb.so (stbi_write_png / stbi_write_jpg) through ctypes."""
-import ctypes, gzip, json, os, shutil, struct, subprocess, tempfile
+import ctypes, gzip, json, os, shutil, struct, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fuzz", "seeds")
@@ -31,8 +32,31 @@ def safetensors(tensors, meta):
     return struct.pack("<Q", len(h)) + h + blob
 
 
-def main():
+def lora_seeds():
+    """LoRA adapters (lora.h): a linear and a 3x3 conv pair at rank 2, plus near misses."""
+    def f32(n, k=0):
+        return struct.pack("<%df" % n, *[((i * 7 + k) % 11 - 5) / 10 for i in range(n)])
+    meta = {"format": "ddpm-lora-1", "rank": "2", "alpha": "2", "targets": '["attn","conv"]',
+            "base_sha256": "0123456789abcdef" * 4}
+    q = [("mid.attn.0.q.lora_A.weight", "F32", [2, 4], f32(8)), ("mid.attn.0.q.lora_B.weight", "F32", [4, 2], f32(8, 3))]
+    conv = [("down.0.res.0.conv1.lora_A.weight", "F32", [2, 3, 3, 3], f32(54)),
+            ("down.0.res.0.conv1.lora_B.weight", "F32", [5, 1, 1, 2], f32(10, 1))]
+    put("lora", "linear_and_conv", safetensors(q + conv, meta))
+    put("lora", "linear", safetensors(q, dict(meta, targets='["attn"]', alpha="0.5", source="runs/x")))
+    put("lora", "missing_b", safetensors(q[:1] + conv, meta))
+    put("lora", "rank_mismatch", safetensors(q + [(conv[0][0], "F32", [3, 3, 3, 3], f32(81)), conv[1]], meta))
+    put("lora", "model_checkpoint", safetensors(q, dict(meta, format="ddpm-1")))
+
+
+def main(only):
+    if only and only != ["lora"]:
+        sys.exit("make_fuzz_seeds.py: only 'lora' can be written alone (the others come with the checkpoint seed)")
+    if only == ["lora"]:
+        shutil.rmtree(os.path.join(OUT, "lora"), ignore_errors=True)
+        lora_seeds()
+        return
     shutil.rmtree(OUT, ignore_errors=True)
+    lora_seeds()
     # safetensors: generic files, then a real ddpm checkpoint of a tiny model
     put("safetensors", "two_f32", safetensors([("a", "F32", [2, 3], struct.pack("<6f", *range(6))),
                                                ("b", "F32", [1], struct.pack("<f", 1.5))], {"k": "v"}))
@@ -83,4 +107,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

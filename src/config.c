@@ -13,7 +13,8 @@
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 
-typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_INTS } KeyType;
+/* K_FLAGS: a list of names from `choices`, stored as an unsigned mask (bit i = choice i). */
+typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_INTS, K_FLAGS } KeyType;
 
 typedef struct {
     const char *key;      /* "section.name" */
@@ -24,10 +25,14 @@ typedef struct {
     const char *choices;  /* K_STR: "a|b|c" or NULL for free text */
     const char *def;      /* default, as JSON text */
     const char *help;
+    int cap;              /* K_INTS: most elements (0 = CFG_MAX_LEVELS) */
 } Key;
 
 #define OFF(f) offsetof(Config, f)
 #define CNT(f) offsetof(Config, f)
+/* Only data.classes sets `cap`; every other entry leaves it out (zero). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 static const Key KEYS[] = {
     {"data.format", K_STR, OFF(data.format), 0, 0, 15, "idx|cifar10|folder", "\"idx\"",
      "dataset format (idx: MNIST-style, cifar10: binary batches, folder: PNG/JPEG tree)"},
@@ -37,7 +42,11 @@ static const Key KEYS[] = {
      "images are center-cropped and resized to this square size"},
     {"data.channels", K_INT, OFF(data.channels), 0, 1, 3, NULL, "1", "1 (grey) or 3 (RGB)"},
     {"data.hflip", K_BOOL, OFF(data.hflip), 0, 0, 1, NULL, "false", "random horizontal flip"},
-    {"data.limit", K_INT, OFF(data.limit), 0, 0, 1e9, NULL, "0", "use only the first N images (0 = all)"},
+    {"data.limit", K_INT, OFF(data.limit), 0, 0, 1e9, NULL, "0",
+     "use only the first N images (0 = all); with data.classes, the first N of the classes kept"},
+    {"data.classes", K_INTS, OFF(data.classes), CNT(data.n_classes), 0, 65535, NULL, "[]",
+     "keep only the images of these class labels (numbers as 'ddpm info' lists them; [] = all); labels keep their numbers",
+     CFG_MAX_CLASSES},
 
     {"model.ch", K_INT, OFF(model.ch), 0, 1, 4096, NULL, "64", "base channel width"},
     {"model.ch_mult", K_INTS, OFF(model.ch_mult), CNT(model.n_levels), 1, 64, NULL, "[1, 2, 2]",
@@ -100,6 +109,14 @@ static const Key KEYS[] = {
      "class_cond: probability that an image's label is replaced by \"no class\" (for guidance)"},
     {"train.sample_steps", K_INT, OFF(train.sample_steps), 0, 1, 100000, NULL, "20",
      "DDIM steps for the preview grid"},
+    {"train.init_from", K_STR, OFF(train.init_from), 0, 0, CFG_STR - 1, NULL, "\"\"",
+     "start from the weights of this checkpoint (fresh optimizer, step 0; \"\" = random init)"},
+    {"train.lora.rank", K_INT, OFF(train.lora.rank), 0, 0, 1024, NULL, "0",
+     "LoRA: freeze the model and train rank-r adapters on train.lora.targets (0 = off: train every weight)"},
+    {"train.lora.alpha", K_FLOAT, OFF(train.lora.alpha), 0, 0, 1e6, NULL, "0",
+     "LoRA: adapters add (alpha/rank) B A x to their layer (0 = alpha equal to the rank)"},
+    {"train.lora.targets", K_FLAGS, OFF(train.lora.targets), 0, 0, 0, "attn|conv|temb", "[\"attn\"]",
+     "LoRA layer groups: attn (attention q, k, v, proj_out), conv (ResBlock 3x3 convs), temb (ResBlock temb_proj)"},
 
     {"sample.sampler", K_STR, OFF(sample.sampler), 0, 0, 7, "ddpm|ddim|dpm++2m", "\"ddpm\"",
      "sampler: ddpm (ancestral, all T steps), ddim, dpm++2m (DPM-Solver++(2M))"},
@@ -117,6 +134,7 @@ static const Key KEYS[] = {
     {"sample.guidance_rescale", K_FLOAT, OFF(sample.guidance_rescale), 0, 0, 1, NULL, "0",
      "blend phi of the guided prediction rescaled to the conditional one's per-image std (Lin et al. 2023)"},
 };
+#pragma GCC diagnostic pop
 #define N_KEYS (int)(sizeof KEYS / sizeof KEYS[0])
 static const char *SECTIONS[] = {"data", "model", "diffusion", "train", "sample"};
 #define N_SECTIONS 5
@@ -165,14 +183,17 @@ static const char *type_name(const Key *k) {
     case K_BOOL: return "true or false";
     case K_STR: return "a string";
     case K_INTS: return "a list of integers";
+    case K_FLAGS: return "a list of names";
     }
     return "?";
 }
 
+static int ints_cap(const Key *k) { return k->cap ? k->cap : CFG_MAX_LEVELS; }
+
 static int range_error(const char *label, const Key *k, const char *got) {
     if (k->type == K_INTS)
-        return err_set(DDPM_EUSAGE, "%s: \"%s\" = %s is out of range: each element must be in [%g, %g] (1 to %d elements)",
-                       label, k->key, got, k->lo, k->hi, CFG_MAX_LEVELS);
+        return err_set(DDPM_EUSAGE, "%s: \"%s\" = %s is out of range: each element must be in [%g, %g] (%s to %d elements)",
+                       label, k->key, got, k->lo, k->hi, k->cap ? "0" : "1", ints_cap(k));
     return err_set(DDPM_EUSAGE, "%s: \"%s\" = %s is out of range: allowed [%g, %g]", label, k->key, got, k->lo, k->hi);
 }
 
@@ -233,8 +254,8 @@ static int set_value(Config *c, const Key *k, const cJSON *v, const char *label)
         if (!cJSON_IsArray(v))
             return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s, got %s", label, k->key, type_name(k), got);
         int n = cJSON_GetArraySize(v);
-        if (n > CFG_MAX_LEVELS) return range_error(label, k, got);
-        int tmp[CFG_MAX_LEVELS];
+        if (n > ints_cap(k)) return range_error(label, k, got);
+        int tmp[CFG_MAX_CLASSES > CFG_MAX_LEVELS ? CFG_MAX_CLASSES : CFG_MAX_LEVELS];
         for (int i = 0; i < n; i++) {
             const cJSON *e = cJSON_GetArrayItem(v, i);
             if (!cJSON_IsNumber(e) || !is_integer(e->valuedouble))
@@ -249,6 +270,54 @@ static int set_value(Config *c, const Key *k, const cJSON *v, const char *label)
         *(int *)((char *)c + k->count_off) = n;
         return DDPM_OK;
     }
+    case K_FLAGS: {
+        /* a list of choices; a single name is a list of one */
+        if (!cJSON_IsArray(v) && !cJSON_IsString(v))
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s from %s, got %s", label, k->key, type_name(k), k->choices, got);
+        unsigned mask = 0;
+        const cJSON *e = cJSON_IsArray(v) ? v->child : v;
+        for (int i = 0; e; e = cJSON_IsArray(v) ? e->next : NULL, i++) {
+            int bit = -1, j = 0;
+            for (const char *q = k->choices; cJSON_IsString(e) && *q; j++) {
+                const char *bar = strchr(q, '|');
+                size_t m = bar ? (size_t)(bar - q) : strlen(q);
+                if (strlen(e->valuestring) == m && !strncmp(q, e->valuestring, m)) bit = j;
+                q += m + (bar ? 1 : 0);
+            }
+            if (bit < 0) {
+                if (cJSON_IsString(e)) snprintf(got, sizeof got, "\"%.80s\"", e->valuestring);
+                return err_set(DDPM_EUSAGE, "%s: \"%s\"[%d] = %s is not allowed: use names from %s", label, k->key, i,
+                               cJSON_IsString(e) ? got : "not a string", k->choices);
+            }
+            mask |= 1u << bit;
+        }
+        *(unsigned *)p = mask;
+        return DDPM_OK;
+    }
+    }
+    return DDPM_OK;
+}
+
+/* "section.group" with keys "section.group.*" (e.g. train.lora): 1 if path names such a group. */
+static int is_group(const char *path) {
+    size_t n = strlen(path);
+    for (int i = 0; i < N_KEYS; i++)
+        if (!strncmp(KEYS[i].key, path, n) && KEYS[i].key[n] == '.') return 1;
+    return 0;
+}
+
+/* Store v at path: a key, or a group whose object members are its keys. */
+static int set_path(Config *c, const char *path, const cJSON *v, const char *label) {
+    const Key *k = find_key(path);
+    if (k) return set_value(c, k, v, label);
+    if (!is_group(path)) return unknown_key(label, path, 0);
+    if (!cJSON_IsObject(v))
+        return err_set(DDPM_EUSAGE, "%s: \"%s\" must be an object of keys (see 'ddpm info --keys' for %s.*)", label, path, path);
+    for (const cJSON *kv = v->child; kv; kv = kv->next) {
+        char sub[160];
+        snprintf(sub, sizeof sub, "%s.%s", path, kv->string);
+        int rc = set_path(c, sub, kv, label);
+        if (rc) return rc;
     }
     return DDPM_OK;
 }
@@ -304,8 +373,7 @@ int config_parse(Config *c, const char *json, const char *label) {
         for (cJSON *kv = sec->child; kv && !rc; kv = kv->next) {
             char path[160];
             snprintf(path, sizeof path, "%s.%s", sec->string, kv->string);
-            const Key *k = find_key(path);
-            rc = k ? set_value(c, k, kv, label) : unknown_key(label, path, 0);
+            rc = set_path(c, path, kv, label);
         }
     }
     cJSON_Delete(root);
@@ -333,15 +401,16 @@ int config_set(Config *c, const char *assignment) {
     memcpy(path, assignment, n);
     path[n] = 0;
     const Key *k = find_key(path);
-    if (!k) return unknown_key("--set", path, 0);
+    if (!k && !is_group(path)) return unknown_key("--set", path, 0);
     const char *val = eq + 1;
     /* the whole value must be JSON (cJSON_Parse alone would take "1e-4x" as 1e-4) */
     cJSON *v = cJSON_ParseWithOpts(val, NULL, 1);
-    if (!v || (k->type == K_STR && !cJSON_IsString(v))) {
+    if (k && (!v || (k->type == K_STR && !cJSON_IsString(v)))) {
         cJSON_Delete(v);
         v = cJSON_CreateString(val); /* bare words are strings: --set data.format=cifar10 */
     }
-    int rc = set_value(c, k, v, "--set");
+    if (!v) v = cJSON_CreateString(val);
+    int rc = set_path(c, path, v, "--set");
     cJSON_Delete(v);
     return rc;
 }
@@ -379,19 +448,34 @@ int config_validate(const Config *c) {
     }
     if (!strcmp(c->diffusion.schedule, "linear") && c->diffusion.beta_end < c->diffusion.beta_start)
         return err_set(DDPM_EUSAGE, "%s: \"diffusion.beta_end\" must be >= \"diffusion.beta_start\"", L);
+    for (int i = 0; i < c->data.n_classes; i++)
+        for (int j = 0; j < i; j++)
+            if (c->data.classes[i] == c->data.classes[j])
+                return err_set(DDPM_EUSAGE, "%s: \"data.classes\" lists %d twice (elements %d and %d); list each label once", L,
+                               c->data.classes[i], j, i);
+    if (c->train.lora.rank > 0 && !c->train.lora.targets)
+        return err_set(DDPM_EUSAGE, "%s: \"train.lora.targets\" is empty: name at least one group of attn, conv, temb "
+                       "(or set \"train.lora.rank\" = 0 to train every weight)", L);
     return DDPM_OK;
 }
 
 char *config_to_json(const Config *c) {
     cJSON *root = cJSON_CreateObject();
     for (int s = 0; s < N_SECTIONS; s++) {
-        cJSON *sec = cJSON_AddObjectToObject(root, SECTIONS[s]);
+        cJSON *top = cJSON_AddObjectToObject(root, SECTIONS[s]);
         size_t sl = strlen(SECTIONS[s]);
         for (int i = 0; i < N_KEYS; i++) {
             const Key *k = &KEYS[i];
             if (strncmp(k->key, SECTIONS[s], sl) || k->key[sl] != '.') continue;
             const char *name = k->key + sl + 1;
             const char *p = (const char *)c + k->off;
+            cJSON *sec = top; /* the object the key goes in: "train.lora.rank" in "lora" of "train" */
+            for (const char *dot; (dot = strchr(name, '.')); name = dot + 1) {
+                char grp[64];
+                snprintf(grp, sizeof grp, "%.*s", (int)(dot - name), name);
+                cJSON *g = cJSON_GetObjectItemCaseSensitive(sec, grp);
+                sec = g ? g : cJSON_AddObjectToObject(sec, grp);
+            }
             switch (k->type) {
             case K_INT: cJSON_AddNumberToObject(sec, name, *(const int *)p); break;
             case K_FLOAT: {
@@ -412,6 +496,20 @@ char *config_to_json(const Config *c) {
                 cJSON_AddItemToObject(sec, name, cJSON_CreateIntArray((const int *)p, n));
                 break;
             }
+            case K_FLAGS: {
+                cJSON *a = cJSON_AddArrayToObject(sec, name);
+                unsigned mask = *(const unsigned *)p;
+                int j = 0;
+                for (const char *q = k->choices; *q; j++) {
+                    const char *bar = strchr(q, '|');
+                    size_t m = bar ? (size_t)(bar - q) : strlen(q);
+                    char nm[32];
+                    snprintf(nm, sizeof nm, "%.*s", (int)m, q);
+                    if (mask & (1u << j)) cJSON_AddItemToArray(a, cJSON_CreateString(nm));
+                    q += m + (bar ? 1 : 0);
+                }
+                break;
+            }
             }
         }
     }
@@ -425,14 +523,14 @@ void config_print_keys(FILE *f) {
     for (int i = 0; i < N_KEYS; i++) {
         const Key *k = &KEYS[i];
         char range[96] = "";
-        if (k->type == K_STR && k->choices) {
+        if ((k->type == K_STR || k->type == K_FLAGS) && k->choices) {
             snprintf(range, sizeof range, " (%s)", k->choices);
             for (char *q = range; *q; q++)
                 if (*q == '|') *q = '/'; /* a bar would split the markdown cell */
         }
         else if (k->type == K_INT || k->type == K_FLOAT || k->type == K_INTS)
             snprintf(range, sizeof range, " [%.10g, %.10g]", k->lo, k->hi); /* exact: 2147483647, not 2.14748e+09 */
-        static const char *tn[] = {"int", "float", "bool", "string", "int list"};
+        static const char *tn[] = {"int", "float", "bool", "string", "int list", "name list"};
         fprintf(f, "| `%s` | %s%s | `%s` | %s |\n", k->key, tn[k->type], range, k->def, k->help);
     }
 }

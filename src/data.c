@@ -658,15 +658,54 @@ fail:
 
 /* ------------------------------------------------------------------------------------------ */
 
+int dataset_keep_classes(Dataset *ds, const int *classes, int n, int limit, const char *what) {
+    if (!ds->has_labels)
+        return err_set(DDPM_EUSAGE, "data.classes: %s has no labels (no train-labels-idx1-ubyte[.gz] next to the images), so "
+                       "images cannot be kept by class; add the labels file or remove data.classes", what);
+    for (int i = 0; i < n; i++)
+        if (classes[i] < 0 || classes[i] >= ds->n_classes)
+            return err_set(DDPM_EUSAGE, "data.classes: label %d is not a class of %s (its labels are 0..%d; 'ddpm info' "
+                           "lists them)", classes[i], what, ds->n_classes - 1);
+    int keep = 0;
+    for (int i = 0; i < ds->n && (limit <= 0 || keep < limit); i++) {
+        int in = 0;
+        for (int k = 0; k < n && !in; k++) in = ds->labels[i] == classes[k];
+        keep += in;
+    }
+    if (keep == 0)
+        return err_set(DDPM_EUSAGE, "data.classes: %s has no image of the listed classes; list others or remove data.classes",
+                       what);
+    const size_t img = (size_t)ds->size * ds->size * ds->c;
+    int j = 0;
+    for (int i = 0; i < ds->n && j < keep; i++) {
+        int in = 0;
+        for (int k = 0; k < n && !in; k++) in = ds->labels[i] == classes[k];
+        if (!in) continue;
+        if (i != j) memmove(ds->pix + (size_t)j * img, ds->pix + (size_t)i * img, img); /* j < i: moves down */
+        ds->labels[j++] = ds->labels[i];
+    }
+    ds->n = keep;
+    uint8_t *pix = realloc(ds->pix, (size_t)keep * img); /* keep >= 1, img >= 1 */
+    int *lab = realloc(ds->labels, sizeof(int) * (size_t)keep);
+    if (pix) ds->pix = pix; /* a failed shrink keeps the larger block, which is still valid */
+    if (lab) ds->labels = lab;
+    return DDPM_OK;
+}
+
 int dataset_load(Dataset *ds, const Config *cfg) {
     memset(ds, 0, sizeof *ds);
     const char *fmt = cfg->data.format, *path = cfg->data.path;
-    int size = cfg->data.image_size, c = cfg->data.channels, limit = cfg->data.limit;
+    int size = cfg->data.image_size, c = cfg->data.channels, nk = cfg->data.n_classes;
+    /* with a class filter the limit counts the kept images, so the loader reads them all */
+    int limit = nk ? 0 : cfg->data.limit, rc;
     if (!path[0]) return err_set(DDPM_EUSAGE, "data.path is empty (set it to the dataset location)");
-    if (!strcmp(fmt, "idx")) return dataset_load_idx(ds, path, size, c, limit);
-    if (!strcmp(fmt, "cifar10")) return dataset_load_cifar10(ds, path, size, c, limit);
-    if (!strcmp(fmt, "folder")) return dataset_load_folder(ds, path, size, c, limit);
-    return err_set(DDPM_EUSAGE, "data.format: unknown format \"%s\" (use \"idx\", \"cifar10\" or \"folder\")", fmt);
+    if (!strcmp(fmt, "idx")) rc = dataset_load_idx(ds, path, size, c, limit);
+    else if (!strcmp(fmt, "cifar10")) rc = dataset_load_cifar10(ds, path, size, c, limit);
+    else if (!strcmp(fmt, "folder")) rc = dataset_load_folder(ds, path, size, c, limit);
+    else return err_set(DDPM_EUSAGE, "data.format: unknown format \"%s\" (use \"idx\", \"cifar10\" or \"folder\")", fmt);
+    if (rc || !nk) return rc;
+    if ((rc = dataset_keep_classes(ds, cfg->data.classes, nk, cfg->data.limit, path))) dataset_free(ds);
+    return rc;
 }
 
 void dataset_stats(const Dataset *ds, double mean[3], double std[3]) {

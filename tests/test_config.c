@@ -58,12 +58,68 @@ int main(void) {
     T_OK(config_set(&c, "train.lr=1\n2") == 2 && !strchr(err_msg(), '\n'), "a newline in --set stays off the one error line: %s",
          err_msg());
 
+    /* fine-tuning keys: train.init_from, the train.lora object, data.classes */
+    config_defaults(&c);
+    T_OK(c.train.lora.rank == 0 && c.train.lora.alpha == 0 && c.train.lora.targets == 1 && !c.train.init_from[0] &&
+             c.data.n_classes == 0,
+         "defaults: LoRA off (rank 0), targets [\"attn\"] (mask %u), no init_from, every class", c.train.lora.targets);
+    T_OK(parse(&c, "{\"train\": {\"init_from\": \"runs/base/latest.safetensors\", \"lora\": {\"rank\": 4, \"alpha\": 8,"
+                   " \"targets\": [\"attn\", \"temb\"]}}, \"data\": {\"classes\": [8], \"limit\": 200}}") == 0 &&
+             !strcmp(c.train.init_from, "runs/base/latest.safetensors") && c.train.lora.rank == 4 && c.train.lora.alpha == 8 &&
+             c.train.lora.targets == (1 | 4) && c.data.n_classes == 1 && c.data.classes[0] == 8 && c.data.limit == 200,
+         "nested train.lora object, init_from, data.classes read (%s)", err_msg());
+    T_OK(parse(&c, "{\"train\": {\"lora\": {\"rank\": 2}}}") == 0 && c.train.lora.rank == 2 && c.train.lora.targets == 1,
+         "a train.lora object with only a rank keeps the default targets");
+    expect_err("{\"train\": {\"lora\": {\"rnak\": 4}}}", "did you mean \"train.lora.rank\"", "misspelt key in train.lora");
+    expect_err("{\"train\": {\"lora\": 4}}", "\"train.lora\" must be an object", "train.lora not an object");
+    expect_err("{\"train\": {\"lora\": {\"rank\": 1025}}}", "\"train.lora.rank\" = 1025 is out of range", "rank too large");
+    expect_err("{\"train\": {\"lora\": {\"rank\": -1}}}", "\"train.lora.rank\"", "negative rank");
+    expect_err("{\"train\": {\"lora\": {\"rank\": 4, \"targets\": [\"attn\", \"mlp\"]}}}",
+               "\"train.lora.targets\"[1] = \"mlp\" is not allowed: use names from attn|conv|temb", "unknown target group");
+    expect_err("{\"train\": {\"lora\": {\"targets\": [3]}}}", "\"train.lora.targets\"[0]", "a number as a target");
+    expect_err("{\"train\": {\"lora\": {\"targets\": {}}}}", "\"train.lora.targets\" must be a list of names", "an object as targets");
+    expect_err("{\"train\": {\"lora\": {\"rank\": 4, \"targets\": []}}}", "\"train.lora.targets\" is empty",
+               "rank without targets");
+    T_OK(parse(&c, "{\"train\": {\"lora\": {\"rank\": 0, \"targets\": []}}}") == 0, "no targets is fine with LoRA off");
+    expect_err("{\"train\": {\"lora\": {\"alpha\": -1}}}", "\"train.lora.alpha\"", "negative alpha");
+    expect_err("{\"data\": {\"classes\": [1, 8, 1]}}", "\"data.classes\" lists 1 twice", "a class listed twice");
+    expect_err("{\"data\": {\"classes\": [-1]}}", "\"data.classes\"", "a negative label");
+    expect_err("{\"data\": {\"classes\": [\"Bag\"]}}", "\"data.classes\"[0] must be an integer", "a name as a label");
+    {
+        char big[2000];
+        for (int n = CFG_MAX_CLASSES; n <= CFG_MAX_CLASSES + 1; n++) { /* labels 0..n-1 */
+            snprintf(big, sizeof big, "{\"data\": {\"classes\": [");
+            for (int i = 0; i < n; i++) snprintf(big + strlen(big), sizeof big - strlen(big), "%s%d", i ? "," : "", i);
+            snprintf(big + strlen(big), sizeof big - strlen(big), "]}}");
+            if (n == CFG_MAX_CLASSES)
+                T_OK(parse(&c, big) == 0 && c.data.n_classes == n, "%d labels are allowed (%d)", n, c.data.n_classes);
+            else
+                expect_err(big, "0 to 256 elements", "257 labels");
+        }
+    }
+    config_defaults(&c);
+    T_OK(config_set(&c, "train.lora.rank=8") == 0 && c.train.lora.rank == 8, "--set train.lora.rank");
+    T_OK(config_set(&c, "train.lora.targets=conv") == 0 && c.train.lora.targets == 2, "--set train.lora.targets=conv (one bare name)");
+    T_OK(config_set(&c, "train.lora={\"alpha\": 16, \"targets\": [\"conv\", \"attn\"]}") == 0 && c.train.lora.alpha == 16 &&
+             c.train.lora.targets == 3 && c.train.lora.rank == 8,
+         "--set train.lora={...} sets the keys it names, keeps the others");
+    T_OK(config_set(&c, "train.lora=4") == 2 && strstr(err_msg(), "\"train.lora\" must be an object"), "--set train.lora=4: %s", err_msg());
+    T_OK(config_set(&c, "train.lora.rnak=4") == 2 && strstr(err_msg(), "did you mean \"train.lora.rank\""), "--set misspelt: %s",
+         err_msg());
+    T_OK(config_set(&c, "data.classes=[0,1,2,3,4,5,6,7,9]") == 0 && c.data.n_classes == 9 && c.data.classes[8] == 9,
+         "--set data.classes with 9 labels (more than the 8 levels of model lists)");
+    T_OK(config_set(&c, "train.init_from=runs/base/ema.safetensors") == 0 && !strcmp(c.train.init_from, "runs/base/ema.safetensors"),
+         "--set train.init_from");
+
     /* round trip: to_json then parse gives identical structs */
     Config a, b;
     config_defaults(&a);
     config_set(&a, "train.lr=0.00013");
     config_set(&a, "model.attn_resolutions=[14,7]");
     config_set(&a, "data.path=some \"quoted\" path");
+    config_set(&a, "train.lora={\"rank\": 4, \"alpha\": 0.5, \"targets\": [\"temb\", \"conv\"]}");
+    config_set(&a, "data.classes=[9, 0, 3]");
+    config_set(&a, "train.init_from=base.safetensors");
     char *js = config_to_json(&a);
     config_defaults(&b);
     int rc = config_parse(&b, js, "roundtrip");

@@ -435,6 +435,88 @@ static void test_dispatch_stats(void) {
     T_NEAR(mean[2], 1.0, 1e-12, "mean ch2");
 }
 
+/* data.classes and data.limit through dataset_load, on the small IDX (labels i % 4), CIFAR
+ * (labels 0..4 of 10 classes) and folder ("" / cat / dog) sets written above. */
+static void test_classes(void) {
+    printf("data.classes + data.limit\n");
+    Config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    strcpy(cfg.data.format, "idx");
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("idxgz"));
+    cfg.data.image_size = 5, cfg.data.channels = 1;
+    cfg.data.classes[0] = 3, cfg.data.classes[1] = 1, cfg.data.n_classes = 2;
+    Dataset ds;
+    int rc = dataset_load(&ds, &cfg);
+    T_OK(rc == 0 && ds.n == IN / 2 && ds.n_classes == 4 && ds.has_labels, "classes [3, 1]: %d of %d images kept, %d classes (%s)",
+         ds.n, IN, ds.n_classes, rc ? err_msg() : "ok");
+    if (!rc) {
+        /* kept in file order: images 1, 3, 5, 7, 9, 11, labels unchanged, pixels those images' */
+        int bad = 0, badl = 0;
+        for (int j = 0; j < ds.n; j++) {
+            int i = 2 * j + 1;
+            badl += ds.labels[j] != idx_lab[i];
+            for (int y = 0; y < 5; y++)
+                for (int x = 0; x < 5; x++) bad += ds.pix[(j * 5 + y) * 5 + x] != idx_pix[(i * IH + y) * IW + x];
+        }
+        T_OK(bad == 0 && badl == 0, "the kept images are 1, 3, 5, .. in order with their labels and pixels (%d, %d mismatches)",
+             bad, badl);
+        dataset_free(&ds);
+    }
+    cfg.data.limit = 4;
+    rc = dataset_load(&ds, &cfg);
+    T_OK(rc == 0 && ds.n == 4 && ds.labels[0] == 1 && ds.labels[1] == 3 && ds.labels[3] == 3,
+         "limit 4 counts after the filter: %d images, labels %d %d %d %d", ds.n, ds.labels[0], ds.labels[1], ds.labels[2],
+         ds.labels[3]);
+    if (!rc) {
+        int bad = 0;
+        for (int y = 0; y < 5; y++)
+            for (int x = 0; x < 5; x++) bad += ds.pix[(3 * 5 + y) * 5 + x] != idx_pix[(7 * IH + y) * IW + x];
+        T_OK(bad == 0, "the 4th kept image is image 7 (%d mismatches)", bad);
+        dataset_free(&ds);
+    }
+    cfg.data.limit = 100;
+    rc = dataset_load(&ds, &cfg);
+    T_OK(rc == 0 && ds.n == IN / 2, "limit above the kept count keeps all %d", ds.n);
+    if (!rc) dataset_free(&ds);
+    cfg.data.limit = 0;
+    cfg.data.classes[0] = 4, cfg.data.n_classes = 1;
+    ds.n = 7;
+    rc = dataset_load(&ds, &cfg);
+    T_OK(rc == DDPM_EUSAGE && strstr(err_msg(), "data.classes") && strstr(err_msg(), "label 4") && strstr(err_msg(), "0..3") &&
+             ds.n == 0 && !ds.pix,
+         "a label the dataset does not have: %s", err_msg());
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("idxnolab"));
+    cfg.data.classes[0] = 0;
+    rc = dataset_load(&ds, &cfg);
+    T_OK(rc == DDPM_EUSAGE && strstr(err_msg(), "data.classes") && strstr(err_msg(), "idxnolab") && strstr(err_msg(), "no labels") &&
+             !strchr(err_msg(), '\n'),
+         "a dataset without labels: %s", err_msg());
+
+    /* CIFAR: 10 classes, the 5 images have labels 0..4 */
+    strcpy(cfg.data.format, "cifar10");
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("cifar"));
+    cfg.data.image_size = 32, cfg.data.channels = 3;
+    cfg.data.classes[0] = 4, cfg.data.classes[1] = 2, cfg.data.n_classes = 2;
+    rc = dataset_load(&ds, &cfg);
+    T_OK(rc == 0 && ds.n == 2 && ds.labels[0] == 2 && ds.labels[1] == 4 && ds.n_classes == 10 &&
+             ds.pix[0] == cifar_px(2, 0, 0) && ds.pix[3 * 1024] == cifar_px(4, 0, 0),
+         "cifar10 classes [4, 2]: images 2 and 4 (%s)", rc ? err_msg() : "ok");
+    if (!rc) dataset_free(&ds);
+    cfg.data.classes[0] = 9, cfg.data.n_classes = 1;
+    rc = dataset_load(&ds, &cfg);
+    T_OK(rc == DDPM_EUSAGE && strstr(err_msg(), "no image of the listed classes"), "a class with no image: %s", err_msg());
+
+    /* folder: classes "" (0), cat (1), dog (2) */
+    strcpy(cfg.data.format, "folder");
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("imgs"));
+    cfg.data.image_size = 8;
+    cfg.data.classes[0] = 2, cfg.data.n_classes = 1, cfg.data.limit = 2;
+    rc = dataset_load(&ds, &cfg);
+    T_OK(rc == 0 && ds.n == 2 && ds.labels[0] == 2 && ds.labels[1] == 2 && ds.n_classes == 3, "folder, class dog, limit 2 (%s)",
+         rc ? err_msg() : "ok");
+    if (!rc) dataset_free(&ds);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* Batcher */
 
@@ -655,6 +737,7 @@ int main(void) {
     test_cifar();
     test_folder();
     test_dispatch_stats();
+    test_classes();
     test_batcher();
     test_fashion_mnist();
     nftw(t_tmpdir(), rm_entry, 16, FTW_DEPTH | FTW_PHYS);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #define CFG_MAX_LEVELS 8
+#define CFG_MAX_CLASSES 256  /* data.classes: labels listed at most */
 #define CFG_STR 256
 
 typedef struct {
@@ -17,7 +18,9 @@ typedef struct {
         int image_size;      /* square side the images are cropped/resized to */
         int channels;        /* 1 (grey) or 3 (RGB); images are converted to it */
         bool hflip;          /* random horizontal flip in training */
-        int limit;           /* use only the first N images (0 = all) */
+        int limit;           /* use only the first N images (0 = all), counted after data.classes */
+        int classes[CFG_MAX_CLASSES]; /* keep only images with these labels */
+        int n_classes;       /* entries in classes (0 = every class) */
     } data;
     struct {
         int ch;                          /* base width */
@@ -56,6 +59,12 @@ typedef struct {
         int log_every, sample_every, ckpt_every, keep;
         int sample_n, sample_steps; /* in-training preview grid: count, DDIM steps */
         float cond_drop;     /* class_cond: P(label -> "no class") per image and step */
+        char init_from[CFG_STR]; /* start from this checkpoint's weights ("" = fresh init) */
+        struct {
+            int rank;        /* 0 = off (train every weight); >= 1: frozen base + adapters */
+            float alpha;     /* adapters add (alpha/rank) B A x; 0 = alpha equal to rank */
+            unsigned targets; /* LORA_ATTN | LORA_CONV | LORA_TEMB (lora.h), bit i = choice i */
+        } lora;
     } train;
     struct {
         char sampler[8];     /* "ddpm" | "ddim" | "dpm++2m" */

@@ -28,7 +28,13 @@ typedef struct {
     int has_labels;       /* 0: idx without a labels file (every label 0) */
 } Dataset;
 
+/* Load data.path; with data.classes only the images of those labels are kept (labels,
+ * n_classes and class_names unchanged), then data.limit counts over what was kept. */
 int dataset_load(Dataset *ds, const Config *cfg);
+/* Keep, in order, the images whose label is one of classes[0..n-1], then the first `limit`
+ * of them (0 = all). EUSAGE naming `what` (the dataset's path) when the dataset has no
+ * labels, a label is not one of its classes, or nothing is left; ds is untouched then. */
+int dataset_keep_classes(Dataset *ds, const int *classes, int n, int limit, const char *what);
 /* Individual loaders, for tests. limit 0 = all. */
 int dataset_load_idx(Dataset *ds, const char *path, int size, int channels, int limit);
 int dataset_load_cifar10(Dataset *ds, const char *dir, int size, int channels, int limit);

@@ -35,6 +35,7 @@ enum {
     RNG_CONDDROP = 10, /* train.cond_drop: id = step, index = global image position */
     RNG_DEGRADE = 11,  /* train.degrade choices: id = step, index = global image position * 64 + slot */
     RNG_DEGRADE_NOISE = 12, /* train.degrade noise fields: id = step, offset = (position * 8 + op) * H*W*C */
+    RNG_LORA = 13,    /* LoRA adapter init (A), id = the adapter's index in its set */
 };
 
 #endif
