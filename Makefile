@@ -154,7 +154,7 @@ check:
 # compiling). make fuzz runs each harness FUZZ_TIME seconds from its committed seeds
 # (tests/fuzz/seeds/NAME) plus the corpus it grew before (build/fuzz/corpus/NAME).
 FUZZ_TIME  ?= 60
-FUZZ_NAMES := safetensors config idx cifar10 image
+FUZZ_NAMES := safetensors config idx cifar10 image jsonl vocab
 FUZZ_DIR   := build/fuzz
 FUZZ_FLAGS := -O1 -g -std=gnu11 -Wno-unknown-pragmas $(SAN_FLAGS)
 FUZZ_OBJ   := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)

@@ -574,7 +574,7 @@ int dataset_list_images(const char *dir, char ***files, int *n) {
     }
     /* The walk is sorted per folder, which already yields sorted relative paths except that
      * '/' sorts differently from other characters; sort the full list for one simple rule. */
-    qsort(l.v, (size_t)l.n, sizeof(char *), cmp_str);
+    if (l.n) qsort(l.v, (size_t)l.n, sizeof(char *), cmp_str);
     *files = l.v, *n = l.n;
     return DDPM_OK;
 }
