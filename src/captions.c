@@ -33,6 +33,16 @@ void capdata_free(CapData *d) {
     memset(d, 0, sizeof *d);
 }
 
+int capdata_n_captions(const CapData *d, int i) {
+    CHECK(i >= 0 && i < d->img.n, "capdata_n_captions: example %d of %d", i, d->img.n);
+    return d->cap_start[i + 1] - d->cap_start[i];
+}
+
+const char *capdata_caption(const CapData *d, int i, int j) {
+    CHECK(j >= 0 && j < capdata_n_captions(d, i), "capdata_caption: caption %d of example %d", j, i);
+    return d->text[d->cap[d->cap_start[i] + j]];
+}
+
 int captions_pick(uint64_t seed, uint64_t step, uint64_t index, int k) {
     if (k <= 1) return 0;
     uint32_t r = rng_u32(seed, RNG_STREAM(RNG_CAPTION, step), index);

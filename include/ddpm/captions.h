@@ -54,11 +54,10 @@ typedef struct {
 } CapData;
 
 void capdata_free(CapData *d);
-static inline int capdata_n_captions(const CapData *d, int i) { return d->cap_start[i + 1] - d->cap_start[i]; }
+/* Number of captions of example i (>= 1). */
+int capdata_n_captions(const CapData *d, int i);
 /* Caption j (0 <= j < capdata_n_captions) of example i. */
-static inline const char *capdata_caption(const CapData *d, int i, int j) {
-    return d->text[d->cap[d->cap_start[i] + j]];
-}
+const char *capdata_caption(const CapData *d, int i, int j);
 
 /* Which of k >= 1 captions example `index` uses at training step `step`:
  * floor(rng_u32(seed, RNG_STREAM(RNG_CAPTION, step), index) * k / 2^32); 0 when k == 1. */
