@@ -176,7 +176,7 @@ test-arm64:
 # compiling). make fuzz runs each harness FUZZ_TIME seconds from its committed seeds
 # (tests/fuzz/seeds/NAME) plus the corpus it grew before (build/fuzz/corpus/NAME).
 FUZZ_TIME  ?= 60
-FUZZ_NAMES := safetensors config idx cifar10 image lora
+FUZZ_NAMES := safetensors config idx cifar10 image lora jsonl vocab
 FUZZ_DIR   := build/fuzz
 FUZZ_FLAGS := -O1 -g -std=gnu11 -Wno-unknown-pragmas $(SAN_FLAGS)
 FUZZ_OBJ   := $(LIB_SRC:%.c=$(FUZZ_DIR)/%.o)

@@ -104,6 +104,28 @@ def main(only):
         stb.stbi_write_jpg(p, 8, 8, 3, pix, 90)
         with open(p, "rb") as f:
             put("image", "jpg_rgb", f.read())
+    text_seeds()
+
+
+def text_seeds():
+    """metadata.jsonl files (the harness puts a 2x2 a.png beside them) and vocabularies in
+    the form text_vocab_write produces. Runs alone too: python3 -c 'import make_fuzz_seeds as
+    m; m.text_seeds()' from scripts/."""
+    put("jsonl", "one_line", b'{"file_name": "a.png", "text": "a small faint sneaker in the top left"}\n')
+    put("jsonl", "list_bom_crlf", b'\xef\xbb\xbf{"file_name": "a.png", "text": ["a red bag", "A bag, red."], "n": 1}\r\n\r\n')
+    put("jsonl", "escapes", '{"text": "caf\\u00e9 \u00e9t\u00e9 t-shirt", "file_name": "a.png"}'.encode())
+    put("jsonl", "missing_image", b'{"file_name": "a.png", "text": "x"}\n{"file_name": "sub/b.jpg", "text": ["y", "z"]}\n')
+    put("jsonl", "no_caption", b'{"file_name": "a.png", "text": null}\n')
+    put("jsonl", "duplicate", b'{"file_name": "a.png", "text": "x"}\n{"file_name": "a.png", "text": "y"}\n')
+    specials = ["<pad>", "<unk>", "<bos>"]
+    put("vocab", "specials", "\n".join(specials).encode())
+    classes = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+    words = {",", "a", "in", "the", "small", "large", "bright", "faint", "top", "bottom", "left", "right", "center",
+             "upper", "lower", "middle", "trousers", "sweater", "jacket", "handbag"}
+    for c in classes:
+        words.update(c.split())
+    put("vocab", "scenes", "\n".join(specials + sorted(words, key=lambda w: w.encode())).encode())
+    put("vocab", "utf8", "\n".join(specials + sorted(["café", "crème", "don't", "été"], key=lambda w: w.encode())).encode())
 
 
 if __name__ == "__main__":

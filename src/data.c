@@ -552,6 +552,55 @@ static int walk(const char *root, const char *rel, int depth, StrList *out) {
     return rc;
 }
 
+int dataset_list_images(const char *dir, char ***files, int *n) {
+    StrList l = {0};
+    *files = NULL, *n = 0;
+    int rc = walk(dir, "", 0, &l);
+    if (rc) {
+        sl_free(&l);
+        return rc;
+    }
+    /* The walk is sorted per folder, which already yields sorted relative paths except that
+     * '/' sorts differently from other characters; sort the full list for one simple rule. */
+    if (l.n) qsort(l.v, (size_t)l.n, sizeof(char *), cmp_str);
+    *files = l.v, *n = l.n;
+    return DDPM_OK;
+}
+
+int dataset_decode_images(uint8_t *pix, const char *dir, const char *const *files, int n, int size,
+                          int channels) {
+    /* Decode in parallel; each image records its status. The error slot is per thread, so
+     * the first failing file (in order) is decoded again here to set the message. */
+    int *status = xcalloc((size_t)(n ? n : 1), sizeof(int));
+    size_t out_sz = (size_t)size * size * channels;
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int i = 0; i < n; i++) {
+        char *p = path_join(dir, files[i]);
+        Image img;
+        if (image_load(&img, p, channels) == DDPM_OK) {
+            image_crop_resize(pix + i * out_sz, img.pix, img.w, img.h, img.c, size);
+            image_free(&img);
+        } else {
+            status[i] = 1;
+        }
+        free(p);
+    }
+    int rc = DDPM_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        if (!status[i]) continue;
+        char *p = path_join(dir, files[i]);
+        Image img;
+        rc = image_load(&img, p, channels);
+        if (rc == DDPM_OK) { /* changed under us; still refuse rather than keep a hole */
+            image_free(&img);
+            rc = err_set(DDPM_ERUNTIME, "%s: could not be read consistently; try again", p);
+        }
+        free(p);
+    }
+    free(status);
+    return rc;
+}
+
 int dataset_load_folder(Dataset *out, const char *dir, int size, int channels, int limit) {
     memset(out, 0, sizeof *out);
     int rc = check_shape(dir, size, channels);
@@ -561,8 +610,8 @@ int dataset_load_folder(Dataset *out, const char *dir, int size, int channels, i
                        dir);
     StrList files = {0}, classes = {0};
     Dataset ds = {0};
-    int *status = NULL;
-    rc = walk(dir, "", 0, &files);
+    rc = dataset_list_images(dir, &files.v, &files.n);
+    files.cap = files.n;
     if (rc) goto fail;
     if (files.n == 0) {
         rc = err_set(DDPM_ERUNTIME,
@@ -570,10 +619,6 @@ int dataset_load_folder(Dataset *out, const char *dir, int size, int channels, i
                      dir, dir);
         goto fail;
     }
-    /* The walk is sorted per folder, which already yields sorted relative paths except that
-     * '/' sorts differently from other characters; sort the full list for one simple rule. */
-    qsort(files.v, (size_t)files.n, sizeof(char *), cmp_str);
-
     /* Classes: distinct first components over all files (sorted), "" for root files. */
     for (int i = 0; i < files.n; i++) {
         const char *slash = strchr(files.v[i], '/');
@@ -612,44 +657,16 @@ int dataset_load_folder(Dataset *out, const char *dir, int size, int channels, i
         ds.labels[i] = found;
     }
 
-    /* Decode in parallel; each image records its status. The error slot is per thread, so
-     * the first failing file (in order) is decoded again here to set the message. */
-    status = xcalloc((size_t)n, sizeof(int));
-    size_t out_sz = (size_t)size * size * channels;
-#pragma omp parallel for schedule(dynamic, 8)
-    for (int i = 0; i < n; i++) {
-        char *p = path_join(dir, files.v[i]);
-        Image img;
-        if (image_load(&img, p, channels) == DDPM_OK) {
-            image_crop_resize(ds.pix + i * out_sz, img.pix, img.w, img.h, img.c, size);
-            image_free(&img);
-        } else {
-            status[i] = 1;
-        }
-        free(p);
-    }
-    for (int i = 0; i < n; i++) {
-        if (!status[i]) continue;
-        char *p = path_join(dir, files.v[i]);
-        Image img;
-        rc = image_load(&img, p, channels);
-        if (rc == DDPM_OK) { /* changed under us; still refuse rather than keep a hole */
-            image_free(&img);
-            rc = err_set(DDPM_ERUNTIME, "%s: could not be read consistently; try again", p);
-        }
-        free(p);
-        goto fail;
-    }
+    rc = dataset_decode_images(ds.pix, dir, (const char *const *)files.v, n, size, channels);
+    if (rc) goto fail;
     ds.n_classes = classes.n;
     ds.has_labels = 1;
     ds.class_names = classes.v; /* ownership moves to ds */
     memset(&classes, 0, sizeof classes);
-    free(status);
     sl_free(&files);
     *out = ds;
     return DDPM_OK;
 fail:
-    free(status);
     sl_free(&files);
     sl_free(&classes);
     dataset_free(&ds);

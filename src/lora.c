@@ -24,9 +24,8 @@ static const char SUF_A[] = ".lora_A.weight", SUF_B[] = ".lora_B.weight";
 void lora_forward(float *out, float *h, const float *inp, const float *A, const float *B, int N, int IN, int OUT,
                   int r, float scale) {
     if (N <= 0) return;
-    /* h (N,r) = inp (N,IN) . A (r,IN)^T, by the row kernel as every forward product: a
-     * row's bits depend on its own input row only, whatever N */
-    gemm_rows(1, N, r, IN, inp, IN, A, IN, h, r);
+    /* h (N,r) = inp (N,IN) . A (r,IN)^T */
+    gemm(0, 1, N, r, IN, 1.0f, inp, IN, A, IN, 0.0f, h, r);
     if (scale == 0.0f) return;
     /* out (N,OUT) += scale . h (N,r) . B (OUT,r)^T */
     gemm(0, 1, N, OUT, r, scale, h, r, B, r, 1.0f, out, OUT);
@@ -77,12 +76,6 @@ void lora_merge_weight(float *W, const float *A, const float *B, int OUT, int K,
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
-static char *xstrdup(const char *s) {
-    size_t n = strlen(s) + 1;
-    char *d = xmalloc(n);
-    memcpy(d, s, n);
-    return d;
-}
 
 /* A name from a file, fit for a one-line message: quoted, control bytes as '?', cut at
  * 120 characters. */

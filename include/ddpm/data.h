@@ -39,6 +39,14 @@ int dataset_keep_classes(Dataset *ds, const int *classes, int n, int limit, cons
 int dataset_load_idx(Dataset *ds, const char *path, int size, int channels, int limit);
 int dataset_load_cifar10(Dataset *ds, const char *dir, int size, int channels, int limit);
 int dataset_load_folder(Dataset *ds, const char *dir, int size, int channels, int limit);
+/* Image files (.png/.jpg/.jpeg) under dir, recursively, hidden entries skipped, as paths
+ * relative to dir sorted by strcmp: *files is a malloc'd array of *n malloc'd strings
+ * (free each, then the array). ERUNTIME naming a folder that cannot be read. */
+int dataset_list_images(const char *dir, char ***files, int *n);
+/* Decode the n images dir/files[i] into pix (n, size, size, channels), converted and
+ * center-cropped/resized as the folder loader does. ERUNTIME naming the first bad file. */
+int dataset_decode_images(uint8_t *pix, const char *dir, const char *const *files, int n, int size,
+                          int channels);
 void dataset_free(Dataset *ds);
 /* Per-channel mean and std of pixels scaled to [0,1]. */
 void dataset_stats(const Dataset *ds, double mean[3], double std[3]);
