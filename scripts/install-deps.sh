@@ -19,7 +19,7 @@ for a in "$@"; do
         --mpi) pkgs="$pkgs openmpi-bin libopenmpi-dev" ;;
         --torch) pkgs="$pkgs python3-torch" ;;
         --fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
-        --arm64) arm64=1; pkgs="$pkgs gcc-aarch64-linux-gnu qemu-user libc6:arm64 libgomp1:arm64 pkg-config:arm64 libopenblas-openmp-dev:arm64 libcjson-dev:arm64 libstb-dev:arm64 zlib1g-dev:arm64 libcairo2-dev:arm64 libfontconfig-dev:arm64" ;;
+        --arm64) arm64=1; pkgs="$pkgs gcc-aarch64-linux-gnu qemu-user libc6:arm64 libgomp1:arm64 pkg-config:arm64 libopenblas-openmp-dev:arm64 libcjson-dev:arm64 libstb-dev:arm64 zlib1g-dev:arm64 libcairo2-dev:arm64 libfontconfig-dev:arm64 nettle-dev:arm64" ;;
         *) echo "install-deps.sh: unknown option $a (use --build, --mpi, --fuzz, --torch or --arm64)" >&2; exit 2 ;;
     esac
 done
