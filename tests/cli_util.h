@@ -3,6 +3,7 @@
 #define DDPM_CLI_UTIL_H
 
 #include <dirent.h>
+#include <stb_image.h>
 #include <stdarg.h>
 #include <sys/wait.h>
 
@@ -62,6 +63,24 @@ static inline void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     fputs(text, f);
     fclose(f);
+}
+
+/* The largest difference, in grey levels, between two PNGs' pixels; -1 if either cannot be
+ * read or their sizes or channel counts differ. Images sampled with another --batch,
+ * --threads or rank count agree within float32 rounding (OpenBLAS may sum a product in
+ * another order: test_unet's order_bound, relative 1e-5 and below), far below half a grey
+ * level (1/510 of the range), so 8-bit rounding can move a pixel by one level at most:
+ * such comparisons assert png_maxdiff <= 1. */
+static inline int png_maxdiff(const char *a, const char *b) {
+    int wa, ha, ca, wb, hb, cb, m = -1;
+    unsigned char *x = stbi_load(a, &wa, &ha, &ca, 0), *y = stbi_load(b, &wb, &hb, &cb, 0);
+    if (x && y && wa == wb && ha == hb && ca == cb) {
+        m = 0;
+        for (size_t i = 0; i < (size_t)wa * ha * ca; i++) m = abs(x[i] - y[i]) > m ? abs(x[i] - y[i]) : m;
+    }
+    if (x) stbi_image_free(x);
+    if (y) stbi_image_free(y);
+    return m;
 }
 
 /* 1 if two files have the same bytes. */

@@ -113,14 +113,17 @@ int main(void) {
     /* sampling: same PNGs from 1 and 2 ranks */
     int s1 = mpi(1, "sample --run %s/np1 -n 5 --sampler ddim --steps 10 -o %s/s1 --quiet", d, d);
     int s2 = mpi(2, "sample --run %s/np1 -n 5 --sampler ddim --steps 10 -o %s/s2 --quiet", d, d);
-    int same = s1 == 0 && s2 == 0;
+    int same = s1 == 0 && s2 == 0, pworst = 0;
     const char *files[] = {"000000.png", "000002.png", "000003.png", "000004.png", "grid.png"};
     for (int i = 0; i < 5; i++) {
         snprintf(a, sizeof a, "%s/s1/%s", d, files[i]);
         snprintf(b, sizeof b, "%s/s2/%s", d, files[i]);
-        same &= same_file(a, b);
+        int m = png_maxdiff(a, b);
+        same &= m >= 0 && m <= 1;
+        pworst = m > pworst ? m : pworst;
     }
-    T_OK(same, "2-rank sampling writes byte-identical PNGs to 1-rank sampling%s", s2 ? g_err : "");
+    T_OK(same, "2-rank sampling: the same images as 1-rank sampling within a grey level (max diff %d)%s", pworst,
+         s2 ? g_err : "");
 
     /* kill one rank mid-run: mpirun stops the job with an error; the checkpoint stays loadable */
     char cmd[4096];

@@ -1,6 +1,6 @@
 /* ddpm inpaint / edit / upscale as a user runs them, on the committed tiny model (16x16 grey):
  * kept pixels equal the input, strength 0 is the identity, the upscale matches its input when
- * downsampled, same command => same bytes whatever --batch/--threads, and every bad input is
+ * downsampled, same command => same images (within a grey level) whatever --batch/--threads, and every bad input is
  * one line with exit 2 and no file left behind. */
 #include <stb_image.h>
 #include <sys/stat.h>
@@ -23,6 +23,15 @@ static int same(const char *d, const char *a, const char *b, const char *name) {
     snprintf(pa, sizeof pa, "%s/%s/%s", d, a, name);
     snprintf(pb, sizeof pb, "%s/%s/%s", d, b, name);
     return same_file(pa, pb);
+}
+
+/* The same images within a grey level (png_maxdiff): runs with another --batch/--threads. */
+static int near(const char *d, const char *a, const char *b, const char *name) {
+    char pa[700], pb[700];
+    snprintf(pa, sizeof pa, "%s/%s/%s", d, a, name);
+    snprintf(pb, sizeof pb, "%s/%s/%s", d, b, name);
+    int m = png_maxdiff(pa, pb);
+    return m >= 0 && m <= 1;
 }
 
 /* A labelled strip against its --no-labels twin (n frames of 16x16 in a row): every bare
@@ -135,9 +144,9 @@ static void test_classes(const char *d, const char *in) {
     rc = run("inpaint %s/000000.png %s/000001.png%s --mask top -n 2 %s --class sneaker,bag -o %s", in, in, ck, rp, dir[6]);
     rc2 = run("inpaint %s/000000.png %s/000001.png%s --mask top -n 2 %s --class sneaker,bag --batch 1 --threads 1 -o %s", in, in, ck, rp,
               dir[7]);
-    T_OK(rc == 0 && rc2 == 0 && same(d, names[6], names[7], "000001_1.png") && same(d, names[6], names[7], "000000_0.png") &&
-             same(d, names[6], names[7], "000001_strip.png"),
-         "--class sneaker,bag: byte-identical with --batch 1 --threads 1");
+    T_OK(rc == 0 && rc2 == 0 && near(d, names[6], names[7], "000001_1.png") && near(d, names[6], names[7], "000000_0.png") &&
+             near(d, names[6], names[7], "000001_strip.png"),
+         "--class sneaker,bag: the same images within a grey level with --batch 1 --threads 1");
     T_OK(n_diff(d, dir[6], dir[0], "000000_0.png") == 0 && n_diff(d, dir[6], dir[0], "000000_1.png") == 0,
          "input 1 of 2 with sneaker,bag = the same input alone with sneaker (each image its own stream)");
     snprintf(p, sizeof p, "%s/c_bag", d);
@@ -208,8 +217,8 @@ int main(void) {
     if (r1) stbi_image_free(r1);
     run("inpaint %s/000000.png %s/000001.png" M " --mask top -n 2 %s -o %s/ib --batch 1 --threads 1", in, in, rp, d);
     run("inpaint %s/000000.png %s/000001.png" M " --mask top -n 2 %s -o %s/ic --batch 3", in, in, rp, d);
-    T_OK(same(d, "ia", "ib", "000001_1.png") && same(d, "ia", "ic", "000001_1.png") && same(d, "ia", "ib", "000000_strip.png"),
-         "inpaint: byte-identical with --batch 1 --threads 1 and --batch 3");
+    T_OK(near(d, "ia", "ib", "000001_1.png") && near(d, "ia", "ic", "000001_1.png") && near(d, "ia", "ib", "000000_strip.png"),
+         "inpaint: the same images within a grey level with --batch 1 --threads 1 and --batch 3");
     /* a mask file, white = regenerate, of another size (resized, said so) */
     unsigned char mk[32 * 32];
     for (int y = 0; y < 32; y++)
@@ -269,7 +278,8 @@ int main(void) {
     T_OK(r0 && diff / 256 > 0.5 && diff / 256 < 60, "edit at 0.3 changes the image but stays near it: mean |diff| %.1f levels", diff / 256);
     if (r0) stbi_image_free(r0);
     run("edit %s/000000.png %s/000001.png" M " --strength 0.3 --sampler ddim --steps 20 -n 2 -o %s/eb --batch 1 --threads 1", in, in, d);
-    T_OK(same(d, "ea", "eb", "000001_1.png") && same(d, "ea", "eb", "000000_strip.png"), "edit: byte-identical with --batch 1 --threads 1");
+    T_OK(near(d, "ea", "eb", "000001_1.png") && near(d, "ea", "eb", "000000_strip.png"),
+         "edit: the same images within a grey level with --batch 1 --threads 1");
     run("edit %s/000000.png %s/000001.png" M " --strength 0.3 --sampler ddim --steps 20 -n 2 -o %s/ec --no-labels", in, in, d);
     check_labelled(d, "ea", "ec", "000000_strip.png", 4, 1, "edit");
     rc = run("edit %s" M " --strength 1 --sampler dpm++2m --steps 5 -o %s/e1 --verbose", in, d);
@@ -308,7 +318,7 @@ int main(void) {
     if (r0) stbi_image_free(r0);
     snprintf(p, sizeof p, "%s/lo.png", d);
     run("upscale %s" M " --factor 4 --sampler ddim --steps 25 -n 2 -o %s/ub --batch 1 --threads 1", p, d);
-    T_OK(same(d, "ua", "ub", "lo_1.png"), "upscale: byte-identical with --batch 1 --threads 1");
+    T_OK(near(d, "ua", "ub", "lo_1.png"), "upscale: the same images within a grey level with --batch 1 --threads 1");
     run("upscale %s" M " --factor 4 --sampler ddim --steps 25 -n 2 -o %s/uc --no-labels", p, d);
     check_labelled(d, "ua", "uc", "lo_strip.png", 3, 1, "upscale");
     rc = run("upscale %s/000000.png" M " --factor 2 --sampler ddim --steps 10 -o %s/u2", in, d);

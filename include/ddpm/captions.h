@@ -21,12 +21,8 @@
 #include <stdint.h>
 
 #include "ddpm/data.h"
+#include "ddpm/rng.h"
 
-/* Counter-RNG stream kinds used here (see rng.h; to move into its enum). */
-enum {
-    RNG_CAPTION = 11, /* caption choice: id = step, index = example index */
-    RNG_SCENE = 12,   /* scenes layout and tone: id = 0, index = example index */
-};
 
 /* Per-example attributes of a scene (also what a prompt asks for, see scenes_parse). */
 enum { SCENE_SMALL = 0, SCENE_LARGE = 1 };

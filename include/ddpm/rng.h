@@ -36,6 +36,8 @@ enum {
     RNG_DEGRADE = 11,  /* train.degrade choices: id = step, index = global image position * 64 + slot */
     RNG_DEGRADE_NOISE = 12, /* train.degrade noise fields: id = step, offset = (position * 8 + op) * H*W*C */
     RNG_LORA = 13,    /* LoRA adapter init (A), id = the adapter's index in its set */
+    RNG_CAPTION = 14, /* caption choice: id = step, index = example index */
+    RNG_SCENE = 15,   /* scenes layout and tone: id = 0, index = example index */
 };
 
 #endif
