@@ -14,7 +14,6 @@
 #include "ddpm/tensor.h"
 #include "fastexp.h"
 
-#define PAR_MIN 16384
 
 
 /* One N x N matrix per thread that runs images in parallel. */
@@ -50,7 +49,7 @@ static void fwd_image(float *out, float *A, const float *q, const float *k, cons
                       int par) {
     /* A (N,N) = scale * q (N,C) . k (N,C)^T */
     gemm(0, 1, N, N, C, scale, q, C, k, C, 0.0f, A, N);
-#pragma omp parallel for schedule(static) if (par && (size_t)N * N > PAR_MIN)
+#pragma omp parallel for schedule(static) if (par && (size_t)N * N > PAR_MIN / 2)
     for (int i = 0; i < N; i++) softmax_row(A + (size_t)i * N, N);
     /* out (N,C) = A (N,N) . v (N,C) */
     gemm(0, 0, N, C, N, 1.0f, A, N, v, C, 0.0f, out, C);
@@ -76,7 +75,7 @@ static void bwd_image(float *dq, float *dk, float *dv, const float *dout, const 
     gemm(0, 1, N, N, C, 1.0f, dout, C, v, C, 0.0f, D, N);
     /* dv (N,C) += A^T (N,N) . dout (N,C) */
     gemm(1, 0, N, C, N, 1.0f, A, N, dout, C, 1.0f, dv, C);
-#pragma omp parallel for schedule(static) if (par && (size_t)N * N > PAR_MIN)
+#pragma omp parallel for schedule(static) if (par && (size_t)N * N > PAR_MIN / 2)
     for (int i = 0; i < N; i++) softmax_bwd_row(D + (size_t)i * N, A + (size_t)i * N, N, scale);
     /* dq (N,C) += dS (N,N) . k (N,C);  dk (N,C) += dS^T . q */
     gemm(0, 0, N, C, N, 1.0f, D, N, k, C, 1.0f, dq, C);

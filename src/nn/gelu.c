@@ -17,7 +17,7 @@
 #include "ddpm/text_nn.h"
 #include "fastexp.h"
 
-#define PAR_MIN 32768
+#include "par.h"
 
 /* 0.5 erfc(|x| / sqrt 2) (the tail mass beyond |x|) and e^{-x^2/2} in *e */
 static inline float half_tail(float x, float *e) {

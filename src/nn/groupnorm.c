@@ -32,7 +32,7 @@
 #include <omp.h>
 #endif
 
-#define PAR_MIN 32768
+#include "par.h"
 #define BLK_FLOATS 262144 /* most floats per tensor per work item (1 MB) */
 #define PART_MAX 4096    /* doubles of per-image partial parameter gradients per batch chunk */
 

@@ -8,7 +8,7 @@
 #include "ddpm/err.h"
 #include "ddpm/text_nn.h"
 
-#define PAR_MIN 32768
+#include "par.h"
 #define CHUNK 16
 
 /* out (N,C) = gamma (C) * (inp (N,C) - mean) * rstd + beta (C); mean, rstd (N) saved.

@@ -20,7 +20,6 @@
 #include "fastexp.h"
 #include "par.h"
 
-#define PAR_MIN 16384
 
 MhaShape mha_shape(int B, int N, int C, int L, int Ckv, int heads) {
     CHECK(B > 0 && N > 0 && C > 0 && L > 0 && Ckv > 0 && heads > 0 && C % heads == 0,
@@ -86,7 +85,7 @@ static void fwd_item(float *o, float *A, const float *q, const float *k, const f
     const uint8_t *kb = keep ? keep + (size_t)b * L : NULL;
     /* A (N,L) = scale * q_h (N,dh) . k_h (L,dh)^T */
     gemm(0, 1, N, L, dh, scale, qh, C, kh, C, 0.0f, A, L);
-#pragma omp parallel for schedule(static) if (par && (size_t)N * L > PAR_MIN)
+#pragma omp parallel for schedule(static) if (par && (size_t)N * L > PAR_MIN / 2)
     for (int i = 0; i < N; i++) softmax_row(A + (size_t)i * L, kb, L);
     /* o_h (N,dh) = A (N,L) . v_h (L,dh) */
     gemm(0, 0, N, dh, L, 1.0f, A, L, vh, C, 0.0f, o + (size_t)b * N * C + h * dh, C);
@@ -116,7 +115,7 @@ static void bwd_item(float *dq, float *dk, float *dv, const float *dO, const flo
     gemm(0, 1, N, L, dh, 1.0f, dO + qo, C, v + ko, C, 0.0f, D, L);
     /* dv_h (L,dh) += A^T (L,N) . dO_h (N,dh) */
     gemm(1, 0, L, dh, N, 1.0f, A, L, dO + qo, C, 1.0f, dv + ko, C);
-#pragma omp parallel for schedule(static) if (par && (size_t)N * L > PAR_MIN)
+#pragma omp parallel for schedule(static) if (par && (size_t)N * L > PAR_MIN / 2)
     for (int i = 0; i < N; i++) softmax_bwd_row(D + (size_t)i * L, A + (size_t)i * L, L, scale);
     /* dq_h (N,dh) += dS (N,L) . k_h (L,dh);  dk_h (L,dh) += dS^T (L,N) . q_h (N,dh) */
     gemm(0, 0, N, dh, L, 1.0f, D, L, k + ko, C, 1.0f, dq + qo, C);

@@ -12,8 +12,7 @@
 #include <omp.h>
 #endif
 
-/* Below this many floats a loop runs on the calling thread only. */
-#define PAR_MIN 32768
+#include "par.h"
 
 
 /* ---- silu ---------------------------------------------------------------------------- */

@@ -1,6 +1,6 @@
 /* par: the thread helpers of the kernels, private to src/nn.
  *
- * There is one thread pool, OpenMP's (threads_set() in tensor.c sizes it). OpenBLAS is its
+ * There is one thread pool, OpenMP's (threads_set() in gemm.c sizes it). OpenBLAS is its
  * OpenMP build: a gemm() outside a parallel region spreads over the pool, one inside a
  * parallel loop runs on the calling thread. So a kernel either calls one big GEMM, or runs a
  * parallel loop whose iterations (an image, a block of tiles) each call their own GEMMs;
@@ -12,7 +12,12 @@
 #include <omp.h>
 #endif
 
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
+
+/* Below this many floats of element-wise work a loop runs on the calling thread only: waking
+ * the pool costs more than it saves. Loops that take an exp per element (softmax) start at
+ * half of it. */
+#define PAR_MIN 32768
 
 /* OpenMP threads a kernel may use. */
 static inline int nn_max_threads(void) {
