@@ -109,7 +109,7 @@ static const Key KEYS[] = {
     {"train.keep", K_INT, OFF(train.keep), 0, 0, 1e6, NULL, "3", "milestone checkpoints kept (0 = none)"},
     {"train.sample_n", K_INT, OFF(train.sample_n), 0, 1, 1024, NULL, "36", "images in the preview grid"},
     {"train.cond_drop", K_FLOAT, OFF(train.cond_drop), 0, 0, 1, NULL, "0.1",
-     "class_cond: probability that an image's label is replaced by \"no class\" (for guidance)"},
+     "class_cond / cond_image: probability that an image's condition is dropped (label -> \"no class\", degraded image -> y = 0, mask 0), for guidance"},
     {"train.degrade", K_DEGRADE, OFF(train.degrade), 0, 0, 0, NULL, "[]",
      "model.cond_image: degradations drawn per example, e.g. [{\"type\": \"downscale\", \"factor\": 4}, {\"type\": \"noise\", \"sigma\": [0.1, 0.5]}] (docs/restoration.md)"},
     {"train.sample_steps", K_INT, OFF(train.sample_steps), 0, 1, 100000, NULL, "20",
