@@ -119,12 +119,14 @@ class UNet(nn.Module):
     except at level 0 -> GN -> SiLU -> conv3x3 to the image channels."""
 
     def __init__(self, ch, ch_mult, num_res_blocks, attn_resolutions, groups, res, channels, dropout=0.0,
-                 num_classes=0):
+                 num_classes=0, in_channels=None):
         super().__init__()
         self.ch, self.ch_mult, self.nrb = ch, list(ch_mult), num_res_blocks
         T = 4 * ch
         self.temb = TimeMLP(ch, T)
-        self.conv_in = nn.Conv2d(channels, ch, 3, padding=1)
+        # model.cond_image: the input is concat(x_t, y[, mask]), in_channels = 2 channels (+1);
+        # the output keeps `channels`
+        self.conv_in = nn.Conv2d(in_channels or channels, ch, 3, padding=1)
         n = len(self.ch_mult)
         skip_ch = [ch]
         c = ch
@@ -177,13 +179,17 @@ class UNet(nn.Module):
         A class_cond config without num_classes (ddpm train sets it from the dataset) gets 10,
         as `ddpm bench` does."""
         m, d = cfg.get("model", {}), cfg.get("data", {})
+        C = d.get("channels", 1)
+        masks = any(e.get("type") == "mask" or any(o.get("type") == "mask" for o in e.get("chain", []))
+                    for e in cfg.get("train", {}).get("degrade", []))
+        cin = 2 * C + (1 if masks else 0) if m.get("cond_image", False) else C
         return cls(m.get("ch", 64), m.get("ch_mult", [1, 2, 2]), m.get("num_res_blocks", 2),
                    m.get("attn_resolutions", [14]), m.get("groups", 32), d.get("image_size", 28),
                    d.get("channels", 1), m.get("dropout", 0.1),
-                   (m.get("num_classes", 0) or 10) if m.get("class_cond", False) else 0)
+                   (m.get("num_classes", 0) or 10) if m.get("class_cond", False) else 0, in_channels=cin)
 
     def forward(self, x, t, acts=None, y=None):
-        """x (B,C,H,W); t integer timesteps (B); y class labels (B) for a class-conditional
+        """x (B,C_in,H,W) (C_in = C, or concat(x_t, y[, mask]) for model.cond_image); t integer timesteps (B); y class labels (B) for a class-conditional
         model (None = "no class"). acts, if a dict, collects every block output under its
         ddpm block name (plus "temb", "temb.out")."""
         if acts is None:

@@ -41,6 +41,13 @@ writes tests/fixtures/unet_cond_ref.safetensors instead: a smaller class-conditi
 (8x8 grey, ch 8, ch_mult [1, 2], 3 classes, so class_emb.weight is 4 x 32) with the labels
 input.y = [0, 3, 2, 0] (3 = "no class"; class 0 twice, so its gradient row sums two images)
 and every tensor listed above, class_emb.weight and its gradient included.
+
+    /usr/bin/python3 scripts/make_reference.py --restore [output path]
+
+writes tests/fixtures/unet_restore_ref.safetensors: the --cond model made image-conditioned
+as well (model.cond_image, a train.degrade with a mask), so conv_in takes concat(x_t, y, mask)
+= 3 channels while the output keeps 1: input.x is (B,8,8,3), target and output (B,8,8,1),
+grad.input (B,8,8,3), labels input.y = [1, 3].
 """
 import json
 import math
@@ -73,7 +80,20 @@ CONFIG = {
 
 
 COND = "--cond" in sys.argv[1:]
-if COND:  # the small class-conditional fixture (its own file: the unconditional one stays as it is)
+RESTORE = "--restore" in sys.argv[1:]
+C_IN = None
+if RESTORE:  # class- and image-conditioned: conv_in sees concat(x_t, y, mask)
+    B, RES, C_IMG = 2, 8, 1
+    CH, CH_MULT, NRB, ATTN_RES, GROUPS = 8, [1, 2], 1, [4], 4
+    TIMESTEPS = [517, 40]
+    NUM_CLASSES, LABELS = 3, [1, 3]
+    C_IN = 2 * C_IMG + 1
+    CONFIG["data"]["channels"] = C_IMG
+    CONFIG["train"]["batch_size"] = B
+    CONFIG["train"]["degrade"] = [{"type": "downscale", "factor": 2}, {"type": "mask", "size": [0.25, 0.5]}]
+    CONFIG["model"].update({"ch": CH, "class_cond": True, "num_classes": NUM_CLASSES, "cond_image": True})
+    COND = True
+elif COND:  # the small class-conditional fixture (its own file: the unconditional one stays as it is)
     B, RES, C_IMG = 4, 8, 1
     CH, CH_MULT, NRB, ATTN_RES, GROUPS = 8, [1, 2], 1, [4], 4
     TIMESTEPS = [0, 517, 999, 250]
@@ -86,7 +106,8 @@ else:
 
 
 def UNet():
-    return ddpm_torch.UNet(CH, CH_MULT, NRB, ATTN_RES, GROUPS, RES, C_IMG, dropout=0.0, num_classes=NUM_CLASSES)
+    return ddpm_torch.UNet(CH, CH_MULT, NRB, ATTN_RES, GROUPS, RES, C_IMG, dropout=0.0, num_classes=NUM_CLASSES,
+                            in_channels=C_IN)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -144,8 +165,8 @@ def write_safetensors(path, tensors, metadata):
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [a for a in sys.argv[1:] if a != "--cond"]
-    default = "unet_cond_ref.safetensors" if COND else "unet_ref.safetensors"
+    args = [a for a in sys.argv[1:] if a not in ("--cond", "--restore")]
+    default = "unet_restore_ref.safetensors" if RESTORE else "unet_cond_ref.safetensors" if COND else "unet_ref.safetensors"
     out_path = args[0] if args else os.path.join(root, "tests", "fixtures", default)
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
@@ -154,7 +175,7 @@ def main():
     init_params(model, gen)
     model = model.double()
 
-    x32 = torch.randn((B, C_IMG, RES, RES), generator=gen, dtype=torch.float32)
+    x32 = torch.randn((B, C_IN or C_IMG, RES, RES), generator=gen, dtype=torch.float32)
     tgt32 = torch.randn((B, C_IMG, RES, RES), generator=gen, dtype=torch.float32)
     t = torch.tensor(TIMESTEPS, dtype=torch.int64)
 

@@ -14,7 +14,8 @@
 #include "ddpm/fsio.h"
 
 /* K_FLAGS: a list of names from `choices`, stored as an unsigned mask (bit i = choice i). */
-typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_INTS, K_FLAGS } KeyType;
+/* K_DEGRADE: a degradation list (ddpm/degrade.h), stored as a DegradeSpec. */
+typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_INTS, K_FLAGS, K_DEGRADE } KeyType;
 
 typedef struct {
     const char *key;      /* "section.name" */
@@ -61,6 +62,8 @@ static const Key KEYS[] = {
      "class-conditional: a class embedding (num_classes + 1 rows, the last = no class) added to the timestep embedding"},
     {"model.num_classes", K_INT, OFF(model.num_classes), 0, 0, 100000, NULL, "0",
      "classes of a class_cond model (0 = the dataset's count, set by ddpm train)"},
+    {"model.cond_image", K_BOOL, OFF(model.cond_image), 0, 0, 1, NULL, "false",
+     "image-conditioned restoration (SR3/Palette): conv_in sees concat(x_t, y[, mask]), y degraded by train.degrade"},
 
     {"diffusion.T", K_INT, OFF(diffusion.T), 0, 2, 100000, NULL, "1000", "number of diffusion steps"},
     {"diffusion.schedule", K_STR, OFF(diffusion.schedule), 0, 0, 15, "linear|cosine|sigmoid", "\"linear\"",
@@ -106,7 +109,9 @@ static const Key KEYS[] = {
     {"train.keep", K_INT, OFF(train.keep), 0, 0, 1e6, NULL, "3", "milestone checkpoints kept (0 = none)"},
     {"train.sample_n", K_INT, OFF(train.sample_n), 0, 1, 1024, NULL, "36", "images in the preview grid"},
     {"train.cond_drop", K_FLOAT, OFF(train.cond_drop), 0, 0, 1, NULL, "0.1",
-     "class_cond: probability that an image's label is replaced by \"no class\" (for guidance)"},
+     "class_cond / cond_image: probability that an image's condition is dropped (label -> \"no class\", degraded image -> y = 0, mask 0), for guidance"},
+    {"train.degrade", K_DEGRADE, OFF(train.degrade), 0, 0, 0, NULL, "[]",
+     "model.cond_image: degradations drawn per example, e.g. [{\"type\": \"downscale\", \"factor\": 4}, {\"type\": \"noise\", \"sigma\": [0.1, 0.5]}] (docs/restoration.md)"},
     {"train.sample_steps", K_INT, OFF(train.sample_steps), 0, 1, 100000, NULL, "20",
      "DDIM steps for the preview grid"},
     {"train.init_from", K_STR, OFF(train.init_from), 0, 0, CFG_STR - 1, NULL, "\"\"",
@@ -184,6 +189,7 @@ static const char *type_name(const Key *k) {
     case K_STR: return "a string";
     case K_INTS: return "a list of integers";
     case K_FLAGS: return "a list of names";
+    case K_DEGRADE: return "a list of degradations";
     }
     return "?";
 }
@@ -270,6 +276,10 @@ static int set_value(Config *c, const Key *k, const cJSON *v, const char *label)
         *(int *)((char *)c + k->count_off) = n;
         return DDPM_OK;
     }
+    case K_DEGRADE:
+        if (!cJSON_IsArray(v))
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s, got %s", label, k->key, type_name(k), got);
+        return degrade_spec_parse((DegradeSpec *)p, v, label);
     case K_FLAGS: {
         /* a list of choices; a single name is a list of one */
         if (!cJSON_IsArray(v) && !cJSON_IsString(v))
@@ -456,6 +466,16 @@ int config_validate(const Config *c) {
     if (c->train.lora.rank > 0 && !c->train.lora.targets)
         return err_set(DDPM_EUSAGE, "%s: \"train.lora.targets\" is empty: name at least one group of attn, conv, temb "
                        "(or set \"train.lora.rank\" = 0 to train every weight)", L);
+    if (c->model.cond_image && c->train.degrade.n == 0)
+        return err_set(DDPM_EUSAGE, "%s: \"model.cond_image\" is true but \"train.degrade\" is empty: list the degradations "
+                       "the model learns to undo (docs/restoration.md)", L);
+    if (!c->model.cond_image && c->train.degrade.n > 0)
+        return err_set(DDPM_EUSAGE, "%s: \"train.degrade\" is set but \"model.cond_image\" is false: set it to true to "
+                       "train a restoration model", L);
+    if (c->model.cond_image) {
+        int rc = degrade_spec_check(&c->train.degrade, c->data.image_size, c->data.image_size, L);
+        if (rc) return rc;
+    }
     return DDPM_OK;
 }
 
@@ -496,6 +516,7 @@ char *config_to_json(const Config *c) {
                 cJSON_AddItemToObject(sec, name, cJSON_CreateIntArray((const int *)p, n));
                 break;
             }
+            case K_DEGRADE: cJSON_AddItemToObject(sec, name, degrade_spec_to_json((const DegradeSpec *)p)); break;
             case K_FLAGS: {
                 cJSON *a = cJSON_AddArrayToObject(sec, name);
                 unsigned mask = *(const unsigned *)p;
@@ -530,7 +551,7 @@ void config_print_keys(FILE *f) {
         }
         else if (k->type == K_INT || k->type == K_FLOAT || k->type == K_INTS)
             snprintf(range, sizeof range, " [%.10g, %.10g]", k->lo, k->hi); /* exact: 2147483647, not 2.14748e+09 */
-        static const char *tn[] = {"int", "float", "bool", "string", "int list", "name list"};
+        static const char *tn[] = {"int", "float", "bool", "string", "int list", "name list", "degradation list"};
         fprintf(f, "| `%s` | %s%s | `%s` | %s |\n", k->key, tn[k->type], range, k->def, k->help);
     }
 }

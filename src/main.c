@@ -20,6 +20,7 @@ static const struct {
     {"inpaint", cmd_inpaint, "fill a masked region of images so that it fits (RePaint)"},
     {"edit", cmd_edit, "turn a noisy or rough image into one the model would make (SDEdit)"},
     {"upscale", cmd_upscale, "a full-resolution image from a low-resolution one (ILVR)"},
+    {"restore", cmd_restore, "restore degraded images with a model trained for it (SR3/Palette)"},
     {"import", cmd_import, "read a diffusers UNet2DModel folder into a ddpm checkpoint"},
     {"export", cmd_export, "write a checkpoint as a diffusers UNet2DModel folder"},
     {"bench", cmd_bench, "time a training step and a forward pass"},

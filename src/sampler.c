@@ -41,32 +41,42 @@ void sample_opts_from_config(SampleOpts *o, const Config *c) {
 }
 
 int sample_guided(const UNet *u, const SampleOpts *o) {
-    return u->n_classes > 0 && o->classes && guidance_needs_both(o->guidance, o->guidance_rescale);
+    return ((u->n_classes > 0 && o->classes) || u->C_in > u->C_img) && guidance_needs_both(o->guidance, o->guidance_rescale);
 }
 
-/* Network part of the denoiser: pred (b,D) for x (b,D) at timestep t. A class-conditional
- * model asked for classes cls runs the conditional half (cls) and the unconditional half
- * (no class) as one forward of 2b images and combines them by guidance; S = 1 (or 0)
- * without rescale needs only the conditional (unconditional) half. x2, pred2 hold 2b
- * images, tv and y 2b ints. *evals counts the images evaluated (b per call). */
-static void network_pred(UNet *u, const SampleOpts *o, float *pred, const float *x, int t, const int *cls, int b,
-                         float *x2, float *pred2, int *tv, int *y, size_t D, long *evals) {
+/* Row r of the U-Net's input (npix pixels, C + Cc channels): x's C channels, then the
+ * condition's Cc (cond (npix,Cc); NULL = the dropped condition, zeros: y = 0, mask 0). */
+static void concat_row(float *out, const float *x, const float *cond, size_t npix, int C, int Cc) {
+    for (size_t p = 0; p < npix; p++) {
+        float *o = out + p * (size_t)(C + Cc);
+        memcpy(o, x + p * C, sizeof(float) * C);
+        if (cond) memcpy(o + C, cond + p * Cc, sizeof(float) * Cc);
+        else memset(o + C, 0, sizeof(float) * Cc);
+    }
+}
+
+/* Network part of the denoiser: pred (b,D) for x (b,D) at timestep t. The condition of image
+ * i is its class cls[i] (class-conditional models, cls not NULL) and its image condition
+ * cond[i] (image-conditioned models: concat(x_t, y[, mask]) is the input; cond[i] NULL = the
+ * dropped condition). Guided, the conditional half (rows 0..b-1, every condition) and the
+ * unconditional half (rows b..2b-1, no class and the dropped image condition) run as one
+ * forward of 2b images, combined by guidance; S = 1 (or 0) without rescale needs only the
+ * conditional (unconditional) half. xin holds 2b input rows (D_in each; NULL when the input
+ * is x itself: an unguided model without image condition), pred2 2b outputs, tv and y 2b ints.
+ * *evals counts the images evaluated (b per call). */
+static void network_pred(UNet *u, const SampleOpts *o, float *pred, const float *x, int t, const int *cls,
+                         const float *const *cond, int b, float *xin, float *pred2, int *tv, int *y, size_t D, long *evals) {
     *evals += b;
-    for (int i = 0; i < 2 * b; i++) tv[i] = t;
-    if (u->n_classes <= 0 || !cls) {
-        unet_forward(u, pred, x, tv, b);
-        return;
+    int guided = sample_guided(u, o), rows = guided ? 2 * b : b, Cc = u->C_in - u->C_img;
+    size_t npix = (size_t)u->res * u->res, Din = npix * u->C_in;
+    for (int r = 0; r < rows; r++) {
+        int i = r % b, dropped = r >= b || (!guided && o->guidance == 0);
+        tv[r] = t;
+        y[r] = u->n_classes > 0 && cls && !dropped ? cls[i] : u->n_classes;
+        if (xin) concat_row(xin + r * Din, x + i * D, Cc && !dropped ? cond[i] : NULL, npix, u->C_img, Cc);
     }
-    if (!sample_guided(u, o)) {
-        for (int i = 0; i < b; i++) y[i] = o->guidance == 0 ? u->n_classes : cls[i];
-        unet_forward_cond(u, pred, x, tv, y, b);
-        return;
-    }
-    memcpy(x2, x, sizeof(float) * b * D);
-    memcpy(x2 + b * D, x, sizeof(float) * b * D);
-    for (int i = 0; i < b; i++) y[i] = cls[i], y[b + i] = u->n_classes;
-    unet_forward_cond(u, pred2, x2, tv, y, 2 * b);
-    for (int i = 0; i < b; i++)
+    unet_forward_cond(u, guided ? pred2 : pred, xin ? xin : x, tv, u->n_classes > 0 ? y : NULL, rows);
+    for (int i = 0; guided && i < b; i++)
         guidance_combine(pred + i * D, pred2 + i * D, pred2 + (b + i) * D, o->guidance, o->guidance_rescale, D);
 }
 
@@ -133,8 +143,9 @@ void lowpass_box(float *x, int res, int C, int F) {
  * Classifier-free guidance belongs here: run the conditional and unconditional halves in one
  * batched forward, mix the outputs, then convert. */
 static void denoise(UNet *u, const SampleOpts *o, const Schedule *s, float *x0, float *eps, const float *x, int t,
-                    const int *cls, int b, float *pred, float *x2, float *pred2, int *tv, int *y, size_t D, long *evals) {
-    network_pred(u, o, pred, x, t, cls, b, x2, pred2, tv, y, D, evals);
+                    const int *cls, const float *const *cond, int b, float *pred, float *xin, float *pred2, int *tv, int *y,
+                    size_t D, long *evals) {
+    network_pred(u, o, pred, x, t, cls, cond, b, xin, pred2, tv, y, D, evals);
     for (int i = 0; i < b; i++) diffusion_predict(x0 + i * D, eps + i * D, pred + i * D, x + i * D, t, s, o->obj, o->clip, D);
 }
 
@@ -184,7 +195,11 @@ long sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
     float *x = xmalloc(sizeof(float) * batch * D), *pred = xmalloc(sizeof(float) * batch * D);
     float *x0 = xmalloc(sizeof(float) * batch * D), *eps = xmalloc(sizeof(float) * batch * D);
     float *x0p = xmalloc(sizeof(float) * batch * D), *z = xmalloc(sizeof(float) * 2 * D);
-    float *x2 = guided ? xmalloc(sizeof(float) * 2 * batch * D) : NULL, *pred2 = guided ? xmalloc(sizeof(float) * 2 * batch * D) : NULL;
+    int Cc = u->C_in - u->C_img;
+    size_t Dc = (size_t)u->res * u->res * Cc, Din = D + Dc;
+    float *xin = guided || Cc ? xmalloc(sizeof(float) * (guided ? 2 : 1) * batch * Din) : NULL;
+    float *pred2 = guided ? xmalloc(sizeof(float) * 2 * batch * D) : NULL;
+    const float **cond = xcalloc((size_t)batch, sizeof(float *));
     int *tv = xmalloc(sizeof(int) * 2 * batch), *y = xmalloc(sizeof(int) * 2 * batch);
     int drop = u->drop_on;
     u->drop_on = 0;
@@ -193,6 +208,7 @@ long sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
         int b = n - i0 < batch ? n - i0 : batch;
         for (int i = 0; i < b; i++) {
             int g = first + i0 + i;
+            cond[i] = Cc && task->cond ? task->cond + (size_t)(g / task->per_ref) * Dc : NULL;
             rng_normal(x + i * D, D, o->seed, RNG_STREAM(RNG_SAMPLE, g), 0);
             if (task->init_from_ref) q_sample(x + i * D, task->ref + (size_t)(g / task->per_ref) * D, x + i * D, lv, s, 1, D);
         }
@@ -207,7 +223,7 @@ long sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
                 }
                 t_hist = -2;
             } else {
-                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, b, pred, x2, pred2, tv, y, D, &evals);
+                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, cond, b, pred, xin, pred2, tv, y, D, &evals);
                 int noisy = tn >= 0 && (o->kind == SAMPLER_DDPM || (o->kind == SAMPLER_DDIM && o->eta > 0));
                 for (int i = 0; i < b; i++) {
                     int g = first + i0 + i;
@@ -234,7 +250,7 @@ long sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
         memcpy(out + (size_t)i0 * D, x, sizeof(float) * b * D);
     }
     u->drop_on = drop;
-    free(x), free(pred), free(x0), free(eps), free(x0p), free(z), free(tv), free(y), free(x2), free(pred2);
+    free(x), free(pred), free(x0), free(eps), free(x0p), free(z), free(tv), free(y), free(xin), free(pred2), free(cond);
     return evals;
 }
 

@@ -215,6 +215,7 @@ static int preview(Run *r) {
     sample_opts_from_config(&so, c);
     if (so.kind == SAMPLER_DDPM) so.kind = SAMPLER_DDIM, so.spacing = sampler_default_spacing(SAMPLER_DDIM);
     so.eta = 0, so.steps = c->train.sample_steps, so.seed = (uint64_t)c->train.seed;
+    if (u->C_in > u->C_img) so.guidance = 1; /* no image condition here: the dropped one, unguided */
     int *cls = NULL;
     if (u->n_classes > 0) { /* image i asks for class i % n_classes: one column per class */
         cls = xmalloc(sizeof(int) * n);
@@ -446,11 +447,18 @@ void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, cons
     ts->tgt = xmalloc(sizeof(float) * n), ts->pred = xmalloc(sizeof(float) * n), ts->dout = xmalloc(sizeof(float) * n);
     ts->t = xmalloc(sizeof(int) * ts->B), ts->w = xmalloc(sizeof(double) * ts->B);
     ts->y = u->n_classes > 0 ? xmalloc(sizeof(int) * ts->B) : NULL;
+    if (u->C_in > u->C_img) {
+        size_t npix = (size_t)u->res * u->res;
+        ts->cond_y = xmalloc(sizeof(float) * n);
+        ts->cond_mask = c->train.degrade.has_mask ? xmalloc(sizeof(float) * ts->B * npix) : NULL;
+        ts->xin = xmalloc(sizeof(float) * ts->B * npix * u->C_in);
+    }
 }
 
 void train_step_free(TrainStep *ts) {
     free(ts->x0), free(ts->eps), free(ts->xt), free(ts->tgt), free(ts->pred), free(ts->dout);
     free(ts->t), free(ts->w), free(ts->y);
+    free(ts->cond_y), free(ts->cond_mask), free(ts->xin);
     memset(ts, 0, sizeof *ts);
 }
 
@@ -462,18 +470,28 @@ int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_n
     size_t D = ts->D;
     Objective obj = (Objective)objective_kind(c->diffusion.objective);
     uint64_t seed = (uint64_t)c->train.seed;
-    /* the draws: timestep, noise and class drop of image g of the global batch */
+    /* image-conditioned models: the degraded condition y (+ mask) of every image, drawn from
+     * (seed, step, g) by degrade_batch */
+    int H = u->res, C = u->C_img;
+    size_t npix = (size_t)H * H;
+    if (ts->cond_y)
+        degrade_batch(ts->cond_y, ts->cond_mask, NULL, ts->x0, &c->train.degrade, seed, (uint64_t)step, (uint64_t)ts->lo, B, H, H, C);
+    /* the draws: timestep, noise and condition drop of image g of the global batch (a dropped
+     * image loses its class and its image condition together: the "nothing" of guidance) */
     for (int i = 0; i < B; i++) {
         uint64_t g = (uint64_t)(ts->lo + i);
         ts->t[i] = (int)(rng_u32(seed, RNG_STREAM(RNG_TSTEP, step), g) % (uint32_t)c->diffusion.T);
         rng_normal(ts->eps + i * D, D, seed, RNG_STREAM(RNG_NOISE, step), g * D);
-        if (ts->y && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop)) ts->y[i] = u->n_classes;
+        int dropped = (ts->y || ts->cond_y) && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop);
+        if (dropped && ts->y) ts->y[i] = u->n_classes;
+        if (dropped && ts->cond_y) degrade_null(ts->cond_y + i * D, ts->cond_mask ? ts->cond_mask + i * npix : NULL, 1, H, H, C);
         ts->w[i] = diffusion_loss_weight(s, obj, ts->t[i], c->diffusion.min_snr_gamma);
     }
     q_sample(ts->xt, ts->x0, ts->eps, ts->t, s, B, D);
     diffusion_target(ts->tgt, ts->x0, ts->eps, ts->t, s, obj, B, D);
+    if (ts->cond_y) degrade_concat(ts->xin, ts->xt, ts->cond_y, ts->cond_mask, B, H, H, C);
     u->drop_on = u->dropout > 0, u->drop_seed = seed, u->drop_step = (uint64_t)step, u->img0 = (uint64_t)ts->lo;
-    unet_forward_cond(u, ts->pred, ts->xt, ts->t, ts->y, B);
+    unet_forward_cond(u, ts->pred, ts->cond_y ? ts->xin : ts->xt, ts->t, ts->y, B);
     double l = mse_forward(ts->pred, ts->tgt, ts->w, B, ts->N, D);
     memset(ts->dout, 0, sizeof(float) * B * D);
     mse_backward(ts->dout, ts->pred, ts->tgt, ts->w, B, ts->N, D);

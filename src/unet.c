@@ -229,7 +229,7 @@ static void build(UNet *u, const Config *c) {
     const int max_skips = 1 + u->n_levels * (u->nrb + 1);
     int *skip_blk = xmalloc(sizeof(int) * max_skips), *skip_ch = xmalloc(sizeof(int) * max_skips), ns = 0;
     int H = u->res, W = u->res, C = ch;
-    add_block(&bd, &bcap, BLK_CONV_IN, H, W, u->C_img, ch, "conv_in");
+    add_block(&bd, &bcap, BLK_CONV_IN, H, W, u->C_in, ch, "conv_in");
     skip_blk[ns] = u->nblk - 1, skip_ch[ns++] = ch;
     for (int L = 0; L < u->n_levels; L++) {
         int CO = ch * c->model.ch_mult[L];
@@ -289,7 +289,7 @@ static size_t alloc_acts(UNet *u, Arena *a) {
         bytes += arena_need(_n);                             \
         (ptr) = a ? arena_floats(a, _n) : NULL;              \
     } while (0)
-    ACT(u->x_in, (size_t)B * u->res * u->res * u->C_img);
+    ACT(u->x_in, (size_t)B * u->res * u->res * u->C_in);
     ACT(u->temb_sin, B * u->ch);
     ACT(u->temb_h, B * T);
     ACT(u->temb_hs, B * T);
@@ -382,6 +382,7 @@ int unet_plan(UNet *u, const Config *c, int B_max, int training) {
     int rc = config_validate(c);
     if (rc) return rc;
     u->C_img = c->data.channels;
+    u->C_in = u->C_img + (c->model.cond_image ? degrade_cond_channels(&c->train.degrade, u->C_img) : 0);
     u->res = c->data.image_size;
     u->ch = c->model.ch;
     u->temb_ch = 4 * c->model.ch;
@@ -591,7 +592,7 @@ void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const 
     CHECK(B >= 1 && B <= u->B_max, "batch %d outside 1..%d", B, u->B_max);
     u->last_B = B;
     int T = u->temb_ch;
-    memcpy(u->x_in, x, sizeof(float) * B * u->res * u->res * u->C_img);
+    memcpy(u->x_in, x, sizeof(float) * B * u->res * u->res * u->C_in);
     PROF(PROF_ELEM, timestep_embedding(u->temb_sin, t, B, u->ch));
     linear_fwd(u, u->temb_h, u->temb_sin, u->temb_dense0, B, u->ch, T);
     PROF(PROF_ELEM, silu_forward(u->temb_hs, u->temb_h, (size_t)B * T));

@@ -134,13 +134,21 @@ static void test_reference(const char *rel) {
     const StEntry *ex = st_find(&f, "input.x");
     T_OK(ex && ex->ndim == 4, "input.x is (B,H,W,C)");
     if (!ex || ex->ndim != 4) return st_free(&f);
-    const int B = (int)ex->shape[0], H = (int)ex->shape[1], W = (int)ex->shape[2], C = (int)ex->shape[3];
-    T_OK(H == c.data.image_size && W == H && C == c.data.channels, "input %dx%dx%dx%d matches the config", B, H, W, C);
+    const int B = (int)ex->shape[0], H = (int)ex->shape[1], W = (int)ex->shape[2], Cin = (int)ex->shape[3];
+    const int C = c.data.channels;
 
     UNet u;
     rc = unet_init(&u, &c, B, 1);
     T_OK(rc == 0, "unet_init on the fixture config (%d parameter tensors)", u.nP);
     if (rc) return st_free(&f);
+    /* an image-conditioned model (model.cond_image) takes concat(x_t, y[, mask]): C_in > C */
+    T_OK(H == c.data.image_size && W == H && Cin == u.C_in && u.C_img == C,
+         "input %dx%dx%dx%d matches the config (C_in %d = %d image channels%s)", B, H, W, Cin, u.C_in, C,
+         u.C_in > C ? " + the condition's" : "");
+    if (Cin != u.C_in) {
+        unet_free(&u);
+        return st_free(&f);
+    }
 
     /* parameters: every C parameter from the file, with its shape */
     int missing = 0;
@@ -176,12 +184,12 @@ static void test_reference(const char *rel) {
          "fixture: %d parameters and %d gradients, C model: %d parameters; %d unknown to C", n_file_params, n_grads, u.nP,
          extra);
 
-    size_t nx = (size_t)B * H * W * C;
-    int64_t xs[4] = {B, H, W, C}, ts[1] = {B}, ls[1] = {1};
-    float *x = malloc(nx * 4), *tgt = malloc(nx * 4), *out = malloc(nx * 4), *dout = malloc(nx * 4), *dx = calloc(nx, 4);
+    size_t nx = (size_t)B * H * W * C, nin = (size_t)B * H * W * Cin;
+    int64_t xs[4] = {B, H, W, C}, ins[4] = {B, H, W, Cin}, ts[1] = {B}, ls[1] = {1};
+    float *x = malloc(nin * 4), *tgt = malloc(nx * 4), *out = malloc(nx * 4), *dout = malloc(nx * 4), *dx = calloc(nin, 4);
     float tf[64], lossf[1], yf[64];
     int t[64], y[64], has_y = st_find(&f, "input.y") != NULL;
-    rc = st_get_f32(&f, "input.x", 4, xs, x);
+    rc = st_get_f32(&f, "input.x", 4, ins, x);
     rc = rc ? rc : st_get_f32(&f, "target", 4, xs, tgt);
     rc = rc ? rc : (B <= 64 ? st_get_f32(&f, "input.t", 1, ts, tf) : DDPM_ERUNTIME);
     rc = rc ? rc : st_get_f32(&f, "loss", 1, ls, lossf);
@@ -257,7 +265,7 @@ static void test_reference(const char *rel) {
             cmp(&wb, &f, gname, u.grads + p->off, p->ndim, shp);
         }
     }
-    cmp(&wb, &f, "grad.input", dx, 4, xs);
+    cmp(&wb, &f, "grad.input", dx, 4, ins);
     printf("  forward: %d tensors, worst %s rel L2 %.3g; backward: %d tensors, worst %s rel L2 %.3g; %d tensors above %.0e\n",
            wf.n, wf.worst_name, wf.worst, wb.n, wb.worst_name, wb.worst, wf.over + wb.over, REF_SHOW);
     T_OK(wf.worst <= REF_TOL && wb.worst <= REF_TOL, "reference: worst tensor %s rel L2 %.3g (bound %.0e)",
@@ -266,16 +274,16 @@ static void test_reference(const char *rel) {
     /* (d) backward again without zero_grad: exactly twice the gradient (and dx) */
     {
         size_t n = u.n_floats;
-        float *g1 = malloc(n * 4), *dx1 = malloc(nx * 4);
+        float *g1 = malloc(n * 4), *dx1 = malloc(nin * 4);
         memcpy(g1, u.grads, n * 4);
-        memcpy(dx1, dx, nx * 4);
+        memcpy(dx1, dx, nin * 4);
         unet_backward(&u, dout, dx);
         double e = 0, ex = 0, den = 0, denx = 0;
         for (size_t i = 0; i < n; i++) {
             double d = (double)u.grads[i] - 2.0 * g1[i];
             e += d * d, den += 4.0 * g1[i] * g1[i];
         }
-        for (size_t i = 0; i < nx; i++) {
+        for (size_t i = 0; i < nin; i++) {
             double d = (double)dx[i] - 2.0 * dx1[i];
             ex += d * d, denx += 4.0 * dx1[i] * dx1[i];
         }
@@ -727,6 +735,8 @@ int main(void) {
     test_reference("tests/fixtures/unet_ref.safetensors");
     printf("PyTorch reference, class-conditional (tests/fixtures/unet_cond_ref.safetensors)\n");
     test_reference("tests/fixtures/unet_cond_ref.safetensors");
+    printf("PyTorch reference, class- and image-conditioned (tests/fixtures/unet_restore_ref.safetensors)\n");
+    test_reference("tests/fixtures/unet_restore_ref.safetensors");
     printf("class embedding gradient\n");
     test_class_emb_grad();
     printf("frozen parameters\n");

@@ -25,6 +25,7 @@ int cmd_plot(int argc, char **argv);
 int cmd_inpaint(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_upscale(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
 
 /* A command's options, parsed as every command parses them: getopt_long over argv with
  * `shortopts` and `opts`; each option's code and value (NULL for a flag) go to

@@ -7,6 +7,8 @@
 #include <stdbool.h>
 #include <stdio.h>
 
+#include "ddpm/degrade.h"
+
 #define CFG_MAX_LEVELS 8
 #define CFG_MAX_CLASSES 256  /* data.classes: labels listed at most */
 #define CFG_STR 256
@@ -33,6 +35,7 @@ typedef struct {
         int groups;                      /* GroupNorm groups */
         bool class_cond;                 /* class embedding added to the timestep embedding */
         int num_classes;                 /* class_cond: classes (0 = from the dataset) */
+        bool cond_image;                 /* conv_in also sees the degraded image y (+ mask): restoration */
     } model;
     struct {
         int T;
@@ -59,6 +62,7 @@ typedef struct {
         int log_every, sample_every, ckpt_every, keep;
         int sample_n, sample_steps; /* in-training preview grid: count, DDIM steps */
         float cond_drop;     /* class_cond: P(label -> "no class") per image and step */
+        DegradeSpec degrade; /* cond_image: the degradations drawn per example (ddpm/degrade.h) */
         char init_from[CFG_STR]; /* start from this checkpoint's weights ("" = fresh init) */
         struct {
             int rank;        /* 0 = off (train every weight); >= 1: frozen base + adapters */

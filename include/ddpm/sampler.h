@@ -62,6 +62,11 @@ typedef struct {
     const float *mask;       /* inpaint: D values, 1 = regenerate, 0 = keep (the reference's) */
     int factor;              /* ILVR: box low-pass by this factor (divides the resolution) */
     int ilvr_stop;           /* ILVR applies after steps to levels >= ilvr_stop (-1: to the end) */
+    /* image-conditioned models (model.cond_image): the condition (y[, mask]) of image g is
+     * cond + (g / per_ref) * Dc, Dc = res*res*(C_in - C_img) floats (H,W,C_in-C_img), which
+     * the denoiser concatenates to x_t; NULL = the dropped condition (y = 0, mask 0) for every
+     * image, which is also the unconditional half of guidance (see guidance.h). */
+    const float *cond;
 } SampleTask;
 
 /* Timestep list of a synthesis from the opts: K = o->steps spaced over 0..N-1, then -1.
@@ -76,7 +81,8 @@ int levels_evals(const int *lv, int n);
 /* A synthesis task (pure noise, no constraint) over the list lv. */
 SampleTask sample_task_plain(const int *lv, int n);
 /* 1 if a batch of b images needs 2b rows in the network (conditional and unconditional
- * halves); callers size the U-Net's B_max for it. */
+ * halves: a class-conditional model asked for classes, or an image-conditioned model, with
+ * a guidance scale other than 0 or 1 or a rescale); callers size the U-Net's B_max for it. */
 int sample_guided(const UNet *u, const SampleOpts *o);
 
 typedef void (*SampleProgress)(void *ctx, long done, long total);

@@ -58,12 +58,17 @@ typedef struct {
     float *eps, *xt, *tgt, *pred, *dout; /* (B,D) the noise, x_t, the target, the output, dL/dout */
     int *t;        /* (B) timesteps */
     double *w;     /* (B) loss weights (min-SNR) */
+    /* model.cond_image: the degraded condition, its mask (train.degrade masks; else NULL)
+     * and the U-Net's input concat(x_t, y[, mask]); all NULL otherwise */
+    float *cond_y;    /* (B,D) */
+    float *cond_mask; /* (B,H,W,1) */
+    float *xin;       /* (B,H,W,C_in) */
 } TrainStep;
 void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, const Config *c, int rank, int nranks);
 void train_step_free(TrainStep *ts);
 /* One update at `step` (0-based) with learning rate lr on the batch in ts->x0 (and ts->y):
- * timesteps, noise and dropped classes drawn as pure functions of (train.seed, step, global
- * image index), q_sample, the objective's target, forward, mse_forward/backward, backward,
+ * timesteps, noise, dropped conditions and (model.cond_image) the degradation drawn as pure
+ * functions of (train.seed, step, global image index), q_sample, the objective's target, forward, mse_forward/backward, backward,
  * all-reduce over ranks, global-norm clipping, Adam(W) + EMA. *loss and *grad_norm get the
  * batch's loss and the gradient norm before clipping. ERUNTIME, with nothing updated, when
  * either is not finite. */

@@ -31,7 +31,12 @@
  * Frozen parameters (Param.frozen, unet_set_frozen): unet_backward computes no gradient
  * for them (a frozen weight skips its weight-gradient GEMM) and leaves their part of
  * `grads` untouched; gradients flowing through them to earlier layers and to dx are
- * computed as usual. */
+ * computed as usual.
+ *
+ * Image conditioning (model.cond_image; SR3, Saharia et al. 2021; Palette, 2022): the input
+ * is concat(x_t, y[, mask]) along channels, C_in = C_img + C_img (+ 1 when train.degrade
+ * masks) channels, and only conv_in's weight (ch,3,3,C_in) is wider; the output keeps C_img
+ * channels. The parameter table is otherwise that of the unconditioned model. */
 #ifndef DDPM_UNET_H
 #define DDPM_UNET_H
 
@@ -84,7 +89,7 @@ typedef struct {
 
 typedef struct {
     /* shape */
-    int C_img, res, ch, temb_ch, n_levels, nrb, groups;
+    int C_img, C_in, res, ch, temb_ch, n_levels, nrb, groups;
     float dropout;
     int B_max, training;
     /* parameters */
@@ -102,7 +107,7 @@ typedef struct {
     int n_classes;          /* class_cond: classes (row n_classes = no class); 0 = unconditional */
     int *y_in;              /* labels of the last forward (B_max) */
     char **class_names;     /* n_classes names (owned, may be NULL); saved in checkpoints */
-    float *x_in;            /* copy of the input (B,H,W,C_img) */
+    float *x_in;            /* copy of the input (B,H,W,C_in) */
     float *temb_sin;        /* sinusoidal embedding of t (B,ch) */
     float *temb_h, *temb_hs; /* dense0(temb_sin) and its SiLU (B,temb_ch) */
     float *temb;            /* dense1(temb_hs) (+ class_emb[y]) (B,temb_ch) */
@@ -129,14 +134,14 @@ int unet_plan(UNet *u, const Config *c, int B_max, int training);
 void unet_free(UNet *u);
 /* Initialize parameters from seed (see top of file). */
 void unet_init_params(UNet *u, uint64_t seed);
-/* out (B,H,W,C_img) = model(x (B,H,W,C_img), t (B)). B <= B_max. Dropout is applied when
+/* out (B,H,W,C_img) = model(x (B,H,W,C_in), t (B)); C_in = C_img unless model.cond_image. B <= B_max. Dropout is applied when
  * u->drop_on (set drop_seed/drop_step/img0 first). Saves what backward needs. */
 void unet_forward(UNet *u, float *out, const float *x, const int *t, int B);
 /* The same with class labels y (B) in 0..n_classes (n_classes = no class); y NULL = no
  * class for every image. Unconditional models ignore y. */
 void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const int *y, int B);
 /* Given dout = dL/dout of the last forward, ADD parameter gradients into u->grads and,
- * if dx is not NULL, ADD dL/dx into dx. */
+ * if dx is not NULL, ADD dL/dx into dx (B,H,W,C_in). */
 void unet_backward(UNet *u, const float *dout, float *dx);
 void unet_zero_grad(UNet *u);
 const Param *unet_param(const UNet *u, const char *name);

@@ -195,7 +195,7 @@ void cli_classes_free(CliClasses *cl) {
 }
 
 int cli_guided(const Config *c, const CliClasses *cl) {
-    return c->model.class_cond && cl->want && guidance_needs_both(c->sample.guidance, c->sample.guidance_rescale);
+    return ((c->model.class_cond && cl->want) || c->model.cond_image) && guidance_needs_both(c->sample.guidance, c->sample.guidance_rescale);
 }
 
 /* ---- the sampling commands ---- */

@@ -9,13 +9,15 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: ddpm info [--config FILE] [options]\n"
+            "usage: ddpm info [--config FILE | --ckpt FILE] [options]\n"
             "\n"
             "Prints the resolved config (defaults + FILE + --set), the dataset summary and the\n"
-            "model summary: parameters per block, forward GFLOP per image, training memory.\n"
+            "model summary: parameters per block, forward GFLOP per image, training memory, and\n"
+            "what the model restores (model.cond_image).\n"
             "\n"
             "options:\n"
             "  -c, --config FILE   JSON config (default: built-in defaults)\n"
+            "  --ckpt FILE         the config of a checkpoint (.safetensors) instead; implies --no-data\n"
             "  --set KEY=VALUE     override a config key, e.g. --set model.ch=32 (repeatable)\n"
             "  --batch B           batch size for the memory estimate (default train.batch_size)\n"
             "  --no-data           skip loading the dataset\n"
@@ -25,6 +27,7 @@ static void usage(FILE *f) {
 
 typedef struct {
     CliConfigArgs cfg;
+    const char *ckpt;
     int batch, no_data;
 } Args;
 
@@ -33,6 +36,7 @@ static int on_opt(void *ctx, int o, const char *v) {
     switch (o) {
     case 'b': return cli_int("info", "--batch", v, 1, 1 << 16, &a->batch);
     case 'n': a->no_data = 1; return 0;
+    case 'K': a->ckpt = v; return 0;
     case 'k': config_print_keys(stdout); return CLI_HELP;
     default: return cli_config_opt("info", &a->cfg, o, v);
     }
@@ -42,6 +46,7 @@ int cmd_info(int argc, char **argv) {
     static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"batch", required_argument, 0, 'b'},  {"no-data", no_argument, 0, 'n'},
                                          {"keys", no_argument, 0, 'k'},         {"help", no_argument, 0, 'h'},
+                                         {"ckpt", required_argument, 0, 'K'},
                                          {0, 0, 0, 0}};
     Args a = {0};
     int rest, rc = cli_parse("info", argc, argv, ":c:h", opts, on_opt, &a, usage, &rest);
@@ -50,10 +55,26 @@ int cmd_info(int argc, char **argv) {
     const char *cfg_path = a.cfg.path;
     int batch = a.batch;
     Config c;
-    if ((rc = cli_config(&c, cfg_path, a.cfg.sets, a.cfg.n_sets))) return cli_fail(rc);
+    if (a.ckpt && cfg_path) return cli_usage_error("info", "give --config or --ckpt, not both");
+    if (a.ckpt) {
+        StFile f;
+        if ((rc = ckpt_open(&f, a.ckpt, &c))) return cli_fail(rc);
+        st_free(&f);
+        for (int i = 0; i < a.cfg.n_sets; i++)
+            if ((rc = config_set(&c, a.cfg.sets[i]))) return cli_fail(rc);
+        a.no_data = 1;
+        cfg_path = a.ckpt;
+    } else if ((rc = cli_config(&c, cfg_path, a.cfg.sets, a.cfg.n_sets))) return cli_fail(rc);
     char *json = config_to_json(&c);
     printf("config%s%s\n%s\n\n", cfg_path ? " " : " (defaults)", cfg_path ? cfg_path : "", json);
     free(json);
+    if (c.model.cond_image) {
+        char what[512];
+        degrade_spec_describe(what, sizeof what, &c.train.degrade);
+        printf("restores (model.cond_image, ddpm restore): %s; input concat(x_t, y%s) = %d channels\n\n", what,
+               c.train.degrade.has_mask ? ", mask" : "", c.data.channels + degrade_cond_channels(&c.train.degrade, c.data.channels));
+    } else if (a.ckpt)
+        printf("restores: nothing (no model.cond_image; ddpm upscale/edit/inpaint steer it from outside)\n\n");
 
     if (!a.no_data) {
         Dataset ds;

@@ -147,6 +147,7 @@ int task_open(TaskArgs *a, TaskModel *m) {
     int rc = list_inputs(a, &m->files, &m->n_files);
     if (rc || (rc = cli_model_open(&m->cm, a->cmd, &a->opt, m->n_files))) return rc;
     m->res = m->cm.u.res, m->C = m->cm.u.C_img, m->D = (size_t)m->res * m->res * m->C;
+    if (a->prepare && (rc = a->prepare(m, a->prepare_ctx))) return rc;
     return cli_out_dir(a->opt.out);
 }
 

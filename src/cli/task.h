@@ -8,15 +8,22 @@
 #include "ddpm/cli.h"
 #include "ddpm/sampler.h"
 
+struct TaskModel;
+
 typedef struct {
     const char *cmd;
     CliSampleArgs opt;    /* the options every sampling command takes */
     char **inputs;        /* the image arguments, as given */
     int n_inputs;
     char out_default[64]; /* "out/<cmd>" */
+    /* run by task_open after the model is open and before the output folder is made, so that
+     * a refused input or model writes nothing (NULL: none); returns 0 or the exit code with
+     * the message printed */
+    int (*prepare)(struct TaskModel *m, void *ctx);
+    void *prepare_ctx;
 } TaskArgs;
 
-typedef struct {
+typedef struct TaskModel {
     CliModel cm;   /* the model, cm.total = n_files x -n results */
     int res, C;    /* the model's images: res x res x C = D floats */
     size_t D;
