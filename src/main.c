@@ -22,6 +22,7 @@ static const struct {
     {"upscale", cmd_upscale, "a full-resolution image from a low-resolution one (ILVR)"},
     {"import", cmd_import, "read a diffusers UNet2DModel folder into a ddpm checkpoint"},
     {"export", cmd_export, "write a checkpoint as a diffusers UNet2DModel folder"},
+    {"merge", cmd_merge, "add LoRA adapters into a checkpoint's weights"},
     {"bench", cmd_bench, "time a training step and a forward pass"},
     {"plot", cmd_plot, "draw a CSV's columns as a labelled line plot (PNG)"},
 };

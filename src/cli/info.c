@@ -5,12 +5,17 @@
 #include "ddpm/cli.h"
 #include "ddpm/data.h"
 #include "ddpm/err.h"
+#include "ddpm/lora.h"
+#include "ddpm/model_io.h"
 #include "ddpm/unet.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ddpm info [--config FILE] [options]\n"
+            "       ddpm info --ckpt FILE\n"
             "\n"
+            "With --ckpt: what a checkpoint holds (its step, config and model summary), or for a\n"
+            "LoRA adapter file (lora.safetensors) its rank, alpha, targets, pairs and base hash.\n"
             "Prints the resolved config (defaults + FILE + --set), the dataset summary and the\n"
             "model summary: parameters per block, forward GFLOP per image, training memory.\n"
             "\n"
@@ -20,12 +25,14 @@ static void usage(FILE *f) {
             "  --batch B           batch size for the memory estimate (default train.batch_size)\n"
             "  --no-data           skip loading the dataset\n"
             "  --keys              list every config key with its type, range and default\n"
+            "  --ckpt FILE         describe a checkpoint or a LoRA adapter file\n"
             "  -h, --help          this help\n");
 }
 
 typedef struct {
     CliConfigArgs cfg;
     int batch, no_data;
+    const char *ckpt;
 } Args;
 
 static int on_opt(void *ctx, int o, const char *v) {
@@ -33,20 +40,59 @@ static int on_opt(void *ctx, int o, const char *v) {
     switch (o) {
     case 'b': return cli_int("info", "--batch", v, 1, 1 << 16, &a->batch);
     case 'n': a->no_data = 1; return 0;
+    case 'K': a->ckpt = v; return 0;
     case 'k': config_print_keys(stdout); return CLI_HELP;
     default: return cli_config_opt("info", &a->cfg, o, v);
     }
+}
+
+/* --ckpt FILE: a LoRA adapter file, or a checkpoint. */
+static int describe_file(const char *path) {
+    StFile f;
+    int rc = st_read(&f, path);
+    if (rc) return cli_fail(rc);
+    const char *fmt = st_meta(&f, "format");
+    int is_lora = fmt && !strcmp(fmt, LORA_FORMAT);
+    st_free(&f);
+    if (is_lora) {
+        LoraSet s;
+        if ((rc = lora_load(&s, path))) return cli_fail(rc);
+        lora_describe(stdout, &s, path);
+        lora_set_free(&s);
+        return 0;
+    }
+    Config c;
+    if ((rc = ckpt_open(&f, path, &c))) return cli_fail(rc);
+    const char *step = st_meta(&f, "step"), *w = st_meta(&f, "weights"), *src = st_meta(&f, "source"), *h = st_meta(&f, "lora_base_sha256");
+    printf("%s: ddpm checkpoint, step %s%s%s%s%s\n", path, step ? step : "?", st_find(&f, "ema.conv_in.weight") ? ", raw and EMA weights" : "",
+           w ? ", weights: " : "", w ? w : "", h ? ", a LoRA run (adapters under lora.*)" : "");
+    if (src) printf("  source: %s\n", src);
+    if (h) printf("  LoRA base sha256 %s\n", h);
+    char *json = config_to_json(&c);
+    printf("config\n%s\n\n", json);
+    free(json);
+    UNet u;
+    if ((rc = unet_plan(&u, &c, 1, 0))) {
+        st_free(&f);
+        return cli_fail(rc);
+    }
+    unet_print_summary(&u, stdout);
+    unet_free(&u);
+    st_free(&f);
+    return 0;
 }
 
 int cmd_info(int argc, char **argv) {
     static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"batch", required_argument, 0, 'b'},  {"no-data", no_argument, 0, 'n'},
                                          {"keys", no_argument, 0, 'k'},         {"help", no_argument, 0, 'h'},
+                                         {"ckpt", required_argument, 0, 'K'},
                                          {0, 0, 0, 0}};
     Args a = {0};
     int rest, rc = cli_parse("info", argc, argv, ":c:h", opts, on_opt, &a, usage, &rest);
     if (rc) return rc == CLI_HELP ? 0 : rc;
     if (rest < argc) return cli_usage_error("info", "unexpected argument '%s'", argv[rest]);
+    if (a.ckpt) return describe_file(a.ckpt);
     const char *cfg_path = a.cfg.path;
     int batch = a.batch;
     Config c;
