@@ -742,14 +742,31 @@ static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
     norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, 0);
 }
 
+/* Does parameter i, or an adapter on it, get a gradient? */
+static int trained_param(const UNet *u, int i) { return i >= 0 && (!u->P[i].frozen || (u->lora && u->lora->train && slot(u, i))); }
+
+/* Where the backward may stop when dx is not asked for: nothing before the first block
+ * (in execution order) with a trained parameter or adapter needs a gradient, unless the
+ * timestep MLP (or class embedding) trains, which every ResBlock feeds. Returns that block's
+ * index (0: the whole backward), and in *temb whether the MLP's backward is needed. */
+static int backward_stop(const UNet *u, int *temb) {
+    *temb = trained_param(u, u->temb_dense0.w) || trained_param(u, u->temb_dense0.b) || trained_param(u, u->temb_dense1.w) ||
+            trained_param(u, u->temb_dense1.b) || trained_param(u, u->class_emb);
+    if (*temb) return 0;
+    for (int i = 0; i < u->nblk; i++)
+        for (int p = u->blk[i].p0; p < u->blk[i].p0 + u->blk[i].np; p++)
+            if (trained_param(u, p)) return i;
+    return u->nblk;
+}
+
 void unet_backward(UNet *u, const float *dout, float *dx) {
     CHECK(u->training, "unet_backward on a model built without training buffers");
-    int B = u->last_B, T = u->temb_ch;
+    int B = u->last_B, T = u->temb_ch, temb = 1, stop = dx ? 0 : backward_stop(u, &temb);
     for (int i = 0; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zeroed(u->blk[i].dout, block_out_n(&u->blk[i], B)));
     zeroed(u->d_temb_act, (size_t)B * T);
     Block *last = &u->blk[u->nblk - 1];
     memcpy(last->dout, dout, sizeof(float) * B * u->res * u->res * u->C_img);
-    for (int i = u->nblk - 1; i >= 0; i--) {
+    for (int i = u->nblk - 1; i >= stop; i--) {
         Block *b = &u->blk[i];
         const float *x = i > 0 ? u->blk[i - 1].out : u->x_in;
         float *dxb = i > 0 ? u->blk[i - 1].dout : NULL;
@@ -788,6 +805,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
         }
         }
     }
+    if (!temb) return;
     /* timestep MLP: temb_act = silu(temb), temb = dense1(silu(dense0(sin))) + class_emb[y] */
     size_t nt = (size_t)B * T;
     PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb, nt), u->d_temb_act, u->temb, nt));

@@ -31,7 +31,9 @@
  * Frozen parameters (Param.frozen, unet_set_frozen): unet_backward computes no gradient
  * for them (a frozen weight skips its weight-gradient GEMM) and leaves their part of
  * `grads` untouched; gradients flowing through them to earlier layers and to dx are
- * computed as usual. */
+ * computed as usual. Without dx, the backward stops at the first block (in execution
+ * order) that has a trained parameter or adapter, and skips the timestep MLP when none
+ * of it trains: nothing there needs a gradient. */
 #ifndef DDPM_UNET_H
 #define DDPM_UNET_H
 
