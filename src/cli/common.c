@@ -317,6 +317,9 @@ int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_i
         rc = cli_fail(rc);
         goto fail;
     }
+    if (!a->n_lora && st_meta(&f, "lora_base_sha256") && !a->quiet)
+        fprintf(stderr, "ddpm: note: %s is the checkpoint of a LoRA run: these are its frozen base weights; add --lora with the "
+                        "run's lora.safetensors for the adapted model\n", m->path);
     if (a->n_lora) {
         for (int i = 0; i < a->n_lora && !rc; i++) rc = lora_stack_add(&m->lora, a->lora[i]);
         if (!rc) {
