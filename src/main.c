@@ -23,6 +23,7 @@ static const struct {
     {"restore", cmd_restore, "restore degraded images with a model trained for it (SR3/Palette)"},
     {"import", cmd_import, "read a diffusers UNet2DModel folder into a ddpm checkpoint"},
     {"export", cmd_export, "write a checkpoint as a diffusers UNet2DModel folder"},
+    {"merge", cmd_merge, "add LoRA adapters into a checkpoint's weights"},
     {"bench", cmd_bench, "time a training step and a forward pass"},
     {"plot", cmd_plot, "draw a CSV's columns as a labelled line plot (PNG)"},
 };

@@ -13,9 +13,14 @@
 static const char *PREFIX[4] = {"", "ema.", "adam_m.", "adam_v."};
 
 int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts) {
+    return ckpt_save_ext(path, u, o, c, ts, NULL, 0, NULL, NULL, 0);
+}
+
+int ckpt_save_ext(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts, const StTensorOut *extra,
+                  int n_extra, const char *const *mk, const char *const *mv, int n_meta) {
     int copies = o ? 4 : 1;
     const float *src[4] = {u->params, o ? o->ema : NULL, o ? o->m : NULL, o ? o->v : NULL};
-    StTensorOut *t = xcalloc((size_t)u->nP * copies, sizeof(StTensorOut));
+    StTensorOut *t = xcalloc((size_t)u->nP * copies + n_extra, sizeof(StTensorOut));
     char **names = xcalloc((size_t)u->nP * copies, sizeof(char *));
     for (int k = 0; k < copies; k++)
         for (int i = 0; i < u->nP; i++) {
@@ -42,8 +47,10 @@ int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, 
     snprintf(dfrom, sizeof dfrom, "%ld", ts->decay_from);
     snprintf(dlr, sizeof dlr, "%.17g", ts->decay_lr);
     char *cfg = config_to_json(c), *cnames = NULL;
-    const char *keys[12] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
-    const char *vals[12] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
+    const char **keys = xcalloc(12 + (size_t)n_meta, sizeof(char *)), **vals = xcalloc(12 + (size_t)n_meta, sizeof(char *));
+    const char *k0[9] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
+    const char *v0[9] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
+    for (int i = 0; i < 9; i++) keys[i] = k0[i], vals[i] = v0[i];
     int nmeta = 9;
     if (ts->decay_from > 0) {
         keys[nmeta] = "lr_decay_from", vals[nmeta++] = dfrom;
@@ -60,7 +67,10 @@ int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, 
         cJSON_Delete(a);
         keys[nmeta] = "class_names", vals[nmeta++] = cnames;
     }
-    int rc = st_write(path, t, u->nP * copies, keys, vals, nmeta);
+    for (int i = 0; i < n_meta; i++) keys[nmeta] = mk[i], vals[nmeta++] = mv[i];
+    for (int i = 0; i < n_extra; i++) t[u->nP * copies + i] = extra[i];
+    int rc = st_write(path, t, u->nP * copies + n_extra, keys, vals, nmeta);
+    free(keys), free(vals);
     free(cfg);
     free(cnames);
     for (int i = 0; i < u->nP * copies; i++) free(names[i]);

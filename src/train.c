@@ -17,6 +17,7 @@
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
+#include "ddpm/lora.h"
 #include "ddpm/model_io.h"
 #include "ddpm/optim.h"
 #include "ddpm/prof.h"
@@ -82,7 +83,14 @@ typedef struct {
     double smooth;         /* moving average of the loss, for the progress bar (-1: none yet) */
     double t_int;          /* when the open log interval began */
     long int_start;        /* the step it began at */
+    int is_lora;           /* train.lora.rank > 0: frozen base, trained adapters */
+    LoraSet lora;          /* the adapters; lora.params is the trained block */
+    float *lgrad;          /* their gradients (lora's layout) */
+    int base_ema;          /* the base weights are a checkpoint's EMA weights */
 } Run;
+
+/* The block the optimizer trains: the model's parameters, or the adapters. */
+static float *trained(Run *r) { return r->is_lora ? r->lora.params : r->u.params; }
 
 static void path_in(const Run *r, char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", r->dir, name); }
 
@@ -182,12 +190,37 @@ static void prune_milestones(Run *r, int fresh) {
     free(names), free(steps);
 }
 
+/* A LoRA run's checkpoint: the frozen base (no optimizer state), the adapters and their
+ * EMA and Adam moments; then lora.safetensors with the EMA adapters. */
+static int save_lora(Run *r, const char *p) {
+    const LoraSet *s = &r->lora;
+    const float *blk[4] = {s->params, r->opt.ema, r->opt.m, r->opt.v};
+    static const char *pre[4] = {"lora.", "lora.ema.", "lora.adam_m.", "lora.adam_v."};
+    StTensorOut *t[4], *all = xcalloc((size_t)8 * s->n, sizeof(StTensorOut));
+    for (int k = 0; k < 4; k++) {
+        t[k] = lora_tensors(s, blk[k], pre[k]);
+        memcpy(all + (size_t)k * 2 * s->n, t[k], sizeof(StTensorOut) * 2 * s->n);
+    }
+    const char *mk[2] = {"lora_base_sha256", "weights"}, *mv[2] = {s->base_sha256, "ema"};
+    int rc = ckpt_save_ext(p, &r->u, NULL, r->c, &r->st, all, 8 * s->n, mk, mv, r->base_ema ? 2 : 1);
+    for (int k = 0; k < 4; k++) lora_tensors_free(t[k], 2 * s->n);
+    free(all);
+    if (rc) return rc;
+    LoraSet e = *s;
+    e.params = r->opt.ema;
+    char step[32], lp[PATHBUF];
+    snprintf(step, sizeof step, "%ld", r->st.step);
+    const char *ek[3] = {"source", "step", "weights"}, *ev[3] = {r->c->train.init_from, step, "ema"};
+    path_in(r, lp, sizeof lp, "lora.safetensors");
+    return lora_save(lp, &e, ek, ev, 3);
+}
+
 static int save(Run *r, int milestone) {
     if (r->rank != 0) return DDPM_OK;
     char p[PATHBUF], m[PATHBUF];
     r->st.epoch = r->bt.epoch, r->st.pos = r->bt.pos;
     path_in(r, p, sizeof p, "latest.safetensors");
-    int rc = ckpt_save(p, &r->u, &r->opt, r->c, &r->st);
+    int rc = r->is_lora ? save_lora(r, p) : ckpt_save(p, &r->u, &r->opt, r->c, &r->st);
     if (rc) return rc;
     r->saved_step = r->st.step;
     if (milestone && r->c->train.keep > 0) {
@@ -195,7 +228,7 @@ static int save(Run *r, int milestone) {
         snprintf(name, sizeof name, "ckpt_%07ld.safetensors", r->st.step);
         path_in(r, m, sizeof m, name);
         unlink(m);
-        if (link(p, m) != 0 && (rc = ckpt_save(m, &r->u, &r->opt, r->c, &r->st))) return rc;
+        if (link(p, m) != 0 && (rc = r->is_lora ? save_lora(r, m) : ckpt_save(m, &r->u, &r->opt, r->c, &r->st))) return rc;
         prune_milestones(r, 0);
     }
     return write_loss_png(r);
@@ -208,9 +241,9 @@ static int preview(Run *r) {
     Config *c = r->c;
     UNet *u = &r->u;
     size_t D = (size_t)u->res * u->res * u->C_img, n = c->train.sample_n;
-    float *saved = xmalloc(sizeof(float) * u->n_floats), *imgs = xmalloc(sizeof(float) * n * D);
-    memcpy(saved, u->params, sizeof(float) * u->n_floats);
-    memcpy(u->params, r->opt.ema, sizeof(float) * u->n_floats);
+    float *blk = trained(r), *saved = xmalloc(sizeof(float) * r->opt.n), *imgs = xmalloc(sizeof(float) * n * D);
+    memcpy(saved, blk, sizeof(float) * r->opt.n);
+    memcpy(blk, r->opt.ema, sizeof(float) * r->opt.n);
     SampleOpts so;
     sample_opts_from_config(&so, c);
     if (so.kind == SAMPLER_DDPM) so.kind = SAMPLER_DDIM, so.spacing = sampler_default_spacing(SAMPLER_DDIM);
@@ -224,7 +257,7 @@ static int preview(Run *r) {
     }
     sample_images(u, &r->s, &so, (int)n, 0, u->B_max, imgs, 0, NULL, NULL, NULL);
     free(cls);
-    memcpy(u->params, saved, sizeof(float) * u->n_floats);
+    memcpy(blk, saved, sizeof(float) * r->opt.n);
     char p[PATHBUF], name[64];
     snprintf(name, sizeof name, "samples/step_%07ld.png", r->st.step);
     path_in(r, p, sizeof p, name);
@@ -303,9 +336,20 @@ static int check_labels(Run *r) {
 static int load_state(Run *r, const StFile *f, const Config *stored, const char *p) {
     const Config *c = r->c;
     int rc;
-    if ((rc = ckpt_load_params(f, "", &r->u, r->u.params)) || (rc = ckpt_load_params(f, "ema.", &r->u, r->opt.ema)) ||
-        (rc = ckpt_load_params(f, "adam_m.", &r->u, r->opt.m)) || (rc = ckpt_load_params(f, "adam_v.", &r->u, r->opt.v)) ||
-        (rc = ckpt_load_state(f, &r->st)))
+    if (r->is_lora) {
+        const char *h = st_meta(f, "lora_base_sha256"), *w = st_meta(f, "weights");
+        if (!h || strlen(h) != 64)
+            return err_set(DDPM_ERUNTIME, "%s: no lora_base_sha256 metadata: not the checkpoint of a LoRA run (train.lora.rank > 0)", p);
+        memcpy(r->lora.base_sha256, h, 65);
+        r->base_ema = w && !strcmp(w, "ema");
+        if ((rc = ckpt_load_params(f, "", &r->u, r->u.params)) || (rc = lora_read_block(f, "lora.", &r->lora, r->lora.params)) ||
+            (rc = lora_read_block(f, "lora.ema.", &r->lora, r->opt.ema)) ||
+            (rc = lora_read_block(f, "lora.adam_m.", &r->lora, r->opt.m)) ||
+            (rc = lora_read_block(f, "lora.adam_v.", &r->lora, r->opt.v)) || (rc = ckpt_load_state(f, &r->st)))
+            return rc;
+    } else if ((rc = ckpt_load_params(f, "", &r->u, r->u.params)) || (rc = ckpt_load_params(f, "ema.", &r->u, r->opt.ema)) ||
+               (rc = ckpt_load_params(f, "adam_m.", &r->u, r->opt.m)) || (rc = ckpt_load_params(f, "adam_v.", &r->u, r->opt.v)) ||
+               (rc = ckpt_load_state(f, &r->st)))
         return rc;
     if (r->st.pos > r->ds.n)
         return err_set(DDPM_ERUNTIME, "%s: data position %d is beyond the dataset's %d images (corrupt checkpoint, or the dataset "
@@ -337,6 +381,77 @@ static int init_folder(Run *r, int resume) {
     if (resume) return DDPM_OK;
     prune_milestones(r, 1);
     return save(r, 0);
+}
+
+/* train.init_from: the checkpoint's weights (EMA unless --no-ema) into the model, every
+ * tensor's shape checked first (EUSAGE naming the tensor); *base_cfg gets its config. */
+static int load_init(Run *r, Config *base_cfg) {
+    const Config *c = r->c;
+    const char *path = c->train.init_from;
+    StFile f;
+    int rc = ckpt_open(&f, path, base_cfg);
+    if (rc) return rc;
+    if (base_cfg->data.image_size != c->data.image_size || base_cfg->data.channels != c->data.channels) {
+        rc = err_set(DDPM_EUSAGE, "%s: train.init_from is a model of %dx%dx%d images, this config's data is %dx%dx%d; set data.image_size "
+                                  "and data.channels to the checkpoint's",
+                     path, base_cfg->data.image_size, base_cfg->data.image_size, base_cfg->data.channels, c->data.image_size,
+                     c->data.image_size, c->data.channels);
+        goto out;
+    }
+    const char *prefix;
+    CkptWeights w = ckpt_pick_weights(&f, r->o->init_raw, &prefix);
+    if (w == CKPT_NO_EMA && r->rank == 0) fprintf(stderr, "ddpm: %s holds no EMA weights; starting from its raw weights\n", path);
+    r->base_ema = w == CKPT_EMA || w == CKPT_EMA_IMPORTED;
+    for (int i = 0; i < r->u.nP; i++) {
+        const Param *q = &r->u.P[i];
+        char name[160], have[96], want[96];
+        int64_t sh[4];
+        snprintf(name, sizeof name, "%s%s", prefix, q->name);
+        const StEntry *e = st_find(&f, name);
+        for (int d = 0; d < q->ndim; d++) sh[d] = q->shape[d];
+        st_shape_str(want, sizeof want, q->ndim, sh);
+        if (!e) {
+            rc = err_set(DDPM_EUSAGE, "%s: train.init_from has no tensor \"%s\" %s that this config's model needs: the model section must "
+                                      "agree with the checkpoint's (ddpm info --ckpt %s shows it)",
+                         path, name, want, path);
+            goto out;
+        }
+        int same = e->ndim == q->ndim;
+        for (int d = 0; same && d < q->ndim; d++) same = e->shape[d] == q->shape[d];
+        if (!same) {
+            st_shape_str(have, sizeof have, e->ndim, e->shape);
+            rc = err_set(DDPM_EUSAGE, "%s: tensor \"%s\" is %s in train.init_from, %s with this config: the model section must agree "
+                                      "with the checkpoint's (ddpm info --ckpt %s shows it)",
+                         path, q->name, have, want, path);
+            goto out;
+        }
+    }
+    rc = ckpt_load_params(&f, prefix, &r->u, r->u.params);
+out:
+    st_free(&f);
+    return rc;
+}
+
+/* LoRA: freeze every base weight (no gradient buffer for them), adapters on the target
+ * groups with A drawn from train.seed, attached to the model. */
+static int lora_setup(Run *r) {
+    const Config *c = r->c;
+    UNet *u = &r->u;
+    unet_set_frozen(u, "", 1);
+    free(u->grads); /* a frozen parameter's gradient is never read or written */
+    u->grads = NULL;
+    LoraBase *b = unet_lora_bases(u, u->params), *t = xcalloc((size_t)u->nP, sizeof(LoraBase));
+    int n = 0;
+    for (int i = 0; i < u->nP; i++)
+        if (lora_group_of(b[i].name) & c->train.lora.targets) t[n++] = b[i];
+    char g[64];
+    int rc = n ? lora_set_create(&r->lora, t, n, c->train.lora.rank, c->train.lora.alpha, c->train.lora.targets, (uint64_t)c->train.seed)
+               : err_set(DDPM_EUSAGE, "train.lora.targets %s: this model has no such layer (attention needs model.attn_resolutions)",
+                         lora_groups_text(c->train.lora.targets, 1, g, sizeof g));
+    free(b), free(t);
+    if (rc) return rc;
+    r->lgrad = xcalloc(r->lora.n_floats, sizeof(float));
+    return unet_lora_attach_train(u, &r->lora, r->lgrad);
 }
 
 static int setup(Run *r) {
@@ -387,15 +502,37 @@ static int setup(Run *r) {
             strcpy(r->u.class_names[i], nm);
         }
     }
-    optim_init(&r->opt, r->u.n_floats);
+    r->is_lora = c->train.lora.rank > 0;
+    if (r->is_lora && !c->train.init_from[0]) {
+        rc = err_set(DDPM_EUSAGE, "train.lora needs the model to adapt: set train.init_from to its checkpoint (or --init-from FILE)");
+        goto fail;
+    }
+    if (!resume) {
+        unet_init_params(&r->u, (uint64_t)c->train.seed);
+        if (c->train.init_from[0]) {
+            Config base;
+            if ((rc = load_init(r, &base))) goto fail;
+            if (r->is_lora) { /* the hash names the weights and the model section of the base */
+                LoraBase *b = unet_lora_bases(&r->u, r->u.params);
+                char hex[65];
+                lora_base_sha256(hex, b, r->u.nP, &base);
+                free(b);
+                if ((rc = lora_setup(r))) goto fail;
+                memcpy(r->lora.base_sha256, hex, 65);
+            }
+        }
+        dist_bcast_f32(r->u.params, r->u.n_floats);
+        if (r->is_lora) dist_bcast_f32(r->lora.params, r->lora.n_floats);
+    } else if (r->is_lora && (rc = lora_setup(r))) {
+        goto fail;
+    }
+    optim_init(&r->opt, r->is_lora ? r->lora.n_floats : r->u.n_floats);
     batcher_init(&r->bt, r->ds.n, (uint64_t)c->train.seed, c->data.hflip);
     if (resume) {
         if ((rc = load_state(r, &f, &stored, p))) goto fail;
         st_free(&f);
     } else {
-        unet_init_params(&r->u, (uint64_t)c->train.seed);
-        dist_bcast_f32(r->u.params, r->u.n_floats);
-        memcpy(r->opt.ema, r->u.params, sizeof(float) * r->u.n_floats);
+        memcpy(r->opt.ema, trained(r), sizeof(float) * r->opt.n);
     }
     if (r->rank == 0 && (rc = init_folder(r, resume))) goto fail;
     return DDPM_OK;
@@ -407,6 +544,8 @@ fail:
 static void teardown(Run *r) {
     if (r->csv) fclose(r->csv);
     unet_free(&r->u);
+    lora_set_free(&r->lora);
+    free(r->lgrad);
     optim_free(&r->opt);
     schedule_free(&r->s);
     dataset_free(&r->ds);
@@ -453,6 +592,7 @@ void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, cons
         ts->cond_mask = c->train.degrade.has_mask ? xmalloc(sizeof(float) * ts->B * npix) : NULL;
         ts->xin = xmalloc(sizeof(float) * ts->B * npix * u->C_in);
     }
+    ts->p = u->params, ts->g = u->grads, ts->n = u->n_floats;
 }
 
 void train_step_free(TrainStep *ts) {
@@ -497,14 +637,14 @@ int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_n
     mse_backward(ts->dout, ts->pred, ts->tgt, ts->w, B, ts->N, D);
     unet_zero_grad(u);
     unet_backward(u, ts->dout, NULL);
-    dist_allreduce_f32(u->grads, u->n_floats);
+    dist_allreduce_f32(ts->g, ts->n);
     dist_allreduce_f64(&l, 1);
-    double gn = optim_grad_norm(u->grads, u->n_floats);
+    double gn = optim_grad_norm(ts->g, ts->n);
     *loss = l, *grad_norm = gn;
     if (!isfinite(l) || !isfinite(gn))
         return err_set(DDPM_ERUNTIME, "step %ld: %s is not finite", step + 1, isfinite(l) ? "the gradient norm" : "the loss");
     double clip = c->train.grad_clip, gscale = clip > 0 && gn > clip ? clip / gn : 1.0;
-    PROF(PROF_OPTIM, optim_step(ts->opt, u->params, u->grads, c, step, lr, gscale, optim_ema_decay(c, step)));
+    PROF(PROF_OPTIM, optim_step(ts->opt, ts->p, ts->g, c, step, lr, gscale, optim_ema_decay(c, step)));
     return DDPM_OK;
 }
 
@@ -551,6 +691,7 @@ static int train_loop(Run *r, const char **why) {
     const Config *c = r->c;
     TrainStep ts;
     train_step_init(&ts, &r->u, &r->opt, &r->s, c, r->rank, r->nranks);
+    if (r->is_lora) ts.p = r->lora.params, ts.g = r->lgrad, ts.n = r->lora.n_floats;
     double t_start = now_s(), el0 = r->st.elapsed;
     r->t_int = t_start, r->smooth = -1, r->saved_step0 = r->int_start = r->st.step;
     int rc = 0;
@@ -599,8 +740,9 @@ int train_main(Config *c, const TrainOpts *o) {
     g_stop = 0;
     progress_init(&r->pr, o->quiet || r->rank != 0, r->st.step);
     if (r->rank == 0 && !o->quiet)
-        fprintf(stderr, "training %s: %.2f M parameters, batch %d%s, steps %ld -> %d, run folder %s\n", c->data.path, r->u.n_floats / 1e6,
-                c->train.batch_size, r->nranks > 1 ? " (split over MPI ranks)" : "", r->st.step, c->train.steps, r->dir);
+        fprintf(stderr, "training %s: %.2f M parameters%s, batch %d%s, steps %ld -> %d, run folder %s\n", c->data.path,
+                r->opt.n / 1e6, r->is_lora ? " of LoRA adapters (base frozen)" : "", c->train.batch_size,
+                r->nranks > 1 ? " (split over MPI ranks)" : "", r->st.step, c->train.steps, r->dir);
     const char *why;
     rc = train_loop(r, &why);
     progress_end(&r->pr);
@@ -611,8 +753,9 @@ int train_main(Config *c, const TrainOpts *o) {
             fprintf(stderr, "%s at step %ld; saved %s/latest.safetensors. Continue with: ddpm train --resume %s\n", why, r->st.step, r->dir,
                     r->dir);
         else
-            fprintf(stderr, "done: %ld steps in %.0f s; checkpoint %s/latest.safetensors, samples in %s/samples/, log %s/log.csv\n",
-                    r->st.step, r->st.elapsed, r->dir, r->dir, r->dir);
+            fprintf(stderr, "done: %ld steps in %.0f s; checkpoint %s/latest.safetensors%s%s%s, samples in %s/samples/, log %s/log.csv\n",
+                    r->st.step, r->st.elapsed, r->dir, r->is_lora ? ", adapter " : "", r->is_lora ? r->dir : "",
+                    r->is_lora ? "/lora.safetensors" : "", r->dir, r->dir);
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);

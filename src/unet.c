@@ -441,6 +441,7 @@ int unet_init(UNet *u, const Config *c, int B_max, int training) {
 }
 
 void unet_free(UNet *u) {
+    unet_lora_detach(u);
     if (u->arena) {
         arena_free(u->arena);
         free(u->arena);
@@ -474,8 +475,28 @@ void unet_init_params(UNet *u, uint64_t seed) {
     }
 }
 
+/* the attached adapters: see unet.h */
+typedef struct {
+    int n;          /* adapters on this weight (0: none) */
+    LoraRef *r;     /* their A, B, rank, effective scale */
+    float *dA, *dB; /* training: the gradients of the one adapter */
+    float *h;       /* training: h = A·x of the last forward (rows * rank) */
+} LoraSlot;
+
+struct UNetLora {
+    LoraSlot *slot;    /* one per parameter (u->nP) */
+    LoraRef *refs;     /* the slots' refs */
+    float *hbuf;       /* sampling: h; training: dh (rows of the largest layer * largest rank) */
+    float *conv_scr;   /* the adapter convolutions' scratch */
+    float *saved;      /* training: every slot's h */
+    int train;
+    float *grads;      /* training: the set's gradient block */
+    size_t n_grads;
+};
+
 void unet_zero_grad(UNet *u) {
     if (u->grads) memset(u->grads, 0, u->n_floats * sizeof(float));
+    if (u->lora && u->lora->grads) memset(u->lora->grads, 0, u->lora->n_grads * sizeof(float));
 }
 
 const Param *unet_param(const UNet *u, const char *name) {
@@ -499,27 +520,53 @@ int unet_set_frozen(UNet *u, const char *prefix, int frozen) {
 static const float *par(const UNet *u, int i) { return u->params + u->P[i].off; }
 static float *grad(const UNet *u, int i) { return u->P[i].frozen ? NULL : u->grads + u->P[i].off; }
 
-/* out (N,OUT) = inp (N,IN) W^T + b */
+/* The adapters on weight i, NULL when none. */
+static const LoraSlot *slot(const UNet *u, int i) { return u->lora && u->lora->slot[i].n ? &u->lora->slot[i] : NULL; }
+
+/* out (N,OUT) = inp (N,IN) W^T + b (+ the adapters' s·(inp A^T) B^T) */
 static void linear_fwd(const UNet *u, float *out, const float *inp, LinearParams l, int N, int IN, int OUT) {
     PROF(PROF_GEMM, linear_forward(out, inp, par(u, l.w), par(u, l.b), N, IN, OUT));
+    const LoraSlot *sl = slot(u, l.w);
+    if (!sl) return;
+    if (u->lora->train)
+        PROF(PROF_GEMM, lora_forward(out, sl->h, inp, sl->r[0].A, sl->r[0].B, N, IN, OUT, sl->r[0].rank, sl->r[0].scale));
+    else
+        PROF(PROF_GEMM, lora_refs_forward(out, u->lora->hbuf, inp, sl->r, sl->n, N, IN, OUT));
 }
 
-/* dinp (N,IN) += ..., dW, db += ... unless frozen; dinp may be NULL */
+/* dinp (N,IN) += ..., dW, db += ... unless frozen, dA, dB += ... of a trained adapter; dinp
+ * may be NULL */
 static void linear_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, LinearParams l, int N, int IN, int OUT) {
     PROF(PROF_GEMM, linear_backward(dinp, grad(u, l.w), grad(u, l.b), dout, inp, par(u, l.w), N, IN, OUT));
+    const LoraSlot *sl = slot(u, l.w);
+    if (sl && u->lora->train)
+        PROF(PROF_GEMM, lora_backward(dinp, sl->dA, sl->dB, dout, inp, sl->r[0].A, sl->r[0].B, sl->h, u->lora->hbuf, N, IN, OUT,
+                                      sl->r[0].rank, sl->r[0].scale));
 }
 
 /* A 1x1 conv weight (OC,1,1,C) is a linear weight (OUT,IN) over the B*H*W pixels (NHWC). */
 static LinearParams conv1x1_as_linear(ConvParams c) { return (LinearParams){c.w, c.b}; }
 
-/* out (B,OH,OW,OC) = conv(inp (B,H,W,C)) */
+/* out (B,OH,OW,OC) = conv(inp (B,H,W,C)) (+ the adapters' s·conv1x1(conv(inp, A), B)) */
 static void conv_fwd(const UNet *u, float *out, const float *inp, ConvParams c, ConvShape s) {
     PROF(PROF_CONV, conv2d_forward(out, inp, par(u, c.w), par(u, c.b), s, u->conv_scr));
+    const LoraSlot *sl = slot(u, c.w);
+    if (!sl) return;
+    float *scr = u->lora->conv_scr;
+    if (u->lora->train)
+        PROF(PROF_CONV, lora_conv_forward(out, sl->h, inp, sl->r[0].A, sl->r[0].B, s, sl->r[0].rank, sl->r[0].scale, scr));
+    else
+        PROF(PROF_CONV, lora_refs_conv_forward(out, u->lora->hbuf, inp, sl->r, sl->n, s, scr));
 }
 
-/* dinp (B,H,W,C) += ..., dW, db += ... unless frozen; dinp may be NULL */
+/* dinp (B,H,W,C) += ..., dW, db += ... unless frozen, dA, dB += ... of a trained adapter;
+ * dinp may be NULL */
 static void conv_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, ConvParams c, ConvShape s) {
     PROF(PROF_CONV, conv2d_backward(dinp, grad(u, c.w), grad(u, c.b), dout, inp, par(u, c.w), s, u->conv_scr));
+    const LoraSlot *sl = slot(u, c.w);
+    if (sl && u->lora->train)
+        PROF(PROF_CONV, lora_conv_backward(dinp, sl->dA, sl->dB, dout, inp, sl->r[0].A, sl->r[0].B, sl->h, u->lora->hbuf, s,
+                                           sl->r[0].rank, sl->r[0].scale, u->lora->conv_scr));
 }
 
 /* out (B,HW,C) = GroupNorm(inp) (then SiLU if silu); mean, rstd (B,G) saved */
@@ -696,14 +743,31 @@ static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
     norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, 0);
 }
 
+/* Does parameter i, or an adapter on it, get a gradient? */
+static int trained_param(const UNet *u, int i) { return i >= 0 && (!u->P[i].frozen || (u->lora && u->lora->train && slot(u, i))); }
+
+/* Where the backward may stop when dx is not asked for: nothing before the first block
+ * (in execution order) with a trained parameter or adapter needs a gradient, unless the
+ * timestep MLP (or class embedding) trains, which every ResBlock feeds. Returns that block's
+ * index (0: the whole backward), and in *temb whether the MLP's backward is needed. */
+static int backward_stop(const UNet *u, int *temb) {
+    *temb = trained_param(u, u->temb_dense0.w) || trained_param(u, u->temb_dense0.b) || trained_param(u, u->temb_dense1.w) ||
+            trained_param(u, u->temb_dense1.b) || trained_param(u, u->class_emb);
+    if (*temb) return 0;
+    for (int i = 0; i < u->nblk; i++)
+        for (int p = u->blk[i].p0; p < u->blk[i].p0 + u->blk[i].np; p++)
+            if (trained_param(u, p)) return i;
+    return u->nblk;
+}
+
 void unet_backward(UNet *u, const float *dout, float *dx) {
     CHECK(u->training, "unet_backward on a model built without training buffers");
-    int B = u->last_B, T = u->temb_ch;
+    int B = u->last_B, T = u->temb_ch, temb = 1, stop = dx ? 0 : backward_stop(u, &temb);
     for (int i = 0; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zeroed(u->blk[i].dout, block_out_n(&u->blk[i], B)));
     zeroed(u->d_temb_act, (size_t)B * T);
     Block *last = &u->blk[u->nblk - 1];
     memcpy(last->dout, dout, sizeof(float) * B * u->res * u->res * u->C_img);
-    for (int i = u->nblk - 1; i >= 0; i--) {
+    for (int i = u->nblk - 1; i >= stop; i--) {
         Block *b = &u->blk[i];
         const float *x = i > 0 ? u->blk[i - 1].out : u->x_in;
         float *dxb = i > 0 ? u->blk[i - 1].dout : NULL;
@@ -742,6 +806,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
         }
         }
     }
+    if (!temb) return;
     /* timestep MLP: temb_act = silu(temb), temb = dense1(silu(dense0(sin))) + class_emb[y] */
     size_t nt = (size_t)B * T;
     PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb, nt), u->d_temb_act, u->temb, nt));
@@ -763,6 +828,142 @@ const float *unet_activation(const UNet *u, const char *name, int *H, int *W, in
         return b->out;
     }
     return NULL;
+}
+
+/* ---- LoRA adapters ----------------------------------------------------------------------- */
+
+/* Rows an adapter on weight pi works on at batch B_max (N of a linear, B·OH·OW of a
+ * convolution), and for a 3x3 convolution its shape in *cs (cs->k = 0 otherwise); 0 when
+ * pi is not a weight the layer wrappers apply. */
+static size_t lora_rows(const UNet *u, int pi, ConvShape *cs) {
+    int B = u->B_max;
+    memset(cs, 0, sizeof *cs);
+    if (pi == u->temb_dense0.w || pi == u->temb_dense1.w) return (size_t)B;
+    for (int i = 0; i < u->nblk; i++) {
+        const Block *b = &u->blk[i];
+        if (pi < b->p0 || pi >= b->p0 + b->np) continue;
+        size_t rows = (size_t)B * b->OH * b->OW;
+        switch (b->kind) {
+        case BLK_CONV_IN:
+        case BLK_DOWN:
+        case BLK_UP:
+            if (pi != b->conv.conv.w) return 0;
+            *cs = b->kind == BLK_UP ? conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1)
+                                    : conv_shape(B, b->H, b->W, b->cin, b->cout, 3, b->kind == BLK_DOWN ? 2 : 1);
+            return rows;
+        case BLK_RES:
+            if (pi == b->res.temb_proj.w) return (size_t)B;
+            if (pi == b->res.conv1.w) *cs = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
+            else if (pi == b->res.conv2.w) *cs = conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1);
+            else if (pi != b->res.nin_shortcut.w) return 0;
+            return rows;
+        case BLK_ATTN:
+            return pi == b->attn.q.w || pi == b->attn.k.w || pi == b->attn.v.w || pi == b->attn.proj_out.w ? rows : 0;
+        case BLK_OUT:
+            if (pi != b->head.conv_out.w) return 0;
+            *cs = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
+            return rows;
+        }
+    }
+    return 0;
+}
+
+void unet_lora_detach(UNet *u) {
+    struct UNetLora *L = u->lora;
+    if (!L) return;
+    free(L->slot), free(L->refs), free(L->hbuf), free(L->conv_scr), free(L->saved);
+    free(L);
+    u->lora = NULL;
+}
+
+/* Size and allocate the buffers of the slots filled in L (refs set); EUSAGE when an
+ * adapter sits on a tensor the wrappers do not apply. */
+static int lora_buffers(UNet *u, struct UNetLora *L) {
+    size_t hmax = 0, cmax = 0, saved = 0;
+    for (int i = 0; i < u->nP; i++) {
+        LoraSlot *sl = &L->slot[i];
+        if (!sl->n) continue;
+        ConvShape cs;
+        size_t rows = lora_rows(u, i, &cs);
+        if (!rows) {
+            free(L->slot), free(L->refs), free(L);
+            return err_set(DDPM_EUSAGE, "adapter on \"%s\": ddpm adapts linear and convolution weights of layers only, not this tensor",
+                           u->P[i].name);
+        }
+        for (int k = 0; k < sl->n; k++) {
+            size_t hn = rows * (size_t)sl->r[k].rank;
+            if (hn > hmax) hmax = hn;
+            if (cs.k == 3) {
+                size_t cn = lora_conv_scratch(cs, sl->r[k].rank);
+                if (cn > cmax) cmax = cn;
+            }
+            if (L->train) saved += hn;
+        }
+    }
+    L->hbuf = aligned_alloc(64, (hmax + 16) / 16 * 64);
+    L->conv_scr = aligned_alloc(64, (cmax + 16) / 16 * 64);
+    L->saved = L->train ? aligned_alloc(64, (saved + 16) / 16 * 64) : NULL;
+    CHECK(L->hbuf && L->conv_scr && (!L->train || L->saved), "out of memory for the adapters' activations");
+    if (L->train) {
+        float *h = L->saved;
+        for (int i = 0; i < u->nP; i++)
+            if (L->slot[i].n) {
+                ConvShape cs;
+                L->slot[i].h = h;
+                h += lora_rows(u, i, &cs) * (size_t)L->slot[i].r[0].rank;
+            }
+    }
+    u->lora = L;
+    return DDPM_OK;
+}
+
+int unet_lora_attach_stack(UNet *u, const LoraStack *st) {
+    unet_lora_detach(u);
+    if (st->n == 0) return DDPM_OK;
+    struct UNetLora *L = xcalloc(1, sizeof *L);
+    L->slot = xcalloc((size_t)u->nP, sizeof(LoraSlot));
+    L->refs = xcalloc((size_t)u->nP * st->n, sizeof(LoraRef));
+    for (int i = 0; i < u->nP; i++) {
+        LoraSlot *sl = &L->slot[i];
+        sl->r = L->refs + (size_t)i * st->n;
+        sl->n = lora_stack_refs(st, u->P[i].name, sl->r, st->n);
+    }
+    return lora_buffers(u, L);
+}
+
+int unet_lora_attach_train(UNet *u, const LoraSet *s, float *grads) {
+    unet_lora_detach(u);
+    struct UNetLora *L = xcalloc(1, sizeof *L);
+    L->slot = xcalloc((size_t)u->nP, sizeof(LoraSlot));
+    L->refs = xcalloc((size_t)u->nP, sizeof(LoraRef));
+    L->train = 1, L->grads = grads, L->n_grads = s->n_floats;
+    int found = 0;
+    for (int i = 0; i < u->nP; i++) {
+        const LoraPair *p = lora_find(s, u->P[i].name);
+        if (!p) continue;
+        LoraSlot *sl = &L->slot[i];
+        sl->r = &L->refs[i];
+        sl->n = 1;
+        sl->r->A = s->params + p->off_a, sl->r->B = s->params + p->off_b;
+        sl->r->rank = s->rank, sl->r->scale = lora_scale(s);
+        sl->dA = grads + p->off_a, sl->dB = grads + p->off_b;
+        found++;
+    }
+    if (found != s->n) {
+        free(L->slot), free(L->refs), free(L);
+        return err_set(DDPM_EUSAGE, "the adapter set has %d pairs, %d of them on weights of this model", s->n, found);
+    }
+    return lora_buffers(u, L);
+}
+
+LoraBase *unet_lora_bases(const UNet *u, float *params) {
+    LoraBase *b = xcalloc((size_t)u->nP, sizeof(LoraBase));
+    for (int i = 0; i < u->nP; i++) {
+        const Param *p = &u->P[i];
+        b[i].name = p->name, b[i].ndim = p->ndim, b[i].w = params + p->off;
+        for (int d = 0; d < p->ndim && d < 4; d++) b[i].shape[d] = p->shape[d];
+    }
+    return b;
 }
 
 /* ---- summary ----------------------------------------------------------------------------- */

@@ -904,6 +904,159 @@ static void test_stack(void) {
     lora_set_free(&b);
 }
 
+
+/* ---- the adapters inside the U-Net (unet_lora_attach_*) ----------------------------------
+ * A tiny model with every kind of layer (1x1 shortcuts, attention, down/upsample, the
+ * timestep MLP), adapters on attn, conv and temb:
+ *  - a fresh set (B = 0) and a stack at scale 0 give the base output bit for bit;
+ *  - with random B the runtime adapters and the merged weights W + s B A agree within
+ *    MERGE_TOL relative L2: the two differ only in rounding, per layer at most about
+ *    K u relative with K <= 9 * 16 summed products (u = 2^-24), over ~30 layers in
+ *    sequence: 30 * 144 * 6e-8 = 2.6e-4; the bound is 1e-3;
+ *  - backward with the base frozen writes no base gradient, and dA, dB agree with central
+ *    finite differences of L = sum(out * R) in double on a few elements (the float forward's
+ *    rounding, ~1e-6 relative of L, over 2 eps = 2e-2, bounds the FD noise; tolerance 2 %). */
+#define MERGE_TOL 1e-3
+static int tiny_unet(UNet *u, Config *c, int B, int training) {
+    const char *js = "{\"data\": {\"image_size\": 8, \"channels\": 3}, \"model\": {\"ch\": 8, \"ch_mult\": [1, 2], "
+                     "\"num_res_blocks\": 1, \"attn_resolutions\": [4], \"dropout\": 0, \"groups\": 4}}";
+    config_defaults(c);
+    int rc = config_parse(c, js, "tiny");
+    if (!rc) rc = unet_init(u, c, B, training);
+    if (rc) return rc;
+    unet_init_params(u, 5);
+    /* no zero-initialised layers: every path carries signal */
+    float *noise = malloc(u->n_floats * sizeof(float));
+    rng_normal(noise, u->n_floats, 6, 0, 0);
+    for (size_t i = 0; i < u->n_floats; i++) u->params[i] += 0.05f * noise[i];
+    free(noise);
+    return 0;
+}
+
+static double unet_loss(UNet *u, const float *x, const int *t, const float *R, float *out, size_t n) {
+    unet_forward(u, out, x, t, 2);
+    double L = 0;
+    for (size_t i = 0; i < n; i++) L += (double)out[i] * R[i];
+    return L;
+}
+
+static void test_unet(void) {
+    printf("adapters in the U-Net\n");
+    Config c;
+    UNet u;
+    int rc = tiny_unet(&u, &c, 2, 1);
+    T_OK(rc == 0, "tiny U-Net builds%s%s", rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) return;
+    size_t n = (size_t)2 * 8 * 8 * 3;
+    float *x = malloc(n * 4), *R = malloc(n * 4), *o0 = malloc(n * 4), *o1 = malloc(n * 4), *o2 = malloc(n * 4);
+    int t[2] = {3, 600};
+    rng_normal(x, n, 7, 0, 0);
+    rng_normal(R, n, 7, 1, 0);
+    unet_forward(&u, o0, x, t, 2);
+
+    LoraBase *all = unet_lora_bases(&u, u.params), *tb = calloc((size_t)u.nP, sizeof(LoraBase));
+    int nb = 0;
+    for (int i = 0; i < u.nP; i++)
+        if (lora_group_of(all[i].name)) tb[nb++] = all[i];
+    LoraSet s;
+    rc = lora_set_create(&s, tb, nb, 2, 3.0f, LORA_ATTN | LORA_CONV | LORA_TEMB, 9);
+    float *g = calloc(s.n_floats, sizeof(float));
+    if (!rc) rc = unet_lora_attach_train(&u, &s, g);
+    T_OK(rc == 0, "attach a trainable set of %d pairs%s%s", nb, rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) goto done;
+    unet_forward(&u, o1, x, t, 2);
+    T_OK(!memcmp(o0, o1, n * 4), "fresh adapters (B = 0): the base output bit for bit");
+
+    for (int i = 0; i < s.n; i++) { /* random B */
+        const LoraPair *p = &s.p[i];
+        rng_normal(s.params + p->off_b, (size_t)p->out * s.rank, 10, (uint64_t)i, 0);
+        for (size_t j = 0; j < (size_t)p->out * s.rank; j++) s.params[p->off_b + j] *= 0.05f;
+    }
+    unet_forward(&u, o1, x, t, 2);
+    double moved = t_rel_l2(o1, o0, n);
+    T_OK(moved > 1e-3, "random B moves the output (rel L2 %.3g)", moved);
+
+    /* backward: frozen base, gradients of the adapters only */
+    unet_set_frozen(&u, "", 1);
+    memset(u.grads, 0, u.n_floats * 4);
+    unet_zero_grad(&u);
+    unet_forward(&u, o1, x, t, 2);
+    unet_backward(&u, R, NULL);
+    size_t nzb = 0, nza = 0;
+    for (size_t j = 0; j < u.n_floats; j++) nzb += u.grads[j] != 0.0f;
+    int pairs_ok = 0;
+    for (int i = 0; i < s.n; i++) {
+        const LoraPair *p = &s.p[i];
+        int za = 0, zb = 0;
+        for (size_t j = 0; j < (size_t)s.rank * p->k * p->k * p->in; j++) za |= g[p->off_a + j] != 0.0f;
+        for (size_t j = 0; j < (size_t)p->out * s.rank; j++) zb |= g[p->off_b + j] != 0.0f;
+        pairs_ok += za && zb;
+        nza += za;
+    }
+    T_OK(nzb == 0, "frozen base: no base gradient written (%zu non-zero)", nzb);
+    T_OK(pairs_ok == s.n, "every pair gets non-zero dA and dB (%d of %d)", pairs_ok, s.n);
+    /* finite differences on the first A and B element of a few pairs */
+    int bad = 0, checked = 0;
+    for (int i = 0; i < s.n; i += s.n / 5 > 0 ? s.n / 5 : 1)
+        for (int which = 0; which < 2; which++) {
+            /* the element of the largest gradient: FD's noise is the same for every element */
+            size_t off = which ? s.p[i].off_b : s.p[i].off_a;
+            size_t len = which ? (size_t)s.p[i].out * s.rank : (size_t)s.rank * s.p[i].k * s.p[i].k * s.p[i].in;
+            for (size_t j = off, j1 = off + len; j < j1; j++)
+                if (fabsf(g[j]) > fabsf(g[off])) off = j;
+            float keep = s.params[off], eps = 1e-2f;
+            s.params[off] = keep + eps;
+            double Lp = unet_loss(&u, x, t, R, o2, n);
+            s.params[off] = keep - eps;
+            double Lm = unet_loss(&u, x, t, R, o2, n);
+            s.params[off] = keep;
+            double fd = (Lp - Lm) / (2 * eps), an = g[off];
+            double asum = 0;
+            for (size_t j = 0; j < n; j++) asum += fabs((double)o2[j] * R[j]);
+            double noise = 2 * 1e-6 * asum / (2 * eps); /* ~1e-6 relative rounding of each forward */
+            double err = fabs(fd - an) / fmax(fabs(fd) + fabs(an), fmax(1e-6, noise / 2e-2));
+            checked++;
+            if (err > 2e-2) bad++, printf("    %s %c: fd %.6g analytic %.6g (noise %.2g)\n", s.p[i].name, which ? 'B' : 'A', fd, an, noise);
+        }
+    T_OK(bad == 0, "dA, dB of the U-Net against finite differences (%d elements, %d off)", checked, bad);
+
+    /* runtime vs merged */
+    unet_forward(&u, o1, x, t, 2);
+    unet_lora_detach(&u);
+    float *keepw = malloc(u.n_floats * 4);
+    memcpy(keepw, u.params, u.n_floats * 4);
+    lora_merge(&s, 1.0f, all, u.nP);
+    unet_forward(&u, o2, x, t, 2);
+    double d = t_rel_l2(o2, o1, n);
+    T_OK(d <= MERGE_TOL, "merged W + s B A against the runtime adapters: rel L2 %.3g <= %.0e", d, MERGE_TOL);
+    memcpy(u.params, keepw, u.n_floats * 4);
+
+    /* a stack at scale 0 and at scale 1 */
+    char path[600];
+    snprintf(path, sizeof path, "%s/unet_lora.safetensors", g_dir);
+    memset(s.base_sha256, 'a', 64), s.base_sha256[64] = 0;
+    rc = lora_save(path, &s, NULL, NULL, 0);
+    LoraStack st = {0};
+    char spec[640];
+    snprintf(spec, sizeof spec, "%s:0", path);
+    if (!rc) rc = lora_stack_add(&st, spec);
+    if (!rc) rc = unet_lora_attach_stack(&u, &st);
+    if (!rc) unet_forward(&u, o2, x, t, 2);
+    T_OK(!rc && !memcmp(o0, o2, n * 4), "a stack at scale 0: the base output bit for bit%s%s", rc ? ": " : "", rc ? err_msg() : "");
+    lora_stack_free(&st);
+    memset(&st, 0, sizeof st);
+    if (!rc) rc = lora_stack_add(&st, path);
+    if (!rc) rc = unet_lora_attach_stack(&u, &st);
+    if (!rc) unet_forward(&u, o2, x, t, 2);
+    T_OK(!rc && !memcmp(o1, o2, n * 4), "a stack at scale 1: the trained set's output bit for bit");
+    lora_stack_free(&st);
+    free(keepw);
+done:
+    free(x), free(R), free(o0), free(o1), free(o2), free(all), free(tb), free(g);
+    lora_set_free(&s);
+    unet_free(&u);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof g_dir, "%s", t_tmpdir());
     test_linear();
@@ -917,6 +1070,7 @@ int main(void) {
     test_file();
     test_base();
     test_stack();
+    test_unet();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
     if (system(cmd)) printf("  note: could not remove %s\n", g_dir);

@@ -10,6 +10,7 @@
 #include "ddpm/checkpoint.h"
 #include "ddpm/config.h"
 #include "ddpm/diffusion.h"
+#include "ddpm/lora.h"
 #include "ddpm/model_io.h"
 #include "ddpm/sampler.h"
 #include "ddpm/unet.h"
@@ -26,6 +27,7 @@ int cmd_inpaint(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_upscale(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 /* A command's options, parsed as every command parses them: getopt_long over argv with
  * `shortopts` and `opts`; each option's code and value (NULL for a flag) go to
@@ -70,7 +72,7 @@ int cli_sample_opts(const char *cmd, SampleOpts *so, Config *c, const char *samp
 
 /* Class-conditional models: --class, --guidance and --guidance-rescale, the same options and
  * the same parsing for ddpm sample, inpaint, edit and upscale. */
-enum { CLI_OPT_CLASS = 0x100, CLI_OPT_GUIDANCE, CLI_OPT_GRESCALE };
+enum { CLI_OPT_CLASS = 0x100, CLI_OPT_GUIDANCE, CLI_OPT_GRESCALE, CLI_OPT_LORA };
 #define CLI_COND_OPTIONS                                                                                   \
     {"class", required_argument, 0, CLI_OPT_CLASS}, {"guidance", required_argument, 0, CLI_OPT_GUIDANCE}, \
         {"guidance-rescale", required_argument, 0, CLI_OPT_GRESCALE}
@@ -101,6 +103,7 @@ int cli_guided(const Config *c, const CliClasses *cl);
 
 /* ---- what ddpm sample, inpaint, edit and upscale share: their options and the model ---- */
 
+#define CLI_MAX_LORA 16
 /* The options of the sampling commands, as parsed (NULL / negative: not given, the
  * checkpoint's sample.* value is used). */
 typedef struct {
@@ -115,6 +118,8 @@ typedef struct {
     int threads, traj;                    /* --threads, --trajectory K frames (0: none) */
     int quiet, verbose, no_labels;        /* --quiet, --verbose, --no-labels */
     CliCond cond;                         /* --class, --guidance, --guidance-rescale */
+    const char *lora[CLI_MAX_LORA];       /* --lora FILE[:SCALE], in the order given */
+    int n_lora;
 } CliSampleArgs;
 /* Defaults: out, n (at most n_max) and seed (-1: the checkpoint's); everything else not given. */
 void cli_sample_args_init(CliSampleArgs *a, const char *out, int n, int n_max, int seed);
@@ -128,11 +133,13 @@ void cli_sample_args_init(CliSampleArgs *a, const char *out, int n, int n_max, i
         {"batch", required_argument, 0, 'b'}, {"threads", required_argument, 0, 'j'},                            \
         {"trajectory", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},                               \
         {"verbose", no_argument, 0, 'V'}, {"no-labels", no_argument, 0, 'L'}, {"help", no_argument, 0, 'h'},     \
-        CLI_COND_OPTIONS
+        CLI_COND_OPTIONS, {"lora", required_argument, 0, CLI_OPT_LORA}
 #define CLI_SAMPLE_ONLY_OPTIONS {"var", required_argument, 0, 'v'}, {"no-clip", no_argument, 0, 'C'}
 #define CLI_SAMPLE_SHORTOPTS ":n:o:qh"
 /* The --verbose line of --help. */
 extern const char *CLI_VERBOSE_HELP;
+/* The --lora lines of --help. */
+extern const char *CLI_LORA_HELP;
 /* One of those options (or -n) into a: 0, 2 with a message, or CLI_NOT_MINE for a code of
  * the command's own options. */
 enum { CLI_NOT_MINE = -2 };
@@ -149,6 +156,7 @@ typedef struct {
     int *cls;             /* class of image g (total), NULL without --class */
     int total, B;         /* images to make; images per forward */
     CkptWeights weights;  /* which weights were loaded */
+    LoraStack lora;       /* --lora adapters, attached to u */
     int stage;            /* what is allocated, for cli_model_close */
 } CliModel;
 /* Open a model for sampling, as every sampling command does: resolve the checkpoint
@@ -156,7 +164,8 @@ typedef struct {
  * runs/x/latest.safetensors), set the threads, read its config and apply the sampling
  * options, apply --guidance and parse --class, build the schedule, pick the EMA weights (an
  * imported model's "weights": "ema" metadata counts) or the raw ones, size the U-Net and load
- * them.
+ * them, then load the --lora adapters, check them against the weights (another shape: exit
+ * 2; another base hash: a warning naming both) and attach them.
  *   n_inputs = 0: synthesis (ddpm sample): a->n images, or a->n of each class asked for
  *     (--class all allowed);
  *   n_inputs > 0: that many input images (inpaint, edit, upscale), a->n results each; --class

@@ -29,6 +29,10 @@ typedef struct {
 
 /* Atomic write of weights, and with o != NULL the EMA and Adam moments. */
 int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts);
+/* The same plus n_extra more tensors and n_meta more metadata keys (a LoRA run's adapters
+ * and their optimizer state). */
+int ckpt_save_ext(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts, const StTensorOut *extra,
+                  int n_extra, const char *const *mk, const char *const *mv, int n_meta);
 /* Read and validate a checkpoint and parse its config (ERUNTIME on anything wrong). */
 int ckpt_open(StFile *f, const char *path, Config *c);
 /* Atomic write of one set of weights (u->params) with no training state, e.g. an imported

@@ -8,6 +8,14 @@
  *   samples/step_NNNNNNN.png    EMA preview grid (DDIM, train.sample_steps, fixed seed)
  *   latest.safetensors          the newest checkpoint, always complete (atomic rename)
  *   ckpt_NNNNNNN.safetensors    milestones every ckpt_every steps, the last `keep` kept
+ *   lora.safetensors            LoRA runs (train.lora.rank > 0): the adapters' EMA weights,
+ *                               rewritten at every checkpoint (format in lora.h)
+ *
+ * train.init_from starts from a checkpoint's weights (EMA unless init_raw) with a fresh
+ * optimizer at step 0. A LoRA run freezes those weights and trains adapters on
+ * train.lora.targets; its checkpoints hold the frozen base under the plain names and the
+ * adapters as "lora.<pair>.lora_{A,B}.weight" with "lora.ema.", "lora.adam_m.",
+ * "lora.adam_v." copies (metadata lora_base_sha256), so --resume needs no other file.
  *
  * Every random draw is a pure function of (train.seed, step, global image index), so a
  * resumed run repeats the uninterrupted one exactly. */
@@ -27,6 +35,7 @@ typedef struct {
     int force;            /* start over in a folder that holds a run */
     int quiet;
     int no_labels;        /* bare previews and loss.png (no text) */
+    int init_raw;         /* train.init_from: the checkpoint's raw weights, not its EMA (--no-ema) */
 } TrainOpts;
 
 /* train.cond_drop: 1 if image g (global position in the batch) of `step` trains with the
@@ -63,6 +72,8 @@ typedef struct {
     float *cond_y;    /* (B,D) */
     float *cond_mask; /* (B,H,W,1) */
     float *xin;       /* (B,H,W,C_in) */
+    float *p, *g;  /* the trained block and its gradients: u->params and u->grads, or a LoRA */
+    size_t n;      /*   run's adapters (set by the caller after train_step_init); n floats */
 } TrainStep;
 void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, const Config *c, int rank, int nranks);
 void train_step_free(TrainStep *ts);

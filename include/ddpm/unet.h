@@ -31,7 +31,9 @@
  * Frozen parameters (Param.frozen, unet_set_frozen): unet_backward computes no gradient
  * for them (a frozen weight skips its weight-gradient GEMM) and leaves their part of
  * `grads` untouched; gradients flowing through them to earlier layers and to dx are
- * computed as usual.
+ * computed as usual. Without dx, the backward stops at the first block (in execution
+ * order) that has a trained parameter or adapter, and skips the timestep MLP when none
+ * of it trains: nothing there needs a gradient.
  *
  * Image conditioning (model.cond_image; SR3, Saharia et al. 2021; Palette, 2022): the input
  * is concat(x_t, y[, mask]) along channels, C_in = C_img + C_img (+ 1 when train.degrade
@@ -45,6 +47,7 @@
 #include <stdio.h>
 
 #include "ddpm/config.h"
+#include "ddpm/lora.h"
 
 typedef struct {
     char name[96];
@@ -124,6 +127,7 @@ typedef struct {
     int drop_on;
     uint64_t drop_seed, drop_step, img0;
     int last_B;
+    struct UNetLora *lora;  /* attached adapters (unet_lora_attach_*), NULL: none */
 } UNet;
 
 /* Build the parameter table and allocate params (+ grads and backward buffers when
@@ -153,6 +157,27 @@ int unet_set_frozen(UNet *u, const char *prefix, int frozen);
  * shape in *H, *W, *C. NULL if no such block. "temb" gives the sinusoidal embedding
  * (B, ch) and "temb.out" the MLP output before the SiLU (B, 4ch). For tests. */
 const float *unet_activation(const UNet *u, const char *name, int *H, int *W, int *C);
+/* LoRA adapters (lora.h) on the model's layer weights, applied inside the layer wrappers:
+ * W·x + s·B·A·x for every adapted linear and convolution. The buffers they need (the saved
+ * h = A·x of every adapted layer for backward, dh, the adapter convolution's scratch) are
+ * allocated at attach time, sized for B_max; forward and backward still allocate nothing.
+ * Attaching replaces what was attached; unet_free detaches.
+ *   unet_lora_attach_stack: the adapters of a stack at their scales (sampling: forward only;
+ *     scale-0 adapters are left out, so the model computes exactly what it did without).
+ *   unet_lora_attach_train: one trainable set, values in s->params, gradients ADDED into
+ *     grads (s's layout; unet_zero_grad clears them). With the base weights frozen,
+ *     unet_backward computes dA, dB and the gradients flowing to earlier layers, and no
+ *     weight gradient of the base.
+ * EUSAGE naming the weight when an adapter sits on a tensor that is not a layer weight of
+ * this model (call lora_check_base / lora_stack_check first for the shapes). */
+int unet_lora_attach_stack(UNet *u, const LoraStack *st);
+int unet_lora_attach_train(UNet *u, const LoraSet *s, float *grads);
+void unet_lora_detach(UNet *u);
+/* The model's weights as LoraBase entries, one per parameter in table order, values in
+ * `params` (a block of the model's layout): for lora_check_base, lora_base_sha256 and
+ * merges. Free with free(). */
+LoraBase *unet_lora_bases(const UNet *u, float *params);
+
 /* Print the per-block summary (parameters per block, totals, GFLOP, memory) to f. */
 void unet_print_summary(const UNet *u, FILE *f);
 

@@ -8,6 +8,7 @@
 #include "ddpm/cli.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/err.h"
+#include "ddpm/lora.h"
 #include "ddpm/optim.h"
 #include "ddpm/prof.h"
 #include "ddpm/rng.h"
@@ -22,7 +23,10 @@ static void usage(FILE *f) {
             "Times a training step (noise, forward, loss, backward, Adam/EMA: the step ddpm train\n"
             "runs) and a no-grad forward on random images at train.batch_size, after warm-up, and\n"
             "reports medians, GFLOP/s (nominal: 2 per multiply-add, backward counted as 2x forward),\n"
-            "this machine's sgemm ceiling and peak RSS.\n"
+            "this machine's sgemm ceiling and peak RSS. With train.lora.rank > 0 (e.g. --set\n"
+            "train.lora.rank=4) it also times a LoRA step of the same model and batch (base frozen,\n"
+            "adapters on train.lora.targets), each right after its full-training twin, and reports\n"
+            "the median of the per-repetition ratios.\n"
             "\n"
             "options:\n"
             "  -c, --config FILE   model and batch (default configs/bench.json)\n"
@@ -110,6 +114,9 @@ typedef struct {
     size_t nparams;
     double ceiling, gf_step, gf_fwd, rss_mb;
     double *ts, *tf, *ts1, *tf1;
+    double *tl;                 /* LoRA steps (NULL: not measured) */
+    TrainStep *lora;            /* the LoRA step: same model, adapters attached while it runs */
+    struct UNetLora *lora_att;  /*   the attached adapters */
     Prof prof;  /* --profile: the timed training steps with `threads` */
 } Bench;
 
@@ -125,6 +132,15 @@ static int measure(Bench *m, TrainStep *train) {
             double t0 = now_s(), loss, gn;
             if ((rc = train_step(train, r + 2, 1e-6, &loss, &gn))) break;
             if (r >= 0) (k ? m->ts1 : m->ts)[r] = now_s() - t0;
+            if (m->lora && k == 0) { /* its LoRA twin: base frozen, adapters on */
+                unet_set_frozen(u, "", 1);
+                u->lora = m->lora_att;
+                t0 = now_s();
+                rc = train_step(m->lora, r + 2, 1e-6, &loss, &gn);
+                if (r >= 0) m->tl[r] = now_s() - t0;
+                u->lora = NULL;
+                unet_set_frozen(u, "", 0);
+            }
         }
     m->prof.on = 0;
     u->drop_on = 0;
@@ -155,6 +171,11 @@ static void print_json(const Bench *m) {
         for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], m->prof.s[k] / steps);
         printf("}");
     }
+    if (m->tl) {
+        printf(", \"lora_rank\": %d, \"lora_step_s\": %.5f, \"lora_step_ratio\": %.4f", m->lora->c->train.lora.rank, median(m->tl, steps),
+               median_ratio(m->tl, m->ts, steps));
+        json_list("lora_steps_s", m->tl, steps);
+    }
     json_list("train_steps_s", m->ts, steps);
     json_list("forwards_s", m->tf, steps);
     if (m->nrun > 1) {
@@ -178,6 +199,13 @@ static void print_table(const Bench *m) {
     printf("  no-grad forward %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP)\n", fwd_s, m->gf_fwd / fwd_s, m->gf_fwd);
     printf("  sgemm ceiling              %7.1f GFLOP/s  (2048^3, %d threads); training step reaches %.0f%%\n", m->ceiling, m->threads,
            100 * m->gf_step / step_s / m->ceiling);
+    if (m->tl) {
+        char g[64];
+        printf("  LoRA step       %8.3f s   %.2fx the training step (rank %d on %s; median of the per-repetition ratios,\n"
+               "                  each LoRA step right after its full twin)\n",
+               median(m->tl, steps), median_ratio(m->tl, m->ts, steps), m->lora->c->train.lora.rank,
+               lora_groups_text(m->lora->c->train.lora.targets, 0, g, sizeof g));
+    }
     printf("  peak RSS        %8.0f MB\n", m->rss_mb);
     if (m->nrun > 1)
         printf("  thread scaling  training step 1 thread %.3f s: %.2fx; forward 1 thread %.3f s: %.2fx\n"
@@ -236,7 +264,36 @@ int cmd_bench(int argc, char **argv) {
     for (int i = 0; train.y && i < m.B; i++) train.y[i] = u.n_classes;
     m.ts = xcalloc(a.steps, sizeof(double)), m.tf = xcalloc(a.steps, sizeof(double));
     m.ts1 = xcalloc(a.steps, sizeof(double)), m.tf1 = xcalloc(a.steps, sizeof(double));
+    /* LoRA: a set on the targets, its own optimizer, the same batch */
+    LoraSet ls = {0};
+    Optim lopt = {0};
+    TrainStep ltrain;
+    float *lgrad = NULL;
+    if (c.train.lora.rank > 0) {
+        LoraBase *b = unet_lora_bases(&u, u.params), *t = xcalloc((size_t)u.nP, sizeof(LoraBase));
+        int n = 0;
+        for (int i = 0; i < u.nP; i++)
+            if (lora_group_of(b[i].name) & c.train.lora.targets) t[n++] = b[i];
+        rc = n ? lora_set_create(&ls, t, n, c.train.lora.rank, c.train.lora.alpha, c.train.lora.targets, 0)
+               : err_set(DDPM_EUSAGE, "train.lora.targets: this model has no such layer");
+        free(b), free(t);
+        if (!rc) {
+            /* B = 0 would make the adapters' dA zero: give B values so every GEMM does real work */
+            for (int i = 0; i < ls.n; i++) rng_normal(ls.params + ls.p[i].off_b, (size_t)ls.p[i].out * ls.rank, 2, (uint64_t)i, 0);
+            lgrad = xcalloc(ls.n_floats, sizeof(float));
+            rc = unet_lora_attach_train(&u, &ls, lgrad);
+        }
+        if (!rc) {
+            optim_init(&lopt, ls.n_floats);
+            memcpy(lopt.ema, ls.params, sizeof(float) * ls.n_floats);
+            ltrain = train;
+            ltrain.opt = &lopt, ltrain.p = ls.params, ltrain.g = lgrad, ltrain.n = ls.n_floats;
+            m.lora = &ltrain, m.lora_att = u.lora, u.lora = NULL;
+            m.tl = xcalloc(a.steps, sizeof(double));
+        }
+    }
     g_prof = &m.prof;
+    if (!rc) 
     rc = measure(&m, &train);
     g_prof = NULL;
     if (!rc) {
@@ -249,7 +306,11 @@ int cmd_bench(int argc, char **argv) {
         if (a.json) print_json(&m);
         else print_table(&m);
     }
-    free(m.ts), free(m.tf), free(m.ts1), free(m.tf1);
+    free(m.ts), free(m.tf), free(m.ts1), free(m.tf1), free(m.tl);
+    if (m.lora_att) u.lora = m.lora_att; /* unet_free detaches it */
+    lora_set_free(&ls);
+    optim_free(&lopt);
+    free(lgrad);
     train_step_free(&train);
     optim_free(&opt);
     unet_free(&u);

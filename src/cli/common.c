@@ -201,6 +201,8 @@ int cli_guided(const Config *c, const CliClasses *cl) {
 /* ---- the sampling commands ---- */
 
 const char *CLI_VERBOSE_HELP = "  --verbose           also print the network evaluations the reverse loop ran, counted\n";
+const char *CLI_LORA_HELP = "  --lora FILE[:SCALE] apply a LoRA adapter (lora.safetensors of a LoRA run) at SCALE (default\n"
+                            "                      1; 0 = the base model's images); repeatable, adapters add up\n";
 
 void cli_sample_args_init(CliSampleArgs *a, const char *out, int n, int n_max, int seed) {
     memset(a, 0, sizeof *a);
@@ -230,6 +232,10 @@ int cli_sample_opt(const char *cmd, CliSampleArgs *a, int o, const char *v) {
     case 'T': return cli_int(cmd, "--trajectory", v, 2, 1000, &a->traj);
     case 'j': return cli_int(cmd, "--threads", v, 1, 1024, &a->threads);
     case CLI_OPT_CLASS: case CLI_OPT_GUIDANCE: case CLI_OPT_GRESCALE: return cli_cond_opt(cmd, &a->cond, o, v);
+    case CLI_OPT_LORA:
+        if (a->n_lora == CLI_MAX_LORA) return cli_usage_error(cmd, "--lora: at most %d adapters", CLI_MAX_LORA);
+        a->lora[a->n_lora++] = v;
+        return 0;
     default: return CLI_NOT_MINE;
     }
 }
@@ -307,7 +313,25 @@ int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_i
         goto fail;
     }
     m->stage = STAGE_UNET;
-    if ((rc = ckpt_load_params(&f, prefix, &m->u, m->u.params))) rc = cli_fail(rc);
+    if ((rc = ckpt_load_params(&f, prefix, &m->u, m->u.params))) {
+        rc = cli_fail(rc);
+        goto fail;
+    }
+    if (!a->n_lora && st_meta(&f, "lora_base_sha256") && !a->quiet)
+        fprintf(stderr, "ddpm: note: %s is the checkpoint of a LoRA run: these are its frozen base weights; add --lora with the "
+                        "run's lora.safetensors for the adapted model\n", m->path);
+    if (a->n_lora) {
+        for (int i = 0; i < a->n_lora && !rc; i++) rc = lora_stack_add(&m->lora, a->lora[i]);
+        if (!rc) {
+            LoraBase *b = unet_lora_bases(&m->u, m->u.params);
+            char hex[65];
+            lora_base_sha256(hex, b, m->u.nP, c);
+            rc = lora_stack_check(&m->lora, b, m->u.nP, hex);
+            free(b);
+        }
+        if (!rc) rc = unet_lora_attach_stack(&m->u, &m->lora);
+        if (rc) rc = cli_fail(rc);
+    }
 fail:
     st_free(&f);
     return rc;
@@ -315,6 +339,7 @@ fail:
 
 void cli_model_close(CliModel *m) {
     if (m->stage >= STAGE_UNET) unet_free(&m->u);
+    lora_stack_free(&m->lora);
     if (m->stage >= STAGE_SCHEDULE) schedule_free(&m->s);
     cli_classes_free(&m->cl);
     free(m->cls);

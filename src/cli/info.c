@@ -5,12 +5,16 @@
 #include "ddpm/cli.h"
 #include "ddpm/data.h"
 #include "ddpm/err.h"
+#include "ddpm/lora.h"
+#include "ddpm/model_io.h"
 #include "ddpm/unet.h"
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ddpm info [--config FILE | --ckpt FILE] [options]\n"
             "\n"
+            "With --ckpt: what a checkpoint holds (its step, config and model summary), or for a\n"
+            "LoRA adapter file (lora.safetensors) its rank, alpha, targets, pairs and base hash.\n"
             "Prints the resolved config (defaults + FILE + --set), the dataset summary and the\n"
             "model summary: parameters per block, forward GFLOP per image, training memory, and\n"
             "what the model restores (model.cond_image).\n"
@@ -42,6 +46,33 @@ static int on_opt(void *ctx, int o, const char *v) {
     }
 }
 
+/* --ckpt FILE that is a LoRA adapter file: described, *done set. */
+static int describe_adapter(const char *path, int *done) {
+    StFile f;
+    int rc = st_read(&f, path);
+    if (rc) return cli_fail(rc);
+    const char *fmt = st_meta(&f, "format");
+    *done = fmt && !strcmp(fmt, LORA_FORMAT);
+    st_free(&f);
+    if (!*done) return 0;
+    LoraSet s;
+    if ((rc = lora_load(&s, path))) return cli_fail(rc);
+    lora_describe(stdout, &s, path);
+    lora_set_free(&s);
+    return 0;
+}
+
+/* The first lines of --ckpt FILE for a checkpoint: its step, weights and origin. */
+static void describe_ckpt(const StFile *f, const char *path) {
+    const char *step = st_meta(f, "step"), *w = st_meta(f, "weights"), *src = st_meta(f, "source"),
+               *h = st_meta(f, "lora_base_sha256");
+    printf("%s: ddpm checkpoint, step %s%s%s%s%s\n", path, step ? step : "?",
+           st_find(f, "ema.conv_in.weight") ? ", raw and EMA weights" : "", w ? ", weights: " : "", w ? w : "",
+           h ? ", a LoRA run (adapters under lora.*)" : "");
+    if (src) printf("  source: %s\n", src);
+    if (h) printf("  LoRA base sha256 %s\n", h);
+}
+
 int cmd_info(int argc, char **argv) {
     static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"batch", required_argument, 0, 'b'},  {"no-data", no_argument, 0, 'n'},
@@ -57,8 +88,11 @@ int cmd_info(int argc, char **argv) {
     Config c;
     if (a.ckpt && cfg_path) return cli_usage_error("info", "give --config or --ckpt, not both");
     if (a.ckpt) {
+        int adapter = 0;
+        if ((rc = describe_adapter(a.ckpt, &adapter)) || adapter) return rc;
         StFile f;
         if ((rc = ckpt_open(&f, a.ckpt, &c))) return cli_fail(rc);
+        describe_ckpt(&f, a.ckpt);
         st_free(&f);
         for (int i = 0; i < a.cfg.n_sets; i++)
             if ((rc = config_set(&c, a.cfg.sets[i]))) return cli_fail(rc);

@@ -52,8 +52,9 @@ static void usage(FILE *f) {
             "  --no-labels         bare grid.png and trajectory strips (no captions, no scaling)\n"
             "  -q, --quiet         no progress bar\n"
             "%s"
+            "%s"
             "  -h, --help          this help\n",
-            CLI_GUIDANCE_HELP, CLI_VERBOSE_HELP);
+            CLI_GUIDANCE_HELP, CLI_LORA_HELP, CLI_VERBOSE_HELP);
 }
 
 /* DIR/classes.csv: "NNNNNN.png,class_index" per image, atomically. */

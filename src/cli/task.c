@@ -49,6 +49,8 @@ static const char *TASK_COMMON_HELP =
 void task_help(FILE *f) {
     fprintf(f, TASK_COMMON_HELP, CLI_VERBOSE_HELP);
     fputs(CLI_GUIDANCE_HELP, f);
+    fputs("\nadapters:\n", f);
+    fputs(CLI_LORA_HELP, f);
 }
 
 /* The command's options after the shared ones. */

@@ -25,6 +25,9 @@ static void usage(FILE *f) {
             "                      with --resume only train.* keys take effect\n"
             "  --resume RUN_DIR    continue the run in RUN_DIR from its latest.safetensors\n"
             "  --force             start over in a run folder that already holds a run\n"
+            "  --init-from FILE    start from this checkpoint's weights (train.init_from): fine-tuning,\n"
+            "                      or the base of a LoRA run (train.lora, docs/finetuning.md)\n"
+            "  --no-ema            with --init-from: its raw weights instead of its EMA weights\n"
             "  --threads N         threads for GEMM and the other loops (default: all cores)\n"
             "  -q, --quiet         no progress output\n"
             "  --no-labels         bare pictures: no caption on the previews, no text on loss.png\n"
@@ -34,6 +37,7 @@ static void usage(FILE *f) {
 typedef struct {
     CliConfigArgs cfg;
     int threads;
+    const char *init_from; /* --init-from */
     TrainOpts to;
 } Args;
 
@@ -45,6 +49,8 @@ static int on_opt(void *ctx, int o, const char *v) {
     case 'j': return cli_int("train", "--threads", v, 1, 1024, &a->threads);
     case 'q': a->to.quiet = 1; return 0;
     case 'L': a->to.no_labels = 1; return 0;
+    case 'I': a->init_from = v; return 0;
+    case 'E': a->to.init_raw = 1; return 0;
     default: return cli_config_opt("train", &a->cfg, o, v);
     }
 }
@@ -53,7 +59,8 @@ int cmd_train(int argc, char **argv) {
     static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"resume", required_argument, 0, 'r'}, {"force", no_argument, 0, 'f'},
                                          {"threads", required_argument, 0, 'j'}, {"quiet", no_argument, 0, 'q'},
-                                         {"no-labels", no_argument, 0, 'L'},
+                                         {"no-labels", no_argument, 0, 'L'}, {"init-from", required_argument, 0, 'I'},
+                                         {"no-ema", no_argument, 0, 'E'},
                                          {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     Args a = {0};
     int rest, rc = cli_parse("train", argc, argv, ":c:qh", opts, on_opt, &a, usage, &rest);
@@ -75,6 +82,11 @@ int cmd_train(int argc, char **argv) {
         if (!rc) rc = config_validate(&c);
     } else {
         rc = cli_config(&c, cfg_path, a.cfg.sets, a.cfg.n_sets);
+        if (!rc && a.init_from) {
+            if (strlen(a.init_from) >= sizeof c.train.init_from)
+                return cli_usage_error("train", "--init-from: path longer than %zu characters", sizeof c.train.init_from - 1);
+            snprintf(c.train.init_from, sizeof c.train.init_from, "%s", a.init_from);
+        }
     }
     if (rc) return cli_fail(rc);
     threads_set(a.threads);
