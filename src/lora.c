@@ -526,7 +526,11 @@ void lora_base_sha256(char hex[65], const LoraBase *base, int n, const Config *c
     UPD("ddpm-lora-base-1\n");
     char *js = config_to_json(c);
     cJSON *root = cJSON_Parse(js);
-    char *model = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(root, "model"));
+    cJSON *msec = cJSON_GetObjectItemCaseSensitive(root, "model");
+    /* model.cond_image came after this serialization was fixed: left out when false, so every
+     * model without it hashes as before (an image-conditioned one also differs in conv_in) */
+    if (msec && !c->model.cond_image) cJSON_DeleteItemFromObjectCaseSensitive(msec, "cond_image");
+    char *model = cJSON_PrintUnformatted(msec);
     CHECK(model, "lora_base_sha256: no model section");
     UPD("model ");
     UPD(model);
