@@ -42,8 +42,8 @@ int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, 
     snprintf(dfrom, sizeof dfrom, "%ld", ts->decay_from);
     snprintf(dlr, sizeof dlr, "%.17g", ts->decay_lr);
     char *cfg = config_to_json(c), *cnames = NULL;
-    const char *keys[12] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
-    const char *vals[12] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
+    const char *keys[16] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
+    const char *vals[16] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
     int nmeta = 9;
     if (ts->decay_from > 0) {
         keys[nmeta] = "lr_decay_from", vals[nmeta++] = dfrom;
@@ -60,9 +60,15 @@ int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, 
         cJSON_Delete(a);
         keys[nmeta] = "class_names", vals[nmeta++] = cnames;
     }
+    char *vocab = NULL;
+    if (u->text_L > 0 && u->vocab.n > 0) {
+        vocab = text_vocab_write(&u->vocab, NULL);
+        keys[nmeta] = "vocab", vals[nmeta++] = vocab;
+    }
     int rc = st_write(path, t, u->nP * copies, keys, vals, nmeta);
     free(cfg);
     free(cnames);
+    free(vocab);
     for (int i = 0; i < u->nP * copies; i++) free(names[i]);
     free(names);
     free(t);
@@ -178,6 +184,25 @@ int ckpt_load_state(const StFile *f, TrainState *ts) {
                            f->path, from, lr);
         ts->decay_from = (long)from, ts->decay_lr = lr;
     }
+    return DDPM_OK;
+}
+
+int ckpt_load_vocab(const StFile *f, UNet *u) {
+    if (u->text_L <= 0) return DDPM_OK;
+    const char *s = st_meta(f, "vocab");
+    if (!s) return err_set(DDPM_ERUNTIME, "%s: metadata \"vocab\" missing: a text-conditioned checkpoint keeps its vocabulary", f->path);
+    char label[600];
+    snprintf(label, sizeof label, "%s: metadata \"vocab\"", f->path);
+    Vocab v = {0};
+    int rc = text_vocab_read(&v, s, strlen(s), label);
+    if (rc) return rc;
+    if (v.n != u->text_V) {
+        text_vocab_free(&v);
+        return err_set(DDPM_ERUNTIME, "%s: the vocabulary has %d words, model.text.vocab says %d (corrupt checkpoint)", f->path, v.n,
+                       u->text_V);
+    }
+    text_vocab_free(&u->vocab);
+    u->vocab = v;
     return DDPM_OK;
 }
 

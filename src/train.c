@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ddpm/captions.h"
 #include "ddpm/data.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/dist.h"
@@ -74,6 +75,9 @@ typedef struct {
     Optim opt;
     Schedule s;
     Dataset ds;
+    CapData cap;           /* text models: the captions (cap.img is moved into ds) */
+    Vocab vocab;           /* text models: built from every training caption */
+    int warned_trunc;      /* truncation warnings printed */
     Batcher bt;
     TrainState st;
     LossLog log;
@@ -352,6 +356,29 @@ static int setup(Run *r) {
     StFile f = {0};
     int resume = r->o->resume != NULL;
     Config stored;
+    int text = c->model.text.max_len > 0, capfmt = !strcmp(c->data.format, "captions") || !strcmp(c->data.format, "scenes");
+    if (text != capfmt)
+        return err_set(DDPM_EUSAGE, text ? "model.text needs captions: set data.format to \"captions\" (a folder with a metadata.jsonl) "
+                                           "or \"scenes\" (docs/conditioning.md)"
+                                         : "data.format \"%s\" has captions: set model.text.max_len (e.g. 16) to train a text-conditioned "
+                                           "model (docs/conditioning.md)",
+                       c->data.format);
+    if (text) { /* captions and the vocabulary first: a caption error stops before anything else */
+        if (!strcmp(c->data.format, "scenes")) {
+            ScenesOpts so = {.path = c->data.path, .n = c->data.limit, .seed = (uint64_t)c->train.seed, .held_out = scenes_default_held_out,
+                             .n_held_out = SCENES_N_DEFAULT_HELD_OUT, .paraphrase = c->data.paraphrase, .size = c->data.image_size,
+                             .channels = c->data.channels};
+            rc = scenes_load(&r->cap, &so);
+        } else {
+            rc = captions_load_folder(&r->cap, c->data.path, c->data.caption_column, c->data.image_size, c->data.channels, c->data.limit);
+        }
+        if (rc) return rc;
+        if ((rc = text_vocab_build(&r->vocab, (const char *const *)r->cap.text, r->cap.n_text))) return rc;
+        if (c->model.text.vocab == 0) c->model.text.vocab = r->vocab.n;
+        else if (c->model.text.vocab != r->vocab.n)
+            return err_set(DDPM_EUSAGE, "model.text.vocab = %d, but the captions of %s have %d words (specials included); leave it 0 "
+                           "to take it from the data", c->model.text.vocab, c->data.path, r->vocab.n);
+    }
     if (resume) {
         /* the checkpoint defines the model, data and diffusion; --set may change train.* only */
         if ((rc = ckpt_open(&f, p, &stored))) return rc;
@@ -366,7 +393,11 @@ static int setup(Run *r) {
         return err_set(DDPM_EUSAGE, "%s already holds a run; continue it with 'ddpm train --resume %s' or start over with --force",
                        r->dir, r->dir);
     }
-    if ((rc = dataset_load(&r->ds, c))) goto fail;
+    if (text) {
+        r->ds = r->cap.img; /* shared: teardown frees it through cap */
+    } else if ((rc = dataset_load(&r->ds, c))) {
+        goto fail;
+    }
     if (c->model.class_cond && (rc = check_labels(r))) goto fail;
     if (c->train.batch_size > r->ds.n) {
         rc = err_set(DDPM_EUSAGE, "train.batch_size = %d is larger than the dataset (%d images)", c->train.batch_size, r->ds.n);
@@ -385,6 +416,10 @@ static int setup(Run *r) {
             r->u.class_names[i] = xmalloc(strlen(nm) + 1);
             strcpy(r->u.class_names[i], nm);
         }
+    }
+    if (text) {
+        r->u.vocab = r->vocab;
+        memset(&r->vocab, 0, sizeof r->vocab);
     }
     optim_init(&r->opt, r->u.n_floats);
     batcher_init(&r->bt, r->ds.n, (uint64_t)c->train.seed, c->data.hflip);
@@ -408,7 +443,10 @@ static void teardown(Run *r) {
     unet_free(&r->u);
     optim_free(&r->opt);
     schedule_free(&r->s);
+    if (r->cap.text) memset(&r->ds, 0, sizeof r->ds); /* it is r->cap.img */
     dataset_free(&r->ds);
+    capdata_free(&r->cap);
+    text_vocab_free(&r->vocab);
     batcher_free(&r->bt);
     free(r->log.step);
     free(r->log.loss);
@@ -446,11 +484,16 @@ void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, cons
     ts->tgt = xmalloc(sizeof(float) * n), ts->pred = xmalloc(sizeof(float) * n), ts->dout = xmalloc(sizeof(float) * n);
     ts->t = xmalloc(sizeof(int) * ts->B), ts->w = xmalloc(sizeof(double) * ts->B);
     ts->y = u->n_classes > 0 ? xmalloc(sizeof(int) * ts->B) : NULL;
+    if (u->text_L > 0) {
+        ts->tok = xcalloc((size_t)ts->B * u->text_L, sizeof(int));
+        ts->keep = xcalloc((size_t)ts->B * u->text_L, 1);
+        for (int i = 0; i < ts->B; i++) ts->tok[(size_t)i * u->text_L] = TEXT_BOS, ts->keep[(size_t)i * u->text_L] = 1;
+    }
 }
 
 void train_step_free(TrainStep *ts) {
     free(ts->x0), free(ts->eps), free(ts->xt), free(ts->tgt), free(ts->pred), free(ts->dout);
-    free(ts->t), free(ts->w), free(ts->y);
+    free(ts->t), free(ts->w), free(ts->y), free(ts->tok), free(ts->keep);
     memset(ts, 0, sizeof *ts);
 }
 
@@ -468,12 +511,21 @@ int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_n
         ts->t[i] = (int)(rng_u32(seed, RNG_STREAM(RNG_TSTEP, step), g) % (uint32_t)c->diffusion.T);
         rng_normal(ts->eps + i * D, D, seed, RNG_STREAM(RNG_NOISE, step), g * D);
         if (ts->y && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop)) ts->y[i] = u->n_classes;
+        if (ts->tok && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop)) { /* the empty caption */
+            int L = u->text_L;
+            memset(ts->tok + (size_t)i * L, 0, sizeof(int) * L);
+            memset(ts->keep + (size_t)i * L, 0, (size_t)L);
+            ts->tok[(size_t)i * L] = TEXT_BOS, ts->keep[(size_t)i * L] = 1;
+        }
         ts->w[i] = diffusion_loss_weight(s, obj, ts->t[i], c->diffusion.min_snr_gamma);
     }
     q_sample(ts->xt, ts->x0, ts->eps, ts->t, s, B, D);
     diffusion_target(ts->tgt, ts->x0, ts->eps, ts->t, s, obj, B, D);
     u->drop_on = u->dropout > 0, u->drop_seed = seed, u->drop_step = (uint64_t)step, u->img0 = (uint64_t)ts->lo;
-    unet_forward_cond(u, ts->pred, ts->xt, ts->t, ts->y, B);
+    if (ts->tok)
+        unet_forward_text(u, ts->pred, ts->xt, ts->t, ts->tok, ts->keep, B);
+    else
+        unet_forward_cond(u, ts->pred, ts->xt, ts->t, ts->y, B);
     double l = mse_forward(ts->pred, ts->tgt, ts->w, B, ts->N, D);
     memset(ts->dout, 0, sizeof(float) * B * D);
     mse_backward(ts->dout, ts->pred, ts->tgt, ts->w, B, ts->N, D);
@@ -529,6 +581,28 @@ static const char *stop_reason(const Run *r, double t_start, double now) {
 
 /* The steps from r->st.step to train.steps, with previews and checkpoints; *why says why it
  * stopped early (NULL: it did not). */
+/* Text models: the caption each image of the batch uses at `step` (captions_pick), encoded
+ * into ts->tok/keep; unknown words cannot occur (the vocabulary holds every caption's). */
+static void encode_batch(Run *r, TrainStep *ts, long step) {
+    int L = r->u.text_L;
+    float *mask = xmalloc(sizeof(float) * L);
+    for (int k = 0; k < ts->B; k++) {
+        int idx = captions_batch_index(&r->bt, ts->N, ts->lo + k);
+        const char *cap = capdata_pick(&r->cap, idx, (uint64_t)r->c->train.seed, (uint64_t)step);
+        char *dropped = NULL;
+        int nt;
+        int rc = text_encode(&r->u.vocab, cap, L, ts->tok + (size_t)k * L, mask, &nt, &dropped, 0);
+        CHECK(rc == 0, "encoding a training caption: %s", err_msg());
+        for (int j = 0; j < L; j++) ts->keep[(size_t)k * L + j] = mask[j] > 0;
+        if (dropped && r->rank == 0 && r->warned_trunc < 5) {
+            fprintf(stderr, "warning: caption \"%s\" is longer than model.text.max_len = %d tokens: \"%s\" dropped%s\n", cap, L,
+                    dropped, ++r->warned_trunc == 5 ? " (further truncations not reported)" : "");
+        }
+        free(dropped);
+    }
+    free(mask);
+}
+
 static int train_loop(Run *r, const char **why) {
     const Config *c = r->c;
     TrainStep ts;
@@ -541,6 +615,7 @@ static int train_loop(Run *r, const char **why) {
         long step = r->st.step;
         double t0 = now_s(), loss, gn;
         batcher_next(&r->bt, &r->ds, ts.x0, ts.y, c->train.batch_size, ts.lo, ts.lo + ts.B);
+        if (ts.tok) encode_batch(r, &ts, step);
         double lr = optim_lr_from(c, step, r->st.decay_from, r->st.decay_lr);
         if ((rc = train_step(&ts, step, lr, &loss, &gn))) {
             rc = err_set(DDPM_ERUNTIME,

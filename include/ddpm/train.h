@@ -55,13 +55,16 @@ typedef struct {
     size_t D;      /* floats per image */
     float *x0;     /* (B,D) the batch in [-1,1], filled by the caller before each step */
     int *y;        /* (B) its classes (class-conditional models; NULL otherwise) */
+    int *tok;      /* (B,L) its captions' token ids (text models, L = model.text.max_len; NULL otherwise) */
+    uint8_t *keep; /* (B,L) their padding masks, 1 = real token */
     float *eps, *xt, *tgt, *pred, *dout; /* (B,D) the noise, x_t, the target, the output, dL/dout */
     int *t;        /* (B) timesteps */
     double *w;     /* (B) loss weights (min-SNR) */
 } TrainStep;
 void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, const Config *c, int rank, int nranks);
 void train_step_free(TrainStep *ts);
-/* One update at `step` (0-based) with learning rate lr on the batch in ts->x0 (and ts->y):
+/* One update at `step` (0-based) with learning rate lr on the batch in ts->x0 (and ts->y, or
+ * ts->tok/keep: a caption dropped by train.cond_drop becomes the empty caption [<bos>]):
  * timesteps, noise and dropped classes drawn as pure functions of (train.seed, step, global
  * image index), q_sample, the objective's target, forward, mse_forward/backward, backward,
  * all-reduce over ranks, global-norm clipping, Adam(W) + EMA. *loss and *grad_norm get the
