@@ -41,7 +41,47 @@ void sample_opts_from_config(SampleOpts *o, const Config *c) {
 }
 
 int sample_guided(const UNet *u, const SampleOpts *o) {
-    return u->n_classes > 0 && o->classes && guidance_needs_both(o->guidance, o->guidance_rescale);
+    return ((u->n_classes > 0 && o->classes) || (u->text_L > 0 && o->text_tok)) && guidance_needs_both(o->guidance, o->guidance_rescale);
+}
+
+/* Text models: caption rows for b images starting at image i0 of the call: the conditional
+ * ones (cond = 1) or the unconditional one repeated, into tok/keep at row r0. */
+static void text_rows(const UNet *u, const SampleOpts *o, int *tok, uint8_t *keep, int r0, int i0, int b, int cond) {
+    int L = u->text_L;
+    for (int i = 0; i < b; i++) {
+        int *tr = tok + (size_t)(r0 + i) * L;
+        uint8_t *kr = keep + (size_t)(r0 + i) * L;
+        const int *st = cond ? o->text_tok + (size_t)(i0 + i) * L : o->neg_tok;
+        const uint8_t *sk = cond ? o->text_keep + (size_t)(i0 + i) * L : o->neg_keep;
+        if (st) {
+            memcpy(tr, st, sizeof(int) * L), memcpy(kr, sk, (size_t)L);
+        } else { /* the empty caption */
+            memset(tr, 0, sizeof(int) * L), memset(kr, 0, (size_t)L);
+            tr[0] = TEXT_BOS, kr[0] = 1;
+        }
+    }
+}
+
+/* network_pred for a text model asked for captions (o->text_tok): as for classes, one forward
+ * of 2b rows (conditional, then unconditional: the negative prompt or the empty caption). */
+static void network_pred_text(UNet *u, const SampleOpts *o, float *pred, const float *x, const int *tv, int i0, int b,
+                              float *x2, float *pred2, size_t D) {
+    int L = u->text_L;
+    int *tok = xmalloc(sizeof(int) * 2 * b * L);
+    uint8_t *keep = xmalloc((size_t)2 * b * L);
+    if (!sample_guided(u, o)) {
+        text_rows(u, o, tok, keep, 0, i0, b, o->guidance != 0);
+        unet_forward_text(u, pred, x, tv, tok, keep, b);
+    } else {
+        text_rows(u, o, tok, keep, 0, i0, b, 1);
+        text_rows(u, o, tok, keep, b, i0, b, 0);
+        memcpy(x2, x, sizeof(float) * b * D);
+        memcpy(x2 + b * D, x, sizeof(float) * b * D);
+        unet_forward_text(u, pred2, x2, tv, tok, keep, 2 * b);
+        for (int i = 0; i < b; i++)
+            guidance_combine(pred + i * D, pred2 + i * D, pred2 + (b + i) * D, o->guidance, o->guidance_rescale, D);
+    }
+    free(tok), free(keep);
 }
 
 /* Network part of the denoiser: pred (b,D) for x (b,D) at timestep t. A class-conditional
@@ -49,10 +89,14 @@ int sample_guided(const UNet *u, const SampleOpts *o) {
  * (no class) as one forward of 2b images and combines them by guidance; S = 1 (or 0)
  * without rescale needs only the conditional (unconditional) half. x2, pred2 hold 2b
  * images, tv and y 2b ints. *evals counts the images evaluated (b per call). */
-static void network_pred(UNet *u, const SampleOpts *o, float *pred, const float *x, int t, const int *cls, int b,
+static void network_pred(UNet *u, const SampleOpts *o, float *pred, const float *x, int t, const int *cls, int i0, int b,
                          float *x2, float *pred2, int *tv, int *y, size_t D, long *evals) {
     *evals += b;
     for (int i = 0; i < 2 * b; i++) tv[i] = t;
+    if (u->text_L > 0 && o->text_tok) {
+        network_pred_text(u, o, pred, x, tv, i0, b, x2, pred2, D);
+        return;
+    }
     if (u->n_classes <= 0 || !cls) {
         unet_forward(u, pred, x, tv, b);
         return;
@@ -133,8 +177,8 @@ void lowpass_box(float *x, int res, int C, int F) {
  * Classifier-free guidance belongs here: run the conditional and unconditional halves in one
  * batched forward, mix the outputs, then convert. */
 static void denoise(UNet *u, const SampleOpts *o, const Schedule *s, float *x0, float *eps, const float *x, int t,
-                    const int *cls, int b, float *pred, float *x2, float *pred2, int *tv, int *y, size_t D, long *evals) {
-    network_pred(u, o, pred, x, t, cls, b, x2, pred2, tv, y, D, evals);
+                    const int *cls, int i0, int b, float *pred, float *x2, float *pred2, int *tv, int *y, size_t D, long *evals) {
+    network_pred(u, o, pred, x, t, cls, i0, b, x2, pred2, tv, y, D, evals);
     for (int i = 0; i < b; i++) diffusion_predict(x0 + i * D, eps + i * D, pred + i * D, x + i * D, t, s, o->obj, o->clip, D);
 }
 
@@ -207,7 +251,7 @@ long sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
                 }
                 t_hist = -2;
             } else {
-                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, b, pred, x2, pred2, tv, y, D, &evals);
+                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, i0, b, pred, x2, pred2, tv, y, D, &evals);
                 int noisy = tn >= 0 && (o->kind == SAMPLER_DDPM || (o->kind == SAMPLER_DDIM && o->eta > 0));
                 for (int i = 0; i < b; i++) {
                     int g = first + i0 + i;
