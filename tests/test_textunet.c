@@ -12,6 +12,11 @@
  *    encoder, the blocks, the skips) rounds its output once per forward, and each rounding
  *    reaches L with a gain of order one (measured: the worst error is noise-bound: it grows
  *    from h = 3e-2 to 1e-2 and shrinks to truncation at 1e-1);
+ *  - against PyTorch: tests/fixtures/text_unet_ref.safetensors
+ *    (scripts/make_text_unet_reference.py: ddpm_torch's U-Net with make_text_reference.py's
+ *    encoder and Transformer2D blocks, float64 autograd of the MSE loss) holds the weights,
+ *    inputs, captions (one full, one padded, one the empty caption), output and every
+ *    gradient; each within REF_TOL relative L2 (the bound test_unet derives for the U-Net);
  *  - tok = NULL is exactly the empty caption [<bos>] encoded by text_encode;
  *  - one caption alone and in a batch of two give the same output (within float32 rounding
  *    of the GEMM blockings: relative L2 1e-5). */
@@ -21,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ddpm/checkpoint.h"
 #include "ddpm/config.h"
 #include "ddpm/err.h"
 #include "ddpm/text.h"
@@ -98,7 +104,109 @@ static double fd_at(Ctx *c, float *p, double *noise) {
     return (8.0 * (Ls[0] - Ls[1]) - (Ls[2] - Ls[3])) / (12.0 * (double)FD_EPS);
 }
 
+#define REF_TOL 1e-4
+
+static const char *repo_path(const char *rel) {
+    static char b[512];
+    snprintf(b, sizeof b, "%s", rel);
+    FILE *f = fopen(b, "rb");
+    if (f) {
+        fclose(f);
+        return b;
+    }
+    const char *src = __FILE__, *s = strstr(src, "tests/test_textunet.c");
+    if (s) snprintf(b, sizeof b, "%.*s%s", (int)(s - src), src, rel);
+    return b;
+}
+
+static void test_reference(void) {
+    const char *path = repo_path("tests/fixtures/text_unet_ref.safetensors");
+    StFile f;
+    int rc = st_read(&f, path);
+    T_OK(rc == 0, "read %s%s%s", path, rc ? ": " : "", rc ? err_msg() : "");
+    if (rc) return;
+    Config c;
+    config_defaults(&c);
+    const char *cfg = st_meta(&f, "config");
+    rc = cfg ? config_parse(&c, cfg, "fixture config") : DDPM_ERUNTIME;
+    if (!rc) rc = config_validate(&c);
+    T_OK(rc == 0, "fixture config parses and validates");
+    if (rc) return st_free(&f);
+    const StEntry *ex = st_find(&f, "input.x");
+    const int B = ex ? (int)ex->shape[0] : 0, L = c.model.text.max_len, R = c.data.image_size, CI = c.data.channels;
+    UNet u;
+    rc = B > 0 && B <= 8 ? unet_init(&u, &c, B, 1) : DDPM_ERUNTIME;
+    T_OK(rc == 0, "unet_init on the fixture's text config");
+    if (rc) return st_free(&f);
+    int missing = 0;
+    for (int i = 0; i < u.nP; i++) {
+        const Param *p = &u.P[i];
+        int64_t shp[4];
+        for (int d = 0; d < p->ndim; d++) shp[d] = p->shape[d];
+        if (st_get_f32(&f, p->name, p->ndim, shp, u.params + p->off)) printf("    %s\n", err_msg()), missing++;
+    }
+    int n_file_params = 0;
+    for (int i = 0; i < f.n; i++)
+        if (strncmp(f.e[i].name, "input.", 6) && strncmp(f.e[i].name, "grad.", 5) && strcmp(f.e[i].name, "target") &&
+            strcmp(f.e[i].name, "output") && strcmp(f.e[i].name, "loss"))
+            n_file_params++;
+    T_OK(missing == 0 && n_file_params == u.nP, "all %d C parameters loaded from the fixture (%d there, %d missing)", u.nP,
+         n_file_params, missing);
+    size_t n = (size_t)B * R * R * CI;
+    float *x = malloc(n * 4), *tgt = malloc(n * 4), *ref = malloc(n * 4), *out = malloc(n * 4), *dout = malloc(n * 4);
+    float *dx = calloc(n, 4), *dxr = malloc(n * 4), tf[8], tokf[64], keepf[64], lossf[1];
+    int64_t xs[4] = {B, R, R, CI}, ts[1] = {B}, ks[2] = {B, L}, ls[1] = {1};
+    rc = st_get_f32(&f, "input.x", 4, xs, x) || st_get_f32(&f, "target", 4, xs, tgt) || st_get_f32(&f, "output", 4, xs, ref) ||
+         st_get_f32(&f, "grad.input", 4, xs, dxr) || st_get_f32(&f, "input.t", 1, ts, tf) ||
+         st_get_f32(&f, "input.tok", 2, ks, tokf) || st_get_f32(&f, "input.keep", 2, ks, keepf) || st_get_f32(&f, "loss", 1, ls, lossf);
+    T_OK(rc == 0 && B * L <= 64, "fixture inputs read");
+    if (!rc) {
+        int t[8], tok[64];
+        uint8_t keep[64];
+        for (int i = 0; i < B; i++) t[i] = (int)tf[i];
+        for (int i = 0; i < B * L; i++) tok[i] = (int)tokf[i], keep[i] = keepf[i] > 0;
+        unet_zero_grad(&u);
+        unet_forward_text(&u, out, x, t, tok, keep, B);
+        double loss = 0;
+        for (size_t i = 0; i < n; i++) loss += (double)(out[i] - tgt[i]) * (out[i] - tgt[i]), dout[i] = 2.0f * (out[i] - tgt[i]) / (float)n;
+        loss /= (double)n;
+        double eo = t_rel_l2(out, ref, n);
+        T_OK(eo <= REF_TOL, "output vs PyTorch: rel L2 %.3g", eo);
+        T_OK(fabs(loss - lossf[0]) <= REF_TOL * fabs(lossf[0]), "loss %.9g vs PyTorch %.9g", loss, (double)lossf[0]);
+        unet_backward(&u, dout, dx);
+        double ex2 = t_rel_l2(dx, dxr, n);
+        T_OK(ex2 <= REF_TOL, "dL/dx vs PyTorch: rel L2 %.3g", ex2);
+        double worst = 0;
+        const char *wn = "";
+        int bad = 0;
+        for (int i = 0; i < u.nP; i++) {
+            const Param *p = &u.P[i];
+            char gname[128];
+            snprintf(gname, sizeof gname, "grad.%s", p->name);
+            int64_t shp[4];
+            for (int d = 0; d < p->ndim; d++) shp[d] = p->shape[d];
+            float *g = malloc(p->n * 4);
+            if (st_get_f32(&f, gname, p->ndim, shp, g)) {
+                bad++;
+            } else {
+                double e = t_rel_l2(u.grads + p->off, g, p->n);
+                if (e > worst || e != e) worst = e != e ? INFINITY : e, wn = p->name;
+                if (!(e <= REF_TOL)) {
+                    bad++;
+                    printf("    %-60s rel L2 %.3g\n", p->name, e);
+                }
+            }
+            free(g);
+        }
+        T_OK(bad == 0, "every one of %d parameter gradients vs PyTorch within %.0e rel L2 (worst %.3g, %s)", u.nP, REF_TOL, worst, wn);
+    }
+    free(x), free(tgt), free(ref), free(out), free(dout), free(dx), free(dxr);
+    unet_free(&u);
+    st_free(&f);
+}
+
 int main(void) {
+    test_reference();
     Config cfg;
     small_config(&cfg);
     T_OK(config_validate(&cfg) == 0, "small text config validates (%s)", err_msg());
