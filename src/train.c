@@ -342,6 +342,26 @@ static int init_folder(Run *r, int resume) {
     return save(r, 0);
 }
 
+int train_load_captions(CapData *cap, Vocab *v, Config *c) {
+    int rc;
+    memset(cap, 0, sizeof *cap), memset(v, 0, sizeof *v);
+    if (!strcmp(c->data.format, "scenes")) {
+        ScenesOpts so = {.path = c->data.path, .n = c->data.limit, .seed = (uint64_t)c->train.seed, .held_out = scenes_default_held_out,
+                         .n_held_out = SCENES_N_DEFAULT_HELD_OUT, .paraphrase = c->data.paraphrase, .size = c->data.image_size,
+                         .channels = c->data.channels};
+        rc = scenes_load(cap, &so);
+    } else {
+        rc = captions_load_folder(cap, c->data.path, c->data.caption_column, c->data.image_size, c->data.channels, c->data.limit);
+    }
+    if (!rc) rc = text_vocab_build(v, (const char *const *)cap->text, cap->n_text);
+    if (!rc && c->model.text.vocab == 0) c->model.text.vocab = v->n;
+    else if (!rc && c->model.text.vocab != v->n)
+        rc = err_set(DDPM_EUSAGE, "model.text.vocab = %d, but the captions of %s have %d words (specials included); leave it 0 "
+                     "to take it from the data", c->model.text.vocab, c->data.path, v->n);
+    if (rc) capdata_free(cap), text_vocab_free(v);
+    return rc;
+}
+
 static int setup(Run *r) {
     Config *c = r->c;
     int rc;
@@ -363,22 +383,7 @@ static int setup(Run *r) {
                                          : "data.format \"%s\" has captions: set model.text.max_len (e.g. 16) to train a text-conditioned "
                                            "model (docs/conditioning.md)",
                        c->data.format);
-    if (text) { /* captions and the vocabulary first: a caption error stops before anything else */
-        if (!strcmp(c->data.format, "scenes")) {
-            ScenesOpts so = {.path = c->data.path, .n = c->data.limit, .seed = (uint64_t)c->train.seed, .held_out = scenes_default_held_out,
-                             .n_held_out = SCENES_N_DEFAULT_HELD_OUT, .paraphrase = c->data.paraphrase, .size = c->data.image_size,
-                             .channels = c->data.channels};
-            rc = scenes_load(&r->cap, &so);
-        } else {
-            rc = captions_load_folder(&r->cap, c->data.path, c->data.caption_column, c->data.image_size, c->data.channels, c->data.limit);
-        }
-        if (rc) return rc;
-        if ((rc = text_vocab_build(&r->vocab, (const char *const *)r->cap.text, r->cap.n_text))) return rc;
-        if (c->model.text.vocab == 0) c->model.text.vocab = r->vocab.n;
-        else if (c->model.text.vocab != r->vocab.n)
-            return err_set(DDPM_EUSAGE, "model.text.vocab = %d, but the captions of %s have %d words (specials included); leave it 0 "
-                           "to take it from the data", c->model.text.vocab, c->data.path, r->vocab.n);
-    }
+    if (text && (rc = train_load_captions(&r->cap, &r->vocab, c))) return rc; /* before anything else */
     if (resume) {
         /* the checkpoint defines the model, data and diffusion; --set may change train.* only */
         if ((rc = ckpt_open(&f, p, &stored))) return rc;

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ddpm/captions.h"
 #include "ddpm/config.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/optim.h"
@@ -71,5 +72,10 @@ void train_step_free(TrainStep *ts);
  * batch's loss and the gradient norm before clipping. ERUNTIME, with nothing updated, when
  * either is not finite. */
 int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_norm);
+
+/* data.format "captions" or "scenes": the captioned examples and the vocabulary built from
+ * every caption; model.text.vocab set from it when 0 (EUSAGE when it disagrees). Errors name
+ * the file and line (captions) before any image is decoded. */
+int train_load_captions(CapData *cap, Vocab *v, Config *c);
 
 #endif
