@@ -378,11 +378,11 @@ static int setup(Run *r) {
     Config stored;
     int text = c->model.text.max_len > 0, capfmt = !strcmp(c->data.format, "captions") || !strcmp(c->data.format, "scenes");
     if (text != capfmt)
-        return err_set(DDPM_EUSAGE, text ? "model.text needs captions: set data.format to \"captions\" (a folder with a metadata.jsonl) "
-                                           "or \"scenes\" (docs/conditioning.md)"
-                                         : "data.format \"%s\" has captions: set model.text.max_len (e.g. 16) to train a text-conditioned "
-                                           "model (docs/conditioning.md)",
-                       c->data.format);
+        return text ? err_set(DDPM_EUSAGE, "model.text.max_len = %d needs captions, but data.format is \"%s\": set data.format to "
+                                           "\"captions\" (a folder with a metadata.jsonl) or \"scenes\" (docs/conditioning.md)",
+                              c->model.text.max_len, c->data.format)
+                    : err_set(DDPM_EUSAGE, "data.format \"%s\" has captions: set model.text.max_len (e.g. 16) to train a "
+                                           "text-conditioned model (docs/conditioning.md)", c->data.format);
     if (text && (rc = train_load_captions(&r->cap, &r->vocab, c))) return rc; /* before anything else */
     if (resume) {
         /* the checkpoint defines the model, data and diffusion; --set may change train.* only */
