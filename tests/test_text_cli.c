@@ -61,6 +61,19 @@ int main(void) {
              c.model.text.vocab);
         if (ok) unet_free(&u), st_free(&f);
     }
+    {   /* captions (a list: one picked per step) and cond_drop across a resume: bitwise */
+        char straight[800];
+        snprintf(straight, sizeof straight, "%s/straight", d);
+        int r1 = run("train -c %s -q --set train.steps=6 --set train.out_dir=%s", cfg, straight);
+        int r2 = run("train --resume %s -q --set train.steps=6", run_dir);
+        char pa[900], pb[900];
+        snprintf(pa, sizeof pa, "%s/latest.safetensors", straight);
+        snprintf(pb, sizeof pb, "%s/latest.safetensors", run_dir);
+        double mr = 1;
+        int same = r1 == 0 && r2 == 0 && same_tensors(pa, pb, &mr) && mr == 0;
+        T_OK(same, "text model: 6 steps straight = 3 + --resume to 6: weights, EMA, Adam bitwise (exits %d %d, max rel diff %.3g) %s",
+             r1, r2, mr, g_err);
+    }
     char out[700];
     snprintf(out, sizeof out, "%s/out", d);
     rc = run("sample --run %s -n 2 --sampler ddim --steps 3 --prompt \"a red bag\" --prompt \"a blue sneaker\" -o %s -q --guidance 3", run_dir, out);
