@@ -471,6 +471,9 @@ int config_validate(const Config *c) {
         if (c->model.class_cond)
             return err_set(DDPM_EUSAGE, "%s: \"model.class_cond\" and \"model.text\" exclude each other: set model.class_cond = false "
                            "or model.text.max_len = 0", L);
+        if (c->train.lora.rank > 0)
+            return err_set(DDPM_EUSAGE, "%s: \"train.lora.rank\" > 0 on a text-conditioned model (model.text.max_len > 0): LoRA "
+                           "adapters cover the U-Net's own blocks only; set train.lora.rank = 0", L);
         if (c->model.text.d % c->model.text.heads)
             return err_set(DDPM_EUSAGE, "%s: \"model.text.d\" (%d) must be a multiple of \"model.text.heads\" (%d)", L,
                            c->model.text.d, c->model.text.heads);
