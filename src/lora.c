@@ -526,7 +526,12 @@ void lora_base_sha256(char hex[65], const LoraBase *base, int n, const Config *c
     UPD("ddpm-lora-base-1\n");
     char *js = config_to_json(c);
     cJSON *root = cJSON_Parse(js);
-    char *model = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(root, "model"));
+    cJSON *msec = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (msec && c->model.text.max_len == 0) { /* keys of text models only: a model without text hashes as it always has */
+        cJSON_DeleteItemFromObjectCaseSensitive(msec, "heads");
+        cJSON_DeleteItemFromObjectCaseSensitive(msec, "text");
+    }
+    char *model = cJSON_PrintUnformatted(msec);
     CHECK(model, "lora_base_sha256: no model section");
     UPD("model ");
     UPD(model);
