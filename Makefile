@@ -2,6 +2,7 @@
 #   make            build ./ddpm (installs missing Debian packages first, see scripts/install-deps.sh)
 #   make test       build and run every test binary; last line "N passed, N failed[, N skipped]"
 #   make demo       noise strip + train configs/demo.json (<= 10 min) + 64 samples
+#   make text-demo  train configs/text.json on "scenes" (<= 20 min) + a grid of 5 prompts, one held out
 #   make bench      ddpm bench next to PyTorch on configs/bench.json (CONFIG=... for another), with ratios
 #   make MPI=1      build against Open MPI with mpicc (data-parallel train/sample)
 #   make ISA=avx2   build for AVX2+FMA (also avx512, portable; default native)
@@ -73,7 +74,7 @@ endif
 # font (text in pictures) and the Fashion-MNIST dataset, which nothing needs to compile.
 # When what the goals need is missing, scripts/install-deps.sh installs it (or says how).
 NODEPS_GOALS := clean help test-arm64
-RUN_GOALS    := test check demo
+RUN_GOALS    := test check demo text-demo
 ifeq ($(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all)),)
 else
 NEED_FUZZ := $(filter fuzz fuzz-build,$(MAKECMDGOALS))
@@ -105,7 +106,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: test-arm64 all test check fuzz fuzz-build demo bench install clean help FORCE
+.PHONY: test-arm64 all test check fuzz fuzz-build demo text-demo bench install clean help FORCE
 all: ddpm
 
 # ./ddpm is the variant last asked for (MPI=1 or not); each variant builds in its own folder.
@@ -199,6 +200,9 @@ fuzz: $(FUZZ_BIN)
 
 demo: ddpm
 	sh scripts/demo.sh
+
+text-demo: ddpm
+	sh scripts/text_demo.sh
 
 bench: ddpm
 	PYTHON=$(PYTHON) $(if $(CONFIG),BENCH_CONFIG=$(CONFIG)) DDPM=./$(BUILD)/ddpm sh scripts/bench.sh

@@ -35,8 +35,13 @@ typedef struct {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 static const Key KEYS[] = {
-    {"data.format", K_STR, OFF(data.format), 0, 0, 15, "idx|cifar10|folder", "\"idx\"",
-     "dataset format (idx: MNIST-style, cifar10: binary batches, folder: PNG/JPEG tree)"},
+    {"data.format", K_STR, OFF(data.format), 0, 0, 15, "idx|cifar10|folder|captions|scenes", "\"idx\"",
+     "dataset format (idx: MNIST-style, cifar10: binary batches, folder: PNG/JPEG tree, captions: image folder with a "
+     "metadata.jsonl, scenes: captioned scenes built from Fashion-MNIST at data.path)"},
+    {"data.caption_column", K_STR, OFF(data.caption_column), 0, 0, 63, NULL, "\"text\"",
+     "captions: the metadata.jsonl column holding each image's caption (a string or a list of strings)"},
+    {"data.paraphrase", K_BOOL, OFF(data.paraphrase), 0, 0, 1, NULL, "true",
+     "scenes: add paraphrased captions (word order, synonyms) beside the canonical one"},
     {"data.path", K_STR, OFF(data.path), 0, 0, CFG_STR - 1, NULL, "\"/usr/share/datasets/fashion-mnist\"",
      "dataset file or folder (see data/README.md)"},
     {"data.image_size", K_INT, OFF(data.image_size), 0, 1, 1024, NULL, "28",
@@ -64,6 +69,15 @@ static const Key KEYS[] = {
      "classes of a class_cond model (0 = the dataset's count, set by ddpm train)"},
     {"model.cond_image", K_BOOL, OFF(model.cond_image), 0, 0, 1, NULL, "false",
      "image-conditioned restoration (SR3/Palette): conv_in sees concat(x_t, y[, mask]), y degraded by train.degrade"},
+    {"model.heads", K_INT, OFF(model.heads), 0, 1, 1024, NULL, "4",
+     "attention heads of the Transformer2D blocks of a text-conditioned model"},
+    {"model.text.max_len", K_INT, OFF(model.text.max_len), 0, 0, 1024, NULL, "0",
+     "text conditioning: tokens per caption, start token included (0 = no text); needs data.format captions or scenes"},
+    {"model.text.d", K_INT, OFF(model.text.d), 0, 1, 4096, NULL, "64", "text encoder width"},
+    {"model.text.layers", K_INT, OFF(model.text.layers), 0, 0, 64, NULL, "2", "text encoder transformer layers"},
+    {"model.text.heads", K_INT, OFF(model.text.heads), 0, 1, 1024, NULL, "2", "text encoder attention heads"},
+    {"model.text.vocab", K_INT, OFF(model.text.vocab), 0, 0, 65536, NULL, "0",
+     "vocabulary size, specials included (0 = from the training captions, set by ddpm train)"},
 
     {"diffusion.T", K_INT, OFF(diffusion.T), 0, 2, 100000, NULL, "1000", "number of diffusion steps"},
     {"diffusion.schedule", K_STR, OFF(diffusion.schedule), 0, 0, 15, "linear|cosine|sigmoid", "\"linear\"",
@@ -463,6 +477,24 @@ int config_validate(const Config *c) {
             if (c->data.classes[i] == c->data.classes[j])
                 return err_set(DDPM_EUSAGE, "%s: \"data.classes\" lists %d twice (elements %d and %d); list each label once", L,
                                c->data.classes[i], j, i);
+    if (c->model.text.max_len > 0) {
+        if (c->model.class_cond)
+            return err_set(DDPM_EUSAGE, "%s: \"model.class_cond\" and \"model.text\" exclude each other: set model.class_cond = false "
+                           "or model.text.max_len = 0", L);
+        if (c->model.cond_image)
+            return err_set(DDPM_EUSAGE, "%s: \"model.cond_image\" on a text-conditioned model (model.text.max_len > 0) is not "
+                           "supported yet: restoration models take a class or no condition; set one of them off", L);
+        if (c->train.lora.rank > 0)
+            return err_set(DDPM_EUSAGE, "%s: \"train.lora.rank\" > 0 on a text-conditioned model (model.text.max_len > 0): LoRA "
+                           "adapters cover the U-Net's own blocks only; set train.lora.rank = 0", L);
+        if (c->model.text.d % c->model.text.heads)
+            return err_set(DDPM_EUSAGE, "%s: \"model.text.d\" (%d) must be a multiple of \"model.text.heads\" (%d)", L,
+                           c->model.text.d, c->model.text.heads);
+        for (int i = 0; i < c->model.n_levels; i++)
+            if ((c->model.ch * c->model.ch_mult[i]) % c->model.heads)
+                return err_set(DDPM_EUSAGE, "%s: level %d's width %d is not a multiple of \"model.heads\" (%d)", L, i,
+                               c->model.ch * c->model.ch_mult[i], c->model.heads);
+    }
     if (c->train.lora.rank > 0 && !c->train.lora.targets)
         return err_set(DDPM_EUSAGE, "%s: \"train.lora.targets\" is empty: name at least one group of attn, conv, temb "
                        "(or set \"train.lora.rank\" = 0 to train every weight)", L);

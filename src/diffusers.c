@@ -493,6 +493,9 @@ int dfs_exportable(const Config *c) {
                        "schedule (squaredcos_cap_v2) has s = 0.008 built in", fnice(c->diffusion.cosine_s));
     if (c->data.image_size % (1 << (c->model.n_levels - 1)))
         return err_set(DDPM_EUSAGE, "diffusers cannot express this model: image size %d is not divisible by 2^(levels-1)", c->data.image_size);
+    if (c->model.text.max_len > 0)
+        return err_set(DDPM_EUSAGE, "ddpm does not export text-conditioned models (model.text): only unconditional UNet2DModel "
+                       "folders are written; see docs/diffusers.md");
     if (c->model.class_cond)
         return err_set(DDPM_EUSAGE, "ddpm does not export class-conditional models yet (model.class_cond): only unconditional "
                        "UNet2DModel folders are written; see docs/diffusers.md");

@@ -530,6 +530,10 @@ void lora_base_sha256(char hex[65], const LoraBase *base, int n, const Config *c
     /* model.cond_image came after this serialization was fixed: left out when false, so every
      * model without it hashes as before (an image-conditioned one also differs in conv_in) */
     if (msec && !c->model.cond_image) cJSON_DeleteItemFromObjectCaseSensitive(msec, "cond_image");
+    if (msec && c->model.text.max_len == 0) { /* keys of text models only: a model without text hashes as it always has */
+        cJSON_DeleteItemFromObjectCaseSensitive(msec, "heads");
+        cJSON_DeleteItemFromObjectCaseSensitive(msec, "text");
+    }
     char *model = cJSON_PrintUnformatted(msec);
     CHECK(model, "lora_base_sha256: no model section");
     UPD("model ");

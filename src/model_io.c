@@ -47,7 +47,7 @@ int ckpt_save_ext(const char *path, const UNet *u, const Optim *o, const Config 
     snprintf(dfrom, sizeof dfrom, "%ld", ts->decay_from);
     snprintf(dlr, sizeof dlr, "%.17g", ts->decay_lr);
     char *cfg = config_to_json(c), *cnames = NULL;
-    const char **keys = xcalloc(12 + (size_t)n_meta, sizeof(char *)), **vals = xcalloc(12 + (size_t)n_meta, sizeof(char *));
+    const char **keys = xcalloc(13 + (size_t)n_meta, sizeof(char *)), **vals = xcalloc(13 + (size_t)n_meta, sizeof(char *));
     const char *k0[9] = {"format", "config", "step", "epoch", "pos", "loss_sum", "loss_count", "elapsed", "rng"};
     const char *v0[9] = {"ddpm-1", cfg, step, epoch, pos, lsum, lcnt, el, "philox4x32-10"};
     for (int i = 0; i < 9; i++) keys[i] = k0[i], vals[i] = v0[i];
@@ -67,12 +67,18 @@ int ckpt_save_ext(const char *path, const UNet *u, const Optim *o, const Config 
         cJSON_Delete(a);
         keys[nmeta] = "class_names", vals[nmeta++] = cnames;
     }
+    char *vocab = NULL;
+    if (u->text_L > 0 && u->vocab.n > 0) {
+        vocab = text_vocab_write(&u->vocab, NULL);
+        keys[nmeta] = "vocab", vals[nmeta++] = vocab;
+    }
     for (int i = 0; i < n_meta; i++) keys[nmeta] = mk[i], vals[nmeta++] = mv[i];
     for (int i = 0; i < n_extra; i++) t[u->nP * copies + i] = extra[i];
     int rc = st_write(path, t, u->nP * copies + n_extra, keys, vals, nmeta);
     free(keys), free(vals);
     free(cfg);
     free(cnames);
+    free(vocab);
     for (int i = 0; i < u->nP * copies; i++) free(names[i]);
     free(names);
     free(t);
@@ -188,6 +194,25 @@ int ckpt_load_state(const StFile *f, TrainState *ts) {
                            f->path, from, lr);
         ts->decay_from = (long)from, ts->decay_lr = lr;
     }
+    return DDPM_OK;
+}
+
+int ckpt_load_vocab(const StFile *f, UNet *u) {
+    if (u->text_L <= 0) return DDPM_OK;
+    const char *s = st_meta(f, "vocab");
+    if (!s) return err_set(DDPM_ERUNTIME, "%s: metadata \"vocab\" missing: a text-conditioned checkpoint keeps its vocabulary", f->path);
+    char label[600];
+    snprintf(label, sizeof label, "%s: metadata \"vocab\"", f->path);
+    Vocab v = {0};
+    int rc = text_vocab_read(&v, s, strlen(s), label);
+    if (rc) return rc;
+    if (v.n != u->text_V) {
+        text_vocab_free(&v);
+        return err_set(DDPM_ERUNTIME, "%s: the vocabulary has %d words, model.text.vocab says %d (corrupt checkpoint)", f->path, v.n,
+                       u->text_V);
+    }
+    text_vocab_free(&u->vocab);
+    u->vocab = v;
     return DDPM_OK;
 }
 

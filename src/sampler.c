@@ -41,8 +41,10 @@ void sample_opts_from_config(SampleOpts *o, const Config *c) {
 }
 
 int sample_guided(const UNet *u, const SampleOpts *o) {
-    return ((u->n_classes > 0 && o->classes) || u->C_in > u->C_img) && guidance_needs_both(o->guidance, o->guidance_rescale);
+    return ((u->n_classes > 0 && o->classes) || u->C_in > u->C_img || (u->text_L > 0 && o->text_tok)) &&
+           guidance_needs_both(o->guidance, o->guidance_rescale);
 }
+
 
 /* Row r of the U-Net's input (npix pixels, C + Cc channels): x's C channels, then the
  * condition's Cc (cond (npix,Cc); NULL = the dropped condition, zeros: y = 0, mask 0). */
@@ -55,6 +57,47 @@ static void concat_row(float *out, const float *x, const float *cond, size_t npi
     }
 }
 
+
+/* Text models: caption rows for b images starting at image i0 of the call: the conditional
+ * ones (cond = 1) or the unconditional one repeated, into tok/keep at row r0. */
+static void text_rows(const UNet *u, const SampleOpts *o, int *tok, uint8_t *keep, int r0, int i0, int b, int cond) {
+    int L = u->text_L;
+    for (int i = 0; i < b; i++) {
+        int *tr = tok + (size_t)(r0 + i) * L;
+        uint8_t *kr = keep + (size_t)(r0 + i) * L;
+        const int *st = cond ? o->text_tok + (size_t)(i0 + i) * L : o->neg_tok;
+        const uint8_t *sk = cond ? o->text_keep + (size_t)(i0 + i) * L : o->neg_keep;
+        if (st) {
+            memcpy(tr, st, sizeof(int) * L), memcpy(kr, sk, (size_t)L);
+        } else { /* the empty caption */
+            memset(tr, 0, sizeof(int) * L), memset(kr, 0, (size_t)L);
+            tr[0] = TEXT_BOS, kr[0] = 1;
+        }
+    }
+}
+
+/* network_pred for a text model asked for captions (o->text_tok): as for classes, one forward
+ * of 2b rows (conditional, then unconditional: the negative prompt or the empty caption). */
+static void network_pred_text(UNet *u, const SampleOpts *o, float *pred, const float *x, const int *tv, int i0, int b,
+                              float *x2, float *pred2, size_t D) {
+    int L = u->text_L;
+    int *tok = xmalloc(sizeof(int) * 2 * b * L);
+    uint8_t *keep = xmalloc((size_t)2 * b * L);
+    if (!sample_guided(u, o)) {
+        text_rows(u, o, tok, keep, 0, i0, b, o->guidance != 0);
+        unet_forward_text(u, pred, x, tv, tok, keep, b);
+    } else {
+        text_rows(u, o, tok, keep, 0, i0, b, 1);
+        text_rows(u, o, tok, keep, b, i0, b, 0);
+        memcpy(x2, x, sizeof(float) * b * D);
+        memcpy(x2 + b * D, x, sizeof(float) * b * D);
+        unet_forward_text(u, pred2, x2, tv, tok, keep, 2 * b);
+        for (int i = 0; i < b; i++)
+            guidance_combine(pred + i * D, pred2 + i * D, pred2 + (b + i) * D, o->guidance, o->guidance_rescale, D);
+    }
+    free(tok), free(keep);
+}
+
 /* Network part of the denoiser: pred (b,D) for x (b,D) at timestep t. The condition of image
  * i is its class cls[i] (class-conditional models, cls not NULL) and its image condition
  * cond[i] (image-conditioned models: concat(x_t, y[, mask]) is the input; cond[i] NULL = the
@@ -63,10 +106,17 @@ static void concat_row(float *out, const float *x, const float *cond, size_t npi
  * forward of 2b images, combined by guidance; S = 1 (or 0) without rescale needs only the
  * conditional (unconditional) half. xin holds 2b input rows (D_in each; NULL when the input
  * is x itself: an unguided model without image condition), pred2 2b outputs, tv and y 2b ints.
- * *evals counts the images evaluated (b per call). */
+ * A text model asked for captions (o->text_tok) goes to network_pred_text: images i0.. of
+ * the call. *evals counts the images evaluated (b per call). */
 static void network_pred(UNet *u, const SampleOpts *o, float *pred, const float *x, int t, const int *cls,
-                         const float *const *cond, int b, float *xin, float *pred2, int *tv, int *y, size_t D, long *evals) {
+                         const float *const *cond, int i0, int b, float *xin, float *pred2, int *tv, int *y, size_t D,
+                         long *evals) {
     *evals += b;
+    if (u->text_L > 0 && o->text_tok) { /* captions (text models are not image-conditioned) */
+        for (int i = 0; i < 2 * b; i++) tv[i] = t;
+        network_pred_text(u, o, pred, x, tv, i0, b, xin, pred2, D);
+        return;
+    }
     int guided = sample_guided(u, o), rows = guided ? 2 * b : b, Cc = u->C_in - u->C_img;
     size_t npix = (size_t)u->res * u->res, Din = npix * u->C_in;
     for (int r = 0; r < rows; r++) {
@@ -143,9 +193,9 @@ void lowpass_box(float *x, int res, int C, int F) {
  * Classifier-free guidance belongs here: run the conditional and unconditional halves in one
  * batched forward, mix the outputs, then convert. */
 static void denoise(UNet *u, const SampleOpts *o, const Schedule *s, float *x0, float *eps, const float *x, int t,
-                    const int *cls, const float *const *cond, int b, float *pred, float *xin, float *pred2, int *tv, int *y,
-                    size_t D, long *evals) {
-    network_pred(u, o, pred, x, t, cls, cond, b, xin, pred2, tv, y, D, evals);
+                    const int *cls, const float *const *cond, int i0, int b, float *pred, float *xin, float *pred2, int *tv,
+                    int *y, size_t D, long *evals) {
+    network_pred(u, o, pred, x, t, cls, cond, i0, b, xin, pred2, tv, y, D, evals);
     for (int i = 0; i < b; i++) diffusion_predict(x0 + i * D, eps + i * D, pred + i * D, x + i * D, t, s, o->obj, o->clip, D);
 }
 
@@ -223,7 +273,8 @@ long sample_run(UNet *u, const Schedule *s, const SampleOpts *o, const SampleTas
                 }
                 t_hist = -2;
             } else {
-                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, cond, b, pred, xin, pred2, tv, y, D, &evals);
+                denoise(u, o, s, x0, eps, x, t, o->classes ? o->classes + i0 : NULL, cond, i0, b, pred, xin, pred2, tv, y, D,
+                        &evals);
                 int noisy = tn >= 0 && (o->kind == SAMPLER_DDPM || (o->kind == SAMPLER_DDIM && o->eta > 0));
                 for (int i = 0; i < b; i++) {
                     int g = first + i0 + i;

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ddpm/captions.h"
 #include "ddpm/data.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/dist.h"
@@ -75,6 +76,9 @@ typedef struct {
     Optim opt;
     Schedule s;
     Dataset ds;
+    CapData cap;           /* text models: the captions (cap.img is moved into ds) */
+    Vocab vocab;           /* text models: built from every training caption */
+    int warned_trunc;      /* truncation warnings printed */
     Batcher bt;
     TrainState st;
     LossLog log;
@@ -454,6 +458,26 @@ static int lora_setup(Run *r) {
     return unet_lora_attach_train(u, &r->lora, r->lgrad);
 }
 
+int train_load_captions(CapData *cap, Vocab *v, Config *c) {
+    int rc;
+    memset(cap, 0, sizeof *cap), memset(v, 0, sizeof *v);
+    if (!strcmp(c->data.format, "scenes")) {
+        ScenesOpts so = {.path = c->data.path, .n = c->data.limit, .seed = (uint64_t)c->train.seed, .held_out = scenes_default_held_out,
+                         .n_held_out = SCENES_N_DEFAULT_HELD_OUT, .paraphrase = c->data.paraphrase, .size = c->data.image_size,
+                         .channels = c->data.channels};
+        rc = scenes_load(cap, &so);
+    } else {
+        rc = captions_load_folder(cap, c->data.path, c->data.caption_column, c->data.image_size, c->data.channels, c->data.limit);
+    }
+    if (!rc) rc = text_vocab_build(v, (const char *const *)cap->text, cap->n_text);
+    if (!rc && c->model.text.vocab == 0) c->model.text.vocab = v->n;
+    else if (!rc && c->model.text.vocab != v->n)
+        rc = err_set(DDPM_EUSAGE, "model.text.vocab = %d, but the captions of %s have %d words (specials included); leave it 0 "
+                     "to take it from the data", c->model.text.vocab, c->data.path, v->n);
+    if (rc) capdata_free(cap), text_vocab_free(v);
+    return rc;
+}
+
 static int setup(Run *r) {
     Config *c = r->c;
     int rc;
@@ -468,6 +492,14 @@ static int setup(Run *r) {
     StFile f = {0};
     int resume = r->o->resume != NULL;
     Config stored;
+    int text = c->model.text.max_len > 0, capfmt = !strcmp(c->data.format, "captions") || !strcmp(c->data.format, "scenes");
+    if (text != capfmt)
+        return text ? err_set(DDPM_EUSAGE, "model.text.max_len = %d needs captions, but data.format is \"%s\": set data.format to "
+                                           "\"captions\" (a folder with a metadata.jsonl) or \"scenes\" (docs/conditioning.md)",
+                              c->model.text.max_len, c->data.format)
+                    : err_set(DDPM_EUSAGE, "data.format \"%s\" has captions: set model.text.max_len (e.g. 16) to train a "
+                                           "text-conditioned model (docs/conditioning.md)", c->data.format);
+    if (text && (rc = train_load_captions(&r->cap, &r->vocab, c))) return rc; /* before anything else */
     if (resume) {
         /* the checkpoint defines the model, data and diffusion; --set may change train.* only */
         if ((rc = ckpt_open(&f, p, &stored))) return rc;
@@ -482,7 +514,11 @@ static int setup(Run *r) {
         return err_set(DDPM_EUSAGE, "%s already holds a run; continue it with 'ddpm train --resume %s' or start over with --force",
                        r->dir, r->dir);
     }
-    if ((rc = dataset_load(&r->ds, c))) goto fail;
+    if (text) {
+        r->ds = r->cap.img; /* shared: teardown frees it through cap */
+    } else if ((rc = dataset_load(&r->ds, c))) {
+        goto fail;
+    }
     if (c->model.class_cond && (rc = check_labels(r))) goto fail;
     if (c->train.batch_size > r->ds.n) {
         rc = err_set(DDPM_EUSAGE, "train.batch_size = %d is larger than the dataset (%d images)", c->train.batch_size, r->ds.n);
@@ -526,6 +562,10 @@ static int setup(Run *r) {
     } else if (r->is_lora && (rc = lora_setup(r))) {
         goto fail;
     }
+    if (text) {
+        r->u.vocab = r->vocab;
+        memset(&r->vocab, 0, sizeof r->vocab);
+    }
     optim_init(&r->opt, r->is_lora ? r->lora.n_floats : r->u.n_floats);
     batcher_init(&r->bt, r->ds.n, (uint64_t)c->train.seed, c->data.hflip);
     if (resume) {
@@ -548,7 +588,10 @@ static void teardown(Run *r) {
     free(r->lgrad);
     optim_free(&r->opt);
     schedule_free(&r->s);
+    if (r->cap.text) memset(&r->ds, 0, sizeof r->ds); /* it is r->cap.img */
     dataset_free(&r->ds);
+    capdata_free(&r->cap);
+    text_vocab_free(&r->vocab);
     batcher_free(&r->bt);
     free(r->log.step);
     free(r->log.loss);
@@ -593,11 +636,16 @@ void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, cons
         ts->xin = xmalloc(sizeof(float) * ts->B * npix * u->C_in);
     }
     ts->p = u->params, ts->g = u->grads, ts->n = u->n_floats;
+    if (u->text_L > 0) {
+        ts->tok = xcalloc((size_t)ts->B * u->text_L, sizeof(int));
+        ts->keep = xcalloc((size_t)ts->B * u->text_L, 1);
+        for (int i = 0; i < ts->B; i++) ts->tok[(size_t)i * u->text_L] = TEXT_BOS, ts->keep[(size_t)i * u->text_L] = 1;
+    }
 }
 
 void train_step_free(TrainStep *ts) {
     free(ts->x0), free(ts->eps), free(ts->xt), free(ts->tgt), free(ts->pred), free(ts->dout);
-    free(ts->t), free(ts->w), free(ts->y);
+    free(ts->t), free(ts->w), free(ts->y), free(ts->tok), free(ts->keep);
     free(ts->cond_y), free(ts->cond_mask), free(ts->xin);
     memset(ts, 0, sizeof *ts);
 }
@@ -622,16 +670,25 @@ int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_n
         uint64_t g = (uint64_t)(ts->lo + i);
         ts->t[i] = (int)(rng_u32(seed, RNG_STREAM(RNG_TSTEP, step), g) % (uint32_t)c->diffusion.T);
         rng_normal(ts->eps + i * D, D, seed, RNG_STREAM(RNG_NOISE, step), g * D);
-        int dropped = (ts->y || ts->cond_y) && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop);
+        int dropped = (ts->y || ts->cond_y || ts->tok) && train_cond_dropped(seed, (uint64_t)step, g, c->train.cond_drop);
         if (dropped && ts->y) ts->y[i] = u->n_classes;
         if (dropped && ts->cond_y) degrade_null(ts->cond_y + i * D, ts->cond_mask ? ts->cond_mask + i * npix : NULL, 1, H, H, C);
+        if (dropped && ts->tok) { /* the empty caption */
+            int L = u->text_L;
+            memset(ts->tok + (size_t)i * L, 0, sizeof(int) * L);
+            memset(ts->keep + (size_t)i * L, 0, (size_t)L);
+            ts->tok[(size_t)i * L] = TEXT_BOS, ts->keep[(size_t)i * L] = 1;
+        }
         ts->w[i] = diffusion_loss_weight(s, obj, ts->t[i], c->diffusion.min_snr_gamma);
     }
     q_sample(ts->xt, ts->x0, ts->eps, ts->t, s, B, D);
     diffusion_target(ts->tgt, ts->x0, ts->eps, ts->t, s, obj, B, D);
     if (ts->cond_y) degrade_concat(ts->xin, ts->xt, ts->cond_y, ts->cond_mask, B, H, H, C);
     u->drop_on = u->dropout > 0, u->drop_seed = seed, u->drop_step = (uint64_t)step, u->img0 = (uint64_t)ts->lo;
-    unet_forward_cond(u, ts->pred, ts->cond_y ? ts->xin : ts->xt, ts->t, ts->y, B);
+    if (ts->tok) /* text models are not image-conditioned (config_validate) */
+        unet_forward_text(u, ts->pred, ts->xt, ts->t, ts->tok, ts->keep, B);
+    else
+        unet_forward_cond(u, ts->pred, ts->cond_y ? ts->xin : ts->xt, ts->t, ts->y, B);
     double l = mse_forward(ts->pred, ts->tgt, ts->w, B, ts->N, D);
     memset(ts->dout, 0, sizeof(float) * B * D);
     mse_backward(ts->dout, ts->pred, ts->tgt, ts->w, B, ts->N, D);
@@ -687,6 +744,28 @@ static const char *stop_reason(const Run *r, double t_start, double now) {
 
 /* The steps from r->st.step to train.steps, with previews and checkpoints; *why says why it
  * stopped early (NULL: it did not). */
+/* Text models: the caption each image of the batch uses at `step` (captions_pick), encoded
+ * into ts->tok/keep; unknown words cannot occur (the vocabulary holds every caption's). */
+static void encode_batch(Run *r, TrainStep *ts, long step) {
+    int L = r->u.text_L;
+    float *mask = xmalloc(sizeof(float) * L);
+    for (int k = 0; k < ts->B; k++) {
+        int idx = captions_batch_index(&r->bt, ts->N, ts->lo + k);
+        const char *cap = capdata_pick(&r->cap, idx, (uint64_t)r->c->train.seed, (uint64_t)step);
+        char *dropped = NULL;
+        int nt;
+        int rc = text_encode(&r->u.vocab, cap, L, ts->tok + (size_t)k * L, mask, &nt, &dropped, 0);
+        CHECK(rc == 0, "encoding a training caption: %s", err_msg());
+        for (int j = 0; j < L; j++) ts->keep[(size_t)k * L + j] = mask[j] > 0;
+        if (dropped && r->rank == 0 && r->warned_trunc < 5) {
+            fprintf(stderr, "warning: caption \"%s\" is longer than model.text.max_len = %d tokens: \"%s\" dropped%s\n", cap, L,
+                    dropped, ++r->warned_trunc == 5 ? " (further truncations not reported)" : "");
+        }
+        free(dropped);
+    }
+    free(mask);
+}
+
 static int train_loop(Run *r, const char **why) {
     const Config *c = r->c;
     TrainStep ts;
@@ -700,6 +779,7 @@ static int train_loop(Run *r, const char **why) {
         long step = r->st.step;
         double t0 = now_s(), loss, gn;
         batcher_next(&r->bt, &r->ds, ts.x0, ts.y, c->train.batch_size, ts.lo, ts.lo + ts.B);
+        if (ts.tok) encode_batch(r, &ts, step);
         double lr = optim_lr_from(c, step, r->st.decay_from, r->st.decay_lr);
         if ((rc = train_step(&ts, step, lr, &loss, &gn))) {
             rc = err_set(DDPM_ERUNTIME,

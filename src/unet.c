@@ -11,8 +11,9 @@
 #include "ddpm/prof.h"
 #include "ddpm/rng.h"
 #include "ddpm/tensor.h"
+#include "ddpm/text_nn.h"
 
-typedef enum { BLK_CONV_IN, BLK_RES, BLK_ATTN, BLK_DOWN, BLK_UP, BLK_OUT } BlockKind;
+typedef enum { BLK_CONV_IN, BLK_RES, BLK_ATTN, BLK_DOWN, BLK_UP, BLK_OUT, BLK_XATTN } BlockKind;
 
 /* What each block kind holds: its parameters (indices into u->P, shapes in terms of the
  * block's H, W, cin, cout) and the activations its backward needs, sized for B_max.
@@ -80,6 +81,7 @@ struct Block {
         ResBlock res;      /* BLK_RES */
         AttnBlock attn;    /* BLK_ATTN */
         OutBlock head;     /* BLK_OUT */
+        Transformer2D tf;  /* BLK_XATTN: text models' attention block (text_nn.h) */
     };
 };
 
@@ -197,6 +199,8 @@ static Block *add_block(Builder *bd, int *cap, BlockKind kind, int H, int W, int
         b->flops = 2.0 * HW * cin * cin * 4 + 4.0 * HW * HW * cin;
         break;
     }
+    case BLK_XATTN: /* parameters appended at the end of the table (see build) */
+        break;
     case BLK_OUT:
         b->head.norm_out = norm_params(bd, "norm_out", cin);
         b->head.conv_out = conv_params(bd, "conv_out", cin, cout, 3, 1);
@@ -229,6 +233,7 @@ static void build(UNet *u, const Config *c) {
     const int max_skips = 1 + u->n_levels * (u->nrb + 1);
     int *skip_blk = xmalloc(sizeof(int) * max_skips), *skip_ch = xmalloc(sizeof(int) * max_skips), ns = 0;
     int H = u->res, W = u->res, C = ch;
+    const BlockKind AK = u->text_L > 0 ? BLK_XATTN : BLK_ATTN;
     add_block(&bd, &bcap, BLK_CONV_IN, H, W, u->C_in, ch, "conv_in");
     skip_blk[ns] = u->nblk - 1, skip_ch[ns++] = ch;
     for (int L = 0; L < u->n_levels; L++) {
@@ -236,7 +241,7 @@ static void build(UNet *u, const Config *c) {
         for (int i = 0; i < u->nrb; i++) {
             add_block(&bd, &bcap, BLK_RES, H, W, C, CO, "down.%d.res.%d", L, i);
             C = CO;
-            if (has_attn(c, H)) add_block(&bd, &bcap, BLK_ATTN, H, W, C, C, "down.%d.attn.%d", L, i);
+            if (has_attn(c, H)) add_block(&bd, &bcap, AK, H, W, C, C, "down.%d.attn.%d", L, i);
             skip_blk[ns] = u->nblk - 1, skip_ch[ns++] = C;
         }
         if (L != u->n_levels - 1) {
@@ -246,7 +251,7 @@ static void build(UNet *u, const Config *c) {
         }
     }
     add_block(&bd, &bcap, BLK_RES, H, W, C, C, "mid.res.0");
-    add_block(&bd, &bcap, BLK_ATTN, H, W, C, C, "mid.attn.0");
+    add_block(&bd, &bcap, AK, H, W, C, C, "mid.attn.0");
     add_block(&bd, &bcap, BLK_RES, H, W, C, C, "mid.res.1");
     for (int L = u->n_levels - 1; L >= 0; L--) {
         int CO = ch * c->model.ch_mult[L];
@@ -255,7 +260,7 @@ static void build(UNet *u, const Config *c) {
             Block *b = add_block(&bd, &bcap, BLK_RES, H, W, C + skip_ch[ns], CO, "up.%d.res.%d", L, i);
             b->res.skip = skip_blk[ns];
             C = CO;
-            if (has_attn(c, H)) add_block(&bd, &bcap, BLK_ATTN, H, W, C, C, "up.%d.attn.%d", L, i);
+            if (has_attn(c, H)) add_block(&bd, &bcap, AK, H, W, C, C, "up.%d.attn.%d", L, i);
         }
         if (L != 0) {
             add_block(&bd, &bcap, BLK_UP, H, W, C, C, "up.%d.upsample", L);
@@ -270,8 +275,26 @@ static void build(UNet *u, const Config *c) {
         int se[2] = {u->n_classes + 1, T};
         u->class_emb = param(&bd, PINIT_NORMAL, 0, 2, se, "class_emb.weight");
     }
+    if (u->text_L > 0) { /* after every other entry: see unet.h */
+        TextEncoder *e = xcalloc(1, sizeof(TextEncoder));
+        u->enc = e;
+        ParamTable pt = {u->P, u->nP, bd.cap, u->n_floats};
+        text_encoder_build(e, &pt, "text", u->text_V, u->text_L, u->text_d, c->model.text.layers, c->model.text.heads);
+        u->P = pt.P, u->nP = pt.n, bd.cap = pt.cap, u->n_floats = pt.n_floats;
+        u->text_proj = linear_params(&bd, "text_proj", u->text_d, T, 0);
+        pt = (ParamTable){u->P, u->nP, bd.cap, u->n_floats};
+        for (int i = 0; i < u->nblk; i++) {
+            Block *b = &u->blk[i];
+            if (b->kind != BLK_XATTN) continue;
+            tf2d_build(&b->tf, &pt, b->name, b->H, b->W, b->cin, u->heads, u->groups, u->text_L, u->text_d);
+            b->p0 = b->tf.p0, b->np = b->tf.np;
+            b->flops = b->tf.flops;
+        }
+        u->P = pt.P, u->nP = pt.n, bd.cap = pt.cap, u->n_floats = pt.n_floats;
+    }
     u->flops = 2.0 * (ch * T + T * T);
     for (int i = 0; i < u->nblk; i++) u->flops += u->blk[i].flops;
+    if (u->enc) u->flops += ((TextEncoder *)u->enc)->flops + 2.0 * u->text_d * T;
 }
 
 /* floats in blk[j].out (and dout) at batch B */
@@ -302,7 +325,19 @@ static size_t alloc_acts(UNet *u, Arena *a) {
         ACT(u->d_temb_h, B * T);
         ACT(u->d_temb_sin, B * u->ch);
     }
-    size_t scr_n = 0, conv_n = 0, att_n = 0;
+    size_t scr_n = 0, conv_n = 0, att_n = 0, txt_n = 0;
+    if (u->enc) {
+        int L = u->text_L, d = u->text_d;
+        bytes += text_encoder_acts(u->enc, a, B);
+        if (tr) txt_n = text_encoder_scratch(u->enc, B);
+        ACT(u->states, (size_t)B * L * d);
+        ACT(u->pooled, B * d);
+        ACT(u->text_tp, B * T);
+        if (tr) {
+            ACT(u->d_states, (size_t)B * L * d);
+            ACT(u->d_pooled, B * d);
+        }
+    }
     for (int i = 0; i < u->nblk; i++) {
         Block *b = &u->blk[i];
         size_t HW = (size_t)b->H * b->W, nin = B * HW * b->cin, nout = block_out_n(b, B);
@@ -349,6 +384,10 @@ static size_t alloc_acts(UNet *u, Arena *a) {
             att_n = fmax(att_n, attention_scratch((int)HW));
             break;
         }
+        case BLK_XATTN:
+            bytes += tf2d_acts(&b->tf, a, B);
+            txt_n = fmax(txt_n, tf2d_scratch(&b->tf, B));
+            break;
         case BLK_OUT:
             ACT(b->head.a, nin);
             ACT(b->head.mean, B * G);
@@ -373,6 +412,7 @@ static size_t alloc_acts(UNet *u, Arena *a) {
     }
     ACT(u->conv_scr, conv_n);
     ACT(u->att_scr, att_n);
+    if (tr && txt_n) ACT(u->text_scr, txt_n);
 #undef ACT
     return bytes;
 }
@@ -397,6 +437,15 @@ int unet_plan(UNet *u, const Config *c, int B_max, int training) {
             return err_set(DDPM_EUSAGE, "config: \"model.class_cond\" needs \"model.num_classes\" >= 1 (ddpm train sets it from the "
                                         "dataset; ddpm info needs the dataset or --set model.num_classes=N)");
         u->n_classes = c->model.num_classes;
+    }
+    if (c->model.text.max_len > 0) {
+        if (c->model.text.vocab <= TEXT_N_SPECIAL)
+            return err_set(DDPM_EUSAGE, "config: \"model.text\" needs \"model.text.vocab\" > %d (ddpm train sets it from the "
+                                        "captions)", TEXT_N_SPECIAL);
+        u->text_L = c->model.text.max_len;
+        u->text_d = c->model.text.d;
+        u->text_V = c->model.text.vocab;
+        u->heads = c->model.heads;
     }
     build(u, c);
     u->act_bytes = alloc_acts(u, NULL);
@@ -437,6 +486,10 @@ int unet_init(UNet *u, const Config *c, int B_max, int training) {
     alloc_acts(u, a);
     u->arena = a;
     u->y_in = xcalloc((size_t)B_max, sizeof(int));
+    if (u->text_L > 0) {
+        u->tok_in = xcalloc((size_t)B_max * u->text_L, sizeof(int));
+        u->keep_in = xcalloc((size_t)B_max * u->text_L, 1);
+    }
     return DDPM_OK;
 }
 
@@ -451,6 +504,11 @@ void unet_free(UNet *u) {
     free(u->P);
     free(u->blk);
     free(u->y_in);
+    free(u->tok_in);
+    free(u->keep_in);
+    if (u->enc) text_encoder_free(u->enc);
+    free(u->enc);
+    text_vocab_free(&u->vocab);
     if (u->class_names)
         for (int i = 0; i < u->n_classes; i++) free(u->class_names[i]);
     free(u->class_names);
@@ -635,7 +693,36 @@ static void attn_forward(UNet *u, Block *b, const float *x, int B) {
 
 void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) { unet_forward_cond(u, out, x, t, NULL, B); }
 
+static void forward(UNet *u, float *out, const float *x, const int *t, const int *y, const int *tok, const uint8_t *keep, int B);
+
 void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const int *y, int B) {
+    forward(u, out, x, t, y, NULL, NULL, B);
+}
+
+void unet_forward_text(UNet *u, float *out, const float *x, const int *t, const int *tok, const uint8_t *keep, int B) {
+    forward(u, out, x, t, NULL, tok, keep, B);
+}
+
+/* Text encoder on tok/keep (NULL: the empty caption [<bos>]), temb += text_proj(pooled). */
+static void text_forward(UNet *u, const int *tok, const uint8_t *keep, int B) {
+    int L = u->text_L, T = u->temb_ch;
+    size_t n = (size_t)B * L;
+    if (tok) {
+        memcpy(u->tok_in, tok, n * sizeof(int));
+        memcpy(u->keep_in, keep, n);
+    } else {
+        memset(u->tok_in, 0, n * sizeof(int));
+        memset(u->keep_in, 0, n);
+        for (int i = 0; i < B; i++) u->tok_in[(size_t)i * L] = TEXT_BOS, u->keep_in[(size_t)i * L] = 1;
+    }
+    for (size_t i = 0; i < n; i++)
+        CHECK(u->tok_in[i] >= 0 && u->tok_in[i] < u->text_V, "token id %d outside 0..%d", u->tok_in[i], u->text_V - 1);
+    text_encoder_forward(u->enc, u->states, u->pooled, u->params, u->tok_in, u->keep_in, B);
+    linear_fwd(u, u->text_tp, u->pooled, u->text_proj, B, u->text_d, T);
+    add_inplace(u->temb, u->text_tp, (size_t)B * T);
+}
+
+static void forward(UNet *u, float *out, const float *x, const int *t, const int *y, const int *tok, const uint8_t *keep, int B) {
     CHECK(B >= 1 && B <= u->B_max, "batch %d outside 1..%d", B, u->B_max);
     u->last_B = B;
     int T = u->temb_ch;
@@ -651,6 +738,7 @@ void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const 
             u->y_in[i] = k;
             add_inplace(u->temb + (size_t)i * T, par(u, u->class_emb) + (size_t)k * T, (size_t)T);
         }
+    if (u->text_L > 0) text_forward(u, tok, keep, B);
     PROF(PROF_ELEM, silu_forward(u->temb_act, u->temb, (size_t)B * T));
     const float *h = u->x_in;
     for (int i = 0; i < u->nblk; i++) {
@@ -676,6 +764,9 @@ void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const 
             break;
         case BLK_ATTN:
             attn_forward(u, b, h, B);
+            break;
+        case BLK_XATTN:
+            PROF(PROF_ATTN, tf2d_forward(&b->tf, b->out, u->params, h, u->states, u->keep_in, B));
             break;
         case BLK_OUT:
             norm_fwd(u, b->head.a, b->head.mean, b->head.rstd, h, b->head.norm_out, B, b->H * b->W, b->cin, 1);
@@ -765,6 +856,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     int B = u->last_B, T = u->temb_ch, temb = 1, stop = dx ? 0 : backward_stop(u, &temb);
     for (int i = 0; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zeroed(u->blk[i].dout, block_out_n(&u->blk[i], B)));
     zeroed(u->d_temb_act, (size_t)B * T);
+    if (u->text_L > 0) zeroed(u->d_states, (size_t)B * u->text_L * u->text_d);
     Block *last = &u->blk[u->nblk - 1];
     memcpy(last->dout, dout, sizeof(float) * B * u->res * u->res * u->C_img);
     for (int i = u->nblk - 1; i >= stop; i--) {
@@ -798,6 +890,9 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
         case BLK_ATTN:
             attn_backward(u, b, x, dxb, B);
             break;
+        case BLK_XATTN:
+            PROF(PROF_ATTN, tf2d_backward(&b->tf, dxb, u->d_states, u->grads, u->params, b->dout, u->text_scr));
+            break;
         case BLK_OUT: {
             float *da = zeroed(u->scr.d_a, (size_t)B * b->H * b->W * b->cin);
             conv_bwd(u, da, b->dout, b->head.a, b->head.conv_out, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
@@ -813,6 +908,10 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     float *gce = u->n_classes > 0 ? grad(u, u->class_emb) : NULL;
     if (gce) /* d class_emb[y_i] += d temb_i, images in order */
         for (int i = 0; i < B; i++) add_inplace(gce + (size_t)u->y_in[i] * T, u->d_temb + (size_t)i * T, (size_t)T);
+    if (u->text_L > 0) { /* temb += text_proj(pooled); then the encoder, from d states and d pooled */
+        linear_bwd(u, zeroed(u->d_pooled, (size_t)B * u->text_d), u->d_temb, u->pooled, u->text_proj, B, u->text_d, T);
+        text_encoder_backward(u->enc, u->grads, u->params, u->d_states, u->d_pooled, u->text_scr);
+    }
     linear_bwd(u, zeroed(u->d_temb_hs, nt), u->d_temb, u->temb_hs, u->temb_dense1, B, T, T);
     PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb_h, nt), u->d_temb_hs, u->temb_h, nt));
     linear_bwd(u, zeroed(u->d_temb_sin, (size_t)B * u->ch), u->d_temb_h, u->temb_sin, u->temb_dense0, B, u->ch, T);
@@ -863,6 +962,8 @@ static size_t lora_rows(const UNet *u, int pi, ConvShape *cs) {
             if (pi != b->head.conv_out.w) return 0;
             *cs = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
             return rows;
+        case BLK_XATTN: /* text models take no adapters (config_validate) */
+            return 0;
         }
     }
     return 0;
@@ -990,6 +1091,13 @@ void unet_print_summary(const UNet *u, FILE *f) {
         size_t n = (size_t)(u->n_classes + 1) * u->temb_ch;
         total += n;
         fprintf(f, "  %-22s %12zu %10.1f  class -> %d (%d classes + no class)\n", "class_emb", n, 0.0, u->temb_ch, u->n_classes);
+    }
+    if (u->enc) {
+        const TextEncoder *e = u->enc;
+        size_t n = count_params(u, e->p0, e->np) + count_params(u, u->text_proj.w, 2);
+        total += n;
+        fprintf(f, "  %-22s %12zu %10.1f  %d tokens -> %dx%d, pooled -> %d (vocabulary %d)\n", "text", n,
+                (e->flops + 2.0 * u->text_d * u->temb_ch) / 1e6, u->text_L, u->text_L, u->text_d, u->temb_ch, u->text_V);
     }
     fprintf(f, "  parameters: %zu (%.2f M)\n", total, total / 1e6);
     fprintf(f, "  forward: %.2f GFLOP per image (2 FLOP per multiply-add)\n", u->flops / 1e9);

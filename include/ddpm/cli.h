@@ -72,15 +72,24 @@ int cli_sample_opts(const char *cmd, SampleOpts *so, Config *c, const char *samp
 
 /* Class-conditional models: --class, --guidance and --guidance-rescale, the same options and
  * the same parsing for ddpm sample, inpaint, edit and upscale. */
-enum { CLI_OPT_CLASS = 0x100, CLI_OPT_GUIDANCE, CLI_OPT_GRESCALE, CLI_OPT_LORA };
+enum { CLI_OPT_CLASS = 0x100, CLI_OPT_GUIDANCE, CLI_OPT_GRESCALE, CLI_OPT_LORA, CLI_OPT_PROMPT, CLI_OPT_PROMPTS, CLI_OPT_NEGATIVE };
 #define CLI_COND_OPTIONS                                                                                   \
     {"class", required_argument, 0, CLI_OPT_CLASS}, {"guidance", required_argument, 0, CLI_OPT_GUIDANCE}, \
-        {"guidance-rescale", required_argument, 0, CLI_OPT_GRESCALE}
+        {"guidance-rescale", required_argument, 0, CLI_OPT_GRESCALE},                                     \
+        {"prompt", required_argument, 0, CLI_OPT_PROMPT}, {"prompts", required_argument, 0, CLI_OPT_PROMPTS}, \
+        {"negative-prompt", required_argument, 0, CLI_OPT_NEGATIVE}
+/* The --prompt, --prompts and --negative-prompt lines of --help. */
+extern const char *CLI_PROMPT_HELP;
+#define CLI_MAX_PROMPTS 1024
 /* The --guidance and --guidance-rescale lines of --help. */
 extern const char *CLI_GUIDANCE_HELP;
 typedef struct {
     const char *arg;         /* --class (NULL: none) */
     float guidance, rescale; /* < 0: the checkpoint's sample.guidance / sample.guidance_rescale */
+    const char *prompt[CLI_MAX_PROMPTS]; /* --prompt, in the order given */
+    int n_prompt;
+    const char *prompts_file; /* --prompts FILE: one prompt a line (NULL: none) */
+    const char *negative;     /* --negative-prompt (NULL: the empty caption) */
 } CliCond;
 void cli_cond_init(CliCond *cc);
 /* One of the CLI_OPT_* codes with its value into cc; 0, or 2 with a message. */
@@ -154,6 +163,12 @@ typedef struct {
     SampleOpts so;        /* the sampler; so.classes is set per call (see cls) */
     CliClasses cl;        /* --class: the classes asked for and the model's names */
     int *cls;             /* class of image g (total), NULL without --class */
+    char **prompts;       /* text models: the prompts asked for (--prompt, then --prompts FILE's lines) */
+    int n_prompts;
+    int *tok;             /* (total, max_len) the encoded prompt of image g; NULL without prompts */
+    uint8_t *keep;        /* its padding mask */
+    int *neg_tok;         /* (max_len) --negative-prompt encoded (NULL: the empty caption) */
+    uint8_t *neg_keep;
     int total, B;         /* images to make; images per forward */
     CkptWeights weights;  /* which weights were loaded */
     LoraStack lora;       /* --lora adapters, attached to u */
@@ -172,6 +187,8 @@ typedef struct {
  *     names one class for all or one per input.
  * 0, or the exit code with the message printed; cli_model_close in both cases. */
 int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_inputs);
+/* The per-call conditioning of images first.. into so (classes or encoded prompts). */
+void cli_model_call(const CliModel *m, SampleOpts *so, int first);
 void cli_model_close(CliModel *m);
 /* Create the output folder and check that a file can be written in it (before minutes of
  * sampling). 0 or the exit code (message printed). */

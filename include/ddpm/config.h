@@ -23,6 +23,8 @@ typedef struct {
         int limit;           /* use only the first N images (0 = all), counted after data.classes */
         int classes[CFG_MAX_CLASSES]; /* keep only images with these labels */
         int n_classes;       /* entries in classes (0 = every class) */
+        char caption_column[64]; /* captions: the metadata.jsonl column with the captions */
+        bool paraphrase;     /* scenes: add the paraphrased captions */
     } data;
     struct {
         int ch;                          /* base width */
@@ -36,6 +38,14 @@ typedef struct {
         bool class_cond;                 /* class embedding added to the timestep embedding */
         int num_classes;                 /* class_cond: classes (0 = from the dataset) */
         bool cond_image;                 /* conv_in also sees the degraded image y (+ mask): restoration */
+        int heads;                       /* attention heads of the Transformer2D blocks (text) */
+        struct {
+            int max_len;     /* tokens a caption is encoded to (0 = no text conditioning) */
+            int d;           /* encoder width */
+            int layers;      /* encoder layers */
+            int heads;       /* encoder attention heads */
+            int vocab;       /* vocabulary size, specials included (0 = from the data, set by ddpm train) */
+        } text;
     } model;
     struct {
         int T;

@@ -29,7 +29,8 @@
  *
  * The base hash, base_sha256 = SHA-256 (nettle) of the byte string
  *   "ddpm-lora-base-1\n"
- *   "model " <the config's model section as compact JSON, keys in schema order> "\n"
+ *   "model " <the config's model section as compact JSON, keys in schema order; without
+ *            "heads" and "text" when model.text.max_len is 0> "\n"
  *   then for every tensor of the model, in strcmp() order of the names:
  *     <name> "\n" <ndim> (" " <dim>)* "\n" <the values as little-endian float32>
  * over the weights the model runs with (EMA weights unless --no-ema) and the model

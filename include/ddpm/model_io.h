@@ -56,6 +56,9 @@ int ckpt_load_state(const StFile *f, TrainState *ts);
 /* u->class_names from the metadata (class-conditional models; "0".."n-1" when absent).
  * ERUNTIME when the list is malformed or its length is not u->n_classes. */
 int ckpt_load_class_names(const StFile *f, UNet *u);
+/* Text models: the vocabulary of metadata "vocab" (text_vocab_read's form) into u->vocab;
+ * ERUNTIME when it is missing, malformed or not model.text.vocab words. No-op otherwise. */
+int ckpt_load_vocab(const StFile *f, UNet *u);
 /* Class index for a name (case-insensitive) or a decimal index; EUSAGE naming the nearest
  * name ("did you mean") otherwise. */
 int unet_class_lookup(const UNet *u, const char *name, int *out);

@@ -36,6 +36,12 @@ typedef struct {
     /* class-conditional models: classes[i] is the class asked for image i of the call (NULL:
      * no class for all), combined by classifier-free guidance (see ddpm/guidance.h) */
     const int *classes;
+    /* text-conditioned models: text_tok/text_keep (n, model.text.max_len) the encoded caption
+     * of image i of the call (NULL: the empty caption for all); neg_tok/neg_keep (max_len)
+     * the caption of the unconditional half of guidance (NULL: the empty caption), as
+     * Stable Diffusion's negative prompt */
+    const int *text_tok, *neg_tok;
+    const uint8_t *text_keep, *neg_keep;
     float guidance, guidance_rescale;
 } SampleOpts;
 

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ddpm/captions.h"
 #include "ddpm/config.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/optim.h"
@@ -64,6 +65,8 @@ typedef struct {
     size_t D;      /* floats per image */
     float *x0;     /* (B,D) the batch in [-1,1], filled by the caller before each step */
     int *y;        /* (B) its classes (class-conditional models; NULL otherwise) */
+    int *tok;      /* (B,L) its captions' token ids (text models, L = model.text.max_len; NULL otherwise) */
+    uint8_t *keep; /* (B,L) their padding masks, 1 = real token */
     float *eps, *xt, *tgt, *pred, *dout; /* (B,D) the noise, x_t, the target, the output, dL/dout */
     int *t;        /* (B) timesteps */
     double *w;     /* (B) loss weights (min-SNR) */
@@ -77,12 +80,18 @@ typedef struct {
 } TrainStep;
 void train_step_init(TrainStep *ts, UNet *u, Optim *opt, const Schedule *s, const Config *c, int rank, int nranks);
 void train_step_free(TrainStep *ts);
-/* One update at `step` (0-based) with learning rate lr on the batch in ts->x0 (and ts->y):
+/* One update at `step` (0-based) with learning rate lr on the batch in ts->x0 (and ts->y, or
+ * ts->tok/keep: a caption dropped by train.cond_drop becomes the empty caption [<bos>]):
  * timesteps, noise, dropped conditions and (model.cond_image) the degradation drawn as pure
  * functions of (train.seed, step, global image index), q_sample, the objective's target, forward, mse_forward/backward, backward,
  * all-reduce over ranks, global-norm clipping, Adam(W) + EMA. *loss and *grad_norm get the
  * batch's loss and the gradient norm before clipping. ERUNTIME, with nothing updated, when
  * either is not finite. */
 int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_norm);
+
+/* data.format "captions" or "scenes": the captioned examples and the vocabulary built from
+ * every caption; model.text.vocab set from it when 0 (EUSAGE when it disagrees). Errors name
+ * the file and line (captions) before any image is decoded. */
+int train_load_captions(CapData *cap, Vocab *v, Config *c);
 
 #endif

@@ -28,6 +28,14 @@
  * It is the last entry of the parameter table, so the table of an unconditional model is
  * that of the conditional one without it: same indices, init streams and offsets.
  *
+ * Text conditioning (model.text.max_len > 0): a text encoder (text_nn.h) turns each
+ * caption's token ids (B, max_len) into states (B, max_len, d) and a pooled vector (B, d);
+ *   temb = dense1(silu(dense0(sin(t)))) + text_proj(pooled)
+ * and at the attn_resolutions (mid included) a Transformer2D block, whose cross-attention
+ * reads the states (padding masked), takes the place of the AttnBlock. The encoder's, the
+ * text_proj's and the Transformer2D blocks' parameters come after every other entry of the
+ * table (encoder "text.*", then "text_proj.weight/bias", then the blocks in execution order).
+ *
  * Frozen parameters (Param.frozen, unet_set_frozen): unet_backward computes no gradient
  * for them (a frozen weight skips its weight-gradient GEMM) and leaves their part of
  * `grads` untouched; gradients flowing through them to earlier layers and to dx are
@@ -48,6 +56,7 @@
 
 #include "ddpm/config.h"
 #include "ddpm/lora.h"
+#include "ddpm/text.h"
 
 typedef struct {
     char name[96];
@@ -110,6 +119,16 @@ typedef struct {
     int n_classes;          /* class_cond: classes (row n_classes = no class); 0 = unconditional */
     int *y_in;              /* labels of the last forward (B_max) */
     char **class_names;     /* n_classes names (owned, may be NULL); saved in checkpoints */
+    /* text conditioning (text_L > 0); see above */
+    int text_L, text_d, text_V, heads;
+    void *enc;              /* TextEncoder * (owned) */
+    LinearParams text_proj; /* w (temb_ch, d), b (temb_ch) */
+    Vocab vocab;            /* the tokenizer's vocabulary (owned; n = 0 until set); saved in checkpoints */
+    int *tok_in;            /* token ids of the last forward (B_max, text_L) */
+    uint8_t *keep_in;       /* its padding mask, 1 = real token (B_max, text_L) */
+    float *states, *pooled, *text_tp;       /* (B,L,d), (B,d), text_proj(pooled) (B,temb_ch) */
+    float *d_states, *d_pooled;             /* their gradients (training) */
+    float *text_scr;        /* backward scratch of the encoder and the Transformer2D blocks */
     float *x_in;            /* copy of the input (B,H,W,C_in) */
     float *temb_sin;        /* sinusoidal embedding of t (B,ch) */
     float *temb_h, *temb_hs; /* dense0(temb_sin) and its SiLU (B,temb_ch) */
@@ -144,6 +163,10 @@ void unet_forward(UNet *u, float *out, const float *x, const int *t, int B);
 /* The same with class labels y (B) in 0..n_classes (n_classes = no class); y NULL = no
  * class for every image. Unconditional models ignore y. */
 void unet_forward_cond(UNet *u, float *out, const float *x, const int *t, const int *y, int B);
+/* The same for a text-conditioned model: tok (B, text_L) token ids, keep (B, text_L) 1 at
+ * real tokens (text_encode's layout); tok NULL = the empty caption for every image (keep is
+ * then ignored). Models without text ignore tok and keep. */
+void unet_forward_text(UNet *u, float *out, const float *x, const int *t, const int *tok, const uint8_t *keep, int B);
 /* Given dout = dL/dout of the last forward, ADD parameter gradients into u->grads and,
  * if dx is not NULL, ADD dL/dx into dx (B,H,W,C_in). */
 void unet_backward(UNet *u, const float *dout, float *dx);

@@ -239,6 +239,7 @@ int cmd_bench(int argc, char **argv) {
     /* a class-conditional config without a dataset: ten classes (the embedding is one row added
      * per image, negligible next to the convolutions; the images get the "no class" row) */
     if (c.model.class_cond && c.model.num_classes == 0) c.model.num_classes = 10;
+    if (c.model.text.max_len > 0 && c.model.text.vocab == 0) c.model.text.vocab = 64; /* the vocabulary size barely matters for speed */
     Bench m = {.a = &a, .B = c.train.batch_size};
     m.threads = threads_set(a.threads);
     m.nrun = a.scaling && m.threads > 1 ? 2 : 1;

@@ -126,10 +126,25 @@ const char *CLI_GUIDANCE_HELP =
     "  --guidance-rescale PHI  rescale the guided prediction to the conditional one's std,\n"
     "                      blended by PHI in [0,1] (Lin et al. 2023; default sample.guidance_rescale)\n";
 
-void cli_cond_init(CliCond *cc) { cc->arg = NULL, cc->guidance = cc->rescale = -1; }
+const char *CLI_PROMPT_HELP =
+    "text-conditioned models (model.text):\n"
+    "  --prompt TEXT       what to draw, e.g. \"a small faint sneaker in the top left\"; repeatable:\n"
+    "                      -n images of each prompt, one grid row each, captioned with it\n"
+    "  --prompts FILE      prompts from FILE, one a line (blank lines skipped)\n"
+    "  --negative-prompt TEXT  the unconditional half of guidance (default: the empty caption)\n";
+
+void cli_cond_init(CliCond *cc) {
+    memset(cc, 0, sizeof *cc);
+    cc->guidance = cc->rescale = -1;
+}
 
 int cli_cond_opt(const char *cmd, CliCond *cc, int o, const char *v) {
     if (o == CLI_OPT_CLASS) cc->arg = v;
+    else if (o == CLI_OPT_PROMPT) {
+        if (cc->n_prompt == CLI_MAX_PROMPTS) return cli_usage_error(cmd, "more than %d --prompt options; use --prompts FILE", CLI_MAX_PROMPTS);
+        cc->prompt[cc->n_prompt++] = v;
+    } else if (o == CLI_OPT_PROMPTS) cc->prompts_file = v;
+    else if (o == CLI_OPT_NEGATIVE) cc->negative = v;
     else if (o == CLI_OPT_GUIDANCE) return cli_float(cmd, "--guidance", v, 0, 100, &cc->guidance);
     else if (o == CLI_OPT_GRESCALE) return cli_float(cmd, "--guidance-rescale", v, 0, 1, &cc->rescale);
     return 0;
@@ -173,6 +188,16 @@ int cli_classes(const char *path, const StFile *f, Config *c, const CliCond *cc,
     memset(out, 0, sizeof *out);
     if (cc->guidance >= 0) c->sample.guidance = cc->guidance;
     if (cc->rescale >= 0) c->sample.guidance_rescale = cc->rescale;
+    int text = c->model.text.max_len > 0, asks_text = cc->n_prompt || cc->prompts_file || cc->negative;
+    if (asks_text && !text) {
+        err_set(DDPM_EUSAGE, "--prompt: %s has no text encoder (model.text.max_len = 0); train a text-conditioned model "
+                             "(configs/text.json) or drop --prompt/--prompts/--negative-prompt", path);
+        return cli_fail(DDPM_EUSAGE);
+    }
+    if (cc->arg && text) {
+        err_set(DDPM_EUSAGE, "--class: %s is a text-conditioned model; describe the image with --prompt \"...\" instead", path);
+        return cli_fail(DDPM_EUSAGE);
+    }
     if (!cc->arg) return 0;
     if (!c->model.class_cond) {
         err_set(DDPM_EUSAGE, "--class: %s is an unconditional model (model.class_cond = false); train a class-conditional one "
@@ -196,6 +221,68 @@ void cli_classes_free(CliClasses *cl) {
 
 int cli_guided(const Config *c, const CliClasses *cl) {
     return ((c->model.class_cond && cl->want) || c->model.cond_image) && guidance_needs_both(c->sample.guidance, c->sample.guidance_rescale);
+}
+
+/* --prompt then the lines of --prompts FILE into m->prompts. */
+static int read_prompts(CliModel *m, const char *cmd, const CliCond *cc) {
+    int cap = cc->n_prompt + 16;
+    m->prompts = xcalloc((size_t)cap, sizeof(char *));
+    for (int i = 0; i < cc->n_prompt; i++) m->prompts[m->n_prompts++] = xstrdup(cc->prompt[i]);
+    if (!cc->prompts_file) return 0;
+    size_t len;
+    char *buf;
+    int rc = file_read_all(cc->prompts_file, &buf, &len);
+    if (rc) return cli_fail(rc);
+    int line = 0;
+    for (char *p = buf, *e; p < buf + len; p = e + 1) {
+        e = memchr(p, '\n', (size_t)(buf + len - p));
+        if (!e) e = buf + len;
+        *e = 0;
+        line++;
+        if (e > p && e[-1] == '\r') e[-1] = 0;
+        char *q = p;
+        while (*q == ' ' || *q == '\t') q++;
+        if (!*q) continue;
+        if (m->n_prompts == CLI_MAX_PROMPTS) {
+            free(buf);
+            return cli_usage_error(cmd, "%s:%d: more than %d prompts", cc->prompts_file, line, CLI_MAX_PROMPTS);
+        }
+        if (m->n_prompts == cap) {
+            cap *= 2;
+            m->prompts = realloc(m->prompts, sizeof(char *) * cap);
+            CHECK(m->prompts, "out of memory");
+        }
+        m->prompts[m->n_prompts++] = xstrdup(q);
+    }
+    free(buf);
+    if (!m->n_prompts) return cli_usage_error(cmd, "%s: no prompt in it (one prompt a line)", cc->prompts_file);
+    return 0;
+}
+
+/* Encode one prompt strictly (an unknown word is one line with a suggestion, exit 2). */
+static int encode_prompt(const UNet *u, const char *what, const char *prompt, int *tok, uint8_t *keep) {
+    int L = u->text_L, nt;
+    float *mask = xmalloc(sizeof(float) * L);
+    char *dropped = NULL;
+    int rc = text_encode(&u->vocab, prompt, L, tok, mask, &nt, &dropped, 1);
+    if (rc) {
+        free(mask);
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", err_msg());
+        err_set(rc, "%s \"%s\": %s", what, prompt, msg);
+        return cli_fail(rc);
+    }
+    for (int j = 0; j < L; j++) keep[j] = mask[j] > 0;
+    if (dropped) fprintf(stderr, "ddpm: warning: %s \"%s\" is longer than model.text.max_len = %d tokens: \"%s\" dropped\n", what, prompt, L, dropped);
+    free(dropped), free(mask);
+    return 0;
+}
+
+void cli_model_call(const CliModel *m, SampleOpts *so, int first) {
+    so->classes = m->cls ? m->cls + first : NULL;
+    so->text_tok = m->tok ? m->tok + (size_t)first * m->u.text_L : NULL;
+    so->text_keep = m->keep ? m->keep + (size_t)first * m->u.text_L : NULL;
+    so->neg_tok = m->neg_tok, so->neg_keep = m->neg_keep;
 }
 
 /* ---- the sampling commands ---- */
@@ -231,7 +318,8 @@ int cli_sample_opt(const char *cmd, CliSampleArgs *a, int o, const char *v) {
     case 'b': return cli_int(cmd, "--batch", v, 1, 4096, &a->batch);
     case 'T': return cli_int(cmd, "--trajectory", v, 2, 1000, &a->traj);
     case 'j': return cli_int(cmd, "--threads", v, 1, 1024, &a->threads);
-    case CLI_OPT_CLASS: case CLI_OPT_GUIDANCE: case CLI_OPT_GRESCALE: return cli_cond_opt(cmd, &a->cond, o, v);
+    case CLI_OPT_CLASS: case CLI_OPT_GUIDANCE: case CLI_OPT_GRESCALE: case CLI_OPT_PROMPT: case CLI_OPT_PROMPTS:
+    case CLI_OPT_NEGATIVE: return cli_cond_opt(cmd, &a->cond, o, v);
     case CLI_OPT_LORA:
         if (a->n_lora == CLI_MAX_LORA) return cli_usage_error(cmd, "--lora: at most %d adapters", CLI_MAX_LORA);
         a->lora[a->n_lora++] = v;
@@ -281,7 +369,13 @@ int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_i
      * all inputs or one per input */
     if ((rc = cli_classes(m->path, &f, c, &a->cond, n_inputs == 0, &m->cl))) goto fail;
     m->stage = STAGE_CLASSES;
-    int n_want = m->cl.want ? m->cl.n_want : 1;
+    if ((a->cond.n_prompt || a->cond.prompts_file) && (rc = read_prompts(m, cmd, &a->cond))) goto fail;
+    int n_want = m->cl.want ? m->cl.n_want : m->n_prompts ? m->n_prompts : 1;
+    if (n_inputs > 0 && m->n_prompts > 1 && m->n_prompts != n_inputs) {
+        rc = cli_usage_error(cmd, "%d prompts for %d input%s: give one prompt for all, or one per input", m->n_prompts, n_inputs,
+                             n_inputs == 1 ? "" : "s");
+        goto fail;
+    }
     if (n_inputs > 0 && m->cl.want && n_want != 1 && n_want != n_inputs) {
         rc = cli_usage_error(cmd, "--class '%s' names %d classes for %d input%s: give one class for all, or one per input", a->cond.arg,
                              n_want, n_inputs, n_inputs == 1 ? "" : "s");
@@ -308,12 +402,14 @@ int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_i
     m->weights = ckpt_pick_weights(&f, a->no_ema, &prefix);
     if (m->weights == CKPT_NO_EMA) fprintf(stderr, "ddpm: %s holds no EMA weights; using its raw weights\n", m->path);
     m->B = c->sample.batch < m->total ? c->sample.batch : m->total;
-    if ((rc = unet_init(&m->u, c, cli_guided(c, &m->cl) ? 2 * m->B : m->B, 0))) {
+    int guided = cli_guided(c, &m->cl) ||
+                 (m->n_prompts && guidance_needs_both(c->sample.guidance, c->sample.guidance_rescale));
+    if ((rc = unet_init(&m->u, c, guided ? 2 * m->B : m->B, 0))) {
         rc = cli_fail(rc);
         goto fail;
     }
     m->stage = STAGE_UNET;
-    if ((rc = ckpt_load_params(&f, prefix, &m->u, m->u.params))) {
+    if ((rc = ckpt_load_params(&f, prefix, &m->u, m->u.params)) || (rc = ckpt_load_vocab(&f, &m->u))) {
         rc = cli_fail(rc);
         goto fail;
     }
@@ -331,6 +427,29 @@ int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_i
         }
         if (!rc) rc = unet_lora_attach_stack(&m->u, &m->lora);
         if (rc) rc = cli_fail(rc);
+        if (rc) goto fail;
+    }
+    if (m->n_prompts) { /* image g: prompt g / n (synthesis rows), or of input g / n */
+        int L = m->u.text_L, np = m->n_prompts;
+        int *pt = xmalloc(sizeof(int) * np * L);
+        uint8_t *pk = xmalloc((size_t)np * L);
+        for (int k = 0; k < np && !rc; k++) rc = encode_prompt(&m->u, "--prompt", m->prompts[k], pt + (size_t)k * L, pk + (size_t)k * L);
+        if (!rc) {
+            m->tok = xmalloc(sizeof(int) * (size_t)m->total * L);
+            m->keep = xmalloc((size_t)m->total * L);
+            for (int g = 0; g < m->total; g++) {
+                int k = np == 1 ? 0 : g / a->n;
+                memcpy(m->tok + (size_t)g * L, pt + (size_t)k * L, sizeof(int) * L);
+                memcpy(m->keep + (size_t)g * L, pk + (size_t)k * L, (size_t)L);
+            }
+        }
+        free(pt), free(pk);
+        if (rc) goto fail;
+    }
+    if (a->cond.negative) {
+        m->neg_tok = xmalloc(sizeof(int) * m->u.text_L);
+        m->neg_keep = xmalloc((size_t)m->u.text_L);
+        if ((rc = encode_prompt(&m->u, "--negative-prompt", a->cond.negative, m->neg_tok, m->neg_keep))) goto fail;
     }
 fail:
     st_free(&f);
@@ -343,6 +462,8 @@ void cli_model_close(CliModel *m) {
     if (m->stage >= STAGE_SCHEDULE) schedule_free(&m->s);
     cli_classes_free(&m->cl);
     free(m->cls);
+    for (int i = 0; i < m->n_prompts; i++) free(m->prompts[i]);
+    free(m->prompts), free(m->tok), free(m->keep), free(m->neg_tok), free(m->neg_keep);
     memset(m, 0, sizeof *m);
 }
 

@@ -7,6 +7,8 @@
 #include "ddpm/err.h"
 #include "ddpm/lora.h"
 #include "ddpm/model_io.h"
+#include "ddpm/text.h"
+#include "ddpm/train.h"
 #include "ddpm/unet.h"
 
 static void usage(FILE *f) {
@@ -110,7 +112,19 @@ int cmd_info(int argc, char **argv) {
     } else if (a.ckpt)
         printf("restores: nothing (no model.cond_image; ddpm upscale/edit/inpaint steer it from outside)\n\n");
 
-    if (!a.no_data) {
+    int capfmt = !strcmp(c.data.format, "captions") || !strcmp(c.data.format, "scenes");
+    if (!a.no_data && capfmt) {
+        CapData cap;
+        Vocab v;
+        if ((rc = train_load_captions(&cap, &v, &c))) return cli_fail(rc);
+        int nc = 0;
+        for (int i = 0; i < cap.img.n; i++) nc += capdata_n_captions(&cap, i);
+        printf("dataset\n  %s: %s\n  %d images, %dx%dx%d, %d captions (%d distinct), vocabulary %d words (specials included)\n",
+               c.data.format, c.data.path, cap.img.n, cap.img.size, cap.img.size, cap.img.c, nc, cap.n_text, v.n);
+        for (int i = 0; i < 3 && i < cap.img.n; i++) printf("  example %d: \"%s\"\n", i, capdata_caption(&cap, i, 0));
+        printf("\n");
+        capdata_free(&cap), text_vocab_free(&v);
+    } else if (!a.no_data) {
         Dataset ds;
         if ((rc = dataset_load(&ds, &c))) return cli_fail(rc);
         double mean[3], sd[3];
@@ -135,6 +149,10 @@ int cmd_info(int argc, char **argv) {
         dataset_free(&ds);
     }
 
+    if (c.model.text.max_len > 0 && c.model.text.vocab == 0) {
+        c.model.text.vocab = 64; /* --no-data: the vocabulary is unknown; its rows are a small part */
+        printf("(model.text.vocab unknown without the data: the summary assumes 64 words)\n");
+    }
     if (!batch) batch = c.train.batch_size;
     UNet u;
     if ((rc = unet_plan(&u, &c, batch, 1))) return cli_fail(rc);

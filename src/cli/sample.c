@@ -47,6 +47,7 @@ static void usage(FILE *f) {
             "                      (sneaker,bag) or all: -n images of each, one grid row per class;\n"
             "                      DIR/classes.csv records each file's class. Without --class: no class\n"
             "%s"
+            "%s"
             "\n"
             "  --threads N         threads (default: all cores)\n"
             "  --no-labels         bare grid.png and trajectory strips (no captions, no scaling)\n"
@@ -54,7 +55,7 @@ static void usage(FILE *f) {
             "%s"
             "%s"
             "  -h, --help          this help\n",
-            CLI_GUIDANCE_HELP, CLI_LORA_HELP, CLI_VERBOSE_HELP);
+            CLI_GUIDANCE_HELP, CLI_PROMPT_HELP, CLI_LORA_HELP, CLI_VERBOSE_HELP);
 }
 
 /* DIR/classes.csv: "NNNNNN.png,class_index" per image, atomically. */
@@ -81,7 +82,7 @@ typedef struct {
 static void describe(Run *r, const CliModel *m) {
     const Config *c = &m->c;
     r->gd[0] = 0;
-    if (m->cl.want) {
+    if (m->cl.want || m->n_prompts) {
         snprintf(r->gd, sizeof r->gd, ", guidance %g%s", c->sample.guidance, c->sample.guidance_rescale > 0 ? " rescaled" : "");
         if (c->sample.guidance_rescale > 0) snprintf(r->gd + strlen(r->gd), sizeof r->gd - strlen(r->gd), " %g", c->sample.guidance_rescale);
     }
@@ -124,8 +125,13 @@ static int write_grid(const CliSampleArgs *a, const CliModel *m, const Run *r, c
     snprintf(title, sizeof title, "%s, %d steps, seed %d, %s weights%s%s%s", m->c.sample.sampler, r->K, m->c.sample.seed, r->weights, r->gd,
              n_want == 1 ? ", class " : "", n_want == 1 ? cl->names[cl->want[0]] : "");
     snprintf(p, sizeof p, "%s/grid.png", a->out);
-    const char **rows = NULL; /* one grid row per class asked for, named */
-    if (n_want > 1) {
+    const char **rows = NULL; /* one grid row per class (or prompt) asked for, named */
+    if (m->n_prompts) {
+        n_want = m->n_prompts;
+        rows = xmalloc(sizeof(char *) * n_want);
+        for (int k = 0; k < n_want; k++) rows[k] = m->prompts[k];
+        if (n_want == 1) snprintf(title + strlen(title), sizeof title - strlen(title), ", \"%s\"", m->prompts[0]);
+    } else if (n_want > 1) {
         rows = xmalloc(sizeof(char *) * n_want);
         for (int k = 0; k < n_want; k++) rows[k] = cl->names[cl->want[k]];
     }
@@ -139,8 +145,14 @@ static int write_grid(const CliSampleArgs *a, const CliModel *m, const Run *r, c
         printf("%s %s/classes.csv; %s:", n_want > 1 ? "grid rows (top to bottom), classes in" : "class in", a->out, n_want > 1 ? "rows" : "class");
         for (int k = 0; k < n_want; k++) printf("%s %s", k ? "," : "", cl->names[cl->want[k]]);
         printf("\n");
+    } else if (m->n_prompts) {
+        printf("%s:", n_want > 1 ? "grid rows (top to bottom), prompts" : "prompt");
+        for (int k = 0; k < n_want; k++) printf("%s \"%s\"", k ? "," : "", m->prompts[k]);
+        printf("\n");
     } else if (m->c.model.class_cond) {
         printf("no --class: unconditional samples (the \"no class\" embedding)\n");
+    } else if (m->c.model.text.max_len > 0) {
+        printf("no --prompt: unconditional samples (the empty caption)\n");
     }
     return 0;
 }
@@ -156,7 +168,7 @@ static int run_sample(const CliSampleArgs *a, CliModel *m) {
     float *imgs = xcalloc((size_t)total * D, sizeof(float));
     float *tr = a->traj ? xmalloc(sizeof(float) * (size_t)(cnt ? cnt : 1) * a->traj * D) : NULL;
     SampleOpts so = m->so;
-    so.classes = m->cls ? m->cls + first : NULL;
+    cli_model_call(m, &so, first);
     Progress pr;
     progress_init(&pr, a->quiet || rank != 0, 0);
     double t0 = now_s(), evals = 0;

@@ -49,6 +49,7 @@ static const char *TASK_COMMON_HELP =
 void task_help(FILE *f) {
     fprintf(f, TASK_COMMON_HELP, CLI_VERBOSE_HELP);
     fputs(CLI_GUIDANCE_HELP, f);
+    fputs(CLI_PROMPT_HELP, f);
     fputs("\nadapters:\n", f);
     fputs(CLI_LORA_HELP, f);
 }
@@ -169,7 +170,7 @@ void task_run(TaskArgs *a, TaskModel *m, const SampleTask *task, float *out, flo
     memset(out, 0, sizeof(float) * n * m->D);
     if (traj) memset(traj, 0, sizeof(float) * n * K * m->D);
     SampleOpts so = cm->so;
-    so.classes = cm->cls ? cm->cls + first : NULL;
+    cli_model_call(cm, &so, first);
     m->n_trans = task->n_levels - 1;
     double evals = 0;
     if (cnt)
