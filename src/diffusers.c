@@ -10,10 +10,10 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 
 #define WEIGHTS_FILE "diffusion_pytorch_model.safetensors"
 #define DIFFUSERS_VERSION "0.30.0"

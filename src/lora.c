@@ -12,7 +12,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/rng.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
 
 static const char *const GROUPS[LORA_N_GROUPS] = {"attn", "conv", "temb"};
 static const char SUF_A[] = ".lora_A.weight", SUF_B[] = ".lora_B.weight";

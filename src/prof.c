@@ -1,6 +1,7 @@
 #include "ddpm/prof.h"
 
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
+#include "ddpm/platform.h"
 
 Prof *g_prof;
 const char *const PROF_NAMES[PROF_N] = {"conv", "gemm (linear, 1x1)", "norm", "attention", "elementwise", "optimizer"};

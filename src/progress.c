@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "ddpm/tensor.h"
+#include "ddpm/platform.h"
 
 void progress_init(Progress *p, int quiet, long start) {
     memset(p, 0, sizeof *p);

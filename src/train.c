@@ -19,13 +19,13 @@
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
 #include "ddpm/lora.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 #include "ddpm/optim.h"
 #include "ddpm/prof.h"
 #include "ddpm/progress.h"
 #include "ddpm/rng.h"
 #include "ddpm/sampler.h"
-#include "ddpm/tensor.h"
+#include "ddpm/platform.h"
 #include "ddpm/unet.h"
 
 #define PATHBUF (CFG_STR + 128)

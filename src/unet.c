@@ -10,7 +10,7 @@
 #include "ddpm/nn.h"
 #include "ddpm/prof.h"
 #include "ddpm/rng.h"
-#include "ddpm/tensor.h"
+#include "ddpm/arena.h"
 #include "ddpm/text_nn.h"
 
 typedef enum { BLK_CONV_IN, BLK_RES, BLK_ATTN, BLK_DOWN, BLK_UP, BLK_OUT, BLK_XATTN } BlockKind;

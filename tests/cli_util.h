@@ -7,7 +7,7 @@
 #include <stdarg.h>
 #include <sys/wait.h>
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "test.h"
 
 static char g_out[1 << 16], g_err[1 << 16];

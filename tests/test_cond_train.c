@@ -8,8 +8,8 @@
 #include <unistd.h>
 
 #include "cli_util.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/checkpoint.h"
-#include "ddpm/model_io.h"
 
 #define OLD "tests/fixtures/tiny_model.safetensors" /* committed 2026-11-26, before class_cond */
 

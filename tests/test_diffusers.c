@@ -17,12 +17,12 @@
 #include <unistd.h>
 
 #include "cli_util.h"
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/config.h"
 #include "ddpm/diffusers.h"
 #include "ddpm/err.h"
 #include "ddpm/image.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 #include "ddpm/unet.h"
 
 #define FIX "tests/fixtures/diffusers_tiny"

@@ -9,7 +9,7 @@
 #include <ctype.h>
 
 #include "cli_util.h"
-#include "ddpm/tensor.h"
+#include "ddpm/platform.h"
 
 static const char *BASE =
     "{\"data\": {\"image_size\": 8, \"channels\": 1, \"limit\": 8},"

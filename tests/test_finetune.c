@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "cli_util.h"
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/image.h"
 
 #define MERGE_LEVELS 2

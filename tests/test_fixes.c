@@ -14,11 +14,12 @@
 #include <unistd.h>
 
 #include "cli_util.h"
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
 #include "ddpm/rng.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
+#include "ddpm/platform.h"
 
 static const char *TINY =
     "{\"data\": {\"format\": \"idx\", \"path\": \"/usr/share/datasets/fashion-mnist\", \"image_size\": 8, \"channels\": 1,"

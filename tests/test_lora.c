@@ -28,7 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/config.h"
 #include "ddpm/err.h"
 #include "ddpm/lora.h"

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "cli_util.h"
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 
 static const char *MPI_BIN;
 static const char *TINY =

@@ -28,7 +28,7 @@
 
 #include "ddpm/nn.h"
 #include "ddpm/rng.h"
-#include "ddpm/tensor.h"
+#include "ddpm/platform.h"
 #include "../src/nn/winograd.h" /* wino_plan: how a shape is split, to test several blocks */
 #include "test.h"
 

@@ -9,7 +9,7 @@
 
 #include "cli_util.h"
 #include "ddpm/image.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 
 static const char *MODEL =
     " \"model\": {\"ch\": 8, \"ch_mult\": [1, 2], \"num_res_blocks\": 1, \"attn_resolutions\": [%d], \"dropout\": 0, \"groups\": 4,"

@@ -38,10 +38,11 @@
 #include <omp.h>
 #endif
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/arena.h"
+#include "ddpm/platform.h"
 #include "ddpm/text_nn.h"
 #include "test.h"
 

@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include "cli_util.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/checkpoint.h"
-#include "ddpm/model_io.h"
 #include "ddpm/optim.h"
 
 static const char *TINY =

@@ -8,11 +8,12 @@
  * and config rejection. */
 #include <stdint.h>
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/config.h"
 #include "ddpm/err.h"
 #include "ddpm/rng.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
+#include "ddpm/platform.h"
 #include "ddpm/unet.h"
 #include "test.h"
 

@@ -1,65 +1,66 @@
-/* checkpoint: safetensors files (https://huggingface.co/docs/safetensors format):
- *   8 bytes little-endian u64 N = header length, then N bytes of JSON:
- *   {"__metadata__": {"k": "v", ...}, "name": {"dtype": "F32", "shape": [..],
- *    "data_offsets": [begin, end]}, ...}, then the raw little-endian data; offsets are
- *   relative to the byte after the header, tensors contiguous from offset 0.
- * Writing is atomic: <path>.tmp.<pid>, fwrite, fflush, fsync, rename, fsync of the dir.
- * Reading validates everything and never crashes on bad input. */
+/* checkpoint: a U-Net (+ optimizer state) <-> a safetensors checkpoint.
+ *
+ * Tensor names: the model's parameter names as they are ("down.0.res.0.conv1.weight", ...)
+ * hold the raw weights, so any safetensors reader gets the model directly; "ema.<name>"
+ * the EMA weights; "adam_m.<name>" / "adam_v.<name>" the Adam moments. Conv weights are
+ * (OC,KH,KW,C). Metadata (all strings): format "ddpm-1", config (the resolved config as
+ * JSON), step, epoch, pos (data order), loss_sum, loss_count (the open log interval),
+ * elapsed (seconds), rng ("philox4x32-10", every stream is a function of seed and step),
+ * lr_decay_from / lr_decay_lr (where a resumed run's cosine decay restarted; optional);
+
+ * class-conditional models also class_names (a JSON array of model.num_classes strings). */
 #ifndef DDPM_CHECKPOINT_H
 #define DDPM_CHECKPOINT_H
 
-#include <stddef.h>
-#include <stdio.h>
-#include <stdint.h>
-#include "ddpm/fsio.h"
-
-#define ST_MAX_DIM 8
+#include "ddpm/safetensors.h"
+#include "ddpm/config.h"
+#include "ddpm/optim.h"
+#include "ddpm/unet.h"
 
 typedef struct {
-    const char *name;
-    int ndim;
-    int64_t shape[ST_MAX_DIM];
-    const float *data;     /* F32 */
-} StTensorOut;
+    long step;             /* updates done */
+    int epoch, pos;        /* batch sampler state */
+    double loss_sum;       /* losses of the log interval still open */
+    long loss_count;
+    double elapsed;        /* training seconds so far */
+    long decay_from;       /* > 0: the cosine LR decay restarted at this update (a resume */
+    double decay_lr;       /*   changed train.steps) from this LR; 0: the config's schedule */
+} TrainState;
 
-/* Write F32 tensors and string metadata (meta_keys[i] -> meta_vals[i]). ERUNTIME on any
- * I/O failure (message names the path and strerror), leaving no partial file behind. */
-int st_write(const char *path, const StTensorOut *t, int n, const char *const *meta_keys,
-             const char *const *meta_vals, int n_meta);
-
-typedef struct {
-    char *name;
-    char dtype[8];         /* "F32", "F16", "BF16", "F64", "I64", "I32", "U8", ... */
-    int ndim;
-    int64_t shape[ST_MAX_DIM];
-    uint64_t begin, end;   /* byte offsets into data */
-} StEntry;
-
-typedef struct {
-    char *path;
-    uint8_t *buf;          /* whole file */
-    size_t size;
-    const uint8_t *data;   /* buf + 8 + header_len */
-    size_t data_size;
-    StEntry *e;
-    int n;
-    char **meta_k, **meta_v;
-    int n_meta;
-} StFile;
-
-/* Read and validate: file >= 8 bytes; header length <= file size - 8 and <= 100 MB; header
- * is valid JSON object; every entry has a known dtype, non-negative shape, offsets with
- * end - begin == numel * dtype size, inside the data section, not overlapping, and
- * together covering it contiguously; metadata values are strings. ERUNTIME with
- * "<path>: <what is wrong>" otherwise. */
-int st_read(StFile *f, const char *path);
-void st_free(StFile *f);
-const StEntry *st_find(const StFile *f, const char *name);
-const char *st_meta(const StFile *f, const char *key);
-/* "[a, b, c]" of a shape, for messages (cut short to fit cap). */
-void st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
-/* Copy an F32 tensor named `name` with the expected shape into dst; ERUNTIME naming the
- * tensor if it is missing, not F32, or has another shape. */
-int st_get_f32(const StFile *f, const char *name, int ndim, const int64_t *shape, float *dst);
+/* Atomic write of weights, and with o != NULL the EMA and Adam moments. */
+int ckpt_save(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts);
+/* The same plus n_extra more tensors and n_meta more metadata keys (a LoRA run's adapters
+ * and their optimizer state). */
+int ckpt_save_ext(const char *path, const UNet *u, const Optim *o, const Config *c, const TrainState *ts, const StTensorOut *extra,
+                  int n_extra, const char *const *mk, const char *const *mv, int n_meta);
+/* Read and validate a checkpoint and parse its config (ERUNTIME on anything wrong). */
+int ckpt_open(StFile *f, const char *path, Config *c);
+/* Atomic write of one set of weights (u->params) with no training state, e.g. an imported
+ * model. Metadata "weights" says what they are ("ema": EMA weights stored under the raw
+ * names, which `ddpm sample` then uses as its EMA weights) and "source" where they came from. */
+int ckpt_save_weights(const char *path, const UNet *u, const Config *c, const char *weights, const char *source);
+/* Copy the tensors "<prefix><name>" of every parameter into dst (the block layout),
+ * checking each shape against the model. */
+int ckpt_load_params(const StFile *f, const char *prefix, const UNet *u, float *dst);
+/* Which weights of a checkpoint a command uses (sample, inpaint, edit, upscale, export). */
+typedef enum {
+    CKPT_RAW,          /* the raw weights, as asked (--no-ema) */
+    CKPT_EMA,          /* the EMA weights, "ema.<name>" */
+    CKPT_EMA_IMPORTED, /* EMA weights stored under the raw names: metadata "weights" is "ema" */
+    CKPT_NO_EMA        /* EMA asked for, but the file holds none: the raw weights (say so) */
+} CkptWeights;
+/* The weights to use, EMA unless raw_only, and in *prefix the tensor name prefix to give
+ * ckpt_load_params ("ema." or ""). */
+CkptWeights ckpt_pick_weights(const StFile *f, int raw_only, const char **prefix);
+int ckpt_load_state(const StFile *f, TrainState *ts);
+/* u->class_names from the metadata (class-conditional models; "0".."n-1" when absent).
+ * ERUNTIME when the list is malformed or its length is not u->n_classes. */
+int ckpt_load_class_names(const StFile *f, UNet *u);
+/* Text models: the vocabulary of metadata "vocab" (text_vocab_read's form) into u->vocab;
+ * ERUNTIME when it is missing, malformed or not model.text.vocab words. No-op otherwise. */
+int ckpt_load_vocab(const StFile *f, UNet *u);
+/* Class index for a name (case-insensitive) or a decimal index; EUSAGE naming the nearest
+ * name ("did you mean") otherwise. */
+int unet_class_lookup(const UNet *u, const char *name, int *out);
 
 #endif

@@ -7,11 +7,11 @@
 #include <getopt.h>
 #include <stdio.h>
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/config.h"
 #include "ddpm/diffusion.h"
 #include "ddpm/lora.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 #include "ddpm/sampler.h"
 #include "ddpm/unet.h"
 

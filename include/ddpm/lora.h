@@ -49,7 +49,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "ddpm/checkpoint.h"
+#include "ddpm/safetensors.h"
 #include "ddpm/config.h"
 #include "ddpm/nn.h"
 

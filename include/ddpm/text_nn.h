@@ -19,7 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "ddpm/tensor.h" /* Arena */
+#include "ddpm/arena.h"
+#include "ddpm/gemm.h" /* Arena */
 #include "ddpm/unet.h"   /* Param, PINIT_* */
 
 /* ---- layernorm -----------------------------------------------------------------------

@@ -12,7 +12,8 @@
 #include "ddpm/optim.h"
 #include "ddpm/prof.h"
 #include "ddpm/rng.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
+#include "ddpm/platform.h"
 #include "ddpm/train.h"
 #include "ddpm/unet.h"
 

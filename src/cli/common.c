@@ -15,9 +15,9 @@
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/guidance.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 #include "ddpm/sampler.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
 
 int cli_parse(const char *cmd, int argc, char **argv, const char *shortopts, const struct option *opts, CliOptFn on_opt, void *ctx,
               void (*usage)(FILE *), int *rest) {

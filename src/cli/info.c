@@ -6,7 +6,7 @@
 #include "ddpm/data.h"
 #include "ddpm/err.h"
 #include "ddpm/lora.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 #include "ddpm/text.h"
 #include "ddpm/train.h"
 #include "ddpm/unet.h"

@@ -9,10 +9,10 @@
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 #include "ddpm/progress.h"
 #include "ddpm/sampler.h"
-#include "ddpm/tensor.h"
+#include "ddpm/platform.h"
 
 static void usage(FILE *f) {
     fprintf(f,

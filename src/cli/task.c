@@ -14,9 +14,9 @@
 #include "ddpm/err.h"
 #include "ddpm/fsio.h"
 #include "ddpm/image.h"
-#include "ddpm/model_io.h"
+#include "ddpm/checkpoint.h"
 #include "ddpm/progress.h"
-#include "ddpm/tensor.h"
+
 
 static const char *TASK_COMMON_HELP =
     "model (EMA weights unless --no-ema):\n"

@@ -5,8 +5,8 @@
 #include "ddpm/cli.h"
 #include "ddpm/dist.h"
 #include "ddpm/err.h"
-#include "ddpm/model_io.h"
-#include "ddpm/tensor.h"
+#include "ddpm/checkpoint.h"
+#include "ddpm/gemm.h"
 #include "ddpm/train.h"
 
 static void usage(FILE *f) {

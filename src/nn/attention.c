@@ -11,7 +11,7 @@
 
 #include "par.h"
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
 #include "fastexp.h"
 
 

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+
 #include "ddpm/text_nn.h"
 #include "fastexp.h"
 

@@ -25,7 +25,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/platform.h"
 #include "fastexp.h"
 #include "simd.h"
 #ifdef _OPENMP

@@ -15,7 +15,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/gemm.h"
 #include "ddpm/text_nn.h"
 #include "fastexp.h"
 #include "par.h"

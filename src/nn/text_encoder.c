@@ -4,7 +4,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/arena.h"
 #include "ddpm/text_nn.h"
 
 static size_t lin_w(ParamTable *t, int IN, int OUT, const char *pre, const char *nm) {

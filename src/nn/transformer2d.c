@@ -4,7 +4,7 @@
 
 #include "ddpm/err.h"
 #include "ddpm/nn.h"
-#include "ddpm/tensor.h"
+#include "ddpm/arena.h"
 #include "ddpm/text_nn.h"
 
 static const char *const slot_name[T2D_NPARAM] = {

@@ -1,8 +1,8 @@
 /* libFuzzer: the safetensors reader (st_read) and, when the file is a ddpm checkpoint, what
  * `ddpm sample --ckpt` / `train --resume` do next: parse and validate the stored config,
  * read the training state, and (for small models) load every parameter. */
+#include "ddpm/safetensors.h"
 #include "ddpm/checkpoint.h"
-#include "ddpm/model_io.h"
 #include "ddpm/unet.h"
 #include "fuzz.h"
 
