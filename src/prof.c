@@ -3,7 +3,6 @@
 #include "ddpm/gemm.h"
 #include "ddpm/platform.h"
 
-Prof *g_prof;
 const char *const PROF_NAMES[PROF_N] = {"conv", "gemm (linear, 1x1)", "norm", "attention", "elementwise", "optimizer"};
 
 double prof_now(void) { return now_s(); }

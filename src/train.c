@@ -701,7 +701,7 @@ int train_step(TrainStep *ts, long step, double lr, double *loss, double *grad_n
     if (!isfinite(l) || !isfinite(gn))
         return err_set(DDPM_ERUNTIME, "step %ld: %s is not finite", step + 1, isfinite(l) ? "the gradient norm" : "the loss");
     double clip = c->train.grad_clip, gscale = clip > 0 && gn > clip ? clip / gn : 1.0;
-    PROF(PROF_OPTIM, optim_step(ts->opt, ts->p, ts->g, c, step, lr, gscale, optim_ema_decay(c, step)));
+    PROF_TO(u->prof, PROF_OPTIM, optim_step(ts->opt, ts->p, ts->g, c, step, lr, gscale, optim_ema_decay(c, step)));
     return DDPM_OK;
 }
 

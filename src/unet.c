@@ -13,6 +13,9 @@
 #include "ddpm/arena.h"
 #include "ddpm/text_nn.h"
 
+/* a layer call timed into the U-Net's profile (u->prof), when it has one */
+#define PROF(kind, call) PROF_TO(u->prof, kind, call)
+
 typedef enum { BLK_CONV_IN, BLK_RES, BLK_ATTN, BLK_DOWN, BLK_UP, BLK_OUT, BLK_XATTN } BlockKind;
 
 /* What each block kind holds: its parameters (indices into u->P, shapes in terms of the

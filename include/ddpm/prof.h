@@ -6,7 +6,7 @@
 
 enum { PROF_CONV, PROF_GEMM, PROF_NORM, PROF_ATTN, PROF_ELEM, PROF_OPTIM, PROF_N };
 
-typedef struct {
+typedef struct Prof {
     int on;            /* timing now (bench turns it off for warm-up and its other runs) */
     double s[PROF_N];  /* seconds per kind of work */
 } Prof;
@@ -25,11 +25,5 @@ double prof_now(void);
             call;                                           \
         }                                                   \
     } while (0)
-
-/* The profile PROF() adds to: the one `ddpm bench --profile` points at its own Prof
- * (NULL: none). The U-Net's layer calls (src/unet.c) and train_step use it until the
- * U-Net carries its own Prof pointer. */
-extern Prof *g_prof;
-#define PROF(kind, call) PROF_TO(g_prof, kind, call)
 
 #endif

@@ -142,6 +142,7 @@ typedef struct {
     void *arena;            /* Arena * */
     size_t act_bytes;
     double flops;           /* forward FLOPs per image (2 per multiply-add) */
+    struct Prof *prof;      /* time per kind of work goes here when not NULL (ddpm bench --profile) */
     /* dropout state for the next forward: masks depend on (seed, step, layer, global image) */
     int drop_on;
     uint64_t drop_seed, drop_step, img0;

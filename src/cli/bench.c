@@ -294,10 +294,9 @@ int cmd_bench(int argc, char **argv) {
             m.tl = xcalloc(a.steps, sizeof(double));
         }
     }
-    g_prof = &m.prof;
-    if (!rc) 
-    rc = measure(&m, &train);
-    g_prof = NULL;
+    u.prof = &m.prof;
+    if (!rc) rc = measure(&m, &train);
+    u.prof = NULL;
     if (!rc) {
         m.ceiling = fmax(m.ceiling, sgemm_ceiling(m.threads)); /* best of a measurement before and after */
         struct rusage ru;
