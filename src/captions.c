@@ -103,7 +103,7 @@ static int add_caption(JsonlEntry *e, const cJSON *s, const char *where, const c
 static int parse_line(JsonlEntry *e, const char *line, size_t len, const char *where, const char *column) {
     if (memchr(line, 0, len))
         return err_set(DDPM_EUSAGE, "%s: line contains a NUL byte, not JSON (one JSON object a line)", where);
-    if (!text_utf8_valid(line, len))
+    if (!utf8_valid(line, len))
         return err_set(DDPM_EUSAGE, "%s: line is not valid UTF-8 (save the file as UTF-8)", where);
     const char *end = NULL;
     cJSON *o = cJSON_ParseWithOpts(line, &end, 0);
@@ -133,7 +133,7 @@ static int parse_line(JsonlEntry *e, const char *line, size_t len, const char *w
         goto done;
     }
     const char *name = fn->valuestring;
-    if (!plain_relative(name) || !text_utf8_valid(name, strlen(name))) {
+    if (!plain_relative(name) || !utf8_valid(name, strlen(name))) {
         rc = err_set(DDPM_EUSAGE, "%s: file_name \"%.200s\" must be a path inside the folder, like \"0001.png\" or \"images/0001.png\"",
                      where, name);
         goto done;
@@ -227,15 +227,6 @@ int jsonl_parse(JsonlTable *out, const char *buf, size_t n, const char *label, c
 /* ------------------------------------------------------------------------------------------ */
 /* Captioned folder */
 
-static char *path_join(const char *a, const char *b) {
-    size_t na = strlen(a), nb = strlen(b);
-    char *p = xmalloc(na + nb + 2);
-    memcpy(p, a, na);
-    size_t k = na;
-    if (na && a[na - 1] != '/') p[k++] = '/';
-    memcpy(p + k, b, nb + 1);
-    return p;
-}
 
 static int has_image_ext(const char *name) {
     const char *slash = strrchr(name, '/');

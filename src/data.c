@@ -42,15 +42,6 @@ static const char *FMNIST_HINT =
 /* ------------------------------------------------------------------------------------------ */
 /* helpers */
 
-static char *path_join(const char *a, const char *b) {
-    size_t na = strlen(a), nb = strlen(b);
-    char *p = xmalloc(na + nb + 2);
-    memcpy(p, a, na);
-    size_t k = na;
-    if (na && a[na - 1] != '/') p[k++] = '/';
-    memcpy(p + k, b, nb + 1);
-    return p;
-}
 
 static int check_shape(const char *what, int size, int channels) {
     if (size <= 0 || size > 65536)

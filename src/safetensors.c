@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 
 #include "ddpm/err.h"
+#include "ddpm/fsio.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "safetensors.c writes and reads host-order floats: little-endian hosts only");
@@ -48,36 +49,6 @@ static const Dtype *dtype_find(const char *s) {
     return NULL;
 }
 
-/* Strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF. */
-static int utf8_valid(const uint8_t *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp, min;
-        if ((c & 0xE0) == 0xC0) {
-            len = 2, cp = c & 0x1F, min = 0x80;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3, cp = c & 0x0F, min = 0x800;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (n - i < len) return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-        i += len;
-    }
-    return 1;
-}
 
 /* A printable, length-limited, quoted copy of a (possibly hostile) name for messages, so
  * every error stays one readable line. */
@@ -146,7 +117,7 @@ static int write_check_args(const char *path, const StTensorOut *t, int n,
         if (!x->name)
             return err_set(DDPM_ERUNTIME, "%s: cannot write checkpoint: tensor %d has no name",
                            path, i);
-        if (!utf8_valid((const uint8_t *)x->name, strlen(x->name)))
+        if (!utf8_valid(x->name, strlen(x->name)))
             return err_set(DDPM_ERUNTIME,
                            "%s: cannot write checkpoint: tensor name %s is not valid UTF-8", path,
                            qname(x->name).s);
@@ -183,8 +154,8 @@ static int write_check_args(const char *path, const StTensorOut *t, int n,
         if (!mk[i] || !mv[i])
             return err_set(DDPM_ERUNTIME,
                            "%s: cannot write checkpoint: metadata entry %d is missing", path, i);
-        if (!utf8_valid((const uint8_t *)mk[i], strlen(mk[i])) ||
-            !utf8_valid((const uint8_t *)mv[i], strlen(mv[i])))
+        if (!utf8_valid(mk[i], strlen(mk[i])) ||
+            !utf8_valid(mv[i], strlen(mv[i])))
             return err_set(DDPM_ERUNTIME,
                            "%s: cannot write checkpoint: metadata %s is not valid UTF-8", path,
                            qname(mk[i]).s);
@@ -455,7 +426,7 @@ static int check_layout(const StFile *f) {
 static int parse_header(StFile *f, const char *hdr, size_t hlen) {
     const char *path = f->path;
     /* Byte-level checks first: cJSON is lenient (BOM, control bytes as whitespace). */
-    if (!utf8_valid((const uint8_t *)hdr, hlen)) return CORRUPT("header is not valid UTF-8", path);
+    if (!utf8_valid(hdr, hlen)) return CORRUPT("header is not valid UTF-8", path);
     for (size_t i = 0; i < hlen; i++) {
         unsigned char c = (unsigned char)hdr[i];
         if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')

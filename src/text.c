@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ddpm/err.h"
+#include "ddpm/fsio.h"
 
 static const char *const SPECIALS[TEXT_N_SPECIAL] = {"<pad>", "<unk>", "<bos>"};
 
@@ -65,35 +66,10 @@ void text_tokens_free(TextTokens *t) {
     memset(t, 0, sizeof *t);
 }
 
-int text_utf8_valid(const char *str, size_t n) {
-    const uint8_t *s = (const uint8_t *)str;
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t len;
-        uint32_t cp, min;
-        if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
-        else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
-        else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
-        else return 0;
-        if (n - i < len) return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-        i += len;
-    }
-    return 1;
-}
 
 int text_check_caption(const char *s, size_t n, const char *where) {
     if (memchr(s, 0, n)) return err_set(DDPM_EUSAGE, "%s: caption contains a NUL character", where);
-    if (!text_utf8_valid(s, n))
+    if (!utf8_valid(s, n))
         return err_set(DDPM_EUSAGE, "%s: caption is not valid UTF-8 (save the file as UTF-8)", where);
     TextTokens t = {0};
     text_tokenize(&t, s, n);
@@ -233,7 +209,7 @@ int text_vocab_read(Vocab *out, const char *buf, size_t n, const char *label) {
                          label, line, len, TEXT_MAX_WORD);
             break;
         }
-        if (memchr(start, 0, len) || !text_utf8_valid(start, len)) {
+        if (memchr(start, 0, len) || !utf8_valid(start, len)) {
             rc = err_set(DDPM_ERUNTIME, "%s: vocabulary line %d: not valid UTF-8 text (file damaged?)", label, line);
             break;
         }
@@ -321,7 +297,7 @@ static int osa_distance(const uint32_t *a, int la, const uint32_t *b, int lb) {
 
 const char *text_suggest(const Vocab *v, const char *word) {
     uint32_t a[SUGGEST_MAX + 1], b[SUGGEST_MAX + 1];
-    if (strlen(word) > TEXT_MAX_WORD || !text_utf8_valid(word, strlen(word))) return NULL;
+    if (strlen(word) > TEXT_MAX_WORD || !utf8_valid(word, strlen(word))) return NULL;
     int la = decode_cps(word, a, SUGGEST_MAX);
     int limit = la / 3 > 1 ? la / 3 : 1;
     const char *best = NULL;
@@ -343,7 +319,7 @@ int text_encode(const Vocab *v, const char *caption, int max_len, int32_t *ids, 
     CHECK(max_len >= 1 && max_len <= TEXT_MAX_LEN, "text_encode: max_len %d out of 1..%d", max_len, TEXT_MAX_LEN);
     if (dropped) *dropped = NULL;
     size_t clen = strlen(caption);
-    int valid = text_utf8_valid(caption, clen);
+    int valid = utf8_valid(caption, clen);
     if (strict && !valid)
         return err_set(DDPM_EUSAGE, "caption is not valid UTF-8 text");
     TextTokens t = {0};

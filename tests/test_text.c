@@ -88,9 +88,9 @@ static void test_tokenizer(void) {
     T_OK(!strcmp(nrm, "a small , faint sneaker"), "normalize: \"%s\"", nrm);
     free(nrm);
 
-    T_OK(text_utf8_valid("abc", 3) && text_utf8_valid("\xc3\xa9", 2), "utf8: valid text accepted");
-    T_OK(!text_utf8_valid("\xc3", 1) && !text_utf8_valid("\xc0\xaf", 2) && !text_utf8_valid("\xed\xa0\x80", 3) &&
-             !text_utf8_valid("\xf4\x90\x80\x80", 4) && !text_utf8_valid("\xff", 1),
+    T_OK(utf8_valid("abc", 3) && utf8_valid("\xc3\xa9", 2), "utf8: valid text accepted");
+    T_OK(!utf8_valid("\xc3", 1) && !utf8_valid("\xc0\xaf", 2) && !utf8_valid("\xed\xa0\x80", 3) &&
+             !utf8_valid("\xf4\x90\x80\x80", 4) && !utf8_valid("\xff", 1),
          "utf8: truncated, overlong, surrogate, > U+10FFFF, 0xff refused");
 
     int rc = text_check_caption("a red bag", 9, "f:1");

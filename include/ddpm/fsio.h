@@ -27,5 +27,9 @@ int file_read_all(const char *path, char **out, size_t *size);
 int mkdir_p(const char *path);
 int path_exists(const char *path);
 int is_dir(const char *path);
+/* "a/b" (one slash between them), malloc'd. */
+char *path_join(const char *a, const char *b);
+/* 1 if s[0..n) is strict UTF-8: no overlongs, no surrogates, nothing above U+10FFFF. */
+int utf8_valid(const char *s, size_t n);
 
 #endif

@@ -52,8 +52,6 @@ typedef struct {
 void text_tokenize(TextTokens *t, const char *s, size_t len);
 void text_tokens_free(TextTokens *t);
 
-/* 1 if s[0..n) is strict UTF-8 (no overlongs, surrogates, or code points above U+10FFFF). */
-int text_utf8_valid(const char *s, size_t n);
 
 /* Check a caption read from a dataset: valid UTF-8, at least one token, every token at most
  * TEXT_MAX_WORD bytes. DDPM_EUSAGE with "<where>: <what is wrong>" otherwise; `where` is e.g.
