@@ -170,6 +170,7 @@ static void test_dropped(void) {
     T_OK(d1 > 1e-3 && d0 > 1e-3 && sample_guided(&u, &o), "guidance 2 on the image condition runs both halves and differs from "
          "guidance 1 (rel L2 %.3g) and 0 (%.3g)", d1, d0);
     free(cond), free(nul), free(a), free(b), free(g), free(e);
+    schedule_free(&s);
     unet_free(&u);
 }
 
