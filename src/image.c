@@ -41,6 +41,33 @@ static void convert_channels(uint8_t *out, const uint8_t *in, size_t npix, int c
     }
 }
 
+/* A PNG's chunks must fit in the file: stb grows its IDAT buffer to a chunk's claimed length
+ * before reading it, so a 100-byte file claiming a 1 GB chunk would make it allocate 1 GB.
+ * 0 when fp is not a PNG or every chunk up to IEND fits; otherwise ERUNTIME naming the chunk.
+ * Leaves fp rewound. */
+static int png_chunks_fit(FILE *fp, const char *path) {
+    static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    uint8_t h[8];
+    long size = -1, off = 8;
+    int rc = DDPM_OK;
+    if (fseek(fp, 0, SEEK_END) == 0) size = ftell(fp);
+    rewind(fp);
+    if (size < 8 || fread(h, 1, 8, fp) != 8 || memcmp(h, sig, 8)) goto out;
+    while (off + 8 <= size && fread(h, 1, 8, fp) == 8) {
+        uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+        if ((uint64_t)off + 12 + len > (uint64_t)size) {
+            rc = err_set(DDPM_ERUNTIME, "%s: corrupt PNG: chunk \"%.4s\" at byte %ld claims %u bytes, the file has %ld left "
+                         "(replace or delete it)", path, (const char *)h + 4, off, len, size - off - 12);
+            goto out;
+        }
+        if (!memcmp(h + 4, "IEND", 4) || fseek(fp, (long)len + 4, SEEK_CUR)) break;
+        off += 12 + (long)len;
+    }
+out:
+    rewind(fp);
+    return rc;
+}
+
 int image_load(Image *img, const char *path, int channels) {
     memset(img, 0, sizeof *img);
     if (channels != 1 && channels != 3)
@@ -52,6 +79,11 @@ int image_load(Image *img, const char *path, int channels) {
      * gigabytes. Read the header first (stbi_info rewinds the file) and refuse anything
      * larger than IMAGE_MAX_PIXELS before decoding. */
     int w = 0, h = 0, n = 0;
+    int rc = png_chunks_fit(fp, path);
+    if (rc) {
+        fclose(fp);
+        return rc;
+    }
     if (!stbi_info_from_file(fp, &w, &h, &n)) {
         fclose(fp);
         const char *why = stbi_failure_reason();
