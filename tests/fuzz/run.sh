@@ -5,6 +5,8 @@
 # leak, timeout (> 30 s per input; the machine may be shared) or out-of-memory (> 2 GB) fails, with the input saved as
 # DIR/crash-NAME-* (reproduce: DIR/fuzz_NAME DIR/crash-NAME-...).
 #   sh tests/fuzz/run.sh SECONDS DIR NAME...
+# FUZZ_SEED fixes libFuzzer's seed; FUZZ_RUNS also caps the inputs per harness, so a seeded run
+# does the same work on a fast or a slow machine (CI: the same inputs every time).
 secs=$1; dir=$2; shift 2
 # Each input is written to a file first (the readers take paths): thousands a second. On
 # tmpfs that never waits for the disk; on the shared disk one fopen waited 61 s behind
@@ -20,7 +22,7 @@ for name in "$@"; do
     mkdir -p "$corpus"
     log="$dir/fuzz_$name.log"
     ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        "$dir/fuzz_$name" -max_total_time="$secs" ${FUZZ_SEED:+-seed=$FUZZ_SEED} -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
+        "$dir/fuzz_$name" -max_total_time="$secs" ${FUZZ_SEED:+-seed=$FUZZ_SEED} ${FUZZ_RUNS:+-runs=$FUZZ_RUNS} -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$dir/crash-$name-" "$corpus" "tests/fuzz/seeds/$name" >"$log" 2>&1
     rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
