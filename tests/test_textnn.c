@@ -991,7 +991,12 @@ static void test_batch_independence(void) {
     const size_t nx = (size_t)H * W * C, ns = (size_t)L * d;
     float *x = alloc_rand(B * nx, 1, 0), *out = alloc0(B * nx), *states = alloc0(B * ns), *pooled = alloc0((size_t)B * d);
     float *o1 = alloc0(nx), *s1 = alloc0(ns), *p1 = alloc0(d);
-    int same = 1;
+    /* OpenBLAS may sum a row in another order by where it sits in a product (its AVX2 Zen
+     * kernels do), so alone and in a batch agree within the bound of two summation orders, as
+     * in test_unet: rel L2 <= sqrt(D K_max) u over D reductions in sequence, K_max the longest
+     * (the GEGLU's 4C and the MLP's 4d inputs, taken twice). */
+    const double Kmax = 8.0 * (C > d ? C : d), Dred = 64, bound = sqrt(Dred * Kmax) * ldexp(1.0, -24);
+    double worst = 0;
 #ifdef _OPENMP
     int nt = omp_get_max_threads();
     for (int th = 1; th <= 3; th += 2) {
@@ -1002,15 +1007,15 @@ static void test_batch_independence(void) {
         for (int b = 0; b < B; b++) {
             text_encoder_forward(&e, s1, p1, params, tok + b * L, keep + b * L, 1);
             tf2d_forward(&t, o1, params, x + b * nx, s1, keep + b * L, 1);
-            same &= !memcmp(s1, states + b * ns, ns * 4) && !memcmp(p1, pooled + (size_t)b * d, (size_t)d * 4) &&
-                    !memcmp(o1, out + b * nx, nx * 4);
+            worst = fmax(worst, fmax(t_rel_l2(s1, states + b * ns, ns), t_rel_l2(p1, pooled + (size_t)b * d, d)));
+            worst = fmax(worst, t_rel_l2(o1, out + b * nx, nx));
         }
 #ifdef _OPENMP
     }
     omp_set_num_threads(nt);
 #endif
-    T_OK(same, "encoder states, pooled and tf2d out: each caption/image alone equals its row of a batch of 3, bit for "
-               "bit (1 and 3 threads)");
+    T_OK(worst <= bound, "encoder states, pooled and tf2d out: each caption/image alone equals its row of a batch of 3 "
+                         "within the summation-order bound (worst rel L2 %.3g, bound %.3g; 1 and 3 threads)", worst, bound);
     text_encoder_free(&e);
     arena_free(&a);
     free(pt.P), free(params), free(x), free(out), free(states), free(pooled), free(o1), free(s1), free(p1);
