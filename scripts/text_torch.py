@@ -203,7 +203,8 @@ class Scenes:
         src, labels = score.load_split(d.get("path", "/usr/share/datasets/fashion-mnist"), "train")
         paraphrase = d.get("paraphrase", True)
         held = [[False] * N_CONFIG for _ in range(10)]
-        for h in score_text.HELD_OUT:
+        self.held_out = d.get("held_out", score_text.HELD_OUT)  # data.held_out, canonical captions
+        for h in self.held_out:
             a = score_text.parse(h)
             held[a["class"]][config_of(a)] = True
         allowed = [[k for k in range(N_CONFIG) if not held[c][k]] for c in range(10)]
@@ -423,7 +424,7 @@ def train(cfg, args):
     n_params = sum(p.numel() for p in args.model.parameters())
     print("scenes: %d examples, %d distinct captions (paraphrases %s, %d held out), vocabulary %d words + 3 "
           "specials; rendered in %.1f s" % (data.n, len(data.captions), "on" if cfg["data"].get("paraphrase", True)
-                                            else "off", len(score_text.HELD_OUT), len(args.vocab) - 3,
+                                            else "off", len(data.held_out), len(args.vocab) - 3,
                                             time.perf_counter() - t_load))
     budget = args.minutes * 60 if args.minutes else None
     max_steps = args.steps or None
