@@ -88,7 +88,7 @@ def main():
             d = os.path.join(base, "g%g" % g)
             if name == "ddpm" and not (a.reuse and os.path.exists(os.path.join(d, "grid.png"))):
                 cmd = [a.ddpm, "sample", "--run", a.run, "--prompts", a.prompts, "-n", str(a.n), "--guidance", "%g" % g,
-                       "-o", d, "--quiet", "--force"]
+                       "-o", d, "--quiet"]
                 if a.threads:
                     cmd += ["--threads", str(a.threads)]
                 t0 = time.time()
