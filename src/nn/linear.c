@@ -1,18 +1,26 @@
 /* linear: out (N,OUT) = inp (N,IN) . w (OUT,IN)^T + bias (OUT), PyTorch weight layout.
- */
+ * Layers that share their input and whose weights follow each other in the parameter block
+ * (q, k and v) are one linear layer of their summed widths: one GEMM instead of several. */
 #include "ddpm/nn.h"
 #include "ddpm/gemm.h"
+#include "par.h"
 
+/* With a bias, out's rows start as the bias and the product is added (beta = 1): for a
+ * large product OpenBLAS would otherwise clear out first (beta = 0) and the bias would be a
+ * third pass over it. */
 void linear_forward(float *out, const float *inp, const float *w, const float *bias, int N, int IN,
                     int OUT) {
-    gemm(0, 1, N, OUT, IN, 1.0f, inp, IN, w, IN, 0.0f, out, OUT);
-    if (!bias) return;
-#pragma omp parallel for schedule(static) if ((size_t)N * OUT > 65536)
+    if (!bias) {
+        gemm(0, 1, N, OUT, IN, 1.0f, inp, IN, w, IN, 0.0f, out, OUT);
+        return;
+    }
+#pragma omp parallel for schedule(static) if ((size_t)N * OUT > PAR_MIN)
     for (int n = 0; n < N; n++) {
         float *o = out + (size_t)n * OUT;
 #pragma omp simd
-        for (int j = 0; j < OUT; j++) o[j] += bias[j];
+        for (int j = 0; j < OUT; j++) o[j] = bias[j];
     }
+    gemm(0, 1, N, OUT, IN, 1.0f, inp, IN, w, IN, 1.0f, out, OUT);
 }
 
 /* dinp (N,IN) += dout . w; dw (OUT,IN) += dout^T . inp; dbias (OUT) += column sums of dout.
