@@ -534,49 +534,50 @@ typedef struct {
     MhaShape s;
     int self;            /* xkv is xq */
     uint8_t *keep;
-    float *xq, *xkv, *wq, *wk, *wv, *wo, *bo;
-    float *q, *k, *v, *att, *o, *out, *scratch;
-    float *dxq, *dxkv, *dwq, *dwk, *dwv, *dwo, *dbo, *R;
+    float *xq, *xkv, *w, *wq, *wk, *wv, *wo, *bo; /* wq, wk, wv: one after the other in w */
+    float *qkv, *att, *o, *out, *scratch;
+    float *dxq, *dxkv, *dw, *dwq, *dwk, *dwv, *dwo, *dbo, *R;
 } MhaCtx;
 static void mha_fwd_c(void *p) {
     MhaCtx *c = p;
-    mha_forward(c->out, c->q, c->k, c->v, c->att, c->o, c->xq, c->self ? c->xq : c->xkv, c->keep, c->wq, c->wk, c->wv,
-                c->wo, c->bo, c->s);
+    mha_forward(c->out, c->qkv, c->att, c->o, c->xq, c->self ? c->xq : c->xkv, c->keep, c->w, c->wo, c->bo, c->s);
 }
 static void mha_bwd_c(void *p) {
     MhaCtx *c = p;
-    mha_backward(c->dxq, c->self ? c->dxq : c->dxkv, c->dwq, c->dwk, c->dwv, c->dwo, c->dbo, c->R, c->xq,
-                 c->self ? c->xq : c->xkv, c->wq, c->wk, c->wv, c->wo, c->q, c->k, c->v, c->att, c->o, c->s,
-                 c->scratch);
+    mha_backward(c->dxq, c->self ? c->dxq : c->dxkv, c->dw, c->dwo, c->dbo, c->R, c->xq, c->self ? c->xq : c->xkv, c->w,
+                 c->wo, c->qkv, c->att, c->o, c->s, c->scratch);
 }
 
 static void mha_init(MhaCtx *c, MhaShape s, int self, const uint8_t *keep) {
     memset(c, 0, sizeof *c);
     c->s = s, c->self = self;
-    size_t nq = (size_t)s.B * s.N * s.C, nkv = (size_t)s.B * s.L * s.Ckv, nk = (size_t)s.B * s.L * s.C;
+    size_t nq = (size_t)s.B * s.N * s.C, nkv = (size_t)s.B * s.L * s.Ckv;
     if (keep) {
         c->keep = malloc((size_t)s.B * s.L);
         memcpy(c->keep, keep, (size_t)s.B * s.L);
     }
     c->xq = alloc_rand(nq, 1.5f, 0);
     c->xkv = alloc_rand(nkv, 1.5f, 0);
-    c->wq = alloc_rand((size_t)s.C * s.C, 1.2f / sqrtf((float)s.C), 0);
-    c->wk = alloc_rand((size_t)s.C * s.Ckv, 1.2f / sqrtf((float)s.Ckv), 0);
-    c->wv = alloc_rand((size_t)s.C * s.Ckv, 1.0f / sqrtf((float)s.Ckv), 0);
+    const size_t nwq = (size_t)s.C * s.C, nwk = (size_t)s.C * s.Ckv;
+    c->w = alloc0(nwq + 2 * nwk), c->wq = c->w, c->wk = c->wq + nwq, c->wv = c->wk + nwk;
+    c->dw = alloc0(nwq + 2 * nwk), c->dwq = c->dw, c->dwk = c->dwq + nwq, c->dwv = c->dwk + nwk;
+    float *wq = alloc_rand(nwq, 1.2f / sqrtf((float)s.C), 0), *wk = alloc_rand(nwk, 1.2f / sqrtf((float)s.Ckv), 0),
+          *wv = alloc_rand(nwk, 1.0f / sqrtf((float)s.Ckv), 0);
+    memcpy(c->wq, wq, nwq * 4), memcpy(c->wk, wk, nwk * 4), memcpy(c->wv, wv, nwk * 4);
+    free(wq), free(wk), free(wv);
     c->wo = alloc_rand((size_t)s.C * s.C, 1.0f / sqrtf((float)s.C), 0);
     c->bo = alloc_rand(s.C, 0.5f, 0);
-    c->q = alloc0(nq), c->k = alloc0(nk), c->v = alloc0(nk), c->o = alloc0(nq), c->out = alloc0(nq);
+    c->qkv = alloc0(mha_qkv_floats(s)), c->o = alloc0(nq), c->out = alloc0(nq);
     c->att = alloc0(mha_att_floats(s));
     c->scratch = alloc0(mha_scratch(s));
     c->dxq = alloc0(nq), c->dxkv = alloc0(nkv);
-    c->dwq = alloc0((size_t)s.C * s.C), c->dwk = alloc0((size_t)s.C * s.Ckv), c->dwv = alloc0((size_t)s.C * s.Ckv);
     c->dwo = alloc0((size_t)s.C * s.C), c->dbo = alloc0(s.C);
     c->R = alloc_rand(nq, 1, 0);
 }
 static void mha_free_c(MhaCtx *c) {
-    free(c->keep), free(c->xq), free(c->xkv), free(c->wq), free(c->wk), free(c->wv), free(c->wo), free(c->bo);
-    free(c->q), free(c->k), free(c->v), free(c->att), free(c->o), free(c->out), free(c->scratch);
-    free(c->dxq), free(c->dxkv), free(c->dwq), free(c->dwk), free(c->dwv), free(c->dwo), free(c->dbo), free(c->R);
+    free(c->keep), free(c->xq), free(c->xkv), free(c->w), free(c->wo), free(c->bo);
+    free(c->qkv), free(c->att), free(c->o), free(c->out), free(c->scratch);
+    free(c->dxq), free(c->dxkv), free(c->dw), free(c->dwo), free(c->dbo), free(c->R);
 }
 
 /* out (B,N,C) and att (B,heads,N,L) in double, written out from the definition */
