@@ -528,6 +528,35 @@ static void test_ff(int N, int C, int H, int geglu) {
     free(c.dinp), free(c.dw1), free(c.db1), free(c.dw2), free(c.db2), free(c.R);
 }
 
+#ifdef _OPENMP
+/* GEGLU by blocks of rows: the same bits with 1 and 3 OpenMP threads, with blocks >= threads
+ * (each thread runs whole blocks) and fewer (blocks in turn, GEMMs spread) */
+static void test_geglu_threads(int N, int I) {
+    const int C = 6;
+    float *inp = alloc_rand((size_t)N * C, 1.5f, 0), *w1 = alloc_rand((size_t)2 * I * C, 0.4f, 0), *b1 = alloc_rand(2 * I, 0.5f, 0);
+    float *w2 = alloc_rand((size_t)C * I, 0.05f, 0), *b2 = alloc_rand(C, 0.5f, 0), *dout = alloc_rand((size_t)N * C, 1, 0);
+    float *proj = alloc0((size_t)N * 2 * I), *gated = alloc0((size_t)N * I), *scr = alloc0(geglu_scratch(N, I));
+    const int nthr[3] = {1, 3, 2}, nt = omp_get_max_threads();
+    float *o[3], *di[3], *dw1[3], *dw2[3];
+    for (int r = 0; r < 3; r++) {
+        omp_set_num_threads(nthr[r]);
+        o[r] = alloc0((size_t)N * C), di[r] = alloc0((size_t)N * C), dw1[r] = alloc0((size_t)2 * I * C), dw2[r] = alloc0((size_t)C * I);
+        float *db1 = alloc0(2 * I), *db2 = alloc0(C);
+        geglu_forward(o[r], proj, gated, inp, w1, b1, w2, b2, N, C, I);
+        geglu_backward(di[r], dw1[r], db1, dw2[r], db2, dout, inp, w1, w2, proj, gated, N, C, I, scr);
+        free(db1), free(db2);
+    }
+    omp_set_num_threads(nt);
+    int same = 1;
+    for (int r = 1; r < 3; r++)
+        same &= !memcmp(o[0], o[r], (size_t)N * C * 4) && !memcmp(di[0], di[r], (size_t)N * C * 4) &&
+                !memcmp(dw1[0], dw1[r], (size_t)2 * I * C * 4) && !memcmp(dw2[0], dw2[r], (size_t)C * I * 4);
+    T_OK(same, "geglu N%d I%d (blocks of rows): identical out, dinp, dw1, dw2 with 1, 3 and 2 OpenMP threads", N, I);
+    for (int r = 0; r < 3; r++) free(o[r]), free(di[r]), free(dw1[r]), free(dw2[r]);
+    free(inp), free(w1), free(b1), free(w2), free(b2), free(dout), free(proj), free(gated), free(scr);
+}
+#endif
+
 /* ---- multi-head attention ----------------------------------------------------------------- */
 
 typedef struct {
@@ -1192,6 +1221,10 @@ int main(void) {
     test_gelu();
     test_ff(5, 6, 12, 0);
     test_ff(5, 6, 10, 1);
+    test_ff(150, 6, 512, 1); /* GEGLU in blocks of 64 rows: 64, 64, 22 */
+#ifdef _OPENMP
+    test_geglu_threads(150, 512);
+#endif
     printf("multi-head attention\n");
     const uint8_t keep_self[10] = {1, 1, 1, 1, 1, 1, 0, 1, 1, 0};
     test_mha(2, 5, 8, 5, 8, 2, 1, NULL, "self");
