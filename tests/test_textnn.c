@@ -669,10 +669,17 @@ static void test_mha(int B, int N, int C, int L, int Ckv, int heads, int self, c
     double *ro = malloc(nq * sizeof(double)), *ra = malloc(mha_att_floats(s) * sizeof(double));
     mha_ref(ro, ra, &c);
     mha_fwd_c(&c);
-    double eo = max_rel(c.out, ro, nq), ea = max_rel(c.att, ra, mha_att_floats(s));
+    /* att in the reference's order (b, h, n, l), from where mha_att_index keeps it */
+    float *att = alloc0(mha_att_floats(s));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int n = 0; n < N; n++)
+                for (int l = 0; l < L; l++) att[(((size_t)b * heads + h) * N + n) * L + l] = c.att[mha_att_index(s, b, h, n, l)];
+    double eo = max_rel(c.out, ro, nq), ea = max_rel(att, ra, mha_att_floats(s));
     T_OK(eo < 2e-6 && ea < 2e-6 && all_finite(c.out, nq) && all_finite(c.att, mha_att_floats(s)),
-         "%s: forward vs direct double, max rel err out %.2e att %.2e, finite", name, eo, ea);
-    free(ro), free(ra);
+         "%s: forward vs direct double, max rel err out %.2e att %.2e (%s), finite", name, eo, ea,
+         L < N ? "att key-major" : "att query-major");
+    free(ro), free(ra), free(att);
     if (keep) {
         /* masked keys have weight 0; an item with every key masked: att 0, out = bo exactly */
         int bad_w = 0, bad_empty = 0, n_empty = 0;
@@ -682,7 +689,7 @@ static void test_mha(int B, int N, int C, int L, int Ckv, int heads, int self, c
             for (int h = 0; h < heads; h++)
                 for (int n = 0; n < N; n++)
                     for (int l = 0; l < L; l++)
-                        bad_w += !keep[b * L + l] && c.att[(((size_t)b * heads + h) * N + n) * L + l] != 0.0f;
+                        bad_w += !keep[b * L + l] && c.att[mha_att_index(s, b, h, n, l)] != 0.0f;
             if (any) continue;
             n_empty++;
             for (int n = 0; n < N; n++)
@@ -726,8 +733,8 @@ static void test_mha(int B, int N, int C, int L, int Ckv, int heads, int self, c
 #ifdef _OPENMP
 /* the same bits with 1 and 3 OpenMP threads, with items >= threads (per-thread GEMMs) and
  * fewer (GEMMs and softmax rows spread) */
-static void test_mha_threads(int B, int heads) {
-    MhaShape s = mha_shape(B, 40, 24, 12, 20, heads);
+static void test_mha_threads(int B, int heads, int N) {
+    MhaShape s = mha_shape(B, N, 24, 12, 20, heads);
     uint8_t *keep = malloc((size_t)B * 12);
     for (int i = 0; i < B * 12; i++) keep[i] = (i % 12) < 12 - (i / 12) % 5;
     MhaCtx c;
@@ -745,7 +752,7 @@ static void test_mha_threads(int B, int heads) {
     omp_set_num_threads(nt);
     T_OK(!memcmp(o[0], o[1], nq * 4) && !memcmp(dq[0], dq[1], nq * 4) && !memcmp(dkv[0], dkv[1], nkv * 4) &&
              !memcmp(dwk[0], dwk[1], (size_t)s.C * s.Ckv * 4),
-         "mha B%d heads %d (%d items): identical out, dxq, dxkv, dwk with 1 and 3 OpenMP threads", B, heads, B * heads);
+         "mha B%d N%d heads %d (%d items): identical out, dxq, dxkv, dwk with 1 and 3 OpenMP threads", B, N, heads, B * heads);
     for (int r = 0; r < 2; r++) free(o[r]), free(dq[r]), free(dkv[r]), free(dwk[r]);
     free(keep);
     mha_free_c(&c);
@@ -1232,9 +1239,12 @@ int main(void) {
     const uint8_t keep_cross[12] = {1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0};
     test_mha(3, 6, 8, 4, 6, 2, 0, keep_cross, "cross masked, one caption empty");
     test_mha(1, 7, 12, 3, 5, 3, 0, NULL, "cross");
+    const uint8_t keep_long[10] = {1, 1, 1, 0, 1, 1, 0, 0, 0, 0};
+    test_mha(2, 300, 8, 5, 6, 2, 0, keep_long, "cross masked, 300 queries (key-major att)");
 #ifdef _OPENMP
-    test_mha_threads(4, 2);
-    test_mha_threads(1, 2);
+    test_mha_threads(4, 2, 40);
+    test_mha_threads(1, 2, 40);
+    test_mha_threads(1, 1, 600); /* one item: the key-major softmax split in 256-query parts */
 #endif
     printf("text encoder\n");
     test_text_encoder();

@@ -75,7 +75,8 @@ void geglu_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2,
  *   q = xq wq^T (B,N,C), k = xkv wk^T, v = xkv wv^T (B,L,C)    wq (C,C), wk, wv (C,Ckv)
  *   per head h (columns h*dh .. h*dh+dh-1, dh = C/heads):
  *     att[b,h] (N,L) = softmax over keys of q_h k_h^T / sqrt(dh), keys with keep[b,l] = 0
- *                      at -inf; a row whose keys are all masked is all zeros (not NaN)
+ *                      at -inf; a row whose keys are all masked is all zeros (not NaN);
+ *                      stored transposed, (L,N), when L < N (see mha_att_index)
  *     o_h = att[b,h] v_h                                          o (B,N,C)
  *   out (B,N,C) = o wo (C,C)^T + bo (C)
  * A query whose keys are all masked gets bo alone: its row of o is 0, so its gradient reaches
@@ -93,6 +94,9 @@ typedef struct {
 MhaShape mha_shape(int B, int N, int C, int L, int Ckv, int heads);
 /* floats of att: B*heads*N*L */
 size_t mha_att_floats(MhaShape s);
+/* Where att[b,h][n,l] (query n, key l) is stored: query-major (N,L) per (b,h), or key-major
+ * (L,N) when L < N (a short context: the softmax then runs along the queries). */
+size_t mha_att_index(MhaShape s, int b, int h, int n, int l);
 /* floats of qkv: B*N*C + 2*B*L*C */
 size_t mha_qkv_floats(MhaShape s);
 /* floats of backward scratch: dO (B,N,C), dqkv and an N x L matrix per processor */

@@ -8,7 +8,12 @@
  * Heads are column blocks of q, k, v, o: head h is columns h*dh .. h*dh+dh-1 of a row,
  * read and written in place through the GEMMs' leading dimension (ldq for q, ldkv for k
  * and v), so no transposes. A work item is one (image, head): two GEMMs forward, four
- * backward, on att[b,h] (N,L).
+ * backward, on att[b,h].
+ *
+ * att[b,h] is query-major (N,L), one softmax per row, unless the keys are fewer than the
+ * queries (cross-attention to a short caption): then it is key-major (L,N) and the softmax
+ * of each query runs down a column, 16 queries per vector step. A row of a dozen keys would
+ * be shorter than one vector and leave every exp to scalar code.
  *
  * With at least as many items as threads, each OpenMP thread takes whole items and runs
  * their GEMMs on itself (par.h); with fewer, the items go one after the other with the GEMMs
@@ -34,6 +39,13 @@ MhaShape mha_shape(int B, int N, int C, int L, int Ckv, int heads) {
 }
 
 size_t mha_att_floats(MhaShape s) { return (size_t)s.B * s.heads * s.N * s.L; }
+
+static int key_major(MhaShape s);
+
+size_t mha_att_index(MhaShape s, int b, int h, int n, int l) {
+    const size_t item = ((size_t)b * s.heads + h) * s.N * s.L;
+    return item + (key_major(s) ? (size_t)l * s.N + n : (size_t)n * s.L + l);
+}
 
 size_t mha_qkv_floats(MhaShape s) { return (size_t)s.B * s.N * s.C + (size_t)2 * s.B * s.L * s.C; }
 
@@ -74,6 +86,71 @@ static inline void softmax_row(float *r, const uint8_t *keep, int L) {
     for (int j = 0; j < L; j++) r[j] *= inv;
 }
 
+/* The columns [i0, i1) of A (L,N), key-major, := their softmax down each column; rows j with
+ * keep[j] = 0 get 0; with no key kept the columns are 0. mx, sum: N floats of scratch. */
+static void softmax_cols(float *A, const uint8_t *keep, int L, int N, int i0, int i1, float *mx, float *sum) {
+    int any = 0;
+    for (int j = 0; j < L; j++) any |= !keep || keep[j];
+    if (!any) {
+        for (int j = 0; j < L; j++) memset(A + (size_t)j * N + i0, 0, (size_t)(i1 - i0) * sizeof(float));
+        return;
+    }
+    for (int i = i0; i < i1; i++) mx[i] = -INFINITY, sum[i] = 0.0f;
+    for (int j = 0; j < L; j++) {
+        if (keep && !keep[j]) continue;
+        const float *a = A + (size_t)j * N;
+#pragma omp simd
+        for (int i = i0; i < i1; i++) mx[i] = a[i] > mx[i] ? a[i] : mx[i];
+    }
+    for (int j = 0; j < L; j++) {
+        float *a = A + (size_t)j * N;
+        if (keep && !keep[j]) {
+            memset(a + i0, 0, (size_t)(i1 - i0) * sizeof(float));
+            continue;
+        }
+#pragma omp simd
+        for (int i = i0; i < i1; i++) {
+            a[i] = nn_expf(a[i] - mx[i]);
+            sum[i] += a[i];
+        }
+    }
+#pragma omp simd
+    for (int i = i0; i < i1; i++) sum[i] = 1.0f / sum[i];
+    for (int j = 0; j < L; j++) {
+        if (keep && !keep[j]) continue;
+        float *a = A + (size_t)j * N;
+#pragma omp simd
+        for (int i = i0; i < i1; i++) a[i] *= sum[i];
+    }
+}
+
+/* The backward of softmax_cols on D (L,N) := A * (D - column sums of D * A) * scale; dot: N
+ * floats of scratch */
+static void softmax_bwd_cols(float *D, const float *A, int L, int N, int i0, int i1, float scale, float *dot) {
+    for (int i = i0; i < i1; i++) dot[i] = 0.0f;
+    for (int j = 0; j < L; j++) {
+        const float *d = D + (size_t)j * N, *a = A + (size_t)j * N;
+#pragma omp simd
+        for (int i = i0; i < i1; i++) dot[i] += d[i] * a[i];
+    }
+    for (int j = 0; j < L; j++) {
+        float *d = D + (size_t)j * N;
+        const float *a = A + (size_t)j * N;
+#pragma omp simd
+        for (int i = i0; i < i1; i++) d[i] = a[i] * (d[i] - dot[i]) * scale;
+    }
+}
+
+/* N floats per thread for the column softmax */
+static float *col_scratch(int n) {
+    static __thread float *buf;
+    static __thread size_t cap;
+    return grow_buffer(&buf, &cap, (size_t)2 * n);
+}
+
+/* Columns per parallel part of the column softmax (par): 256 */
+#define COL_PART 256
+
 /* d (L) := a * (d - <d, a>) * scale: a softmax row's backward (masked a = 0 give 0) */
 static inline void softmax_bwd_row(float *d, const float *a, int L, float scale) {
     float dot = 0.0f;
@@ -89,12 +166,28 @@ typedef struct {
     int ldq, ldkv;
 } Qkv;
 
-/* One (image b, head h); par: split the softmax rows over the threads. */
+static int key_major(MhaShape s) { return s.L < s.N; }
+
+/* One (image b, head h); par: split the softmax rows (columns) over the threads. */
 static void fwd_item(float *o, float *A, Qkv x, const uint8_t *keep, MhaShape s, int b, int h, float scale, int par) {
     const int N = s.N, L = s.L, C = s.C, dh = C / s.heads;
     const float *qh = x.q + (size_t)b * N * x.ldq + h * dh, *kh = x.k + (size_t)b * L * x.ldkv + h * dh,
                 *vh = x.v + (size_t)b * L * x.ldkv + h * dh;
     const uint8_t *kb = keep ? keep + (size_t)b * L : NULL;
+    if (key_major(s)) {
+        /* A (L,N) = scale * k_h (L,dh) . q_h (N,dh)^T */
+        gemm(0, 1, L, N, dh, scale, kh, x.ldkv, qh, x.ldq, 0.0f, A, N);
+        const int parts = (N + COL_PART - 1) / COL_PART;
+#pragma omp parallel for schedule(static) if (par && parts > 1 && (size_t)N * L > PAR_MIN / 2)
+        for (int p = 0; p < parts; p++) {
+            float *t = col_scratch(N);
+            const int i1 = (p + 1) * COL_PART < N ? (p + 1) * COL_PART : N;
+            softmax_cols(A, kb, L, N, p * COL_PART, i1, t, t + N);
+        }
+        /* o_h (N,dh) = A^T (N,L) . v_h (L,dh) */
+        gemm(1, 0, N, dh, L, 1.0f, A, N, vh, x.ldkv, 0.0f, o + (size_t)b * N * C + h * dh, C);
+        return;
+    }
     /* A (N,L) = scale * q_h (N,dh) . k_h (L,dh)^T */
     gemm(0, 1, N, L, dh, scale, qh, x.ldq, kh, x.ldkv, 0.0f, A, L);
 #pragma omp parallel for schedule(static) if (par && (size_t)N * L > PAR_MIN / 2)
@@ -124,6 +217,21 @@ static void bwd_item(float *dq, float *dk, float *dv, const float *dO, Qkv x, co
                      int b, int h, float scale, int par) {
     const int N = s.N, L = s.L, C = s.C, dh = C / s.heads, lq = x.ldq, lk = x.ldkv;
     const size_t qo = (size_t)b * N * lq + h * dh, ko = (size_t)b * L * lk + h * dh, oo = (size_t)b * N * C + h * dh;
+    if (key_major(s)) { /* A, D (L,N) */
+        /* D (L,N) = v_h (L,dh) . dO_h (N,dh)^T;  dv_h (L,dh) += A (L,N) . dO_h (N,dh) */
+        gemm(0, 1, L, N, dh, 1.0f, x.v + ko, lk, dO + oo, C, 0.0f, D, N);
+        gemm(0, 0, L, dh, N, 1.0f, A, N, dO + oo, C, 1.0f, dv + ko, lk);
+        const int parts = (N + COL_PART - 1) / COL_PART;
+#pragma omp parallel for schedule(static) if (par && parts > 1 && (size_t)N * L > PAR_MIN / 2)
+        for (int p = 0; p < parts; p++) {
+            const int i1 = (p + 1) * COL_PART < N ? (p + 1) * COL_PART : N;
+            softmax_bwd_cols(D, A, L, N, p * COL_PART, i1, scale, col_scratch(N));
+        }
+        /* dq_h (N,dh) += D^T (N,L) . k_h (L,dh);  dk_h (L,dh) += D (L,N) . q_h (N,dh) */
+        gemm(1, 0, N, dh, L, 1.0f, D, N, x.k + ko, lk, 1.0f, dq + qo, lq);
+        gemm(0, 0, L, dh, N, 1.0f, D, N, x.q + qo, lq, 1.0f, dk + ko, lk);
+        return;
+    }
     /* D (N,L) = dO_h (N,dh) . v_h (L,dh)^T */
     gemm(0, 1, N, L, dh, 1.0f, dO + oo, C, x.v + ko, lk, 0.0f, D, L);
     /* dv_h (L,dh) += A^T (L,N) . dO_h (N,dh) */
