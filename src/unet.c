@@ -417,14 +417,13 @@ static size_t alloc_acts(UNet *u, Arena *a) {
     }
     /* the scratch buffers and their roles: see UNetScratch in unet.h */
     float *buf[5] = {NULL};
-    ACT(buf[0], scr_n);
     if (tr) { /* buffers 1 to 3 are one run, for d_qkv */
+        ACT(buf[0], scr_n);
         ACT(buf[1], 3 * scr_n);
         buf[2] = buf[1] + scr_n, buf[3] = buf[2] + scr_n;
         ACT(buf[4], scr_n);
     }
     UNetScratch *sc = &u->scr;
-    sc->shortcut = buf[0];
     if (tr) {
         sc->d_a2 = sc->d_a1 = sc->d_o = sc->d_up = sc->d_a = buf[0];
         sc->d_h1 = sc->d_qkv = buf[1];
@@ -603,13 +602,14 @@ static float *grad(const UNet *u, int i) { return u->P[i].frozen ? NULL : u->gra
 /* The adapters on weight i, NULL when none. */
 static const LoraSlot *slot(const UNet *u, int i) { return u->lora && u->lora->slot[i].n ? &u->lora->slot[i] : NULL; }
 
-/* out (N,n*OUT) = inp (N,IN) [W_0; ..; W_n-1]^T + [b_0 .. b_n-1] (+ each layer's adapters'
- * s·(inp A^T) B^T in its column block): n layers of one input whose weights and biases
- * follow each other in the parameter block (linear_params_joined), one GEMM; n = 1: one
- * layer. */
-static void linears_fwd(const UNet *u, float *out, const float *inp, const LinearParams *l, int n, int N, int IN, int OUT) {
+/* out (N,n*OUT) = res + inp (N,IN) [W_0; ..; W_n-1]^T + [b_0 .. b_n-1] (+ each layer's
+ * adapters' s·(inp A^T) B^T in its column block): n layers of one input whose weights and
+ * biases follow each other in the parameter block (linear_params_joined), one GEMM; n = 1:
+ * one layer. res: a residual stream the GEMM sums into out (NULL: none; may be out). */
+static void linears_fwd(const UNet *u, float *out, const float *res, const float *inp, const LinearParams *l, int n, int N,
+                        int IN, int OUT) {
     const int W = n * OUT;
-    PROF(PROF_GEMM, linear_forward(out, inp, par(u, l[0].w), par(u, l[0].b), N, IN, W));
+    PROF(PROF_GEMM, linear_residual_forward(out, res, inp, par(u, l[0].w), par(u, l[0].b), N, IN, W));
     for (int i = 0; i < n; i++) {
         const LoraSlot *sl = slot(u, l[i].w);
         if (!sl) continue;
@@ -622,7 +622,7 @@ static void linears_fwd(const UNet *u, float *out, const float *inp, const Linea
 }
 
 static void linear_fwd(const UNet *u, float *out, const float *inp, LinearParams l, int N, int IN, int OUT) {
-    linears_fwd(u, out, inp, &l, 1, N, IN, OUT);
+    linears_fwd(u, out, NULL, inp, &l, 1, N, IN, OUT);
 }
 
 /* The backward of linears_fwd: dinp (N,IN) += ... (dinp may be NULL), dW, db += ... of the
@@ -730,9 +730,9 @@ static void res_forward(UNet *u, int i, const float *x, int B) {
     norm_fwd(u, r->a2, r->mean2, r->rstd2, r->h1, r->norm2, B, HW, b->cout, 1);
     if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, r->a2, B, (size_t)HW * b->cout));
     conv_fwd(u, b->out, r->a2, r->conv2, conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1));
-    if (r->has_shortcut) {
-        linear_fwd(u, u->scr.shortcut, x, conv1x1_as_linear(r->nin_shortcut), B * HW, b->cin, b->cout);
-        PROF(PROF_ELEM, add_inplace(b->out, u->scr.shortcut, nout));
+    if (r->has_shortcut) { /* out += nin_shortcut(x), summed by its GEMM */
+        LinearParams sc = conv1x1_as_linear(r->nin_shortcut);
+        linears_fwd(u, b->out, b->out, x, &sc, 1, B * HW, b->cin, b->cout);
     } else {
         PROF(PROF_ELEM, add_inplace(b->out, x, nout));
     }
@@ -743,10 +743,9 @@ static void attn_forward(UNet *u, Block *b, const float *x, int B) {
     AttnBlock *a = &b->attn;
     int N = b->H * b->W, C = b->cin, BN = B * N;
     norm_fwd(u, a->hn, a->mean, a->rstd, x, a->norm, B, N, C, 0);
-    linears_fwd(u, a->qkv, a->hn, a->qkv_p, 3, BN, C, C);
+    linears_fwd(u, a->qkv, NULL, a->hn, a->qkv_p, 3, BN, C, C);
     PROF(PROF_ATTN, attention_forward(a->o, a->att, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C, B, N, C));
-    linear_fwd(u, b->out, a->o, a->proj_out, BN, C, C);
-    PROF(PROF_ELEM, add_inplace(b->out, x, (size_t)BN * C));
+    linears_fwd(u, b->out, x, a->o, &a->proj_out, 1, BN, C, C); /* out = x + proj_out(o) */
 }
 
 void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) { unet_forward_cond(u, out, x, t, NULL, B); }

@@ -458,12 +458,13 @@ static double gelu_d(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
 
 typedef struct {
     int N, C, H, geglu; /* geglu: H is the inner width I, w1 is (2I,C) */
+    float *res;         /* the residual stream out adds to (a constant here) */
     float *inp, *w1, *b1, *w2, *b2, *out, *s1, *s2, *scratch, *dinp, *dw1, *db1, *dw2, *db2, *R;
 } FfCtx;
 static void ff_fwd(void *p) {
     FfCtx *c = p;
-    if (c->geglu) geglu_forward(c->out, c->s1, c->s2, c->inp, c->w1, c->b1, c->w2, c->b2, c->N, c->C, c->H);
-    else mlp_forward(c->out, c->s1, c->s2, c->inp, c->w1, c->b1, c->w2, c->b2, c->N, c->C, c->H);
+    if (c->geglu) geglu_forward(c->out, c->s1, c->s2, c->res, c->inp, c->w1, c->b1, c->w2, c->b2, c->N, c->C, c->H);
+    else mlp_forward(c->out, c->s1, c->s2, c->res, c->inp, c->w1, c->b1, c->w2, c->b2, c->N, c->C, c->H);
 }
 static void ff_bwd(void *p) {
     FfCtx *c = p;
@@ -481,6 +482,7 @@ static void test_ff(int N, int C, int H, int geglu) {
     FfCtx c = {.N = N, .C = C, .H = H, .geglu = geglu};
     const int H1 = geglu ? 2 * H : H; /* rows of w1 */
     c.inp = alloc_rand((size_t)N * C, 1.5f, 0);
+    c.res = alloc_rand((size_t)N * C, 1.0f, 0);
     c.w1 = alloc_rand((size_t)H1 * C, 1.0f / sqrtf((float)C), 0);
     c.b1 = alloc_rand(H1, 0.5f, 0);
     c.w2 = alloc_rand((size_t)C * H, 1.0f / sqrtf((float)H), 0);
@@ -509,12 +511,12 @@ static void test_ff(int N, int C, int H, int geglu) {
         for (int o = 0; o < C; o++) {
             double a = c.b2[o];
             for (int j = 0; j < H; j++) a += hid[j] * c.w2[(size_t)o * H + j];
-            ref[n * C + o] = a;
+            ref[n * C + o] = a + c.res[n * C + o];
         }
     }
     ff_fwd(&c);
     double e = max_rel(c.out, ref, (size_t)N * C);
-    T_OK(e < 2e-6, "%s: forward vs double, max rel err %.2e", name, e);
+    T_OK(e < 2e-6, "%s: forward (onto a residual) vs double, max rel err %.2e", name, e);
     free(ref), free(hid);
     GradCase g = {name, ff_fwd, ff_bwd, &c, c.out, c.R, (size_t)N * C,
                   {{"inp", c.inp, c.dinp, (size_t)N * C},
@@ -524,8 +526,8 @@ static void test_ff(int N, int C, int H, int geglu) {
                    {"b2", c.b2, c.db2, (size_t)C}},
                   5, NULL, NULL, 0};
     grad_check(&g);
-    free(c.inp), free(c.w1), free(c.b1), free(c.w2), free(c.b2), free(c.out), free(c.s1), free(c.s2), free(c.scratch);
-    free(c.dinp), free(c.dw1), free(c.db1), free(c.dw2), free(c.db2), free(c.R);
+    free(c.inp), free(c.res), free(c.w1), free(c.b1), free(c.w2), free(c.b2), free(c.out), free(c.s1), free(c.s2);
+    free(c.scratch), free(c.dinp), free(c.dw1), free(c.db1), free(c.dw2), free(c.db2), free(c.R);
 }
 
 #ifdef _OPENMP
@@ -542,7 +544,7 @@ static void test_geglu_threads(int N, int I) {
         omp_set_num_threads(nthr[r]);
         o[r] = alloc0((size_t)N * C), di[r] = alloc0((size_t)N * C), dw1[r] = alloc0((size_t)2 * I * C), dw2[r] = alloc0((size_t)C * I);
         float *db1 = alloc0(2 * I), *db2 = alloc0(C);
-        geglu_forward(o[r], proj, gated, inp, w1, b1, w2, b2, N, C, I);
+        geglu_forward(o[r], proj, gated, NULL, inp, w1, b1, w2, b2, N, C, I);
         geglu_backward(di[r], dw1[r], db1, dw2[r], db2, dout, inp, w1, w2, proj, gated, N, C, I, scr);
         free(db1), free(db2);
     }
@@ -564,12 +566,13 @@ typedef struct {
     int self;            /* xkv is xq */
     uint8_t *keep;
     float *xq, *xkv, *w, *wq, *wk, *wv, *wo, *bo; /* wq, wk, wv: one after the other in w */
+    float *res;          /* the residual stream out adds to (a constant here) */
     float *qkv, *att, *o, *out, *scratch;
     float *dxq, *dxkv, *dw, *dwq, *dwk, *dwv, *dwo, *dbo, *R;
 } MhaCtx;
 static void mha_fwd_c(void *p) {
     MhaCtx *c = p;
-    mha_forward(c->out, c->qkv, c->att, c->o, c->xq, c->self ? c->xq : c->xkv, c->keep, c->w, c->wo, c->bo, c->s);
+    mha_forward(c->out, c->qkv, c->att, c->o, c->res, c->xq, c->self ? c->xq : c->xkv, c->keep, c->w, c->wo, c->bo, c->s);
 }
 static void mha_bwd_c(void *p) {
     MhaCtx *c = p;
@@ -587,6 +590,7 @@ static void mha_init(MhaCtx *c, MhaShape s, int self, const uint8_t *keep) {
     }
     c->xq = alloc_rand(nq, 1.5f, 0);
     c->xkv = alloc_rand(nkv, 1.5f, 0);
+    c->res = alloc_rand(nq, 1.0f, 0);
     const size_t nwq = (size_t)s.C * s.C, nwk = (size_t)s.C * s.Ckv;
     c->w = alloc0(nwq + 2 * nwk), c->wq = c->w, c->wk = c->wq + nwq, c->wv = c->wk + nwk;
     c->dw = alloc0(nwq + 2 * nwk), c->dwq = c->dw, c->dwk = c->dwq + nwq, c->dwv = c->dwk + nwk;
@@ -604,7 +608,7 @@ static void mha_init(MhaCtx *c, MhaShape s, int self, const uint8_t *keep) {
     c->R = alloc_rand(nq, 1, 0);
 }
 static void mha_free_c(MhaCtx *c) {
-    free(c->keep), free(c->xq), free(c->xkv), free(c->w), free(c->wo), free(c->bo);
+    free(c->keep), free(c->xq), free(c->xkv), free(c->res), free(c->w), free(c->wo), free(c->bo);
     free(c->qkv), free(c->att), free(c->o), free(c->out), free(c->scratch);
     free(c->dxq), free(c->dxkv), free(c->dw), free(c->dwo), free(c->dbo), free(c->R);
 }
@@ -651,7 +655,7 @@ static void mha_ref(double *out, double *att, const MhaCtx *c) {
             }
         for (int n = 0; n < s.N; n++)
             for (int j = 0; j < s.C; j++) {
-                double a = c->bo[j];
+                double a = c->bo[j] + c->res[((size_t)b * s.N + n) * s.C + j];
                 for (int i = 0; i < s.C; i++) a += o[n * s.C + i] * c->wo[j * s.C + i];
                 out[((size_t)b * s.N + n) * s.C + j] = a;
             }
@@ -693,10 +697,13 @@ static void test_mha(int B, int N, int C, int L, int Ckv, int heads, int self, c
             if (any) continue;
             n_empty++;
             for (int n = 0; n < N; n++)
-                for (int j = 0; j < C; j++) bad_empty += c.out[((size_t)b * N + n) * C + j] != c.bo[j];
+                for (int j = 0; j < C; j++) {
+                    const size_t i = ((size_t)b * N + n) * C + j;
+                    bad_empty += c.out[i] != c.res[i] + c.bo[j];
+                }
         }
         T_OK(bad_w == 0 && bad_empty == 0,
-             "%s: masked keys get weight 0 (%d not), %d all-masked item(s) give out = to_out bias exactly (%d not)", name,
+             "%s: masked keys get weight 0 (%d not), %d all-masked item(s) give out = residual + to_out bias exactly (%d not)", name,
              bad_w, n_empty, bad_empty);
         /* gradients: masked key rows of xkv exactly 0; all-masked items: dxq 0 */
         memset(c.dxq, 0, nq * 4), memset(c.dxkv, 0, nkv * 4);

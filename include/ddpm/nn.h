@@ -46,6 +46,12 @@ void conv2d_im2col_backward(float *dinp, float *dw, float *dbias, const float *d
  * out (N,OUT) = inp (N,IN) @ w (OUT,IN)^T + bias (OUT); bias may be NULL. */
 void linear_forward(float *out, const float *inp, const float *w, const float *bias, int N, int IN,
                     int OUT);
+/* out (N,OUT) = res (N,OUT) + inp @ w^T + bias: a linear layer at the end of a residual
+ * branch, the sum made by the GEMM rather than a pass of its own. res may be out itself
+ * (out += ...) or NULL (linear_forward); bias may be NULL. The backward is linear_backward's,
+ * and dres += dout. */
+void linear_residual_forward(float *out, const float *res, const float *inp, const float *w, const float *bias, int N,
+                             int IN, int OUT);
 void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, int N, int IN, int OUT);
 

@@ -48,22 +48,24 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 /* erf(x), the function gelu uses (exposed for the tests). */
 float gelu_erf(float x);
 
-/* ---- GELU MLP: out = Linear(H,C)(GELU(Linear(C,H)(inp))) ------------------------------
+/* ---- GELU MLP: out = res + Linear(H,C)(GELU(Linear(C,H)(inp))) ------------------------
  * inp, out (N,C); w1 (H,C), b1 (H), w2 (C,H), b2 (C); saves pre = inp w1^T + b1 and
- * act = GELU(pre), both (N,H). Backward scratch: N*H floats. */
-void mlp_forward(float *out, float *pre, float *act, const float *inp, const float *w1, const float *b1,
-                 const float *w2, const float *b2, int N, int C, int H);
+ * act = GELU(pre), both (N,H). res (N,C) is the residual stream the MLP adds to, summed by
+ * the last GEMM (NULL: none; dres += dout is the caller's). Backward scratch: N*H floats. */
+void mlp_forward(float *out, float *pre, float *act, const float *res, const float *inp, const float *w1,
+                 const float *b1, const float *w2, const float *b2, int N, int C, int H);
 void mlp_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2, const float *dout,
                   const float *inp, const float *w1, const float *w2, const float *pre, const float *act, int N,
                   int C, int H, float *scratch);
 
 /* ---- GEGLU feed-forward (diffusers' FeedForward(activation_fn="geglu")) ----------------
  * proj (N,2I) = inp (N,C) w1 (2I,C)^T + b1 (2I); a = proj[:, :I], gate = proj[:, I:];
- * gated (N,I) = a * GELU(gate); out (N,C) = gated w2 (C,I)^T + b2 (C). proj and gated saved.
+ * gated (N,I) = a * GELU(gate); out (N,C) = res + gated w2 (C,I)^T + b2 (C), res the residual
+ * stream (NULL: none), as for the MLP. proj and gated saved.
  * Backward scratch: geglu_scratch(N, I) = 3 N I floats. */
 size_t geglu_scratch(int N, int I);
-void geglu_forward(float *out, float *proj, float *gated, const float *inp, const float *w1, const float *b1,
-                   const float *w2, const float *b2, int N, int C, int I);
+void geglu_forward(float *out, float *proj, float *gated, const float *res, const float *inp, const float *w1,
+                   const float *b1, const float *w2, const float *b2, int N, int C, int I);
 void geglu_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2, const float *dout,
                     const float *inp, const float *w1, const float *w2, const float *proj, const float *gated,
                     int N, int C, int I, float *scratch);
@@ -109,9 +111,11 @@ void mha_core_forward(float *o, float *att, const float *q, int ldq, const float
  * (procs_capped(64)). */
 void mha_core_backward(float *dq, float *dk, float *dv, const float *dO, const float *q, int ldq, const float *k,
                        const float *v, int ldkv, const float *att, MhaShape s, float *scratch);
-/* Self-attention when xkv == xq (then L = N and Ckv = C). */
-void mha_forward(float *out, float *qkv, float *att, float *o, const float *xq, const float *xkv, const uint8_t *keep,
-                 const float *w, const float *wo, const float *bo, MhaShape s);
+/* Self-attention when xkv == xq (then L = N and Ckv = C). out = res + attention, res (B,N,C)
+ * the residual stream summed by the out-projection's GEMM (NULL: none; dres += dout is the
+ * caller's). */
+void mha_forward(float *out, float *qkv, float *att, float *o, const float *res, const float *xq, const float *xkv,
+                 const uint8_t *keep, const float *w, const float *wo, const float *bo, MhaShape s);
 /* dxq (B,N,C) +=, dxkv (B,L,Ckv) +=, dw (wq, wk, wv), dwo, dbo +=. dxq, dxkv and dw may be
  * NULL; for self-attention they may be the same buffer (both are added into). */
 void mha_backward(float *dxq, float *dxkv, float *dw, float *dwo, float *dbo, const float *dout, const float *xq,

@@ -84,13 +84,12 @@ typedef struct Block Block; /* one U-Net block: see unet.c */
 /* Scratch tensors shared by all blocks, each sized for the largest one. A role lives only
  * inside one block's forward or backward; roles that share a buffer are never live at the
  * same time:
- *   buffer 0: shortcut, d_a2, d_a1, d_o, d_up, d_a    buffer 1: d_h1
+ *   buffer 0: d_a2, d_a1, d_o, d_up, d_a              buffer 1: d_h1
  *   buffer 2: d_tp                                    buffer 3: d_cat
  *   buffers 1-3 (one run, 3x the size): d_qkv         buffer 4: d_hn
- * Without training buffers only buffer 0 exists (shortcut; the d_ roles are NULL).
+ * Without training buffers there are none (every role is NULL).
  * Shapes are those of the block at hand (N = H*W). */
 typedef struct {
-    float *shortcut;            /* ResBlock forward: nin_shortcut(x) (B,H,W,cout) */
     float *d_a2, *d_h1;         /* ResBlock backward: gradients of a2, h1 (B,H,W,cout) */
     float *d_tp;                /* ResBlock backward: gradient of tp (B,cout) */
     float *d_a1;                /* ResBlock backward: gradient of a1 (B,H,W,cin) */

@@ -70,11 +70,11 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n) {
 /* ---- GELU MLP ---------------------------------------------------------------------------- */
 
 /* pre (N,H) = inp (N,C) w1 (H,C)^T + b1; act = GELU(pre); out (N,C) = act w2 (C,H)^T + b2 */
-void mlp_forward(float *out, float *pre, float *act, const float *inp, const float *w1, const float *b1,
-                 const float *w2, const float *b2, int N, int C, int H) {
+void mlp_forward(float *out, float *pre, float *act, const float *res, const float *inp, const float *w1,
+                 const float *b1, const float *w2, const float *b2, int N, int C, int H) {
     linear_forward(pre, inp, w1, b1, N, C, H);
     gelu_forward(act, pre, (size_t)N * H);
-    linear_forward(out, act, w2, b2, N, H, C);
+    linear_residual_forward(out, res, act, w2, b2, N, H, C);
 }
 
 /* dact (N,H) = dout w2 (scratch), then in place dpre = dact * GELU'(pre); the two linear
@@ -136,9 +136,10 @@ static void gate_rows_backward(float *dp, const float *dg, const float *proj, in
     }
 }
 
-/* proj (N,2I) = inp w1^T + b1; gated (N,I) = proj[:, :I] * GELU(proj[:, I:]); out = gated w2^T + b2 */
-void geglu_forward(float *out, float *proj, float *gated, const float *inp, const float *w1, const float *b1,
-                   const float *w2, const float *b2, int N, int C, int I) {
+/* proj (N,2I) = inp w1^T + b1; gated (N,I) = proj[:, :I] * GELU(proj[:, I:]);
+ * out = res + gated w2^T + b2 */
+void geglu_forward(float *out, float *proj, float *gated, const float *res, const float *inp, const float *w1,
+                   const float *b1, const float *w2, const float *b2, int N, int C, int I) {
     const int R = geglu_rows(I), nblk = (N + R - 1) / R, nt = nn_max_threads(), own = nt > 1 && nblk >= nt;
 #pragma omp parallel for schedule(dynamic, 1) if (own)
     for (int k = 0; k < nblk; k++) {
@@ -146,7 +147,7 @@ void geglu_forward(float *out, float *proj, float *gated, const float *inp, cons
         float *pk = proj + (size_t)r0 * 2 * I, *gk = gated + (size_t)r0 * I;
         linear_forward(pk, inp + (size_t)r0 * C, w1, b1, n, C, 2 * I);
         gate_rows(gk, pk, n, I, !own);
-        linear_forward(out + (size_t)r0 * C, gk, w2, b2, n, I, C);
+        linear_residual_forward(out + (size_t)r0 * C, res ? res + (size_t)r0 * C : NULL, gk, w2, b2, n, I, C);
     }
 }
 

@@ -270,8 +270,8 @@ static Qkv qkv_layout(const float *qkv, int self, MhaShape s) {
     return (Qkv){qkv, kv, kv + s.C, s.C, 2 * s.C};
 }
 
-void mha_forward(float *out, float *qkv, float *att, float *o, const float *xq, const float *xkv, const uint8_t *keep,
-                 const float *w, const float *wo, const float *bo, MhaShape s) {
+void mha_forward(float *out, float *qkv, float *att, float *o, const float *res, const float *xq, const float *xkv,
+                 const uint8_t *keep, const float *w, const float *wo, const float *bo, MhaShape s) {
     const int BN = s.B * s.N, BL = s.B * s.L, C = s.C, self = xkv == xq;
     CHECK(!self || (s.L == s.N && s.Ckv == s.C), "mha_forward: self-attention needs L = N and Ckv = C");
     if (self) {
@@ -282,7 +282,7 @@ void mha_forward(float *out, float *qkv, float *att, float *o, const float *xq, 
     }
     const Qkv x = qkv_layout(qkv, self, s);
     mha_core_forward(o, att, x.q, x.ldq, x.k, x.v, x.ldkv, keep, s);
-    linear_forward(out, o, wo, bo, BN, C, C);
+    linear_residual_forward(out, res, o, wo, bo, BN, C, C);
 }
 
 /* scratch: dO (B,N,C), dqkv (the layout of qkv), then the core's N x L matrices */

@@ -115,7 +115,6 @@ void text_encoder_forward(TextEncoder *e, float *states, float *pooled, const fl
                           const uint8_t *keep, int B) {
     CHECK(B > 0 && B <= e->B_max, "text_encoder_forward: batch %d (activations for %d)", B, e->B_max);
     const int L = e->L, d = e->d, BL = B * L;
-    const size_t n = (size_t)BL * d;
     const float *P = params;
     memcpy(e->tok, tok, (size_t)BL * sizeof(int));
     if (keep) memcpy(e->keep, keep, (size_t)BL);
@@ -129,13 +128,11 @@ void text_encoder_forward(TextEncoder *e, float *states, float *pooled, const fl
         float *next = i + 1 < e->layers ? e->layer[i + 1].x : e->xf;
         /* mid = x + Attn(LN1(x)) */
         layernorm_forward(y->ln1, y->m1, y->r1, y->x, P + y->ln1_w, P + y->ln1_b, BL, d);
-        mha_forward(y->mid, y->qkv, y->att, y->o, y->ln1, y->ln1, e->keep, P + y->wq, P + y->wo, P + y->bo, s);
-        add_forward(y->mid, y->mid, y->x, n);
+        mha_forward(y->mid, y->qkv, y->att, y->o, y->x, y->ln1, y->ln1, e->keep, P + y->wq, P + y->wo, P + y->bo, s);
         /* next = mid + MLP(LN2(mid)) */
         layernorm_forward(y->ln2, y->m2, y->r2, y->mid, P + y->ln2_w, P + y->ln2_b, BL, d);
-        mlp_forward(next, y->pre, y->act, y->ln2, P + y->fc1_w, P + y->fc1_b, P + y->fc2_w, P + y->fc2_b, BL, d,
-                    e->hidden);
-        add_forward(next, next, y->mid, n);
+        mlp_forward(next, y->pre, y->act, y->mid, y->ln2, P + y->fc1_w, P + y->fc1_b, P + y->fc2_w, P + y->fc2_b, BL,
+                    d, e->hidden);
     }
     layernorm_forward(states, e->mf, e->rf, e->xf, P + e->lnf_w, P + e->lnf_b, BL, d);
     if (!pooled) return;

@@ -137,29 +137,24 @@ void tf2d_forward(Transformer2D *t, float *out, const float *params, const float
     const float *P = params;
     const size_t *p = t->p;
     const int N = B * t->HW, C = t->C;
-    const size_t n = (size_t)N * C;
     t->x = x, t->ctx = ctx, t->last_B = B;
     const MhaShape s1 = mha_shape(B, t->HW, C, t->HW, C, t->heads), s2 = mha_shape(B, t->HW, C, t->L, t->Dt, t->heads);
     groupnorm_forward(t->g, t->gm, t->gr, x, P + p[T2D_NORM_W], P + p[T2D_NORM_B], B, t->HW, C, t->groups, 0);
     linear_forward(t->h0, t->g, P + p[T2D_PIN_W], P + p[T2D_PIN_B], N, C, C);
-    /* h1 = h0 + attn1(norm1(h0)) */
+    /* h1 = h0 + attn1(norm1(h0)) (each residual sum made by the branch's last GEMM) */
     layernorm_forward(t->n1, t->n1m, t->n1r, t->h0, P + p[T2D_N1_W], P + p[T2D_N1_B], N, C);
-    mha_forward(t->h1, t->qkv1, t->att1, t->o1, t->n1, t->n1, NULL, P + p[T2D_A1_Q], P + p[T2D_A1_O], P + p[T2D_A1_OB],
-                s1);
-    add_forward(t->h1, t->h1, t->h0, n);
+    mha_forward(t->h1, t->qkv1, t->att1, t->o1, t->h0, t->n1, t->n1, NULL, P + p[T2D_A1_Q], P + p[T2D_A1_O],
+                P + p[T2D_A1_OB], s1);
     /* h2 = h1 + attn2(norm2(h1), ctx, keep) */
     layernorm_forward(t->n2, t->n2m, t->n2r, t->h1, P + p[T2D_N2_W], P + p[T2D_N2_B], N, C);
-    mha_forward(t->h2, t->qkv2, t->att2, t->o2, t->n2, ctx, keep, P + p[T2D_A2_Q], P + p[T2D_A2_O], P + p[T2D_A2_OB],
-                s2);
-    add_forward(t->h2, t->h2, t->h1, n);
+    mha_forward(t->h2, t->qkv2, t->att2, t->o2, t->h1, t->n2, ctx, keep, P + p[T2D_A2_Q], P + p[T2D_A2_O],
+                P + p[T2D_A2_OB], s2);
     /* h3 = h2 + ff(norm3(h2)) */
     layernorm_forward(t->n3, t->n3m, t->n3r, t->h2, P + p[T2D_N3_W], P + p[T2D_N3_B], N, C);
-    geglu_forward(t->h3, t->ffp, t->ffg, t->n3, P + p[T2D_FF1_W], P + p[T2D_FF1_B], P + p[T2D_FF2_W],
+    geglu_forward(t->h3, t->ffp, t->ffg, t->h2, t->n3, P + p[T2D_FF1_W], P + p[T2D_FF1_B], P + p[T2D_FF2_W],
                   P + p[T2D_FF2_B], N, C, t->inner);
-    add_forward(t->h3, t->h3, t->h2, n);
     /* out = x + proj_out(h3) */
-    linear_forward(out, t->h3, P + p[T2D_POUT_W], P + p[T2D_POUT_B], N, C, C);
-    add_forward(out, out, x, n);
+    linear_residual_forward(out, x, t->h3, P + p[T2D_POUT_W], P + p[T2D_POUT_B], N, C, C);
 }
 
 /* scratch: dh (the residual stream's gradient), dn (a branch's input gradient), then the
