@@ -1241,6 +1241,7 @@ int main(void) {
     test_conv_wino(4, 28, 28, 32, 40, 0);      /* Fashion-MNIST top size */
     test_conv_wino(6, 14, 14, 96, 112, 1);     /* several blocks in every pass */
     test_conv_wino(2, 8, 8, 256, 128, 0);      /* the widest conv of the bench model */
+    test_conv_wino(6, 16, 16, 256, 128, 1);    /* dW blocks of 48 tiles, not 24: the 64-tile floor */
     printf("linear\n");
     test_linear();
     printf("groupnorm\n");
