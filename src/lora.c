@@ -20,25 +20,25 @@ static const char SUF_A[] = ".lora_A.weight", SUF_B[] = ".lora_B.weight";
 
 /* ---- kernels ---------------------------------------------------------------------------- */
 
-// inp is (N,IN), A (r,IN), B (OUT,r), h (N,r), out (N,OUT)
-void lora_forward(float *out, float *h, const float *inp, const float *A, const float *B, int N, int IN, int OUT,
-                  int r, float scale) {
+// inp is (N,IN), A (r,IN), B (OUT,r), h (N,r), out (N,OUT) with rows ldo apart
+void lora_forward(float *out, int ldo, float *h, const float *inp, const float *A, const float *B, int N, int IN,
+                  int OUT, int r, float scale) {
     if (N <= 0) return;
     /* h (N,r) = inp (N,IN) . A (r,IN)^T */
     gemm(0, 1, N, r, IN, 1.0f, inp, IN, A, IN, 0.0f, h, r);
     if (scale == 0.0f) return;
     /* out (N,OUT) += scale . h (N,r) . B (OUT,r)^T */
-    gemm(0, 1, N, OUT, r, scale, h, r, B, r, 1.0f, out, OUT);
+    gemm(0, 1, N, OUT, r, scale, h, r, B, r, 1.0f, out, ldo);
 }
 
-// dout is (N,OUT), inp (N,IN), A (r,IN), B (OUT,r), h and dh (N,r)
-void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *A,
+// dout is (N,OUT) with rows ldo apart, inp (N,IN), A (r,IN), B (OUT,r), h and dh (N,r)
+void lora_backward(float *dinp, float *dA, float *dB, const float *dout, int ldo, const float *inp, const float *A,
                    const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale) {
     if (N <= 0) return;
     /* out += scale h B^T:  dB (OUT,r) += scale dout^T h,  dh (N,r) = scale dout B */
-    if (dB) gemm(1, 0, OUT, r, N, scale, dout, OUT, h, r, 1.0f, dB, r);
+    if (dB) gemm(1, 0, OUT, r, N, scale, dout, ldo, h, r, 1.0f, dB, r);
     if (!dA && !dinp) return;
-    gemm(0, 0, N, r, OUT, scale, dout, OUT, B, r, 0.0f, dh, r);
+    gemm(0, 0, N, r, OUT, scale, dout, ldo, B, r, 0.0f, dh, r);
     /* h = inp A^T:  dA (r,IN) += dh^T inp,  dinp (N,IN) += dh A */
     if (dA) gemm(1, 0, r, IN, N, 1.0f, dh, r, inp, IN, 1.0f, dA, IN);
     if (dinp) gemm(0, 0, N, IN, r, 1.0f, dh, r, A, IN, 1.0f, dinp, IN);
@@ -701,8 +701,9 @@ int lora_stack_max_rank(const LoraStack *st) {
     return r;
 }
 
-void lora_refs_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, int N, int IN, int OUT) {
-    for (int i = 0; i < n; i++) lora_forward(out, h, inp, r[i].A, r[i].B, N, IN, OUT, r[i].rank, r[i].scale);
+void lora_refs_forward(float *out, int ldo, float *h, const float *inp, const LoraRef *r, int n, int N, int IN,
+                       int OUT) {
+    for (int i = 0; i < n; i++) lora_forward(out, ldo, h, inp, r[i].A, r[i].B, N, IN, OUT, r[i].rank, r[i].scale);
 }
 
 void lora_refs_conv_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, ConvShape s,

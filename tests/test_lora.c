@@ -162,12 +162,12 @@ typedef struct {
 static void lin_fwd(void *p) {
     LinCtx *c = p;
     linear_forward(c->out, c->inp, c->W, c->b, c->N, c->IN, c->OUT);
-    lora_forward(c->out, c->h, c->inp, c->A, c->B, c->N, c->IN, c->OUT, c->r, c->s);
+    lora_forward(c->out, c->OUT, c->h, c->inp, c->A, c->B, c->N, c->IN, c->OUT, c->r, c->s);
 }
 static void lin_bwd(void *p) {
     LinCtx *c = p;
     linear_backward(c->dinp, NULL, NULL, c->R, c->inp, c->W, c->N, c->IN, c->OUT); /* frozen: no dW */
-    lora_backward(c->dinp, c->dA, c->dB, c->R, c->inp, c->A, c->B, c->h, c->dh, c->N, c->IN, c->OUT, c->r, c->s);
+    lora_backward(c->dinp, c->dA, c->dB, c->R, c->OUT, c->inp, c->A, c->B, c->h, c->dh, c->N, c->IN, c->OUT, c->r, c->s);
 }
 static void lin_init(LinCtx *c, int N, int IN, int OUT, int r, float s) {
     c->N = N, c->IN = IN, c->OUT = OUT, c->r = r, c->s = s;
@@ -203,8 +203,8 @@ static void test_linear(void) {
     grad_check(&g);
     /* the same with dinp NULL: dA and dB the same bits */
     float *dA1 = alloc0(21), *dB1 = alloc0(15), *dA2 = alloc0(21), *dB2 = alloc0(15);
-    lora_backward(NULL, dA1, dB1, c.R, c.inp, c.A, c.B, c.h, c.dh, 6, 7, 5, 3, c.s);
-    lora_backward(c.dinp, dA2, dB2, c.R, c.inp, c.A, c.B, c.h, c.dh, 6, 7, 5, 3, c.s);
+    lora_backward(NULL, dA1, dB1, c.R, 5, c.inp, c.A, c.B, c.h, c.dh, 6, 7, 5, 3, c.s);
+    lora_backward(c.dinp, dA2, dB2, c.R, 5, c.inp, c.A, c.B, c.h, c.dh, 6, 7, 5, 3, c.s);
     T_OK(!memcmp(dA1, dA2, sizeof(float) * 21) && !memcmp(dB1, dB2, sizeof(float) * 15), "dinp = NULL gives the same dA, dB");
     free(dA1), free(dB1), free(dA2), free(dB2);
     lin_free(&c);
@@ -214,10 +214,10 @@ static void test_linear(void) {
     float *base = alloc0((size_t)33 * 24);
     linear_forward(base, c.inp, c.W, c.b, 33, 16, 24);
     memcpy(c.out, base, sizeof(float) * 33 * 24);
-    lora_forward(c.out, c.h, c.inp, c.A, c.B, 33, 16, 24, 4, 0.0f);
+    lora_forward(c.out, 24, c.h, c.inp, c.A, c.B, 33, 16, 24, 4, 0.0f);
     T_OK(!memcmp(c.out, base, sizeof(float) * 33 * 24), "scale 0 leaves the base output bit for bit");
     memset(c.B, 0, sizeof(float) * 24 * 4);
-    lora_forward(c.out, c.h, c.inp, c.A, c.B, 33, 16, 24, 4, 1.0f);
+    lora_forward(c.out, 24, c.h, c.inp, c.A, c.B, 33, 16, 24, 4, 1.0f);
     T_OK(!memcmp(c.out, base, sizeof(float) * 33 * 24), "B = 0 leaves the base output bit for bit");
 
     /* merge vs runtime */

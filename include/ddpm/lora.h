@@ -66,12 +66,13 @@ enum { LORA_ATTN = 1, LORA_CONV = 2, LORA_TEMB = 4 };
  * the base weight. scale = alpha / rank (times a user scale at sampling); scale 0 leaves
  * out untouched bit for bit. */
 
-/* inp is (N,IN), A (r,IN), B (OUT,r); h (N,r) = inp·Aᵀ is saved; out (N,OUT) += scale·h·Bᵀ. */
-void lora_forward(float *out, float *h, const float *inp, const float *A, const float *B, int N, int IN, int OUT,
-                  int r, float scale);
-/* dout is (N,OUT); dB (OUT,r) += scale·doutᵀ·h; dh = scale·dout·B (scratch dh (N,r));
- * dA (r,IN) += dhᵀ·inp; dinp (N,IN) += dh·A. */
-void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *A,
+/* inp is (N,IN), A (r,IN), B (OUT,r); h (N,r) = inp·Aᵀ is saved; out (N,OUT) += scale·h·Bᵀ.
+ * out's rows are ldo >= OUT floats apart (a column block of q, k, v projected together). */
+void lora_forward(float *out, int ldo, float *h, const float *inp, const float *A, const float *B, int N, int IN,
+                  int OUT, int r, float scale);
+/* dout is (N,OUT), rows ldo apart; dB (OUT,r) += scale·doutᵀ·h; dh = scale·dout·B (scratch
+ * dh (N,r)); dA (r,IN) += dhᵀ·inp; dinp (N,IN) += dh·A. */
+void lora_backward(float *dinp, float *dA, float *dB, const float *dout, int ldo, const float *inp, const float *A,
                    const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale);
 
 /* s is the base convolution's shape (B,H,W,C -> B,OH,OW,OC, k, stride). inp is (B,H,W,C),
@@ -192,8 +193,10 @@ typedef struct {
 int lora_stack_refs(const LoraStack *st, const char *weight_name, LoraRef *out, int max);
 /* Largest rank on the stack (sizes the h scratch: rows · max rank floats). */
 int lora_stack_max_rank(const LoraStack *st);
-/* out += every ref's term, one after the other; h is scratch of rows · max rank floats. */
-void lora_refs_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, int N, int IN, int OUT);
+/* out (rows ldo apart) += every ref's term, one after the other; h is scratch of rows · max
+ * rank floats. */
+void lora_refs_forward(float *out, int ldo, float *h, const float *inp, const LoraRef *r, int n, int N, int IN,
+                       int OUT);
 void lora_refs_conv_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, ConvShape s,
                             float *scratch);
 /* Merge every adapter at its scale into the base weights (ddpm merge). */
