@@ -47,26 +47,45 @@ void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const f
 /* A's convolution: the base's input, kernel and stride, r output channels */
 static ConvShape a_shape(ConvShape s, int r) { return conv_shape(s.B, s.H, s.W, s.C, r, s.k, s.stride); }
 
-size_t lora_conv_scratch(ConvShape s, int r) { return conv2d_scratch(a_shape(s, r)); }
+/* floats of the merged weight W + s·B·A (OC,k,k,C), a 64-byte multiple */
+static size_t merged_floats(ConvShape s) { return ((size_t)s.OC * s.k * s.k * s.C + 15) / 16 * 16; }
 
-// inp is (B,H,W,C), A (r,k,k,C), B (OC,1,1,r), h (B,OH,OW,r), out (B,OH,OW,OC)
-void lora_conv_forward(float *out, float *h, const float *inp, const float *A, const float *B, ConvShape s, int r,
-                       float scale, float *scratch) {
-    conv2d_forward(h, inp, A, NULL, a_shape(s, r), scratch);
-    if (scale == 0.0f) return;
-    const int P = s.B * s.OH * s.OW;
-    gemm(0, 1, P, s.OC, r, scale, h, r, B, r, 1.0f, out, s.OC);
+size_t lora_conv_scratch(ConvShape s, int r) {
+    size_t n = conv2d_scratch(s), na = conv2d_scratch(a_shape(s, r));
+    return merged_floats(s) + (n > na ? n : na);
+}
+
+/* Wm (OC,k,k,C) = W + scale·B·A, as lora_merge_weight (and so `ddpm merge`) computes it */
+static void merge_into(float *Wm, const float *W, const float *A, const float *B, ConvShape s, int r, float scale) {
+    const int K = s.k * s.k * s.C;
+    memcpy(Wm, W, (size_t)s.OC * K * sizeof(float));
+    lora_merge_weight(Wm, A, B, s.OC, K, r, scale);
+}
+
+// inp is (B,H,W,C), W (OC,k,k,C), bias (OC), A (r,k,k,C), B (OC,1,1,r), out (B,OH,OW,OC)
+void lora_conv_forward(float *out, const float *inp, const float *W, const float *bias, const float *A, const float *B, ConvShape s,
+                       int r, float scale, float *scratch) {
+    LoraRef ref = {A, B, r, scale};
+    lora_refs_conv_forward(out, inp, W, bias, &ref, scale != 0.0f, s, scratch);
 }
 
 // dout is (B,OH,OW,OC), h and dh (B,OH,OW,r), dinp (B,H,W,C), dA (r,k,k,C), dB (OC,1,1,r)
-void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *A,
-                        const float *B, const float *h, float *dh, ConvShape s, int r, float scale,
-                        float *scratch) {
+void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *W, const float *A,
+                        const float *B, float *h, float *dh, ConvShape s, int r, float scale, float *scratch) {
     const int P = s.B * s.OH * s.OW;
+    float *Wm = scratch, *scr = scratch + merged_floats(s);
+    /* out = conv(inp, W + scale B A):  dinp += conv^T(dout, W + scale B A), one pass */
+    if (dinp) {
+        if (scale != 0.0f) merge_into(Wm, W, A, B, s, r, scale);
+        conv2d_backward(dinp, NULL, NULL, dout, inp, scale != 0.0f ? Wm : W, s, scr);
+    }
+    /* the same out as W x + scale conv1x1(h, B) with h = conv(inp, A):
+     *   dh (P,r) = scale dout B, dA += A's weight gradient from dh, and h again from that
+     *   pass's transform of inp; dB (OC,r) += scale dout^T h */
+    if (dA) gemm(0, 0, P, r, s.OC, scale, dout, s.OC, B, r, 0.0f, dh, r);
+    if (dA) conv2d_backward_refwd(dA, dB ? h : NULL, dh, inp, A, a_shape(s, r), scr);
+    else if (dB) conv2d_forward(h, inp, A, NULL, a_shape(s, r), scr);
     if (dB) gemm(1, 0, s.OC, r, P, scale, dout, s.OC, h, r, 1.0f, dB, r);
-    if (!dA && !dinp) return;
-    gemm(0, 0, P, r, s.OC, scale, dout, s.OC, B, r, 0.0f, dh, r);
-    conv2d_backward(dinp, dA, NULL, dh, inp, A, a_shape(s, r), scratch);
 }
 
 // W is (OUT,K), A (r,K), B (OUT,r)
@@ -705,9 +724,13 @@ void lora_refs_forward(float *out, float *h, const float *inp, const LoraRef *r,
     for (int i = 0; i < n; i++) lora_forward(out, h, inp, r[i].A, r[i].B, N, IN, OUT, r[i].rank, r[i].scale);
 }
 
-void lora_refs_conv_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, ConvShape s,
+void lora_refs_conv_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, ConvShape s,
                             float *scratch) {
-    for (int i = 0; i < n; i++) lora_conv_forward(out, h, inp, r[i].A, r[i].B, s, r[i].rank, r[i].scale, scratch);
+    /* W + the refs merged one after the other, as lora_stack_merge merges them */
+    float *Wm = scratch, *scr = scratch + merged_floats(s);
+    if (n) memcpy(Wm, W, (size_t)s.OC * s.k * s.k * s.C * sizeof(float));
+    for (int i = 0; i < n; i++) lora_merge_weight(Wm, r[i].A, r[i].B, s.OC, s.k * s.k * s.C, r[i].rank, r[i].scale);
+    conv2d_forward(out, inp, n ? Wm : W, bias, s, scr);
 }
 
 void lora_stack_merge(const LoraStack *st, LoraBase *base, int n) {

@@ -61,10 +61,11 @@ enum { LORA_ATTN = 1, LORA_CONV = 2, LORA_TEMB = 4 };
 #define LORA_N_GROUPS 3
 
 /* ---- kernels ----------------------------------------------------------------------------
- * Layer convention: forward ADDS the adapter's term to out (the base layer wrote it) and
- * keeps h for backward; backward ADDS into dA, dB and dinp (may be NULL), never touches
- * the base weight. scale = alpha / rank (times a user scale at sampling); scale 0 leaves
- * out untouched bit for bit. */
+ * Layer convention: a linear adapter's forward ADDS its term to out (the base layer wrote
+ * it) and keeps h for backward; a convolution adapter's forward computes the base
+ * convolution too, keeping nothing (below). Backward ADDS into dA, dB and dinp (may be
+ * NULL), never touches the base weight. scale = alpha / rank (times a user scale at sampling); scale 0 leaves the base
+ * output bit for bit. */
 
 /* inp is (N,IN), A (r,IN), B (OUT,r); h (N,r) = inp·Aᵀ is saved; out (N,OUT) += scale·h·Bᵀ. */
 void lora_forward(float *out, float *h, const float *inp, const float *A, const float *B, int N, int IN, int OUT,
@@ -74,17 +75,26 @@ void lora_forward(float *out, float *h, const float *inp, const float *A, const 
 void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *A,
                    const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale);
 
-/* s is the base convolution's shape (B,H,W,C -> B,OH,OW,OC, k, stride). inp is (B,H,W,C),
- * A (r,k,k,C), B (OC,1,1,r); h (B,OH,OW,r) = conv(inp, A) with s's stride and padding is
- * saved; out (B,OH,OW,OC) += scale·h·Bᵀ. scratch: lora_conv_scratch(s, r) floats. */
+/* A convolution adapter runs with its base: W·x + scale·B·(A·x) = (W + scale·B·A)·x, so the
+ * forward is one convolution with the merged weight Wm = W + scale·B·A (lora_merge_weight's
+ * bits, made per call: OC·k·k·C·r multiply-adds) and the input gradient one pass through
+ * Wm. The backward needs A·x only for dB: it is recomputed in the pass that gives dA (nn.h's
+ * conv2d_backward_refwd: one transform of the input for both). Nothing computes W's gradient.
+ * s is the base convolution's shape (B,H,W,C -> B,OH,OW,OC, k, stride). inp is (B,H,W,C),
+ * W (OC,k,k,C), bias (OC) or NULL, A (r,k,k,C) a convolution on s's stride and padding,
+ * B (OC,1,1,r). scratch: lora_conv_scratch(s, r) floats.
+ * Forward: out (B,OH,OW,OC) = conv(inp, Wm) + bias. Nothing is saved. B = 0 (a fresh
+ * adapter) or scale 0 gives conv2d_forward's output with W bit for bit. */
 size_t lora_conv_scratch(ConvShape s, int r);
-void lora_conv_forward(float *out, float *h, const float *inp, const float *A, const float *B, ConvShape s, int r,
-                       float scale, float *scratch);
-/* dB (OC,r) += scale·doutᵀ·h; dh (B,OH,OW,r) = scale·dout·B (scratch dh); dA (r,k,k,C) and
- * dinp (B,H,W,C) (may be NULL) += conv2d_backward of dh through A. */
-void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *A,
-                        const float *B, const float *h, float *dh, ConvShape s, int r, float scale,
-                        float *scratch);
+void lora_conv_forward(float *out, const float *inp, const float *W, const float *bias, const float *A, const float *B, ConvShape s,
+                       int r, float scale, float *scratch);
+/* dinp (B,H,W,C) (may be NULL) += conv2d_backward of dout through Wm; dh (B,OH,OW,r) =
+ * scale·dout·B, dA (r,k,k,C) += A's weight gradient from dh, h (B,OH,OW,r) = conv(inp, A),
+ * dB (OC,1,1,r) += scale·doutᵀ·h (dA, dB may be NULL; h and dh are scratch). The frozen base
+ * gets no gradient (conv2d_backward with dinp NULL gives dW and dbias to a caller that
+ * wants them). */
+void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *W, const float *A,
+                        const float *B, float *h, float *dh, ConvShape s, int r, float scale, float *scratch);
 
 /* W (OUT,K) += scale·B (OUT,r)·A (r,K): the merge, K = IN, or k·k·C for a convolution. */
 void lora_merge_weight(float *W, const float *A, const float *B, int OUT, int K, int r, float scale);
@@ -194,7 +204,10 @@ int lora_stack_refs(const LoraStack *st, const char *weight_name, LoraRef *out, 
 int lora_stack_max_rank(const LoraStack *st);
 /* out += every ref's term, one after the other; h is scratch of rows · max rank floats. */
 void lora_refs_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, int N, int IN, int OUT);
-void lora_refs_conv_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, ConvShape s,
+/* out = conv(inp, Wm) + bias with Wm = W and every ref merged into it one after the other,
+ * as lora_stack_merge (ddpm merge) merges them: the same bits as a merged checkpoint's
+ * convolution; n = 0 is conv2d_forward with W. scratch: lora_conv_scratch(s, 1) floats. */
+void lora_refs_conv_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, ConvShape s,
                             float *scratch);
 /* Merge every adapter at its scale into the base weights (ddpm merge). */
 void lora_stack_merge(const LoraStack *st, LoraBase *base, int n);

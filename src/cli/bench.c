@@ -119,6 +119,7 @@ typedef struct {
     TrainStep *lora;            /* the LoRA step: same model, adapters attached while it runs */
     struct UNetLora *lora_att;  /*   the attached adapters */
     Prof prof;  /* --profile: the timed training steps with `threads` */
+    Prof lprof; /* --profile: the timed LoRA steps */
 } Bench;
 
 /* Warm up (2 steps, 1 forward), then time a.steps training steps and no-grad forwards. */
@@ -136,9 +137,13 @@ static int measure(Bench *m, TrainStep *train) {
             if (m->lora && k == 0) { /* its LoRA twin: base frozen, adapters on */
                 unet_set_frozen(u, "", 1);
                 u->lora = m->lora_att;
+                m->lprof.on = m->prof.on, m->prof.on = 0;
+                u->prof = &m->lprof;
                 t0 = now_s();
                 rc = train_step(m->lora, r + 2, 1e-6, &loss, &gn);
                 if (r >= 0) m->tl[r] = now_s() - t0;
+                u->prof = &m->prof;
+                m->lprof.on = 0;
                 u->lora = NULL;
                 unet_set_frozen(u, "", 0);
             }
@@ -171,6 +176,11 @@ static void print_json(const Bench *m) {
         printf(", \"profile_s\": {");
         for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], m->prof.s[k] / steps);
         printf("}");
+        if (m->tl) {
+            printf(", \"lora_profile_s\": {");
+            for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], m->lprof.s[k] / steps);
+            printf("}");
+        }
     }
     if (m->tl) {
         printf(", \"lora_rank\": %d, \"lora_step_s\": %.5f, \"lora_step_ratio\": %.4f", m->lora->c->train.lora.rank, median(m->tl, steps),
@@ -186,6 +196,19 @@ static void print_json(const Bench *m) {
         json_list("forwards_1t_s", m->tf1, steps);
     }
     printf("}\n");
+}
+
+/* --profile's table: time per kind of work of the steps timed in t (means of n) */
+static void print_profile(const char *what, const Prof *p, const double *t, int n) {
+    double tot = 0;
+    for (int k = 0; k < PROF_N; k++) tot += p->s[k];
+    /* the kinds are means over the repetitions, so the rest is against the mean step */
+    double mean_s = 0;
+    for (int r = 0; r < n; r++) mean_s += t[r] / n;
+    printf("  time per %s by kind of work (means of %d):\n", what, n);
+    for (int k = 0; k < PROF_N; k++)
+        printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * p->s[k] / n, 100 * p->s[k] / tot);
+    printf("    %-20s %8.1f ms  (of a mean step of %.1f ms)\n", "(other)", 1000 * (mean_s - tot / n), 1000 * mean_s);
 }
 
 static void print_table(const Bench *m) {
@@ -213,15 +236,8 @@ static void print_table(const Bench *m) {
                "                  (median of the per-repetition ratios, each 1-thread run right after its twin)\n",
                median(m->ts1, steps), median_ratio(m->ts1, m->ts, steps), median(m->tf1, steps), median_ratio(m->tf1, m->tf, steps));
     if (a->profile) {
-        double tot = 0;
-        for (int k = 0; k < PROF_N; k++) tot += m->prof.s[k];
-        /* the kinds are means over the repetitions, so the rest is against the mean step */
-        double mean_s = 0;
-        for (int r = 0; r < steps; r++) mean_s += m->ts[r] / steps;
-        printf("  time per training step by kind of work (means of %d):\n", steps);
-        for (int k = 0; k < PROF_N; k++)
-            printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * m->prof.s[k] / steps, 100 * m->prof.s[k] / tot);
-        printf("    %-20s %8.1f ms  (of a mean step of %.1f ms)\n", "(other)", 1000 * (mean_s - tot / steps), 1000 * mean_s);
+        print_profile("training step", &m->prof, m->ts, steps);
+        if (m->tl) print_profile("LoRA step", &m->lprof, m->tl, steps);
     }
 }
 
