@@ -20,28 +20,34 @@ static const char SUF_A[] = ".lora_A.weight", SUF_B[] = ".lora_B.weight";
 
 /* ---- kernels ---------------------------------------------------------------------------- */
 
-// inp is (N,IN), A (r,IN), B (OUT,r), h (N,r), out (N,OUT)
-void lora_forward(float *out, float *h, const float *inp, const float *A, const float *B, int N, int IN, int OUT,
-                  int r, float scale) {
-    if (N <= 0) return;
-    /* h (N,r) = inp (N,IN) . A (r,IN)^T */
-    gemm(0, 1, N, r, IN, 1.0f, inp, IN, A, IN, 0.0f, h, r);
-    if (scale == 0.0f) return;
-    /* out (N,OUT) += scale . h (N,r) . B (OUT,r)^T */
-    gemm(0, 1, N, OUT, r, scale, h, r, B, r, 1.0f, out, OUT);
+// inp is (N,IN), W (OUT,IN), bias (OUT), A (r,IN), B (OUT,r), h (N,r), out (N,OUT), scratch (OUT,IN)
+void lora_forward(float *out, float *h, const float *inp, const float *W, const float *bias, const float *A, const float *B, int N,
+                  int IN, int OUT, int r, float scale, float *scratch) {
+    /* out = inp (W + scale B A)^T + bias: the merged weight, as lora_refs_forward runs it */
+    LoraRef ref = {A, B, r, scale};
+    lora_refs_forward(out, inp, W, bias, &ref, scale != 0.0f, N, IN, OUT, scratch);
+    /* h (N,r) = inp (N,IN) . A (r,IN)^T, for dB */
+    if (N > 0) gemm(0, 1, N, r, IN, 1.0f, inp, IN, A, IN, 0.0f, h, r);
 }
 
-// dout is (N,OUT), inp (N,IN), A (r,IN), B (OUT,r), h and dh (N,r)
-void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *A,
-                   const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale) {
+// dout is (N,OUT), inp (N,IN), W (OUT,IN), A (r,IN), B (OUT,r), h and dh (N,r), scratch (OUT,IN)
+void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *W, const float *A,
+                   const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale, float *scratch) {
     if (N <= 0) return;
-    /* out += scale h B^T:  dB (OUT,r) += scale dout^T h,  dh (N,r) = scale dout B */
+    /* out = inp Wm^T, Wm = W + scale B A:  dinp (N,IN) += dout Wm */
+    if (dinp) {
+        if (scale != 0.0f) {
+            memcpy(scratch, W, (size_t)OUT * IN * sizeof(float));
+            lora_merge_weight(scratch, A, B, OUT, IN, r, scale);
+        }
+        gemm(0, 0, N, IN, OUT, 1.0f, dout, OUT, scale != 0.0f ? scratch : W, IN, 1.0f, dinp, IN);
+    }
+    /* the same out as inp W^T + scale h B^T with h = inp A^T:  dB (OUT,r) += scale dout^T h,
+     * dh (N,r) = scale dout B, dA (r,IN) += dh^T inp */
     if (dB) gemm(1, 0, OUT, r, N, scale, dout, OUT, h, r, 1.0f, dB, r);
-    if (!dA && !dinp) return;
+    if (!dA) return;
     gemm(0, 0, N, r, OUT, scale, dout, OUT, B, r, 0.0f, dh, r);
-    /* h = inp A^T:  dA (r,IN) += dh^T inp,  dinp (N,IN) += dh A */
-    if (dA) gemm(1, 0, r, IN, N, 1.0f, dh, r, inp, IN, 1.0f, dA, IN);
-    if (dinp) gemm(0, 0, N, IN, r, 1.0f, dh, r, A, IN, 1.0f, dinp, IN);
+    gemm(1, 0, r, IN, N, 1.0f, dh, r, inp, IN, 1.0f, dA, IN);
 }
 
 /* A's convolution: the base's input, kernel and stride, r output channels */
@@ -51,8 +57,9 @@ static ConvShape a_shape(ConvShape s, int r) { return conv_shape(s.B, s.H, s.W, 
 static size_t merged_floats(ConvShape s) { return ((size_t)s.OC * s.k * s.k * s.C + 15) / 16 * 16; }
 
 size_t lora_conv_scratch(ConvShape s, int r) {
-    size_t n = conv2d_scratch(s), na = conv2d_scratch(a_shape(s, r));
-    return merged_floats(s) + (n > na ? n : na);
+    size_t n = conv2d_scratch(s), na = conv2d_scratch(a_shape(s, r)), nb = (size_t)r * s.OC; /* dB^T */
+    n = n > na ? n : na;
+    return merged_floats(s) + (n > nb ? n : nb);
 }
 
 /* Wm (OC,k,k,C) = W + scale·B·A, as lora_merge_weight (and so `ddpm merge`) computes it */
@@ -85,7 +92,13 @@ void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, co
     if (dA) gemm(0, 0, P, r, s.OC, scale, dout, s.OC, B, r, 0.0f, dh, r);
     if (dA) conv2d_backward_refwd(dA, dB ? h : NULL, dh, inp, A, a_shape(s, r), scr);
     else if (dB) conv2d_forward(h, inp, A, NULL, a_shape(s, r), scr);
-    if (dB) gemm(1, 0, s.OC, r, P, scale, dout, s.OC, h, r, 1.0f, dB, r);
+    if (!dB) return;
+    /* dB (OC,r) += scale dout^T h, as dB^T (r,OC) = scale h^T dout (faster in OpenBLAS for a
+     * narrow h), added transposed */
+    float *dBt = scr;
+    gemm(1, 0, r, s.OC, P, scale, h, r, dout, s.OC, 0.0f, dBt, s.OC);
+    for (int o = 0; o < s.OC; o++)
+        for (int j = 0; j < r; j++) dB[(size_t)o * r + j] += dBt[(size_t)j * s.OC + o];
 }
 
 // W is (OUT,K), A (r,K), B (OUT,r)
@@ -720,8 +733,12 @@ int lora_stack_max_rank(const LoraStack *st) {
     return r;
 }
 
-void lora_refs_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, int N, int IN, int OUT) {
-    for (int i = 0; i < n; i++) lora_forward(out, h, inp, r[i].A, r[i].B, N, IN, OUT, r[i].rank, r[i].scale);
+void lora_refs_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, int N, int IN,
+                       int OUT, float *scratch) {
+    /* W + the refs merged one after the other, as lora_stack_merge merges them */
+    if (n) memcpy(scratch, W, (size_t)OUT * IN * sizeof(float));
+    for (int i = 0; i < n; i++) lora_merge_weight(scratch, r[i].A, r[i].B, OUT, IN, r[i].rank, r[i].scale);
+    linear_forward(out, inp, n ? scratch : W, bias, N, IN, OUT);
 }
 
 void lora_refs_conv_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, ConvShape s,

@@ -547,8 +547,8 @@ typedef struct {
 struct UNetLora {
     LoraSlot *slot;    /* one per parameter (u->nP) */
     LoraRef *refs;     /* the slots' refs */
-    float *hbuf;       /* sampling: h; training: dh, and h for a convolution (rows * rank, twice for a convolution) */
-    float *conv_scr;   /* the adapter convolutions' scratch */
+    float *hbuf;       /* training: dh, and h for a convolution (rows * rank, twice for a convolution) */
+    float *scr;        /* the adapters' scratch: merged weights, the convolutions' scratch */
     float *saved;      /* training: every slot's h */
     int train;
     float *grads;      /* training: the set's gradient block */
@@ -586,23 +586,29 @@ static const LoraSlot *slot(const UNet *u, int i) { return u->lora && u->lora->s
 
 /* out (N,OUT) = inp (N,IN) W^T + b (+ the adapters' s·(inp A^T) B^T) */
 static void linear_fwd(const UNet *u, float *out, const float *inp, LinearParams l, int N, int IN, int OUT) {
-    PROF(PROF_GEMM, linear_forward(out, inp, par(u, l.w), par(u, l.b), N, IN, OUT));
     const LoraSlot *sl = slot(u, l.w);
-    if (!sl) return;
-    if (u->lora->train)
-        PROF(PROF_GEMM, lora_forward(out, sl->h, inp, sl->r[0].A, sl->r[0].B, N, IN, OUT, sl->r[0].rank, sl->r[0].scale));
+    const float *w = par(u, l.w), *b = par(u, l.b);
+    if (!sl)
+        PROF(PROF_GEMM, linear_forward(out, inp, w, b, N, IN, OUT));
+    else if (u->lora->train)
+        PROF(PROF_GEMM, lora_forward(out, sl->h, inp, w, b, sl->r[0].A, sl->r[0].B, N, IN, OUT, sl->r[0].rank, sl->r[0].scale,
+                                     u->lora->scr));
     else
-        PROF(PROF_GEMM, lora_refs_forward(out, u->lora->hbuf, inp, sl->r, sl->n, N, IN, OUT));
+        PROF(PROF_GEMM, lora_refs_forward(out, inp, w, b, sl->r, sl->n, N, IN, OUT, u->lora->scr));
 }
 
 /* dinp (N,IN) += ..., dW, db += ... unless frozen, dA, dB += ... of a trained adapter; dinp
  * may be NULL */
 static void linear_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, LinearParams l, int N, int IN, int OUT) {
-    PROF(PROF_GEMM, linear_backward(dinp, grad(u, l.w), grad(u, l.b), dout, inp, par(u, l.w), N, IN, OUT));
     const LoraSlot *sl = slot(u, l.w);
-    if (sl && u->lora->train)
-        PROF(PROF_GEMM, lora_backward(dinp, sl->dA, sl->dB, dout, inp, sl->r[0].A, sl->r[0].B, sl->h, u->lora->hbuf, N, IN, OUT,
-                                      sl->r[0].rank, sl->r[0].scale));
+    if (!sl || !u->lora->train) {
+        PROF(PROF_GEMM, linear_backward(dinp, grad(u, l.w), grad(u, l.b), dout, inp, par(u, l.w), N, IN, OUT));
+        return;
+    }
+    float *gw = grad(u, l.w), *gb = grad(u, l.b);
+    if (gw || gb) PROF(PROF_GEMM, linear_backward(NULL, gw, gb, dout, inp, par(u, l.w), N, IN, OUT));
+    PROF(PROF_GEMM, lora_backward(dinp, sl->dA, sl->dB, dout, inp, par(u, l.w), sl->r[0].A, sl->r[0].B, sl->h, u->lora->hbuf, N, IN,
+                                  OUT, sl->r[0].rank, sl->r[0].scale, u->lora->scr));
 }
 
 /* A 1x1 conv weight (OC,1,1,C) is a linear weight (OUT,IN) over the B*H*W pixels (NHWC). */
@@ -617,7 +623,7 @@ static void conv_fwd(const UNet *u, float *out, const float *inp, ConvParams c, 
         return;
     }
     const float *w = par(u, c.w), *b = par(u, c.b);
-    float *scr = u->lora->conv_scr;
+    float *scr = u->lora->scr;
     if (u->lora->train)
         PROF(PROF_CONV, lora_conv_forward(out, inp, w, b, sl->r[0].A, sl->r[0].B, s, sl->r[0].rank, sl->r[0].scale, scr));
     else
@@ -636,7 +642,7 @@ static void conv_bwd(const UNet *u, float *dinp, const float *dout, const float 
     if (gw || gb) PROF(PROF_CONV, conv2d_backward(NULL, gw, gb, dout, inp, par(u, c.w), s, u->conv_scr));
     float *h = u->lora->hbuf, *dh = h + (size_t)s.B * s.OH * s.OW * sl->r[0].rank; /* scratch */
     PROF(PROF_CONV, lora_conv_backward(dinp, sl->dA, sl->dB, dout, inp, par(u, c.w), sl->r[0].A, sl->r[0].B, h, dh, s, sl->r[0].rank,
-                                       sl->r[0].scale, u->lora->conv_scr));
+                                       sl->r[0].scale, u->lora->scr));
 }
 
 /* out (B,HW,C) = GroupNorm(inp) (then SiLU if silu); mean, rstd (B,G) saved */
@@ -995,7 +1001,7 @@ static size_t lora_rows(const UNet *u, int pi, ConvShape *cs) {
 void unet_lora_detach(UNet *u) {
     struct UNetLora *L = u->lora;
     if (!L) return;
-    free(L->slot), free(L->refs), free(L->hbuf), free(L->conv_scr), free(L->saved);
+    free(L->slot), free(L->refs), free(L->hbuf), free(L->scr), free(L->saved);
     free(L);
     u->lora = NULL;
 }
@@ -1014,23 +1020,18 @@ static int lora_buffers(UNet *u, struct UNetLora *L) {
             return err_set(DDPM_EUSAGE, "adapter on \"%s\": ddpm adapts linear and convolution weights of layers only, not this tensor",
                            u->P[i].name);
         }
-        for (int k = 0; k < sl->n; k++) {
-            /* a linear adapter keeps h for backward and needs dh; a convolution adapter
-             * keeps nothing and needs h and dh in backward */
-            size_t hn = rows * (size_t)sl->r[k].rank;
-            if ((cs.k ? 2 : 1) * hn > hmax) hmax = (cs.k ? 2 : 1) * hn;
-            if (cs.k) {
-                size_t cn = lora_conv_scratch(cs, sl->r[k].rank);
-                if (cn > cmax) cmax = cn;
-            } else if (L->train) {
-                saved += hn;
-            }
-        }
+        /* sampling merges a layer's adapters into a copy of its weight (scratch); training
+         * keeps a linear adapter's h for backward and needs dh, a convolution adapter keeps
+         * nothing and needs h and dh in backward */
+        size_t hn = rows * (size_t)sl->r[0].rank, cn = cs.k ? lora_conv_scratch(cs, sl->r[0].rank) : u->P[i].n;
+        if (cn > cmax) cmax = cn;
+        if (L->train && (cs.k ? 2 : 1) * hn > hmax) hmax = (cs.k ? 2 : 1) * hn;
+        if (L->train && !cs.k) saved += hn;
     }
     L->hbuf = aligned_alloc(64, (hmax + 16) / 16 * 64);
-    L->conv_scr = aligned_alloc(64, (cmax + 16) / 16 * 64);
+    L->scr = aligned_alloc(64, (cmax + 16) / 16 * 64);
     L->saved = L->train ? aligned_alloc(64, (saved + 16) / 16 * 64) : NULL;
-    CHECK(L->hbuf && L->conv_scr && (!L->train || L->saved), "out of memory for the adapters' activations");
+    CHECK(L->hbuf && L->scr && (!L->train || L->saved), "out of memory for the adapters' activations");
     if (L->train) {
         float *h = L->saved;
         for (int i = 0; i < u->nP; i++) {
