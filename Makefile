@@ -111,7 +111,7 @@ all: ddpm
 
 # ./ddpm is the variant last asked for (MPI=1 or not); each variant builds in its own folder.
 ddpm: $(BUILD)/ddpm FORCE
-	@cmp -s $< $@ || cp $< $@
+	@cmp -s $< $@ || { cp $< $@.tmp && mv -f $@.tmp $@; }
 
 $(BUILD)/ddpm: $(BUILD)/src/main.o $(BUILD)/libddpm.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)

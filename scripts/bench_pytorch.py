@@ -11,6 +11,14 @@ reports the median of --steps training steps after 2 warm-up steps -- forward, M
 backward, global-norm clipping (train.grad_clip), Adam/AdamW, EMA of the weights -- and the
 median of --steps no-grad forwards after 1 warm-up, as `ddpm bench` does, plus peak RSS.
 
+A text config (model.text.max_len > 0) builds the text U-Net (encoder, Transformer2D blocks,
+text_proj; a vocabulary of model.text.vocab words, or 64 as `ddpm bench` takes when it is 0)
+and feeds it one caption per image: <bos>, then 0..max_len-1 random words, then padding with
+the padding mask, drawn once from --seed. The encoder runs inside every timed forward, as in
+ddpm's training step and forward. `ddpm bench` feeds the empty caption ([<bos>], padding
+masked); its kernels and this model's attention do the same work whatever the mask holds
+(masked keys are computed and then zeroed), so the two time the same arithmetic.
+
 Memory format: with "auto" (the default) two short runs in child processes (2 warm-up and
 2 timed training steps each) pick the faster of channels_last and contiguous NCHW, so the
 comparison uses PyTorch at its best here; the child processes keep the trial out of this
@@ -142,6 +150,7 @@ def main(argv):
     torch.manual_seed(args.seed)
     model = ddpm_torch.UNet.from_config(cfg).to(memory_format=fmt)
     model.train()
+    text = model.text_cfg
     params = [p for p in model.parameters()]
     n_params = sum(p.numel() for p in params)
     # lr 1e-6 like ddpm bench: the timing does not depend on it, and the weights stay sane.
@@ -150,10 +159,20 @@ def main(argv):
     x = torch.randn(B, C, res, res).contiguous(memory_format=fmt)
     target = torch.randn(B, C, res, res).contiguous(memory_format=fmt)
     t = torch.randint(0, T, (B,), dtype=torch.int64)
+    cap = {}
+    if text:  # a random caption per image: <bos>, n-1 words (n in 1..max_len), padding
+        L, V = text["max_len"], text["vocab"]
+        n = torch.randint(1, L + 1, (B, 1))
+        pos = torch.arange(L)[None, :]
+        words = torch.randint(ddpm_torch.TEXT_BOS + 1, max(V, ddpm_torch.TEXT_BOS + 2), (B, L))
+        keep = pos < n
+        tok = torch.where(keep, words, torch.full_like(words, ddpm_torch.TEXT_PAD))
+        tok[:, 0] = ddpm_torch.TEXT_BOS
+        cap = {"tok": tok, "keep": keep}
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        loss = F.mse_loss(model(x, t), target)
+        loss = F.mse_loss(model(x, t, **cap), target)
         loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
@@ -174,7 +193,7 @@ def main(argv):
         with torch.no_grad():
             for r in range(-1, args.steps):
                 t0 = time.perf_counter()
-                model(x, t)
+                model(x, t, **cap)
                 if r >= 0:
                     tf.append(time.perf_counter() - t0)
     step_s = statistics.median(ts)
@@ -184,14 +203,17 @@ def main(argv):
     if args.json:
         out = {"config": args.config, "threads": args.threads, "torch_version": torch.__version__,
                "memory_format": fmt_name, "blas_core": blas_core, "batch": B, "params": n_params,
+               "text": bool(text),
                "steps": args.steps, "train_step_s": round(step_s, 5), "train_step_min_s": round(min(ts), 5),
                "forward_s": round(fwd_s, 5) if tf else None, "peak_rss_mb": round(rss_mb, 1)}
         if trials:
             out["memory_format_trial_s"] = {k: round(v, 5) for k, v in trials.items()}
         print(json.dumps(out))
     else:
-        print("bench_pytorch %s: %d parameters, batch %d, %d threads, torch %s, OpenBLAS core %s"
-              % (args.config, n_params, B, args.threads, torch.__version__, blas_core))
+        print("bench_pytorch %s: %d parameters, batch %d, %d threads, torch %s, OpenBLAS core %s%s"
+              % (args.config, n_params, B, args.threads, torch.__version__, blas_core,
+                 ", text U-Net (vocabulary %d, captions of 1..%d tokens)" % (text["vocab"], text["max_len"])
+                 if text else ""))
         how = "fastest here: " + ", ".join("%s %.3f s" % kv for kv in trials.items()) if trials else "as asked"
         print("  memory format   %s (%s)" % (fmt_name, how))
         print("  training step   %8.3f s   (median of %d, after %d warm-up)" % (step_s, args.steps, args.warmup))

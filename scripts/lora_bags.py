@@ -89,6 +89,9 @@ def main():
     ap.add_argument("--steps-timing", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--reuse", action="store_true", help="keep runs that already exist")
+    ap.add_argument("--no-time-limit", action="store_true",
+                    help="train the config's train.steps whatever the time (train.max_minutes=0), for a machine "
+                         "shared with other work; the time the steps take alone is part 3's s/step times the steps")
     a = ap.parse_args()
     py = os.environ.get("PYTHON", sys.executable)
     score = os.path.join(HERE, "score.py")
@@ -97,6 +100,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     th = ["--threads", str(a.threads)] if a.threads else []
     train = [a.ddpm, "train", "--config", a.config, "--set", "train.init_from=" + a.base, "--quiet", "--force"] + th
+    if a.no_time_limit:
+        train += ["--set", "train.max_minutes=0"]
     res = {"cpu": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "n": a.n}
 
     # 1. LoRA rank 4 and full fine-tuning of the same length

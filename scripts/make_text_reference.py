@@ -7,8 +7,9 @@ Regenerate (from the repository root; deterministic, same bytes every run):
 
 Needs only the standard library and torch (Debian's python3-torch).
 
-What it builds, as plain PyTorch independent of the C sources (include/ddpm/text_nn.h
-describes the same layout):
+What it builds, as plain PyTorch independent of the C sources (the classes of
+scripts/ddpm_torch.py, which the text U-Net fixture, the benchmark and scripts/text_torch.py
+use too; include/ddpm/text_nn.h describes the same layout):
 
   text encoder   token + learned position embeddings -> LAYERS pre-LayerNorm layers
                  (LN -> multi-head self-attention with the padding mask -> residual;
@@ -53,8 +54,9 @@ import struct
 import sys
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ddpm_torch import TextEncoder, Transformer2D  # noqa: E402  (the layers, shared with the U-Net)
 
 SEED = 20240624
 B = 3
@@ -63,137 +65,6 @@ H, W, C, HEADS, GROUPS = 4, 4, 16, 2, 4
 PREFIX = "down.1.attn.0"
 TOKENS = [[5, 3, 11, 3, 7, 12], [9, 1, 4, 0, 0, 0], [0, 0, 0, 0, 0, 0]]
 KEEP = [[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]]
-
-
-class Attention(nn.Module):
-    """diffusers' Attention (bias only on to_out.0), masked keys at -inf, empty rows 0."""
-
-    def __init__(self, c, ckv, heads):
-        super().__init__()
-        self.heads = heads
-        self.to_q = nn.Linear(c, c, bias=False)
-        self.to_k = nn.Linear(ckv, c, bias=False)
-        self.to_v = nn.Linear(ckv, c, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(c, c)])
-
-    def forward(self, x, ctx=None, keep=None):
-        ctx = x if ctx is None else ctx
-        b, n, c = x.shape
-        l, h = ctx.shape[1], self.heads
-        dh = c // h
-        q = self.to_q(x).view(b, n, h, dh).transpose(1, 2)
-        k = self.to_k(ctx).view(b, l, h, dh).transpose(1, 2)
-        v = self.to_v(ctx).view(b, l, h, dh).transpose(1, 2)
-        s = q @ k.transpose(-1, -2) / math.sqrt(dh)
-        if keep is not None:
-            kept = keep[:, None, None, :].bool()
-            s = s.masked_fill(~kept, -1e30)
-            a = torch.softmax(s, dim=-1) * kept.any(dim=-1, keepdim=True).to(s.dtype)
-        else:
-            a = torch.softmax(s, dim=-1)
-        o = (a @ v).transpose(1, 2).reshape(b, n, c)
-        return self.to_out[0](o)
-
-
-class MLP(nn.Module):
-    def __init__(self, d):
-        super().__init__()
-        self.fc1 = nn.Linear(d, 4 * d)
-        self.fc2 = nn.Linear(4 * d, d)
-
-    def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class TextLayer(nn.Module):
-    def __init__(self, d, heads):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(d)
-        self.attn = Attention(d, d, heads)
-        self.ln2 = nn.LayerNorm(d)
-        self.mlp = MLP(d)
-
-    def forward(self, x, keep):
-        x = x + self.attn(self.ln1(x), keep=keep)
-        return x + self.mlp(self.ln2(x))
-
-
-class TextEncoder(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.tok_emb = nn.Embedding(VOCAB, D)
-        self.pos_emb = nn.Embedding(MAX_LEN, D)
-        self.layers = nn.ModuleList([TextLayer(D, TEXT_HEADS) for _ in range(LAYERS)])
-        self.ln_final = nn.LayerNorm(D)
-
-    def forward(self, tok, keep):
-        x = self.tok_emb(tok) + self.pos_emb.weight[None, : tok.shape[1]]
-        for layer in self.layers:
-            x = layer(x, keep)
-        states = self.ln_final(x)
-        k = keep.to(states.dtype)
-        pooled = (states * k[:, :, None]).sum(1) / k.sum(1, keepdim=True).clamp(min=1.0)
-        return states, pooled
-
-
-class GEGLU(nn.Module):
-    def __init__(self, c, inner):
-        super().__init__()
-        self.proj = nn.Linear(c, 2 * inner)
-
-    def forward(self, x):
-        a, gate = self.proj(x).chunk(2, dim=-1)
-        return a * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.net = nn.ModuleList([GEGLU(c, 4 * c), nn.Dropout(0.0), nn.Linear(4 * c, c)])
-
-    def forward(self, x):
-        for m in self.net:
-            x = m(x)
-        return x
-
-
-class BasicTransformerBlock(nn.Module):
-    def __init__(self, c, dt, heads):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(c)
-        self.attn1 = Attention(c, c, heads)
-        self.norm2 = nn.LayerNorm(c)
-        self.attn2 = Attention(c, dt, heads)
-        self.norm3 = nn.LayerNorm(c)
-        self.ff = FeedForward(c)
-
-    def forward(self, h, ctx, keep, acts):
-        h = h + self.attn1(self.norm1(h))
-        acts["act.h1"] = h
-        h = h + self.attn2(self.norm2(h), ctx, keep)
-        acts["act.h2"] = h
-        h = h + self.ff(self.norm3(h))
-        acts["act.h3"] = h
-        return h
-
-
-class Transformer2D(nn.Module):
-    def __init__(self, c, dt, heads, groups):
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, c, eps=1e-6)
-        self.proj_in = nn.Linear(c, c)
-        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(c, dt, heads)])
-        self.proj_out = nn.Linear(c, c)
-
-    def forward(self, x, ctx, keep, acts):
-        """x (B,H,W,C) NHWC; GroupNorm runs on the NCHW view as in diffusers."""
-        b, hh, ww, c = x.shape
-        g = self.norm(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, hh * ww, c)
-        h = self.proj_in(g)
-        acts["act.h0"] = h
-        for blk in self.transformer_blocks:
-            h = blk(h, ctx, keep, acts)
-        return x + self.proj_out(h).reshape(b, hh, ww, c)
 
 
 def init_params(model, gen):
@@ -243,7 +114,7 @@ def main():
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
 
-    enc, blk = TextEncoder(), Transformer2D(C, D, HEADS, GROUPS)
+    enc, blk = TextEncoder(VOCAB, MAX_LEN, D, LAYERS, TEXT_HEADS), Transformer2D(C, D, HEADS, GROUPS)
     init_params(enc, gen)
     init_params(blk, gen)
     enc, blk = enc.double(), blk.double()

@@ -4,26 +4,22 @@ tests/fixtures/text_unet_ref.safetensors.
 
     PYTHON=/usr/bin/python3; $PYTHON scripts/make_text_unet_reference.py [output path]
 
-The model is scripts/ddpm_torch.py's U-Net with every AttnBlock (down, mid, up) replaced by
-scripts/make_text_reference.py's Transformer2D (diffusers' layout, cross-attention on the
-text states with the padding mask), that file's TextEncoder as "text", and
-text_proj = Linear(d, 4 ch) of the pooled vector added to the timestep MLP's output (where
-class_emb goes): the layout src/unet.c builds for model.text. Float64 autograd of the MSE
-loss; the file holds the parameters (ddpm names and layouts), the input, tokens, padding
+The model is scripts/ddpm_torch.py's text U-Net (UNet.from_config of CONFIG below): every
+attention block (down, mid, up) a Transformer2D (diffusers' layout, cross-attention on the
+text states with the padding mask), the TextEncoder as "text", and text_proj = Linear(d, 4 ch)
+of the pooled vector added to the timestep MLP's output (where class_emb goes): the layout
+src/unet.c builds for model.text (scripts/make_text_reference.py checks the same layers one
+by one). Float64 autograd of the MSE loss; the file holds the parameters (ddpm names and layouts), the input, tokens, padding
 mask, timesteps, target, output, loss and every gradient (tests/test_textunet.c)."""
 import json
-import math
 import os
 import sys
 
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.argv = sys.argv[:1] + [a for a in sys.argv[1:]]
 import ddpm_torch  # noqa: E402
-import make_reference as mr  # noqa: E402
-import make_text_reference as mt  # noqa: E402
+import make_reference as mr  # noqa: E402  (init_params, to_ddpm, write_safetensors)
 
 SEED = 20261206
 B, RES, C_IMG = 3, 8, 1
@@ -44,43 +40,12 @@ CONFIG = {
 }
 
 
-class XAttn(mt.Transformer2D):
-    """Transformer2D on ddpm_torch's NCHW tensors, text states from a shared holder."""
-
-    def __init__(self, c, holder):
-        super().__init__(c, D, HEADS, GROUPS)
-        self.holder = holder
-
-    def forward(self, x):
-        h = x.permute(0, 2, 3, 1)
-        out = super().forward(h, self.holder["states"], self.holder["keep"], {})
-        return out.permute(0, 3, 1, 2)
-
-
-class TextUNet(ddpm_torch.UNet):
-    def __init__(self):
-        super().__init__(CH, CH_MULT, NRB, ATTN_RES, GROUPS, RES, C_IMG, dropout=0.0)
-        self.holder = {}
-        for lv in list(self.down) + [self.mid] + list(self.up):
-            for i in range(len(lv.attn)):
-                lv.attn[i] = XAttn(lv.attn[i].norm.num_channels, self.holder)
-        mt.VOCAB, mt.MAX_LEN, mt.D, mt.LAYERS, mt.TEXT_HEADS = VOCAB, MAX_LEN, D, LAYERS, TEXT_HEADS
-        self.text = mt.TextEncoder()
-        self.text_proj = nn.Linear(D, 4 * CH)
-        self.temb.register_forward_hook(lambda m, inp, out: out + self.text_proj(self.holder["pooled"]))
-
-    def forward(self, x, t, tok, keep):
-        states, pooled = self.text(tok, keep)
-        self.holder.update(states=states, pooled=pooled, keep=keep)
-        return super().forward(x, t)
-
-
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out_path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "tests", "fixtures", "text_unet_ref.safetensors")
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
-    model = TextUNet()
+    model = ddpm_torch.UNet.from_config(CONFIG)
     mr.init_params(model, gen)
     model = model.double()
     x32 = torch.randn((B, C_IMG, RES, RES), generator=gen, dtype=torch.float32)
@@ -89,7 +54,7 @@ def main():
     tok = torch.tensor(TOKENS, dtype=torch.int64)
     keep = torch.tensor(KEEP, dtype=torch.int64)
     x = x32.double().requires_grad_(True)
-    out = model(x, t, tok, keep)
+    out = model(x, t, tok=tok, keep=keep)
     loss = ((out - tgt32.double()) ** 2).mean()
     loss.backward()
     params = list(model.named_parameters())

@@ -20,8 +20,8 @@ The attribute checker (written for this script, independent of ddpm's renderer):
             bright item: a small item's square upsampled 2x (nearest), a faint one's pixels / 0.4.
 A sample counts when all four match. --real N scores N real scenes rendered here from the
 Fashion-MNIST test images (random attributes, the same rendering rules): the checker's own
-ceiling, to print beside the model's score. Held-out prompts (the three ddpm holds out by
-default) are reported separately.
+ceiling, to print beside the model's score. Held-out prompts (data.held_out of --config, the
+run's config.json; ddpm's default list without it) are reported separately.
 """
 import argparse
 import json
@@ -124,8 +124,13 @@ def main():
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--classifier", default=os.path.join(os.path.expanduser("~"), ".cache", "ddpm",
                                                           "fmnist_classifier_v%d.pt" % score.CACHE_VERSION))
+    ap.add_argument("--config", help="the run's config.json: its data.held_out names the held-out prompts")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    held_out = HELD_OUT
+    if a.config:
+        with open(a.config, encoding="utf-8") as f:
+            held_out = json.load(f).get("data", {}).get("held_out", HELD_OUT)
     torch.set_num_threads(2)
     net, _ = score.load_classifier(a.data, a.classifier)
     result = {}
@@ -172,8 +177,8 @@ def main():
             per[p]["n"] += 1
             for k, v in check(w, g, c).items():
                 per[p][k] += v
-        trained = [(p, per[p]) for p in prompts if p not in HELD_OUT]
-        held = [(p, per[p]) for p in prompts if p in HELD_OUT]
+        trained = [(p, per[p]) for p in prompts if p not in held_out]
+        held = [(p, per[p]) for p in prompts if p in held_out]
         if trained:
             result["trained"] = table(trained, "prompts seen in training")
         if held:

@@ -3,7 +3,7 @@
 # large, bright or faint, at one of five places, each with a caption), end to end.
 #   1. train configs/text.json into runs/text/ (stops by itself after at most 19 minutes)
 #   2. sample 8 images for each of five prompts, one grid row per prompt, into out/text/;
-#      "a large faint bag" is held out of training (data: scenes_default_held_out)
+#      "a large faint bag" is held out of training (data.held_out)
 set -e
 cd "$(dirname "$0")/.."
 mkdir -p out/text

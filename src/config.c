@@ -14,24 +14,25 @@
 #include "ddpm/fsio.h"
 
 /* K_FLAGS: a list of names from `choices`, stored as an unsigned mask (bit i = choice i). */
+/* K_STRS: a list of strings of at most hi bytes, stored as char[cap][CFG_CAPTION] + count. */
 /* K_DEGRADE: a degradation list (ddpm/degrade.h), stored as a DegradeSpec. */
-typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_INTS, K_FLAGS, K_DEGRADE } KeyType;
+typedef enum { K_INT, K_FLOAT, K_BOOL, K_STR, K_INTS, K_FLAGS, K_DEGRADE, K_STRS } KeyType;
 
 typedef struct {
     const char *key;      /* "section.name" */
     KeyType type;
     size_t off;           /* offset in Config */
-    size_t count_off;     /* K_INTS: offset of the element count */
+    size_t count_off;     /* K_INTS, K_STRS: offset of the element count */
     double lo, hi;        /* numeric range (inclusive); K_STR: max length via hi */
     const char *choices;  /* K_STR: "a|b|c" or NULL for free text */
     const char *def;      /* default, as JSON text */
     const char *help;
-    int cap;              /* K_INTS: most elements (0 = CFG_MAX_LEVELS) */
+    int cap;              /* K_INTS, K_STRS: most elements (0 = CFG_MAX_LEVELS) */
 } Key;
 
 #define OFF(f) offsetof(Config, f)
 #define CNT(f) offsetof(Config, f)
-/* Only data.classes sets `cap`; every other entry leaves it out (zero). */
+/* Only data.classes and data.held_out set `cap`; every other entry leaves it out (zero). */
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 static const Key KEYS[] = {
@@ -42,6 +43,10 @@ static const Key KEYS[] = {
      "captions: the metadata.jsonl column holding each image's caption (a string or a list of strings)"},
     {"data.paraphrase", K_BOOL, OFF(data.paraphrase), 0, 0, 1, NULL, "true",
      "scenes: add paraphrased captions (word order, synonyms) beside the canonical one"},
+    {"data.held_out", K_STRS, OFF(data.held_out), CNT(data.n_held_out), 0, CFG_CAPTION - 1, NULL,
+     "[\"a small bright trouser in the bottom right\", \"a large faint bag\", \"a small faint sneaker in the center\"]",
+     "scenes: captions never trained on (any phrasing of the scene), so composition can be measured; [] = none",
+     CFG_MAX_HELD_OUT},
     {"data.path", K_STR, OFF(data.path), 0, 0, CFG_STR - 1, NULL, "\"/usr/share/datasets/fashion-mnist\"",
      "dataset file or folder (see data/README.md)"},
     {"data.image_size", K_INT, OFF(data.image_size), 0, 1, 1024, NULL, "28",
@@ -204,6 +209,7 @@ static const char *type_name(const Key *k) {
     case K_INTS: return "a list of integers";
     case K_FLAGS: return "a list of names";
     case K_DEGRADE: return "a list of degradations";
+    case K_STRS: return "a list of strings";
     }
     return "?";
 }
@@ -211,6 +217,9 @@ static const char *type_name(const Key *k) {
 static int ints_cap(const Key *k) { return k->cap ? k->cap : CFG_MAX_LEVELS; }
 
 static int range_error(const char *label, const Key *k, const char *got) {
+    if (k->type == K_STRS)
+        return err_set(DDPM_EUSAGE, "%s: \"%s\" = %s is out of range: at most %d strings of at most %g bytes", label, k->key,
+                       got, ints_cap(k), k->hi);
     if (k->type == K_INTS)
         return err_set(DDPM_EUSAGE, "%s: \"%s\" = %s is out of range: each element must be in [%g, %g] (%s to %d elements)",
                        label, k->key, got, k->lo, k->hi, k->cap ? "0" : "1", ints_cap(k));
@@ -287,6 +296,25 @@ static int set_value(Config *c, const Key *k, const cJSON *v, const char *label)
             tmp[i] = (int)e->valuedouble;
         }
         memcpy(p, tmp, sizeof(int) * n);
+        *(int *)((char *)c + k->count_off) = n;
+        return DDPM_OK;
+    }
+    case K_STRS: {
+        if (!cJSON_IsArray(v))
+            return err_set(DDPM_EUSAGE, "%s: \"%s\" must be %s, got %s", label, k->key, type_name(k), got);
+        int n = cJSON_GetArraySize(v);
+        if (n > ints_cap(k)) return range_error(label, k, got);
+        for (int i = 0; i < n; i++) {
+            const cJSON *e = cJSON_GetArrayItem(v, i);
+            if (!cJSON_IsString(e))
+                return err_set(DDPM_EUSAGE, "%s: \"%s\"[%d] must be a string", label, k->key, i);
+            if (strlen(e->valuestring) > (size_t)k->hi) {
+                snprintf(got, sizeof got, "\"%.40s...\" (element %d)", e->valuestring, i);
+                return range_error(label, k, got);
+            }
+        }
+        memset(p, 0, (size_t)ints_cap(k) * CFG_CAPTION); /* unused slots zero: equal lists, equal bytes */
+        for (int i = 0; i < n; i++) strcpy(p + (size_t)i * CFG_CAPTION, cJSON_GetArrayItem(v, i)->valuestring);
         *(int *)((char *)c + k->count_off) = n;
         return DDPM_OK;
     }
@@ -549,6 +577,12 @@ char *config_to_json(const Config *c) {
                 break;
             }
             case K_DEGRADE: cJSON_AddItemToObject(sec, name, degrade_spec_to_json((const DegradeSpec *)p)); break;
+            case K_STRS: {
+                cJSON *a = cJSON_AddArrayToObject(sec, name);
+                int n = *(const int *)((const char *)c + k->count_off);
+                for (int j = 0; j < n; j++) cJSON_AddItemToArray(a, cJSON_CreateString(p + (size_t)j * CFG_CAPTION));
+                break;
+            }
             case K_FLAGS: {
                 cJSON *a = cJSON_AddArrayToObject(sec, name);
                 unsigned mask = *(const unsigned *)p;
@@ -583,7 +617,8 @@ void config_print_keys(FILE *f) {
         }
         else if (k->type == K_INT || k->type == K_FLOAT || k->type == K_INTS)
             snprintf(range, sizeof range, " [%.10g, %.10g]", k->lo, k->hi); /* exact: 2147483647, not 2.14748e+09 */
-        static const char *tn[] = {"int", "float", "bool", "string", "int list", "name list", "degradation list"};
+        static const char *tn[] = {"int", "float", "bool", "string", "int list", "name list", "degradation list",
+                                 "string list"};
         fprintf(f, "| `%s` | %s%s | `%s` | %s |\n", k->key, tn[k->type], range, k->def, k->help);
     }
 }

@@ -102,14 +102,20 @@ static void sgemm(int transA, int transB, int M, int N, int K, float alpha, cons
 #define GEMM_KSPLIT_RATIO 8 /* K >= this times max(M, N): split K */
 #define GEMM_MAX_PARTS 16
 
-int procs_capped(int cap) {
+/* omp_get_num_procs asks the kernel for the affinity mask (a system call) each time, and
+ * gemm() needs the count on every call: it is read once. */
+static int procs;
+static void procs_read(void) {
 #ifdef _OPENMP
-    int n = omp_get_num_procs();
-    return n < 1 ? 1 : n > cap ? cap : n;
-#else
-    (void)cap;
-    return 1;
+    procs = omp_get_num_procs();
 #endif
+    if (procs < 1) procs = 1;
+}
+
+int procs_capped(int cap) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, procs_read);
+    return procs > cap ? cap : procs;
 }
 
 float *grow_buffer(float **buf, size_t *cap, size_t n) {

@@ -20,14 +20,35 @@ static const char SUF_A[] = ".lora_A.weight", SUF_B[] = ".lora_B.weight";
 
 /* ---- kernels ---------------------------------------------------------------------------- */
 
+void lora_refs_merge(float *Wm, const float *W, const LoraRef *r, int n, int OUT, int K) {
+    if (Wm != W) memcpy(Wm, W, (size_t)OUT * K * sizeof(float));
+    for (int i = 0; i < n; i++) lora_merge_weight(Wm, r[i].A, r[i].B, OUT, K, r[i].rank, r[i].scale);
+}
+
+// inp is (N,IN), A (r,IN), h (N,r)
+void lora_h_forward(float *h, const float *inp, const float *A, int N, int IN, int r) {
+    if (N > 0) gemm(0, 1, N, r, IN, 1.0f, inp, IN, A, IN, 0.0f, h, r);
+}
+
+// dout is (N,OUT) with rows ldo apart, inp (N,IN), B (OUT,r), h and dh (N,r)
+void lora_ab_backward(float *dA, float *dB, const float *dout, int ldo, const float *inp, const float *B, const float *h, float *dh,
+                      int N, int IN, int OUT, int r, float scale) {
+    if (N <= 0) return;
+    /* the same out as inp W^T + scale h B^T with h = inp A^T:  dB (OUT,r) += scale dout^T h,
+     * dh (N,r) = scale dout B, dA (r,IN) += dh^T inp */
+    if (dB) gemm(1, 0, OUT, r, N, scale, dout, ldo, h, r, 1.0f, dB, r);
+    if (!dA) return;
+    gemm(0, 0, N, r, OUT, scale, dout, ldo, B, r, 0.0f, dh, r);
+    gemm(1, 0, r, IN, N, 1.0f, dh, r, inp, IN, 1.0f, dA, IN);
+}
+
 // inp is (N,IN), W (OUT,IN), bias (OUT), A (r,IN), B (OUT,r), h (N,r), out (N,OUT), scratch (OUT,IN)
 void lora_forward(float *out, float *h, const float *inp, const float *W, const float *bias, const float *A, const float *B, int N,
                   int IN, int OUT, int r, float scale, float *scratch) {
     /* out = inp (W + scale B A)^T + bias: the merged weight, as lora_refs_forward runs it */
     LoraRef ref = {A, B, r, scale};
     lora_refs_forward(out, inp, W, bias, &ref, scale != 0.0f, N, IN, OUT, scratch);
-    /* h (N,r) = inp (N,IN) . A (r,IN)^T, for dB */
-    if (N > 0) gemm(0, 1, N, r, IN, 1.0f, inp, IN, A, IN, 0.0f, h, r);
+    lora_h_forward(h, inp, A, N, IN, r); /* for dB */
 }
 
 // dout is (N,OUT), inp (N,IN), W (OUT,IN), A (r,IN), B (OUT,r), h and dh (N,r), scratch (OUT,IN)
@@ -36,18 +57,11 @@ void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const f
     if (N <= 0) return;
     /* out = inp Wm^T, Wm = W + scale B A:  dinp (N,IN) += dout Wm */
     if (dinp) {
-        if (scale != 0.0f) {
-            memcpy(scratch, W, (size_t)OUT * IN * sizeof(float));
-            lora_merge_weight(scratch, A, B, OUT, IN, r, scale);
-        }
+        LoraRef ref = {A, B, r, scale};
+        if (scale != 0.0f) lora_refs_merge(scratch, W, &ref, 1, OUT, IN);
         gemm(0, 0, N, IN, OUT, 1.0f, dout, OUT, scale != 0.0f ? scratch : W, IN, 1.0f, dinp, IN);
     }
-    /* the same out as inp W^T + scale h B^T with h = inp A^T:  dB (OUT,r) += scale dout^T h,
-     * dh (N,r) = scale dout B, dA (r,IN) += dh^T inp */
-    if (dB) gemm(1, 0, OUT, r, N, scale, dout, OUT, h, r, 1.0f, dB, r);
-    if (!dA) return;
-    gemm(0, 0, N, r, OUT, scale, dout, OUT, B, r, 0.0f, dh, r);
-    gemm(1, 0, r, IN, N, 1.0f, dh, r, inp, IN, 1.0f, dA, IN);
+    lora_ab_backward(dA, dB, dout, OUT, inp, B, h, dh, N, IN, OUT, r, scale);
 }
 
 /* A's convolution: the base's input, kernel and stride, r output channels */
@@ -736,8 +750,7 @@ int lora_stack_max_rank(const LoraStack *st) {
 void lora_refs_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, int N, int IN,
                        int OUT, float *scratch) {
     /* W + the refs merged one after the other, as lora_stack_merge merges them */
-    if (n) memcpy(scratch, W, (size_t)OUT * IN * sizeof(float));
-    for (int i = 0; i < n; i++) lora_merge_weight(scratch, r[i].A, r[i].B, OUT, IN, r[i].rank, r[i].scale);
+    if (n) lora_refs_merge(scratch, W, r, n, OUT, IN);
     linear_forward(out, inp, n ? scratch : W, bias, N, IN, OUT);
 }
 
@@ -745,8 +758,7 @@ void lora_refs_conv_forward(float *out, const float *inp, const float *W, const 
                             float *scratch) {
     /* W + the refs merged one after the other, as lora_stack_merge merges them */
     float *Wm = scratch, *scr = scratch + merged_floats(s);
-    if (n) memcpy(Wm, W, (size_t)s.OC * s.k * s.k * s.C * sizeof(float));
-    for (int i = 0; i < n; i++) lora_merge_weight(Wm, r[i].A, r[i].B, s.OC, s.k * s.k * s.C, r[i].rank, r[i].scale);
+    if (n) lora_refs_merge(Wm, W, r, n, s.OC, s.k * s.k * s.C);
     conv2d_forward(out, inp, n ? Wm : W, bias, s, scr);
 }
 

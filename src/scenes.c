@@ -16,11 +16,6 @@
 #define N_LAYOUT (SCENE_N_POS + 1)  /* the 5 small positions, then large */
 #define N_CONFIG (2 * N_LAYOUT)     /* x (bright, faint) */
 
-const char *const scenes_default_held_out[SCENES_N_DEFAULT_HELD_OUT] = {
-    "a small bright trouser in the bottom right",
-    "a large faint bag",
-    "a small faint sneaker in the center",
-};
 const char *const scene_class_names[SCENE_N_CLASSES] = {"t-shirt", "trouser", "pullover", "dress", "coat",
                                                         "sandal",  "shirt",   "sneaker",  "bag",   "ankle boot"};
 const char *const scene_pos_names[SCENE_N_POS] = {"top left", "top right", "bottom left", "bottom right", "center"};

@@ -462,8 +462,10 @@ int train_load_captions(CapData *cap, Vocab *v, Config *c) {
     int rc;
     memset(cap, 0, sizeof *cap), memset(v, 0, sizeof *v);
     if (!strcmp(c->data.format, "scenes")) {
-        ScenesOpts so = {.path = c->data.path, .n = c->data.limit, .seed = (uint64_t)c->train.seed, .held_out = scenes_default_held_out,
-                         .n_held_out = SCENES_N_DEFAULT_HELD_OUT, .paraphrase = c->data.paraphrase, .size = c->data.image_size,
+        const char *held[CFG_MAX_HELD_OUT];
+        for (int i = 0; i < c->data.n_held_out; i++) held[i] = c->data.held_out[i];
+        ScenesOpts so = {.path = c->data.path, .n = c->data.limit, .seed = (uint64_t)c->train.seed, .held_out = held,
+                         .n_held_out = c->data.n_held_out, .paraphrase = c->data.paraphrase, .size = c->data.image_size,
                          .channels = c->data.channels};
         rc = scenes_load(cap, &so);
     } else {

@@ -50,14 +50,16 @@ typedef struct {
 
 /* AttnBlock on x (B,N,C), C = cin = cout, single head:
  *   hn = norm(x),  query/key/value = q/k/v(hn),  att = softmax(query key^T / sqrt(C)),
- *   o = att value,  out = x + proj_out(o) */
+ *   o = att value,  out = x + proj_out(o)
+ * q, k, v are one linear layer of 3C outputs (their weights, then their biases, follow each
+ * other in the parameter block: linear_params_joined), one GEMM. */
 typedef struct {
     NormParams norm;        /* (C) */
-    LinearParams q, k, v;   /* 1x1 projections: w (C,C), b (C) */
+    LinearParams qkv_p[3];  /* q, k, v 1x1 projections: w (C,C), b (C) each */
     LinearParams proj_out;  /* w (C,C), b (C); zero at init */
     float *hn;              /* (B,N,C) */
     float *mean, *rstd;     /* norm statistics (B,G) */
-    float *query, *key, *value; /* (B,N,C) */
+    float *qkv;             /* rows [query | key | value] (B,N,3C) */
     float *att;             /* (B,N,N) */
     float *o;               /* (B,N,C) */
 } AttnBlock;
@@ -142,6 +144,21 @@ static LinearParams linear_params(Builder *bd, const char *nm, int IN, int OUT, 
     return l;
 }
 
+/* n linear layers of one shape on the same input (an AttnBlock's q, k, v): their table
+ * entries in the usual order (weight, bias of each; init streams by index as ever), but in
+ * the block the n weights follow each other, then the n biases, so that they act as one
+ * layer of n*OUT outputs: w (n*OUT,IN) and b (n*OUT) at the first layer's offsets. */
+static void linear_params_joined(Builder *bd, const char *const *nm, int n, int IN, int OUT, LinearParams *l) {
+    UNet *u = bd->u;
+    const size_t base = u->n_floats, nw = (size_t)OUT * IN, wspan = (n * nw + 15) / 16 * 16;
+    for (int i = 0; i < n; i++) l[i] = linear_params(bd, nm[i], IN, OUT, 0);
+    for (int i = 0; i < n; i++) {
+        u->P[l[i].w].off = base + i * nw;
+        u->P[l[i].b].off = base + wspan + (size_t)i * OUT;
+    }
+    u->n_floats = base + wspan + ((size_t)n * OUT + 15) / 16 * 16;
+}
+
 /* GroupNorm gamma (C) = 1, beta (C) = 0 */
 static NormParams norm_params(Builder *bd, const char *nm, int C) {
     int s[1] = {C};
@@ -195,9 +212,8 @@ static Block *add_block(Builder *bd, int *cap, BlockKind kind, int H, int W, int
     case BLK_ATTN: {
         AttnBlock *a = &b->attn;
         a->norm = norm_params(bd, "norm", cin);
-        a->q = linear_params(bd, "q", cin, cin, 0);
-        a->k = linear_params(bd, "k", cin, cin, 0);
-        a->v = linear_params(bd, "v", cin, cin, 0);
+        static const char *const qkv_names[3] = {"q", "k", "v"};
+        linear_params_joined(bd, qkv_names, 3, cin, cin, a->qkv_p);
         a->proj_out = linear_params(bd, "proj_out", cin, cin, 1);
         b->flops = 2.0 * HW * cin * cin * 4 + 4.0 * HW * HW * cin;
         break;
@@ -376,9 +392,7 @@ static size_t alloc_acts(UNet *u, Arena *a) {
         case BLK_ATTN: {
             AttnBlock *at = &b->attn;
             ACT(at->hn, nin);
-            ACT(at->query, nin);
-            ACT(at->key, nin);
-            ACT(at->value, nin);
+            ACT(at->qkv, 3 * nin);
             ACT(at->att, B * HW * HW);
             ACT(at->o, nin);
             ACT(at->mean, B * G);
@@ -403,14 +417,18 @@ static size_t alloc_acts(UNet *u, Arena *a) {
     }
     /* the scratch buffers and their roles: see UNetScratch in unet.h */
     float *buf[5] = {NULL};
-    for (int k = 0; k < (tr ? 5 : 1); k++) ACT(buf[k], scr_n);
+    if (tr) { /* buffers 1 to 3 are one run, for d_qkv */
+        ACT(buf[0], scr_n);
+        ACT(buf[1], 3 * scr_n);
+        buf[2] = buf[1] + scr_n, buf[3] = buf[2] + scr_n;
+        ACT(buf[4], scr_n);
+    }
     UNetScratch *sc = &u->scr;
-    sc->shortcut = buf[0];
     if (tr) {
         sc->d_a2 = sc->d_a1 = sc->d_o = sc->d_up = sc->d_a = buf[0];
-        sc->d_h1 = sc->d_query = buf[1];
-        sc->d_tp = sc->d_key = buf[2];
-        sc->d_cat = sc->d_value = buf[3];
+        sc->d_h1 = sc->d_qkv = buf[1];
+        sc->d_tp = buf[2];
+        sc->d_cat = buf[3];
         sc->d_hn = buf[4];
     }
     ACT(u->conv_scr, conv_n);
@@ -584,31 +602,76 @@ static float *grad(const UNet *u, int i) { return u->P[i].frozen ? NULL : u->gra
 /* The adapters on weight i, NULL when none. */
 static const LoraSlot *slot(const UNet *u, int i) { return u->lora && u->lora->slot[i].n ? &u->lora->slot[i] : NULL; }
 
-/* out (N,OUT) = inp (N,IN) W^T + b (+ the adapters' s·(inp A^T) B^T) */
-static void linear_fwd(const UNet *u, float *out, const float *inp, LinearParams l, int N, int IN, int OUT) {
-    const LoraSlot *sl = slot(u, l.w);
-    const float *w = par(u, l.w), *b = par(u, l.b);
-    if (!sl)
-        PROF(PROF_GEMM, linear_forward(out, inp, w, b, N, IN, OUT));
-    else if (u->lora->train)
-        PROF(PROF_GEMM, lora_forward(out, sl->h, inp, w, b, sl->r[0].A, sl->r[0].B, N, IN, OUT, sl->r[0].rank, sl->r[0].scale,
-                                     u->lora->scr));
-    else
-        PROF(PROF_GEMM, lora_refs_forward(out, inp, w, b, sl->r, sl->n, N, IN, OUT, u->lora->scr));
+/* The joined weight [W_0; ..; W_n-1] (n*OUT, IN) of n layers of one input: the parameters
+ * themselves, or, when a layer has adapters, a copy in the adapters' scratch with each
+ * layer's adapters merged into its rows (lora_refs_merge: the bits ddpm merge writes). */
+static const float *joined_weight(const UNet *u, const LinearParams *l, int n, int IN, int OUT) {
+    const float *w = par(u, l[0].w);
+    float *wm = NULL;
+    const size_t nw = (size_t)OUT * IN;
+    for (int i = 0; i < n; i++) {
+        const LoraSlot *sl = slot(u, l[i].w);
+        if (!sl) continue;
+        if (!wm) wm = memcpy(u->lora->scr, w, n * nw * sizeof(float));
+        lora_refs_merge(wm + i * nw, wm + i * nw, sl->r, sl->n, OUT, IN);
+    }
+    return wm ? wm : w;
 }
 
-/* dinp (N,IN) += ..., dW, db += ... unless frozen, dA, dB += ... of a trained adapter; dinp
- * may be NULL */
-static void linear_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, LinearParams l, int N, int IN, int OUT) {
-    const LoraSlot *sl = slot(u, l.w);
-    if (!sl || !u->lora->train) {
-        PROF(PROF_GEMM, linear_backward(dinp, grad(u, l.w), grad(u, l.b), dout, inp, par(u, l.w), N, IN, OUT));
-        return;
+/* out (N,n*OUT) = res + inp (N,IN) [W_0; ..; W_n-1]^T + [b_0 .. b_n-1] (each layer's adapters
+ * merged into its weight: W + s·B·A): n layers of one input whose weights and biases follow
+ * each other in the parameter block (linear_params_joined), one GEMM; n = 1: one layer.
+ * res: a residual stream the GEMM sums into out (NULL: none; may be out). Training keeps
+ * h = inp A^T of each adapter for dB. */
+static void linears_fwd(const UNet *u, float *out, const float *res, const float *inp, const LinearParams *l, int n, int N,
+                        int IN, int OUT) {
+    const float *w = joined_weight(u, l, n, IN, OUT);
+    PROF(PROF_GEMM, linear_residual_forward(out, res, inp, w, par(u, l[0].b), N, IN, n * OUT));
+    for (int i = 0; i < n; i++) {
+        const LoraSlot *sl = slot(u, l[i].w);
+        if (sl && u->lora->train) PROF(PROF_GEMM, lora_h_forward(sl->h, inp, sl->r[0].A, N, IN, sl->r[0].rank));
     }
-    float *gw = grad(u, l.w), *gb = grad(u, l.b);
-    if (gw || gb) PROF(PROF_GEMM, linear_backward(NULL, gw, gb, dout, inp, par(u, l.w), N, IN, OUT));
-    PROF(PROF_GEMM, lora_backward(dinp, sl->dA, sl->dB, dout, inp, par(u, l.w), sl->r[0].A, sl->r[0].B, sl->h, u->lora->hbuf, N, IN,
-                                  OUT, sl->r[0].rank, sl->r[0].scale, u->lora->scr));
+}
+
+static void linear_fwd(const UNet *u, float *out, const float *inp, LinearParams l, int N, int IN, int OUT) {
+    linears_fwd(u, out, NULL, inp, &l, 1, N, IN, OUT);
+}
+
+/* The backward of linears_fwd: dinp (N,IN) += ... through the merged weights (dinp may be
+ * NULL), dW, db += ... of the layers not frozen, dA, dB += ... of trained adapters. When some
+ * of the n layers are frozen and others not, the joined weight gradient goes to scratch and
+ * the trained parts are added from there. */
+static void linears_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, const LinearParams *l, int n, int N,
+                        int IN, int OUT) {
+    const int W = n * OUT;
+    const float *w = dinp ? joined_weight(u, l, n, IN, OUT) : par(u, l[0].w); /* the weight gradient does not read w */
+    int nw = 0, nb = 0;
+    for (int i = 0; i < n; i++) nw += grad(u, l[i].w) != NULL, nb += grad(u, l[i].b) != NULL;
+    if ((nw == 0 || nw == n) && (nb == 0 || nb == n)) {
+        PROF(PROF_GEMM, linear_backward(dinp, nw ? grad(u, l[0].w) : NULL, nb ? grad(u, l[0].b) : NULL, dout, inp, w, N, IN, W));
+    } else {
+        static __thread float *buf;
+        static __thread size_t cap;
+        const size_t sw = (size_t)W * IN;
+        float *gw = grow_buffer(&buf, &cap, sw + W), *gb = gw + sw;
+        memset(gw, 0, (sw + W) * sizeof(float));
+        PROF(PROF_GEMM, linear_backward(dinp, gw, gb, dout, inp, w, N, IN, W));
+        for (int i = 0; i < n; i++) {
+            float *dw = grad(u, l[i].w), *db = grad(u, l[i].b);
+            if (dw) add_inplace(dw, gw + (size_t)i * OUT * IN, (size_t)OUT * IN);
+            if (db) add_inplace(db, gb + (size_t)i * OUT, (size_t)OUT);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        const LoraSlot *sl = slot(u, l[i].w);
+        if (sl && u->lora->train)
+            PROF(PROF_GEMM, lora_ab_backward(sl->dA, sl->dB, dout + (size_t)i * OUT, W, inp, sl->r[0].B, sl->h, u->lora->hbuf, N, IN, OUT,
+                                             sl->r[0].rank, sl->r[0].scale));
+    }
+}
+
+static void linear_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, LinearParams l, int N, int IN, int OUT) {
+    linears_bwd(u, dinp, dout, inp, &l, 1, N, IN, OUT);
 }
 
 /* A 1x1 conv weight (OC,1,1,C) is a linear weight (OUT,IN) over the B*H*W pixels (NHWC). */
@@ -688,9 +751,9 @@ static void res_forward(UNet *u, int i, const float *x, int B) {
     norm_fwd(u, r->a2, r->mean2, r->rstd2, r->h1, r->norm2, B, HW, b->cout, 1);
     if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, r->a2, B, (size_t)HW * b->cout));
     conv_fwd(u, b->out, r->a2, r->conv2, conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1));
-    if (r->has_shortcut) {
-        linear_fwd(u, u->scr.shortcut, x, conv1x1_as_linear(r->nin_shortcut), B * HW, b->cin, b->cout);
-        PROF(PROF_ELEM, add_inplace(b->out, u->scr.shortcut, nout));
+    if (r->has_shortcut) { /* out += nin_shortcut(x), summed by its GEMM */
+        LinearParams sc = conv1x1_as_linear(r->nin_shortcut);
+        linears_fwd(u, b->out, b->out, x, &sc, 1, B * HW, b->cin, b->cout);
     } else {
         PROF(PROF_ELEM, add_inplace(b->out, x, nout));
     }
@@ -701,12 +764,9 @@ static void attn_forward(UNet *u, Block *b, const float *x, int B) {
     AttnBlock *a = &b->attn;
     int N = b->H * b->W, C = b->cin, BN = B * N;
     norm_fwd(u, a->hn, a->mean, a->rstd, x, a->norm, B, N, C, 0);
-    linear_fwd(u, a->query, a->hn, a->q, BN, C, C);
-    linear_fwd(u, a->key, a->hn, a->k, BN, C, C);
-    linear_fwd(u, a->value, a->hn, a->v, BN, C, C);
-    PROF(PROF_ATTN, attention_forward(a->o, a->att, a->query, a->key, a->value, B, N, C));
-    linear_fwd(u, b->out, a->o, a->proj_out, BN, C, C);
-    PROF(PROF_ELEM, add_inplace(b->out, x, (size_t)BN * C));
+    linears_fwd(u, a->qkv, NULL, a->hn, a->qkv_p, 3, BN, C, C);
+    PROF(PROF_ATTN, attention_forward(a->o, a->att, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C, B, N, C));
+    linears_fwd(u, b->out, x, a->o, &a->proj_out, 1, BN, C, C); /* out = x + proj_out(o) */
 }
 
 void unet_forward(UNet *u, float *out, const float *x, const int *t, int B) { unet_forward_cond(u, out, x, t, NULL, B); }
@@ -853,13 +913,12 @@ static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
     if (dx) PROF(PROF_ELEM, add_inplace(dx, b->dout, n)); /* residual */
     float *d_o = zeroed(sc->d_o, n);
     linear_bwd(u, d_o, b->dout, a->o, a->proj_out, BN, C, C);
-    float *dq = zeroed(sc->d_query, n), *dk = zeroed(sc->d_key, n), *dv = zeroed(sc->d_value, n);
-    PROF(PROF_ATTN, attention_backward(dq, dk, dv, d_o, a->query, a->key, a->value, a->att, B, N, C, u->att_scr));
+    float *dqkv = zeroed(sc->d_qkv, 3 * n);
+    PROF(PROF_ATTN, attention_backward(dqkv, dqkv + C, dqkv + 2 * C, d_o, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C, a->att, B,
+                                       N, C, u->att_scr));
     int need_hn = dx || trained_norm(u, a->norm);
     float *dhn = need_hn ? zeroed(sc->d_hn, n) : NULL;
-    linear_bwd(u, dhn, dq, a->hn, a->q, BN, C, C);
-    linear_bwd(u, dhn, dk, a->hn, a->k, BN, C, C);
-    linear_bwd(u, dhn, dv, a->hn, a->v, BN, C, C);
+    linears_bwd(u, dhn, dqkv, a->hn, a->qkv_p, 3, BN, C, C);
     if (need_hn) norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, 0);
 }
 
@@ -986,7 +1045,8 @@ static size_t lora_rows(const UNet *u, int pi, ConvShape *cs) {
             else if (pi != b->res.nin_shortcut.w) return 0;
             return rows;
         case BLK_ATTN:
-            return pi == b->attn.q.w || pi == b->attn.k.w || pi == b->attn.v.w || pi == b->attn.proj_out.w ? rows : 0;
+            return pi == b->attn.qkv_p[0].w || pi == b->attn.qkv_p[1].w || pi == b->attn.qkv_p[2].w || pi == b->attn.proj_out.w ? rows
+                                                                                                                           : 0;
         case BLK_OUT:
             if (pi != b->head.conv_out.w) return 0;
             *cs = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
@@ -1008,6 +1068,16 @@ void unet_lora_detach(UNet *u) {
 
 /* Size and allocate the buffers of the slots filled in L (refs set); EUSAGE when an
  * adapter sits on a tensor the wrappers do not apply. */
+/* Floats of the joined weight linears_fwd runs linear weight pi in (3 of them for q, k, v). */
+static size_t joined_floats(const UNet *u, int pi) {
+    for (int i = 0; i < u->nblk; i++) {
+        const Block *b = &u->blk[i];
+        if (b->kind == BLK_ATTN && (pi == b->attn.qkv_p[0].w || pi == b->attn.qkv_p[1].w || pi == b->attn.qkv_p[2].w))
+            return 3 * u->P[pi].n;
+    }
+    return u->P[pi].n;
+}
+
 static int lora_buffers(UNet *u, struct UNetLora *L) {
     size_t hmax = 0, cmax = 0, saved = 0;
     for (int i = 0; i < u->nP; i++) {
@@ -1020,10 +1090,10 @@ static int lora_buffers(UNet *u, struct UNetLora *L) {
             return err_set(DDPM_EUSAGE, "adapter on \"%s\": ddpm adapts linear and convolution weights of layers only, not this tensor",
                            u->P[i].name);
         }
-        /* sampling merges a layer's adapters into a copy of its weight (scratch); training
-         * keeps a linear adapter's h for backward and needs dh, a convolution adapter keeps
-         * nothing and needs h and dh in backward */
-        size_t hn = rows * (size_t)sl->r[0].rank, cn = cs.k ? lora_conv_scratch(cs, sl->r[0].rank) : u->P[i].n;
+        /* a layer's adapters merge into a copy of its weight (scratch; q, k and v are one
+         * joined weight); training keeps a linear adapter's h for backward and needs dh, a
+         * convolution adapter keeps nothing and needs h and dh in backward */
+        size_t hn = rows * (size_t)sl->r[0].rank, cn = cs.k ? lora_conv_scratch(cs, sl->r[0].rank) : joined_floats(u, i);
         if (cn > cmax) cmax = cn;
         if (L->train && (cs.k ? 2 : 1) * hn > hmax) hmax = (cs.k ? 2 : 1) * hn;
         if (L->train && !cs.k) saved += hn;

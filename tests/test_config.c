@@ -108,6 +108,15 @@ int main(void) {
          err_msg());
     T_OK(config_set(&c, "data.classes=[0,1,2,3,4,5,6,7,9]") == 0 && c.data.n_classes == 9 && c.data.classes[8] == 9,
          "--set data.classes with 9 labels (more than the 8 levels of model lists)");
+    T_OK(c.data.n_held_out == 3 && !strcmp(c.data.held_out[1], "a large faint bag"), "data.held_out defaults to 3 captions");
+    T_OK(config_set(&c, "data.held_out=[\"a large bright coat\"]") == 0 && c.data.n_held_out == 1 &&
+             !strcmp(c.data.held_out[0], "a large bright coat"),
+         "--set data.held_out with one caption");
+    T_OK(config_set(&c, "data.held_out=[]") == 0 && c.data.n_held_out == 0, "--set data.held_out=[] holds nothing out");
+    T_OK(config_set(&c, "data.held_out=[\"a large bright coat\", 3]") == 2 && strstr(err_msg(), "\"data.held_out\"[1] must be a string"),
+         "a number in data.held_out: %s", err_msg());
+    T_OK(config_set(&c, "data.held_out=\"a large bright coat\"") == 2 && strstr(err_msg(), "must be a list of strings"),
+         "a bare string for data.held_out: %s", err_msg());
     T_OK(config_set(&c, "train.init_from=runs/base/ema.safetensors") == 0 && !strcmp(c.train.init_from, "runs/base/ema.safetensors"),
          "--set train.init_from");
 
@@ -120,6 +129,7 @@ int main(void) {
     config_set(&a, "train.lora={\"rank\": 4, \"alpha\": 0.5, \"targets\": [\"temb\", \"conv\"]}");
     config_set(&a, "data.classes=[9, 0, 3]");
     config_set(&a, "train.init_from=base.safetensors");
+    config_set(&a, "data.held_out=[\"a large faint coat\"]");
     char *js = config_to_json(&a);
     config_defaults(&b);
     int rc = config_parse(&b, js, "roundtrip");

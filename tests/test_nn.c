@@ -673,33 +673,42 @@ static void test_silu(void) {
 
 /* ---- attention ----------------------------------------------------------------------- */
 
+/* q, k, v as the U-Net has them: the rows [q | k | v] of one projection (ld = 3C) */
 typedef struct {
     int B, N, C;
-    float *q, *k, *v, *out, *att, *scratch, *dq, *dk, *dv, *R;
+    float *q, *k, *v;    /* contiguous copies for the reference */
+    float *qkv, *out, *att, *scratch, *dqkv, *R;
 } AttCtx;
 static void att_fwd(void *p) {
     AttCtx *c = p;
-    attention_forward(c->out, c->att, c->q, c->k, c->v, c->B, c->N, c->C);
+    attention_forward(c->out, c->att, c->qkv, c->qkv + c->C, c->qkv + 2 * c->C, 3 * c->C, c->B, c->N, c->C);
 }
 static void att_bwd(void *p) {
     AttCtx *c = p;
-    attention_backward(c->dq, c->dk, c->dv, c->R, c->q, c->k, c->v, c->att, c->B, c->N, c->C, c->scratch);
+    const int C = c->C;
+    attention_backward(c->dqkv, c->dqkv + C, c->dqkv + 2 * C, c->R, c->qkv, c->qkv + C, c->qkv + 2 * C, 3 * C, c->att,
+                       c->B, c->N, C, c->scratch);
 }
 
 static void test_attention(int B, int N, int C) {
     char name[64];
-    snprintf(name, sizeof name, "attention B%d N%d C%d", B, N, C);
+    snprintf(name, sizeof name, "attention B%d N%d C%d, rows [q | k | v]", B, N, C);
     AttCtx c = {.B = B, .N = N, .C = C};
     size_t n = (size_t)B * N * C;
     c.q = alloc_rand(n, 1.5f, 0);
     c.k = alloc_rand(n, 1.5f, 0);
     c.v = alloc_rand(n, 1.0f, 0);
+    c.qkv = alloc0(3 * n);
+    for (size_t r = 0; r < (size_t)B * N; r++)
+        for (int j = 0; j < C; j++) {
+            c.qkv[r * 3 * C + j] = c.q[r * C + j];
+            c.qkv[r * 3 * C + C + j] = c.k[r * C + j];
+            c.qkv[r * 3 * C + 2 * C + j] = c.v[r * C + j];
+        }
     c.out = alloc0(n);
     c.att = alloc0((size_t)B * N * N);
     c.scratch = alloc0(attention_scratch(N));
-    c.dq = alloc0(n);
-    c.dk = alloc0(n);
-    c.dv = alloc0(n);
+    c.dqkv = alloc0(3 * n);
     c.R = alloc_rand(n, 1, 0);
     /* direct reference in double */
     double *ro = malloc(n * sizeof(double)), *ra = malloc((size_t)B * N * N * sizeof(double));
@@ -725,12 +734,10 @@ static void test_attention(int B, int N, int C) {
     double eo = max_rel(c.out, ro, n), ea = max_rel(c.att, ra, (size_t)B * N * N);
     T_OK(eo < 1e-5 && ea < 1e-5, "%s: forward vs direct, max rel err out %.2e att %.2e", name, eo, ea);
     free(ro), free(ra);
-    GradCase g = {name, att_fwd, att_bwd, &c, c.out, c.R, n,
-                  {{"q", c.q, c.dq, n}, {"k", c.k, c.dk, n}, {"v", c.v, c.dv, n}},
-                  3};
+    GradCase g = {name, att_fwd, att_bwd, &c, c.out, c.R, n, {{"[q | k | v]", c.qkv, c.dqkv, 3 * n}}, 1};
     grad_check(&g);
-    free(c.q), free(c.k), free(c.v), free(c.out), free(c.att), free(c.scratch);
-    free(c.dq), free(c.dk), free(c.dv), free(c.R);
+    free(c.q), free(c.k), free(c.v), free(c.qkv), free(c.out), free(c.att), free(c.scratch);
+    free(c.dqkv), free(c.R);
 }
 
 /* ---- upsample, concat, broadcast add, add ------------------------------------------- */
@@ -1115,8 +1122,8 @@ static void test_attention_large(void) {
 #ifdef _OPENMP
         omp_set_num_threads(threads[r]);
 #endif
-        attention_forward(o[r], att[r], q, k, v, B, N, C);
-        attention_backward(dq[r], dk[r], dv[r], dout, q, k, v, att[r], B, N, C, scr);
+        attention_forward(o[r], att[r], q, k, v, C, B, N, C);
+        attention_backward(dq[r], dk[r], dv[r], dout, q, k, v, C, att[r], B, N, C, scr);
     }
 #ifdef _OPENMP
     omp_set_num_threads(nt);
@@ -1247,6 +1254,7 @@ int main(void) {
     test_conv_wino(4, 28, 28, 32, 40, 0);      /* Fashion-MNIST top size */
     test_conv_wino(6, 14, 14, 96, 112, 1);     /* several blocks in every pass */
     test_conv_wino(2, 8, 8, 256, 128, 0);      /* the widest conv of the bench model */
+    test_conv_wino(6, 16, 16, 256, 128, 1);    /* dW blocks of 48 tiles, not 24: the 64-tile floor */
     printf("linear\n");
     test_linear();
     printf("groupnorm\n");

@@ -458,12 +458,13 @@ static double gelu_d(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
 
 typedef struct {
     int N, C, H, geglu; /* geglu: H is the inner width I, w1 is (2I,C) */
+    float *res;         /* the residual stream out adds to (a constant here) */
     float *inp, *w1, *b1, *w2, *b2, *out, *s1, *s2, *scratch, *dinp, *dw1, *db1, *dw2, *db2, *R;
 } FfCtx;
 static void ff_fwd(void *p) {
     FfCtx *c = p;
-    if (c->geglu) geglu_forward(c->out, c->s1, c->s2, c->inp, c->w1, c->b1, c->w2, c->b2, c->N, c->C, c->H);
-    else mlp_forward(c->out, c->s1, c->s2, c->inp, c->w1, c->b1, c->w2, c->b2, c->N, c->C, c->H);
+    if (c->geglu) geglu_forward(c->out, c->s1, c->s2, c->res, c->inp, c->w1, c->b1, c->w2, c->b2, c->N, c->C, c->H);
+    else mlp_forward(c->out, c->s1, c->s2, c->res, c->inp, c->w1, c->b1, c->w2, c->b2, c->N, c->C, c->H);
 }
 static void ff_bwd(void *p) {
     FfCtx *c = p;
@@ -481,6 +482,7 @@ static void test_ff(int N, int C, int H, int geglu) {
     FfCtx c = {.N = N, .C = C, .H = H, .geglu = geglu};
     const int H1 = geglu ? 2 * H : H; /* rows of w1 */
     c.inp = alloc_rand((size_t)N * C, 1.5f, 0);
+    c.res = alloc_rand((size_t)N * C, 1.0f, 0);
     c.w1 = alloc_rand((size_t)H1 * C, 1.0f / sqrtf((float)C), 0);
     c.b1 = alloc_rand(H1, 0.5f, 0);
     c.w2 = alloc_rand((size_t)C * H, 1.0f / sqrtf((float)H), 0);
@@ -509,12 +511,12 @@ static void test_ff(int N, int C, int H, int geglu) {
         for (int o = 0; o < C; o++) {
             double a = c.b2[o];
             for (int j = 0; j < H; j++) a += hid[j] * c.w2[(size_t)o * H + j];
-            ref[n * C + o] = a;
+            ref[n * C + o] = a + c.res[n * C + o];
         }
     }
     ff_fwd(&c);
     double e = max_rel(c.out, ref, (size_t)N * C);
-    T_OK(e < 2e-6, "%s: forward vs double, max rel err %.2e", name, e);
+    T_OK(e < 2e-6, "%s: forward (onto a residual) vs double, max rel err %.2e", name, e);
     free(ref), free(hid);
     GradCase g = {name, ff_fwd, ff_bwd, &c, c.out, c.R, (size_t)N * C,
                   {{"inp", c.inp, c.dinp, (size_t)N * C},
@@ -524,9 +526,38 @@ static void test_ff(int N, int C, int H, int geglu) {
                    {"b2", c.b2, c.db2, (size_t)C}},
                   5, NULL, NULL, 0};
     grad_check(&g);
-    free(c.inp), free(c.w1), free(c.b1), free(c.w2), free(c.b2), free(c.out), free(c.s1), free(c.s2), free(c.scratch);
-    free(c.dinp), free(c.dw1), free(c.db1), free(c.dw2), free(c.db2), free(c.R);
+    free(c.inp), free(c.res), free(c.w1), free(c.b1), free(c.w2), free(c.b2), free(c.out), free(c.s1), free(c.s2);
+    free(c.scratch), free(c.dinp), free(c.dw1), free(c.db1), free(c.dw2), free(c.db2), free(c.R);
 }
+
+#ifdef _OPENMP
+/* GEGLU by blocks of rows: the same bits with 1 and 3 OpenMP threads, with blocks >= threads
+ * (each thread runs whole blocks) and fewer (blocks in turn, GEMMs spread) */
+static void test_geglu_threads(int N, int I) {
+    const int C = 6;
+    float *inp = alloc_rand((size_t)N * C, 1.5f, 0), *w1 = alloc_rand((size_t)2 * I * C, 0.4f, 0), *b1 = alloc_rand(2 * I, 0.5f, 0);
+    float *w2 = alloc_rand((size_t)C * I, 0.05f, 0), *b2 = alloc_rand(C, 0.5f, 0), *dout = alloc_rand((size_t)N * C, 1, 0);
+    float *proj = alloc0((size_t)N * 2 * I), *gated = alloc0((size_t)N * I), *scr = alloc0(geglu_scratch(N, I));
+    const int nthr[3] = {1, 3, 2}, nt = omp_get_max_threads();
+    float *o[3], *di[3], *dw1[3], *dw2[3];
+    for (int r = 0; r < 3; r++) {
+        omp_set_num_threads(nthr[r]);
+        o[r] = alloc0((size_t)N * C), di[r] = alloc0((size_t)N * C), dw1[r] = alloc0((size_t)2 * I * C), dw2[r] = alloc0((size_t)C * I);
+        float *db1 = alloc0(2 * I), *db2 = alloc0(C);
+        geglu_forward(o[r], proj, gated, NULL, inp, w1, b1, w2, b2, N, C, I);
+        geglu_backward(di[r], dw1[r], db1, dw2[r], db2, dout, inp, w1, w2, proj, gated, N, C, I, scr);
+        free(db1), free(db2);
+    }
+    omp_set_num_threads(nt);
+    int same = 1;
+    for (int r = 1; r < 3; r++)
+        same &= !memcmp(o[0], o[r], (size_t)N * C * 4) && !memcmp(di[0], di[r], (size_t)N * C * 4) &&
+                !memcmp(dw1[0], dw1[r], (size_t)2 * I * C * 4) && !memcmp(dw2[0], dw2[r], (size_t)C * I * 4);
+    T_OK(same, "geglu N%d I%d (blocks of rows): identical out, dinp, dw1, dw2 with 1, 3 and 2 OpenMP threads", N, I);
+    for (int r = 0; r < 3; r++) free(o[r]), free(di[r]), free(dw1[r]), free(dw2[r]);
+    free(inp), free(w1), free(b1), free(w2), free(b2), free(dout), free(proj), free(gated), free(scr);
+}
+#endif
 
 /* ---- multi-head attention ----------------------------------------------------------------- */
 
@@ -534,49 +565,52 @@ typedef struct {
     MhaShape s;
     int self;            /* xkv is xq */
     uint8_t *keep;
-    float *xq, *xkv, *wq, *wk, *wv, *wo, *bo;
-    float *q, *k, *v, *att, *o, *out, *scratch;
-    float *dxq, *dxkv, *dwq, *dwk, *dwv, *dwo, *dbo, *R;
+    float *xq, *xkv, *w, *wq, *wk, *wv, *wo, *bo; /* wq, wk, wv: one after the other in w */
+    float *res;          /* the residual stream out adds to (a constant here) */
+    float *qkv, *att, *o, *out, *scratch;
+    float *dxq, *dxkv, *dw, *dwq, *dwk, *dwv, *dwo, *dbo, *R;
 } MhaCtx;
 static void mha_fwd_c(void *p) {
     MhaCtx *c = p;
-    mha_forward(c->out, c->q, c->k, c->v, c->att, c->o, c->xq, c->self ? c->xq : c->xkv, c->keep, c->wq, c->wk, c->wv,
-                c->wo, c->bo, c->s);
+    mha_forward(c->out, c->qkv, c->att, c->o, c->res, c->xq, c->self ? c->xq : c->xkv, c->keep, c->w, c->wo, c->bo, c->s);
 }
 static void mha_bwd_c(void *p) {
     MhaCtx *c = p;
-    mha_backward(c->dxq, c->self ? c->dxq : c->dxkv, c->dwq, c->dwk, c->dwv, c->dwo, c->dbo, c->R, c->xq,
-                 c->self ? c->xq : c->xkv, c->wq, c->wk, c->wv, c->wo, c->q, c->k, c->v, c->att, c->o, c->s,
-                 c->scratch);
+    mha_backward(c->dxq, c->self ? c->dxq : c->dxkv, c->dw, c->dwo, c->dbo, c->R, c->xq, c->self ? c->xq : c->xkv, c->w,
+                 c->wo, c->qkv, c->att, c->o, c->s, c->scratch);
 }
 
 static void mha_init(MhaCtx *c, MhaShape s, int self, const uint8_t *keep) {
     memset(c, 0, sizeof *c);
     c->s = s, c->self = self;
-    size_t nq = (size_t)s.B * s.N * s.C, nkv = (size_t)s.B * s.L * s.Ckv, nk = (size_t)s.B * s.L * s.C;
+    size_t nq = (size_t)s.B * s.N * s.C, nkv = (size_t)s.B * s.L * s.Ckv;
     if (keep) {
         c->keep = malloc((size_t)s.B * s.L);
         memcpy(c->keep, keep, (size_t)s.B * s.L);
     }
     c->xq = alloc_rand(nq, 1.5f, 0);
     c->xkv = alloc_rand(nkv, 1.5f, 0);
-    c->wq = alloc_rand((size_t)s.C * s.C, 1.2f / sqrtf((float)s.C), 0);
-    c->wk = alloc_rand((size_t)s.C * s.Ckv, 1.2f / sqrtf((float)s.Ckv), 0);
-    c->wv = alloc_rand((size_t)s.C * s.Ckv, 1.0f / sqrtf((float)s.Ckv), 0);
+    c->res = alloc_rand(nq, 1.0f, 0);
+    const size_t nwq = (size_t)s.C * s.C, nwk = (size_t)s.C * s.Ckv;
+    c->w = alloc0(nwq + 2 * nwk), c->wq = c->w, c->wk = c->wq + nwq, c->wv = c->wk + nwk;
+    c->dw = alloc0(nwq + 2 * nwk), c->dwq = c->dw, c->dwk = c->dwq + nwq, c->dwv = c->dwk + nwk;
+    float *wq = alloc_rand(nwq, 1.2f / sqrtf((float)s.C), 0), *wk = alloc_rand(nwk, 1.2f / sqrtf((float)s.Ckv), 0),
+          *wv = alloc_rand(nwk, 1.0f / sqrtf((float)s.Ckv), 0);
+    memcpy(c->wq, wq, nwq * 4), memcpy(c->wk, wk, nwk * 4), memcpy(c->wv, wv, nwk * 4);
+    free(wq), free(wk), free(wv);
     c->wo = alloc_rand((size_t)s.C * s.C, 1.0f / sqrtf((float)s.C), 0);
     c->bo = alloc_rand(s.C, 0.5f, 0);
-    c->q = alloc0(nq), c->k = alloc0(nk), c->v = alloc0(nk), c->o = alloc0(nq), c->out = alloc0(nq);
+    c->qkv = alloc0(mha_qkv_floats(s)), c->o = alloc0(nq), c->out = alloc0(nq);
     c->att = alloc0(mha_att_floats(s));
     c->scratch = alloc0(mha_scratch(s));
     c->dxq = alloc0(nq), c->dxkv = alloc0(nkv);
-    c->dwq = alloc0((size_t)s.C * s.C), c->dwk = alloc0((size_t)s.C * s.Ckv), c->dwv = alloc0((size_t)s.C * s.Ckv);
     c->dwo = alloc0((size_t)s.C * s.C), c->dbo = alloc0(s.C);
     c->R = alloc_rand(nq, 1, 0);
 }
 static void mha_free_c(MhaCtx *c) {
-    free(c->keep), free(c->xq), free(c->xkv), free(c->wq), free(c->wk), free(c->wv), free(c->wo), free(c->bo);
-    free(c->q), free(c->k), free(c->v), free(c->att), free(c->o), free(c->out), free(c->scratch);
-    free(c->dxq), free(c->dxkv), free(c->dwq), free(c->dwk), free(c->dwv), free(c->dwo), free(c->dbo), free(c->R);
+    free(c->keep), free(c->xq), free(c->xkv), free(c->res), free(c->w), free(c->wo), free(c->bo);
+    free(c->qkv), free(c->att), free(c->o), free(c->out), free(c->scratch);
+    free(c->dxq), free(c->dxkv), free(c->dw), free(c->dwo), free(c->dbo), free(c->R);
 }
 
 /* out (B,N,C) and att (B,heads,N,L) in double, written out from the definition */
@@ -621,7 +655,7 @@ static void mha_ref(double *out, double *att, const MhaCtx *c) {
             }
         for (int n = 0; n < s.N; n++)
             for (int j = 0; j < s.C; j++) {
-                double a = c->bo[j];
+                double a = c->bo[j] + c->res[((size_t)b * s.N + n) * s.C + j];
                 for (int i = 0; i < s.C; i++) a += o[n * s.C + i] * c->wo[j * s.C + i];
                 out[((size_t)b * s.N + n) * s.C + j] = a;
             }
@@ -639,10 +673,17 @@ static void test_mha(int B, int N, int C, int L, int Ckv, int heads, int self, c
     double *ro = malloc(nq * sizeof(double)), *ra = malloc(mha_att_floats(s) * sizeof(double));
     mha_ref(ro, ra, &c);
     mha_fwd_c(&c);
-    double eo = max_rel(c.out, ro, nq), ea = max_rel(c.att, ra, mha_att_floats(s));
+    /* att in the reference's order (b, h, n, l), from where mha_att_index keeps it */
+    float *att = alloc0(mha_att_floats(s));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            for (int n = 0; n < N; n++)
+                for (int l = 0; l < L; l++) att[(((size_t)b * heads + h) * N + n) * L + l] = c.att[mha_att_index(s, b, h, n, l)];
+    double eo = max_rel(c.out, ro, nq), ea = max_rel(att, ra, mha_att_floats(s));
     T_OK(eo < 2e-6 && ea < 2e-6 && all_finite(c.out, nq) && all_finite(c.att, mha_att_floats(s)),
-         "%s: forward vs direct double, max rel err out %.2e att %.2e, finite", name, eo, ea);
-    free(ro), free(ra);
+         "%s: forward vs direct double, max rel err out %.2e att %.2e (%s), finite", name, eo, ea,
+         L < N ? "att key-major" : "att query-major");
+    free(ro), free(ra), free(att);
     if (keep) {
         /* masked keys have weight 0; an item with every key masked: att 0, out = bo exactly */
         int bad_w = 0, bad_empty = 0, n_empty = 0;
@@ -652,14 +693,17 @@ static void test_mha(int B, int N, int C, int L, int Ckv, int heads, int self, c
             for (int h = 0; h < heads; h++)
                 for (int n = 0; n < N; n++)
                     for (int l = 0; l < L; l++)
-                        bad_w += !keep[b * L + l] && c.att[(((size_t)b * heads + h) * N + n) * L + l] != 0.0f;
+                        bad_w += !keep[b * L + l] && c.att[mha_att_index(s, b, h, n, l)] != 0.0f;
             if (any) continue;
             n_empty++;
             for (int n = 0; n < N; n++)
-                for (int j = 0; j < C; j++) bad_empty += c.out[((size_t)b * N + n) * C + j] != c.bo[j];
+                for (int j = 0; j < C; j++) {
+                    const size_t i = ((size_t)b * N + n) * C + j;
+                    bad_empty += c.out[i] != c.res[i] + c.bo[j];
+                }
         }
         T_OK(bad_w == 0 && bad_empty == 0,
-             "%s: masked keys get weight 0 (%d not), %d all-masked item(s) give out = to_out bias exactly (%d not)", name,
+             "%s: masked keys get weight 0 (%d not), %d all-masked item(s) give out = residual + to_out bias exactly (%d not)", name,
              bad_w, n_empty, bad_empty);
         /* gradients: masked key rows of xkv exactly 0; all-masked items: dxq 0 */
         memset(c.dxq, 0, nq * 4), memset(c.dxkv, 0, nkv * 4);
@@ -696,8 +740,8 @@ static void test_mha(int B, int N, int C, int L, int Ckv, int heads, int self, c
 #ifdef _OPENMP
 /* the same bits with 1 and 3 OpenMP threads, with items >= threads (per-thread GEMMs) and
  * fewer (GEMMs and softmax rows spread) */
-static void test_mha_threads(int B, int heads) {
-    MhaShape s = mha_shape(B, 40, 24, 12, 20, heads);
+static void test_mha_threads(int B, int heads, int N) {
+    MhaShape s = mha_shape(B, N, 24, 12, 20, heads);
     uint8_t *keep = malloc((size_t)B * 12);
     for (int i = 0; i < B * 12; i++) keep[i] = (i % 12) < 12 - (i / 12) % 5;
     MhaCtx c;
@@ -715,7 +759,7 @@ static void test_mha_threads(int B, int heads) {
     omp_set_num_threads(nt);
     T_OK(!memcmp(o[0], o[1], nq * 4) && !memcmp(dq[0], dq[1], nq * 4) && !memcmp(dkv[0], dkv[1], nkv * 4) &&
              !memcmp(dwk[0], dwk[1], (size_t)s.C * s.Ckv * 4),
-         "mha B%d heads %d (%d items): identical out, dxq, dxkv, dwk with 1 and 3 OpenMP threads", B, heads, B * heads);
+         "mha B%d N%d heads %d (%d items): identical out, dxq, dxkv, dwk with 1 and 3 OpenMP threads", B, N, heads, B * heads);
     for (int r = 0; r < 2; r++) free(o[r]), free(dq[r]), free(dkv[r]), free(dwk[r]);
     free(keep);
     mha_free_c(&c);
@@ -1191,6 +1235,10 @@ int main(void) {
     test_gelu();
     test_ff(5, 6, 12, 0);
     test_ff(5, 6, 10, 1);
+    test_ff(150, 6, 512, 1); /* GEGLU in blocks of 64 rows: 64, 64, 22 */
+#ifdef _OPENMP
+    test_geglu_threads(150, 512);
+#endif
     printf("multi-head attention\n");
     const uint8_t keep_self[10] = {1, 1, 1, 1, 1, 1, 0, 1, 1, 0};
     test_mha(2, 5, 8, 5, 8, 2, 1, NULL, "self");
@@ -1198,9 +1246,12 @@ int main(void) {
     const uint8_t keep_cross[12] = {1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 0, 0};
     test_mha(3, 6, 8, 4, 6, 2, 0, keep_cross, "cross masked, one caption empty");
     test_mha(1, 7, 12, 3, 5, 3, 0, NULL, "cross");
+    const uint8_t keep_long[10] = {1, 1, 1, 0, 1, 1, 0, 0, 0, 0};
+    test_mha(2, 300, 8, 5, 6, 2, 0, keep_long, "cross masked, 300 queries (key-major att)");
 #ifdef _OPENMP
-    test_mha_threads(4, 2);
-    test_mha_threads(1, 2);
+    test_mha_threads(4, 2, 40);
+    test_mha_threads(1, 2, 40);
+    test_mha_threads(1, 1, 600); /* one item: the key-major softmax split in 256-query parts */
 #endif
     printf("text encoder\n");
     test_text_encoder();

@@ -686,6 +686,27 @@ static void test_frozen(void) {
     T_OK(nd == nfrozen && nd > 0 && bad == 0 && !memcmp(dx, dx0, nx * 4),
          "down.* and class_emb frozen (%d parameters): their gradients zero, the other %d and dx the same bits (%d differ)", nd,
          u.nP - nd, bad);
+
+    /* q, k, v are one GEMM (their weights adjacent): with some of them frozen the others'
+     * gradients come from a scratch copy of the joined gradient */
+    unet_set_frozen(&u, "", 0);
+    nd = unet_set_frozen(&u, "mid.attn.0.q.weight", 1) + unet_set_frozen(&u, "mid.attn.0.k.", 1);
+    backward_all(&u, x, t, y, R, dx, nx);
+    bad = nfrozen = 0;
+    for (int i = 0; i < u.nP; i++) {
+        const Param *p = &u.P[i];
+        const float *g = u.grads + p->off;
+        if (p->frozen) {
+            nfrozen++;
+            for (size_t j = 0; j < p->n; j++) bad += g[j] != 0.0f;
+        } else {
+            bad += memcmp(g, g0 + p->off, p->n * 4) != 0;
+        }
+    }
+    T_OK(nd == 3 && nfrozen == 3 && bad == 0 && !memcmp(dx, dx0, nx * 4),
+         "mid.attn.0 q.weight, k.weight, k.bias frozen (%d): their gradients zero; v's, q.bias and every other and dx the same "
+         "bits (%d differ)",
+         nd, bad);
     free(x), free(R), free(dx0), free(dx), free(g0);
     unet_free(&u);
 }

@@ -135,8 +135,6 @@ typedef struct {
 } ScenesOpts;
 
 #define SCENES_DEFAULT_PATH "/usr/share/datasets/fashion-mnist"
-#define SCENES_N_DEFAULT_HELD_OUT 3
-extern const char *const scenes_default_held_out[SCENES_N_DEFAULT_HELD_OUT];
 extern const char *const scene_class_names[SCENE_N_CLASSES];
 extern const char *const scene_pos_names[SCENE_N_POS];
 

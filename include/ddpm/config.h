@@ -12,6 +12,8 @@
 #define CFG_MAX_LEVELS 8
 #define CFG_MAX_CLASSES 256  /* data.classes: labels listed at most */
 #define CFG_STR 256
+#define CFG_MAX_HELD_OUT 32   /* data.held_out: captions listed at most */
+#define CFG_CAPTION 128       /* data.held_out: bytes per caption, NUL included */
 
 typedef struct {
     struct {
@@ -25,6 +27,8 @@ typedef struct {
         int n_classes;       /* entries in classes (0 = every class) */
         char caption_column[64]; /* captions: the metadata.jsonl column with the captions */
         bool paraphrase;     /* scenes: add the paraphrased captions */
+        char held_out[CFG_MAX_HELD_OUT][CFG_CAPTION]; /* scenes: captions never trained on */
+        int n_held_out;
     } data;
     struct {
         int ch;                          /* base width */

@@ -79,6 +79,13 @@ void lora_forward(float *out, float *h, const float *inp, const float *W, const 
  * (scratch dh (N,r)); dA (r,IN) += dhᵀ·inp. scratch: OUT·IN floats. */
 void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *W, const float *A,
                    const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale, float *scratch);
+/* Their parts, for a caller that runs the merged weight in its own GEMM (the U-Net projects
+ * q, k and v with one): h (N,r) = inp (N,IN)·Aᵀ; and the adapter's own gradients, dout
+ * (N,OUT) with rows ldo apart: dB += scale·doutᵀ·h, dh = scale·dout·B, dA += dhᵀ·inp (dA or
+ * dB may be NULL). lora_refs_merge below makes Wm. */
+void lora_h_forward(float *h, const float *inp, const float *A, int N, int IN, int r);
+void lora_ab_backward(float *dA, float *dB, const float *dout, int ldo, const float *inp, const float *B, const float *h, float *dh,
+                      int N, int IN, int OUT, int r, float scale);
 
 /* A convolution adapter the same way, A (r,k,k,C) a convolution on the base's stride and
  * padding, B (OC,1,1,r) a 1x1 convolution: the forward is one convolution with Wm, and the
@@ -202,10 +209,12 @@ typedef struct {
 int lora_stack_refs(const LoraStack *st, const char *weight_name, LoraRef *out, int max);
 /* Largest rank on the stack. */
 int lora_stack_max_rank(const LoraStack *st);
-/* Sampling runs a layer's adapters merged: out (N,OUT) = inp (N,IN)·Wmᵀ + bias with Wm = W
- * and every ref merged into it one after the other, as lora_stack_merge (ddpm merge) merges
- * them, so a layer gives a merged checkpoint's bits; n = 0 is linear_forward with W.
- * scratch: OUT·IN floats. */
+/* Wm (OUT,K) = W + every ref merged into it one after the other (lora_merge_weight), as
+ * lora_stack_merge (ddpm merge) merges them; Wm may be W (merged in place). */
+void lora_refs_merge(float *Wm, const float *W, const LoraRef *r, int n, int OUT, int K);
+/* Sampling runs a layer's adapters merged: out (N,OUT) = inp (N,IN)·Wmᵀ + bias, Wm as
+ * lora_refs_merge makes it, so a layer gives a merged checkpoint's bits; n = 0 is
+ * linear_forward with W. scratch: OUT·IN floats. */
 void lora_refs_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, int N, int IN,
                        int OUT, float *scratch);
 /* The same for a convolution: out = conv(inp, Wm) + bias (n = 0: conv2d_forward with W).

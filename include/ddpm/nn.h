@@ -53,6 +53,12 @@ void conv2d_im2col_backward(float *dinp, float *dw, float *dbias, const float *d
  * out (N,OUT) = inp (N,IN) @ w (OUT,IN)^T + bias (OUT); bias may be NULL. */
 void linear_forward(float *out, const float *inp, const float *w, const float *bias, int N, int IN,
                     int OUT);
+/* out (N,OUT) = res (N,OUT) + inp @ w^T + bias: a linear layer at the end of a residual
+ * branch, the sum made by the GEMM rather than a pass of its own. res may be out itself
+ * (out += ...) or NULL (linear_forward); bias may be NULL. The backward is linear_backward's,
+ * and dres += dout. */
+void linear_residual_forward(float *out, const float *res, const float *inp, const float *w, const float *bias, int N,
+                             int IN, int OUT);
 void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, int N, int IN, int OUT);
 
@@ -72,15 +78,16 @@ void silu_forward(float *out, const float *inp, size_t n);
 void silu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 
 /* ---- attention core (single head) ----------------------------------------------------
- * q, k, v (B,N,C) with N = H*W positions. att (B,N,N) = softmax_rows(q k^T / sqrt(C)),
- * saved for backward. out (B,N,C) = att v. Projections are linear_* calls around it.
+ * q, k, v (B,N,C) with N = H*W positions, each row ld >= C floats after the previous one
+ * (ld = 3C: the rows [q | k | v] of one projection GEMM). att (B,N,N) = softmax_rows(q k^T /
+ * sqrt(C)), saved for backward. out (B,N,C) = att v, rows C apart. Projections are linear_*
+ * calls around it. dq, dk, dv are laid out as q, k, v.
  * scratch: attention_scratch(N) floats (an N x N matrix per processor, at most 64). */
 size_t attention_scratch(int N);
-void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B,
-                       int N, int C);
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                        const float *k, const float *v, const float *att, int B, int N, int C,
-                        float *scratch);
+void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int ld, int B, int N,
+                       int C);
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, int ld, const float *att, int B, int N, int C, float *scratch);
 
 /* ---- nearest upsample x2: inp (B,H,W,C) -> out (B,2H,2W,C) -------------------------- */
 void upsample_forward(float *out, const float *inp, int B, int H, int W, int C);

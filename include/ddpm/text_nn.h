@@ -48,22 +48,24 @@ void gelu_backward(float *dinp, const float *dout, const float *inp, size_t n);
 /* erf(x), the function gelu uses (exposed for the tests). */
 float gelu_erf(float x);
 
-/* ---- GELU MLP: out = Linear(H,C)(GELU(Linear(C,H)(inp))) ------------------------------
+/* ---- GELU MLP: out = res + Linear(H,C)(GELU(Linear(C,H)(inp))) ------------------------
  * inp, out (N,C); w1 (H,C), b1 (H), w2 (C,H), b2 (C); saves pre = inp w1^T + b1 and
- * act = GELU(pre), both (N,H). Backward scratch: N*H floats. */
-void mlp_forward(float *out, float *pre, float *act, const float *inp, const float *w1, const float *b1,
-                 const float *w2, const float *b2, int N, int C, int H);
+ * act = GELU(pre), both (N,H). res (N,C) is the residual stream the MLP adds to, summed by
+ * the last GEMM (NULL: none; dres += dout is the caller's). Backward scratch: N*H floats. */
+void mlp_forward(float *out, float *pre, float *act, const float *res, const float *inp, const float *w1,
+                 const float *b1, const float *w2, const float *b2, int N, int C, int H);
 void mlp_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2, const float *dout,
                   const float *inp, const float *w1, const float *w2, const float *pre, const float *act, int N,
                   int C, int H, float *scratch);
 
 /* ---- GEGLU feed-forward (diffusers' FeedForward(activation_fn="geglu")) ----------------
  * proj (N,2I) = inp (N,C) w1 (2I,C)^T + b1 (2I); a = proj[:, :I], gate = proj[:, I:];
- * gated (N,I) = a * GELU(gate); out (N,C) = gated w2 (C,I)^T + b2 (C). proj and gated saved.
+ * gated (N,I) = a * GELU(gate); out (N,C) = res + gated w2 (C,I)^T + b2 (C), res the residual
+ * stream (NULL: none), as for the MLP. proj and gated saved.
  * Backward scratch: geglu_scratch(N, I) = 3 N I floats. */
 size_t geglu_scratch(int N, int I);
-void geglu_forward(float *out, float *proj, float *gated, const float *inp, const float *w1, const float *b1,
-                   const float *w2, const float *b2, int N, int C, int I);
+void geglu_forward(float *out, float *proj, float *gated, const float *res, const float *inp, const float *w1,
+                   const float *b1, const float *w2, const float *b2, int N, int C, int I);
 void geglu_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2, const float *dout,
                     const float *inp, const float *w1, const float *w2, const float *proj, const float *gated,
                     int N, int C, int I, float *scratch);
@@ -75,12 +77,18 @@ void geglu_backward(float *dinp, float *dw1, float *db1, float *dw2, float *db2,
  *   q = xq wq^T (B,N,C), k = xkv wk^T, v = xkv wv^T (B,L,C)    wq (C,C), wk, wv (C,Ckv)
  *   per head h (columns h*dh .. h*dh+dh-1, dh = C/heads):
  *     att[b,h] (N,L) = softmax over keys of q_h k_h^T / sqrt(dh), keys with keep[b,l] = 0
- *                      at -inf; a row whose keys are all masked is all zeros (not NaN)
+ *                      at -inf; a row whose keys are all masked is all zeros (not NaN);
+ *                      stored transposed, (L,N), when L < N (see mha_att_index)
  *     o_h = att[b,h] v_h                                          o (B,N,C)
  *   out (B,N,C) = o wo (C,C)^T + bo (C)
  * A query whose keys are all masked gets bo alone: its row of o is 0, so its gradient reaches
- * bo only. keep NULL = every key kept. Saved: q, k, v, o and att (B,heads,N,L). Backward
- * needs no mask: att holds it (zeros). */
+ * bo only. keep NULL = every key kept. Saved: qkv, o and att (B,heads,N,L). Backward needs
+ * no mask: att holds it (zeros).
+ * The weights w are wq (C,C), wk (C,Ckv), wv (C,Ckv) one after the other (as their
+ * parameter-block entries are), so that the projections sharing an input are one GEMM; the
+ * gradient dw has the same layout. qkv holds the projections (mha_qkv_floats): for
+ * self-attention rows [q | k | v] (B,N,3C), for cross-attention q (B,N,C) followed by rows
+ * [k | v] (B,L,2C). */
 typedef struct {
     int B, N, C, L, Ckv, heads;
 } MhaShape;
@@ -88,23 +96,31 @@ typedef struct {
 MhaShape mha_shape(int B, int N, int C, int L, int Ckv, int heads);
 /* floats of att: B*heads*N*L */
 size_t mha_att_floats(MhaShape s);
-/* floats of backward scratch: dO, dq (B,N,C), dk, dv (B,L,C) and an N x L matrix per processor */
+/* Where att[b,h][n,l] (query n, key l) is stored: query-major (N,L) per (b,h), or key-major
+ * (L,N) when L < N (a short context: the softmax then runs along the queries). */
+size_t mha_att_index(MhaShape s, int b, int h, int n, int l);
+/* floats of qkv: B*N*C + 2*B*L*C */
+size_t mha_qkv_floats(MhaShape s);
+/* floats of backward scratch: dO (B,N,C), dqkv and an N x L matrix per processor */
 size_t mha_scratch(MhaShape s);
-/* Attention core alone (no projections): q (B,N,C), k, v (B,L,C) -> o (B,N,C), att saved. */
-void mha_core_forward(float *o, float *att, const float *q, const float *k, const float *v, const uint8_t *keep,
-                      MhaShape s);
-/* dq (B,N,C) +=, dk, dv (B,L,C) +=; scratch: an N x L matrix per processor (procs_capped(64)). */
-void mha_core_backward(float *dq, float *dk, float *dv, const float *dO, const float *q, const float *k,
-                       const float *v, const float *att, MhaShape s, float *scratch);
-void mha_forward(float *out, float *q, float *k, float *v, float *att, float *o, const float *xq,
-                 const float *xkv, const uint8_t *keep, const float *wq, const float *wk, const float *wv,
-                 const float *wo, const float *bo, MhaShape s);
-/* dxq (B,N,C) +=, dxkv (B,L,Ckv) +=, d-weights +=. dxq, dxkv may be NULL; for self-attention
- * they may be the same buffer (both are added into). */
-void mha_backward(float *dxq, float *dxkv, float *dwq, float *dwk, float *dwv, float *dwo, float *dbo,
-                  const float *dout, const float *xq, const float *xkv, const float *wq, const float *wk,
-                  const float *wv, const float *wo, const float *q, const float *k, const float *v,
-                  const float *att, const float *o, MhaShape s, float *scratch);
+/* Attention core alone (no projections): q (B,N,C) with rows ldq floats apart, k, v (B,L,C)
+ * with rows ldkv apart -> o (B,N,C), att saved. */
+void mha_core_forward(float *o, float *att, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                      const uint8_t *keep, MhaShape s);
+/* dq +=, dk, dv += (laid out as q, k, v); scratch: an N x L matrix per processor
+ * (procs_capped(64)). */
+void mha_core_backward(float *dq, float *dk, float *dv, const float *dO, const float *q, int ldq, const float *k,
+                       const float *v, int ldkv, const float *att, MhaShape s, float *scratch);
+/* Self-attention when xkv == xq (then L = N and Ckv = C). out = res + attention, res (B,N,C)
+ * the residual stream summed by the out-projection's GEMM (NULL: none; dres += dout is the
+ * caller's). */
+void mha_forward(float *out, float *qkv, float *att, float *o, const float *res, const float *xq, const float *xkv,
+                 const uint8_t *keep, const float *w, const float *wo, const float *bo, MhaShape s);
+/* dxq (B,N,C) +=, dxkv (B,L,Ckv) +=, dw (wq, wk, wv), dwo, dbo +=. dxq, dxkv and dw may be
+ * NULL; for self-attention they may be the same buffer (both are added into). */
+void mha_backward(float *dxq, float *dxkv, float *dw, float *dwo, float *dbo, const float *dout, const float *xq,
+                  const float *xkv, const float *w, const float *wo, const float *qkv, const float *att, const float *o,
+                  MhaShape s, float *scratch);
 
 /* ---- parameter table --------------------------------------------------------------------
  * The same entries as the U-Net's (unet.h's Param): name, shape, offset into one block,
@@ -119,6 +135,11 @@ typedef struct {
 
 /* Append one tensor, name from printf(fmt, ...); returns its offset. */
 size_t ptable_add(ParamTable *t, int init, int fan_in, int ndim, const int *shape, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* The same, placed right after the previous tensor's last float (no alignment gap), so that
+ * weights of the same input width read as one matrix (to_q, to_k, to_v: one GEMM). Where the
+ * previous tensor's size is a multiple of 16 floats this is where ptable_add puts it. */
+size_t ptable_add_joined(ParamTable *t, int init, int fan_in, int ndim, const int *shape, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 /* The entry named `name`, or NULL. */
 const Param *ptable_find(const ParamTable *t, const char *name);
@@ -146,7 +167,7 @@ typedef struct {
     /* saved activations (B_max) */
     float *x;              /* the layer's input, residual stream (B,L,d) */
     float *ln1, *m1, *r1;  /* LN1 out (B,L,d), mean, rstd (B*L) */
-    float *q, *k, *v, *o;  /* (B,L,d) */
+    float *qkv, *o;        /* projections [q | k | v] (B,L,3d), o (B,L,d) */
     float *att;            /* (B,heads,L,L) */
     float *mid;            /* x + attention (B,L,d) */
     float *ln2, *m2, *r2;
@@ -222,8 +243,8 @@ typedef struct {
     float *g, *gm, *gr;    /* GroupNorm out (B,HW,C), mean, rstd (B,groups) */
     float *h0, *h1, *h2, *h3;          /* residual stream after proj_in, attn1, attn2, ff */
     float *n1, *n1m, *n1r, *n2, *n2m, *n2r, *n3, *n3m, *n3r; /* LayerNorms */
-    float *q1, *k1, *v1, *o1, *att1;   /* self-attention (att1 (B,heads,HW,HW)) */
-    float *q2, *o2, *k2, *v2, *att2;   /* cross-attention (k2, v2 (B,L,C), att2 (B,heads,HW,L)) */
+    float *qkv1, *o1, *att1;           /* self-attention: [q | k | v] (B,HW,3C), att1 (B,heads,HW,HW) */
+    float *qkv2, *o2, *att2;           /* cross-attention: q (B,HW,C), [k | v] (B,L,2C), att2 (B,heads,HW,L) */
     float *ffp, *ffg;                  /* GEGLU proj (B,HW,8C), gated (B,HW,4C) */
 } Transformer2D;
 

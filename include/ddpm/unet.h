@@ -11,6 +11,9 @@
  *
  * Memory: every parameter lives in one block `params` described by the table `P`
  * (name, shape, offset); `grads`, the Adam moments and the EMA copy have the same layout.
+ * Tensors sit in table order, 64-byte aligned, except where layers that share an input are
+ * one GEMM: an AttnBlock's q, k, v weights follow each other, then their biases; a
+ * Transformer2D's or the text encoder's to_q, to_k, to_v weights follow each other.
  * Layers refer to their parameters by index into `P` (NormParams, ConvParams,
  * LinearParams below); the blocks and what each holds are declared at the top of unet.c.
  * Activations for batch <= B_max live in one arena sized at init; forward and backward
@@ -81,19 +84,18 @@ typedef struct Block Block; /* one U-Net block: see unet.c */
 /* Scratch tensors shared by all blocks, each sized for the largest one. A role lives only
  * inside one block's forward or backward; roles that share a buffer are never live at the
  * same time:
- *   buffer 0: shortcut, d_a2, d_a1, d_o, d_up, d_a    buffer 1: d_h1, d_query
- *   buffer 2: d_tp, d_key                             buffer 3: d_cat, d_value
- *   buffer 4: d_hn
- * Without training buffers only buffer 0 exists (shortcut; the d_ roles are NULL).
+ *   buffer 0: d_a2, d_a1, d_o, d_up, d_a              buffer 1: d_h1
+ *   buffer 2: d_tp                                    buffer 3: d_cat
+ *   buffers 1-3 (one run, 3x the size): d_qkv         buffer 4: d_hn
+ * Without training buffers there are none (every role is NULL).
  * Shapes are those of the block at hand (N = H*W). */
 typedef struct {
-    float *shortcut;            /* ResBlock forward: nin_shortcut(x) (B,H,W,cout) */
     float *d_a2, *d_h1;         /* ResBlock backward: gradients of a2, h1 (B,H,W,cout) */
     float *d_tp;                /* ResBlock backward: gradient of tp (B,cout) */
     float *d_a1;                /* ResBlock backward: gradient of a1 (B,H,W,cin) */
     float *d_cat;               /* up-path ResBlock backward: gradient of concat(h, skip) (B,H,W,cin) */
     float *d_o;                 /* AttnBlock backward: gradient of o = att value (B,N,C) */
-    float *d_query, *d_key, *d_value; /* AttnBlock backward (B,N,C) each */
+    float *d_qkv;               /* AttnBlock backward: gradient of the rows [query | key | value] (B,N,3C) */
     float *d_hn;                /* AttnBlock backward: gradient of hn = norm(x) (B,N,C) */
     float *d_up;                /* upsample backward: gradient of the upsampled input (B,2H,2W,C) */
     float *d_a;                 /* output head backward: gradient of silu(norm_out(x)) (B,H,W,C) */

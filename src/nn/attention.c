@@ -1,5 +1,6 @@
 /* attention core, single head: per image, att = softmax_rows(q k^T / sqrt(C)), out = att v.
- * q, k, v, out (B,N,C); att (B,N,N) kept for backward. Two GEMMs per image forward, four
+ * q, k, v (B,N,C) with rows ld floats apart (3C: the [q | k | v] rows of one projection
+ * GEMM), out (B,N,C); att (B,N,N) kept for backward. Two GEMMs per image forward, four
  * backward.
  *
  * With at least as many images as threads, each OpenMP thread takes whole images and runs
@@ -45,60 +46,61 @@ static inline void softmax_bwd_row(float *d, const float *a, int N, float scale)
 }
 
 /* One image; par: split the softmax over OpenMP threads (GEMMs then use BLAS threads). */
-static void fwd_image(float *out, float *A, const float *q, const float *k, const float *v, int N, int C, float scale,
-                      int par) {
+static void fwd_image(float *out, float *A, const float *q, const float *k, const float *v, int ld, int N, int C,
+                      float scale, int par) {
     /* A (N,N) = scale * q (N,C) . k (N,C)^T */
-    gemm(0, 1, N, N, C, scale, q, C, k, C, 0.0f, A, N);
+    gemm(0, 1, N, N, C, scale, q, ld, k, ld, 0.0f, A, N);
 #pragma omp parallel for schedule(static) if (par && (size_t)N * N > PAR_MIN / 2)
     for (int i = 0; i < N; i++) softmax_row(A + (size_t)i * N, N);
     /* out (N,C) = A (N,N) . v (N,C) */
-    gemm(0, 0, N, C, N, 1.0f, A, N, v, C, 0.0f, out, C);
+    gemm(0, 0, N, C, N, 1.0f, A, N, v, ld, 0.0f, out, C);
 }
 
-void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B,
-                       int N, int C) {
+void attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int ld, int B, int N,
+                       int C) {
     const float scale = 1.0f / sqrtf((float)C);
-    const size_t NC = (size_t)N * C, NN = (size_t)N * N;
+    const size_t NC = (size_t)N * C, NL = (size_t)N * ld, NN = (size_t)N * N;
     const int nt = nn_max_threads();
     if (nt > 1 && B >= nt) {
 #pragma omp parallel for schedule(static)
-        for (int b = 0; b < B; b++) fwd_image(out + b * NC, att + b * NN, q + b * NC, k + b * NC, v + b * NC, N, C, scale, 0);
+        for (int b = 0; b < B; b++)
+            fwd_image(out + b * NC, att + b * NN, q + b * NL, k + b * NL, v + b * NL, ld, N, C, scale, 0);
     } else {
-        for (int b = 0; b < B; b++) fwd_image(out + b * NC, att + b * NN, q + b * NC, k + b * NC, v + b * NC, N, C, scale, 1);
+        for (int b = 0; b < B; b++)
+            fwd_image(out + b * NC, att + b * NN, q + b * NL, k + b * NL, v + b * NL, ld, N, C, scale, 1);
     }
 }
 
-/* One image, D: N x N scratch; dq, dk, dv are added to. */
+/* One image, D: N x N scratch; dq, dk, dv (rows ld apart, as q, k, v) are added to. */
 static void bwd_image(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                      const float *v, const float *A, float *D, int N, int C, float scale, int par) {
+                      const float *v, int ld, const float *A, float *D, int N, int C, float scale, int par) {
     /* D (N,N) = dout (N,C) . v (N,C)^T */
-    gemm(0, 1, N, N, C, 1.0f, dout, C, v, C, 0.0f, D, N);
+    gemm(0, 1, N, N, C, 1.0f, dout, C, v, ld, 0.0f, D, N);
     /* dv (N,C) += A^T (N,N) . dout (N,C) */
-    gemm(1, 0, N, C, N, 1.0f, A, N, dout, C, 1.0f, dv, C);
+    gemm(1, 0, N, C, N, 1.0f, A, N, dout, C, 1.0f, dv, ld);
 #pragma omp parallel for schedule(static) if (par && (size_t)N * N > PAR_MIN / 2)
     for (int i = 0; i < N; i++) softmax_bwd_row(D + (size_t)i * N, A + (size_t)i * N, N, scale);
     /* dq (N,C) += dS (N,N) . k (N,C);  dk (N,C) += dS^T . q */
-    gemm(0, 0, N, C, N, 1.0f, D, N, k, C, 1.0f, dq, C);
-    gemm(1, 0, N, C, N, 1.0f, D, N, q, C, 1.0f, dk, C);
+    gemm(0, 0, N, C, N, 1.0f, D, N, k, ld, 1.0f, dq, ld);
+    gemm(1, 0, N, C, N, 1.0f, D, N, q, ld, 1.0f, dk, ld);
 }
 
 /* datt = dout v^T; dv += att^T dout; dS = att * (datt - rowsum(datt * att)) * scale;
  * dq += dS k; dk += dS^T q. scratch: attention_scratch(N) floats (datt, then dS, per thread). */
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                        const float *k, const float *v, const float *att, int B, int N, int C,
-                        float *scratch) {
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                        const float *v, int ld, const float *att, int B, int N, int C, float *scratch) {
     const float scale = 1.0f / sqrtf((float)C);
-    const size_t NC = (size_t)N * C, NN = (size_t)N * N;
+    const size_t NC = (size_t)N * C, NL = (size_t)N * ld, NN = (size_t)N * N;
     int nt = nn_max_threads();
     if (nt > nn_scratch_slots()) nt = nn_scratch_slots();
     if (nt > 1 && B >= nt) {
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int b = 0; b < B; b++)
-            bwd_image(dq + b * NC, dk + b * NC, dv + b * NC, dout + b * NC, q + b * NC, k + b * NC, v + b * NC, att + b * NN,
-                      scratch + (size_t)nn_thread_num() * NN, N, C, scale, 0);
+            bwd_image(dq + b * NL, dk + b * NL, dv + b * NL, dout + b * NC, q + b * NL, k + b * NL, v + b * NL, ld,
+                      att + b * NN, scratch + (size_t)nn_thread_num() * NN, N, C, scale, 0);
     } else {
         for (int b = 0; b < B; b++)
-            bwd_image(dq + b * NC, dk + b * NC, dv + b * NC, dout + b * NC, q + b * NC, k + b * NC, v + b * NC, att + b * NN,
-                      scratch, N, C, scale, 1);
+            bwd_image(dq + b * NL, dk + b * NL, dv + b * NL, dout + b * NC, q + b * NL, k + b * NL, v + b * NL, ld,
+                      att + b * NN, scratch, N, C, scale, 1);
     }
 }

@@ -152,12 +152,14 @@ static void col2im_add(float *dinp, const float *dcol, ConvShape s, int L0, int 
     }
 }
 
-static void add_bias_rows(float *out, const float *bias, size_t rows, int OC) {
-    if (!bias) return;
+/* out (rows,OC) := bias in every row; the GEMM then adds into it (beta = 1), which saves
+ * OpenBLAS's clearing pass of a beta = 0 product and a separate bias pass. */
+static void fill_bias_rows(float *out, const float *bias, size_t rows, int OC) {
 #pragma omp parallel for schedule(static) if (rows * (size_t)OC > 65536)
     for (size_t r = 0; r < rows; r++) {
         float *o = out + r * OC;
-        for (int c = 0; c < OC; c++) o[c] += bias[c];
+#pragma omp simd
+        for (int c = 0; c < OC; c++) o[c] = bias[c];
     }
 }
 
@@ -166,9 +168,8 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
                     float *scratch) {
     const size_t P = (size_t)s.B * s.OH * s.OW;
     if (s.k == 1) {
-        /* out (P,OC) = inp (P,C) . w(OC,C)^T */
-        gemm(0, 1, (int)P, s.OC, s.C, 1.0f, inp, s.C, w, s.C, 0.0f, out, s.OC);
-        add_bias_rows(out, bias, P, s.OC);
+        /* out (P,OC) = inp (P,C) . w(OC,C)^T + bias */
+        linear_forward(out, inp, w, bias, (int)P, s.C, s.OC);
         return;
     }
     CHECK(scratch, "conv2d_forward: 3x3 needs scratch (conv2d_scratch floats)");
@@ -185,9 +186,9 @@ void conv2d_im2col_forward(float *out, const float *inp, const float *w, const f
         int rows = (L1 - L0) * s.OW;
         float *o = out + (size_t)L0 * s.OW * s.OC;
         im2col(scratch, inp, s, L0, L1, pt, pl);
-        /* o (rows,OC) = col (rows,K) . w (OC,K)^T */
-        gemm(0, 1, rows, s.OC, K, 1.0f, scratch, K, w, K, 0.0f, o, s.OC);
-        add_bias_rows(o, bias, (size_t)rows, s.OC);
+        /* o (rows,OC) = col (rows,K) . w (OC,K)^T + bias */
+        if (bias) fill_bias_rows(o, bias, (size_t)rows, s.OC);
+        gemm(0, 1, rows, s.OC, K, 1.0f, scratch, K, w, K, bias ? 1.0f : 0.0f, o, s.OC);
     }
 }
 

@@ -7,9 +7,11 @@
 #include "ddpm/arena.h"
 #include "ddpm/text_nn.h"
 
-static size_t lin_w(ParamTable *t, int IN, int OUT, const char *pre, const char *nm) {
+/* joined: right after the previous tensor (to_k, to_v after to_q: one GEMM, see mha_forward) */
+static size_t lin_w(ParamTable *t, int IN, int OUT, const char *pre, const char *nm, int joined) {
     int s[2] = {OUT, IN};
-    return ptable_add(t, PINIT_UNIFORM, IN, 2, s, "%s.%s.weight", pre, nm);
+    return joined ? ptable_add_joined(t, PINIT_UNIFORM, IN, 2, s, "%s.%s.weight", pre, nm)
+                  : ptable_add(t, PINIT_UNIFORM, IN, 2, s, "%s.%s.weight", pre, nm);
 }
 static size_t lin_b(ParamTable *t, int IN, int OUT, const char *pre, const char *nm) {
     int s[1] = {OUT};
@@ -39,15 +41,15 @@ void text_encoder_build(TextEncoder *e, ParamTable *t, const char *prefix, int v
         char pre[80];
         snprintf(pre, sizeof pre, "%s.layers.%d", prefix, i);
         ln_params(t, &y->ln1_w, &y->ln1_b, d, pre, "ln1");
-        y->wq = lin_w(t, d, d, pre, "attn.to_q");
-        y->wk = lin_w(t, d, d, pre, "attn.to_k");
-        y->wv = lin_w(t, d, d, pre, "attn.to_v");
-        y->wo = lin_w(t, d, d, pre, "attn.to_out.0");
+        y->wq = lin_w(t, d, d, pre, "attn.to_q", 0);
+        y->wk = lin_w(t, d, d, pre, "attn.to_k", 1);
+        y->wv = lin_w(t, d, d, pre, "attn.to_v", 1);
+        y->wo = lin_w(t, d, d, pre, "attn.to_out.0", 0);
         y->bo = lin_b(t, d, d, pre, "attn.to_out.0");
         ln_params(t, &y->ln2_w, &y->ln2_b, d, pre, "ln2");
-        y->fc1_w = lin_w(t, d, H, pre, "mlp.fc1");
+        y->fc1_w = lin_w(t, d, H, pre, "mlp.fc1", 0);
         y->fc1_b = lin_b(t, d, H, pre, "mlp.fc1");
-        y->fc2_w = lin_w(t, H, d, pre, "mlp.fc2");
+        y->fc2_w = lin_w(t, H, d, pre, "mlp.fc2", 0);
         y->fc2_b = lin_b(t, H, d, pre, "mlp.fc2");
         e->flops += 2.0 * L * d * d * 4 + 2.0 * L * L * d * 2 + 2.0 * L * d * H * 2;
     }
@@ -71,9 +73,7 @@ size_t text_encoder_acts(TextEncoder *e, Arena *a, int B_max) {
         ACT(y->ln1, n);
         ACT(y->m1, BL);
         ACT(y->r1, BL);
-        ACT(y->q, n);
-        ACT(y->k, n);
-        ACT(y->v, n);
+        ACT(y->qkv, 3 * n);
         ACT(y->o, n);
         ACT(y->att, natt);
         ACT(y->mid, n);
@@ -115,7 +115,6 @@ void text_encoder_forward(TextEncoder *e, float *states, float *pooled, const fl
                           const uint8_t *keep, int B) {
     CHECK(B > 0 && B <= e->B_max, "text_encoder_forward: batch %d (activations for %d)", B, e->B_max);
     const int L = e->L, d = e->d, BL = B * L;
-    const size_t n = (size_t)BL * d;
     const float *P = params;
     memcpy(e->tok, tok, (size_t)BL * sizeof(int));
     if (keep) memcpy(e->keep, keep, (size_t)BL);
@@ -129,14 +128,11 @@ void text_encoder_forward(TextEncoder *e, float *states, float *pooled, const fl
         float *next = i + 1 < e->layers ? e->layer[i + 1].x : e->xf;
         /* mid = x + Attn(LN1(x)) */
         layernorm_forward(y->ln1, y->m1, y->r1, y->x, P + y->ln1_w, P + y->ln1_b, BL, d);
-        mha_forward(y->mid, y->q, y->k, y->v, y->att, y->o, y->ln1, y->ln1, e->keep, P + y->wq, P + y->wk,
-                    P + y->wv, P + y->wo, P + y->bo, s);
-        add_forward(y->mid, y->mid, y->x, n);
+        mha_forward(y->mid, y->qkv, y->att, y->o, y->x, y->ln1, y->ln1, e->keep, P + y->wq, P + y->wo, P + y->bo, s);
         /* next = mid + MLP(LN2(mid)) */
         layernorm_forward(y->ln2, y->m2, y->r2, y->mid, P + y->ln2_w, P + y->ln2_b, BL, d);
-        mlp_forward(next, y->pre, y->act, y->ln2, P + y->fc1_w, P + y->fc1_b, P + y->fc2_w, P + y->fc2_b, BL, d,
-                    e->hidden);
-        add_forward(next, next, y->mid, n);
+        mlp_forward(next, y->pre, y->act, y->mid, y->ln2, P + y->fc1_w, P + y->fc1_b, P + y->fc2_w, P + y->fc2_b, BL,
+                    d, e->hidden);
     }
     layernorm_forward(states, e->mf, e->rf, e->xf, P + e->lnf_w, P + e->lnf_b, BL, d);
     if (!pooled) return;
@@ -191,8 +187,8 @@ void text_encoder_backward(TextEncoder *e, float *grads, const float *params, co
         layernorm_backward(dr, G + y->ln2_w, G + y->ln2_b, dln, y->mid, P + y->ln2_w, y->m2, y->r2, BL, d);
         /* mid = x + Attn(LN1(x)): dr becomes d x */
         memset(dln, 0, n * sizeof(float));
-        mha_backward(dln, dln, G + y->wq, G + y->wk, G + y->wv, G + y->wo, G + y->bo, dr, y->ln1, y->ln1, P + y->wq,
-                     P + y->wk, P + y->wv, P + y->wo, y->q, y->k, y->v, y->att, y->o, s, rest);
+        mha_backward(dln, dln, G + y->wq, G + y->wo, G + y->bo, dr, y->ln1, y->ln1, P + y->wq, P + y->wo, y->qkv,
+                     y->att, y->o, s, rest);
         layernorm_backward(dr, G + y->ln1_w, G + y->ln1_b, dln, y->x, P + y->ln1_w, y->m1, y->r1, BL, d);
     }
     embedding_backward(G + e->tok_emb, G + e->pos_emb, dr, e->tok, B, L, d);

@@ -70,7 +70,10 @@ void tf2d_build(Transformer2D *t, ParamTable *pt, const char *prefix, int H, int
             s[0] = C, fan = C, init = PINIT_ZERO;
             break;
         }
-        t->p[k] = ptable_add(pt, init, fan, nd, s, "%s.%s", prefix, slot_name[k]);
+        /* to_k, to_v right after to_q: the projections are one GEMM (mha_forward) */
+        const int joined = k == T2D_A1_K || k == T2D_A1_V || k == T2D_A2_K || k == T2D_A2_V;
+        t->p[k] = joined ? ptable_add_joined(pt, init, fan, nd, s, "%s.%s", prefix, slot_name[k])
+                         : ptable_add(pt, init, fan, nd, s, "%s.%s", prefix, slot_name[k]);
     }
     t->np = pt->n - t->p0;
     const double N = t->HW;
@@ -105,15 +108,11 @@ size_t tf2d_acts(Transformer2D *t, Arena *a, int B_max) {
     ACT(t->n3, n);
     ACT(t->n3m, BN);
     ACT(t->n3r, BN);
-    ACT(t->q1, n);
-    ACT(t->k1, n);
-    ACT(t->v1, n);
+    ACT(t->qkv1, 3 * n);
     ACT(t->o1, n);
     ACT(t->att1, (size_t)B_max * t->heads * t->HW * t->HW);
-    ACT(t->q2, n);
+    ACT(t->qkv2, n + 2 * nc);
     ACT(t->o2, n);
-    ACT(t->k2, nc);
-    ACT(t->v2, nc);
     ACT(t->att2, (size_t)B_max * t->heads * t->HW * t->L);
     ACT(t->ffp, BN * 2 * t->inner);
     ACT(t->ffg, BN * t->inner);
@@ -138,29 +137,24 @@ void tf2d_forward(Transformer2D *t, float *out, const float *params, const float
     const float *P = params;
     const size_t *p = t->p;
     const int N = B * t->HW, C = t->C;
-    const size_t n = (size_t)N * C;
     t->x = x, t->ctx = ctx, t->last_B = B;
     const MhaShape s1 = mha_shape(B, t->HW, C, t->HW, C, t->heads), s2 = mha_shape(B, t->HW, C, t->L, t->Dt, t->heads);
     groupnorm_forward(t->g, t->gm, t->gr, x, P + p[T2D_NORM_W], P + p[T2D_NORM_B], B, t->HW, C, t->groups, 0);
     linear_forward(t->h0, t->g, P + p[T2D_PIN_W], P + p[T2D_PIN_B], N, C, C);
-    /* h1 = h0 + attn1(norm1(h0)) */
+    /* h1 = h0 + attn1(norm1(h0)) (each residual sum made by the branch's last GEMM) */
     layernorm_forward(t->n1, t->n1m, t->n1r, t->h0, P + p[T2D_N1_W], P + p[T2D_N1_B], N, C);
-    mha_forward(t->h1, t->q1, t->k1, t->v1, t->att1, t->o1, t->n1, t->n1, NULL, P + p[T2D_A1_Q], P + p[T2D_A1_K],
-                P + p[T2D_A1_V], P + p[T2D_A1_O], P + p[T2D_A1_OB], s1);
-    add_forward(t->h1, t->h1, t->h0, n);
+    mha_forward(t->h1, t->qkv1, t->att1, t->o1, t->h0, t->n1, t->n1, NULL, P + p[T2D_A1_Q], P + p[T2D_A1_O],
+                P + p[T2D_A1_OB], s1);
     /* h2 = h1 + attn2(norm2(h1), ctx, keep) */
     layernorm_forward(t->n2, t->n2m, t->n2r, t->h1, P + p[T2D_N2_W], P + p[T2D_N2_B], N, C);
-    mha_forward(t->h2, t->q2, t->k2, t->v2, t->att2, t->o2, t->n2, ctx, keep, P + p[T2D_A2_Q], P + p[T2D_A2_K],
-                P + p[T2D_A2_V], P + p[T2D_A2_O], P + p[T2D_A2_OB], s2);
-    add_forward(t->h2, t->h2, t->h1, n);
+    mha_forward(t->h2, t->qkv2, t->att2, t->o2, t->h1, t->n2, ctx, keep, P + p[T2D_A2_Q], P + p[T2D_A2_O],
+                P + p[T2D_A2_OB], s2);
     /* h3 = h2 + ff(norm3(h2)) */
     layernorm_forward(t->n3, t->n3m, t->n3r, t->h2, P + p[T2D_N3_W], P + p[T2D_N3_B], N, C);
-    geglu_forward(t->h3, t->ffp, t->ffg, t->n3, P + p[T2D_FF1_W], P + p[T2D_FF1_B], P + p[T2D_FF2_W],
+    geglu_forward(t->h3, t->ffp, t->ffg, t->h2, t->n3, P + p[T2D_FF1_W], P + p[T2D_FF1_B], P + p[T2D_FF2_W],
                   P + p[T2D_FF2_B], N, C, t->inner);
-    add_forward(t->h3, t->h3, t->h2, n);
     /* out = x + proj_out(h3) */
-    linear_forward(out, t->h3, P + p[T2D_POUT_W], P + p[T2D_POUT_B], N, C, C);
-    add_forward(out, out, x, n);
+    linear_residual_forward(out, x, t->h3, P + p[T2D_POUT_W], P + p[T2D_POUT_B], N, C, C);
 }
 
 /* scratch: dh (the residual stream's gradient), dn (a branch's input gradient), then the
@@ -187,15 +181,13 @@ void tf2d_backward(Transformer2D *t, float *dx, float *dctx, float *grads, const
     layernorm_backward(dh, G + p[T2D_N3_W], G + p[T2D_N3_B], dn, t->h2, P + p[T2D_N3_W], t->n3m, t->n3r, N, C);
     /* h2 = h1 + attn2(norm2(h1), ctx): dh becomes d h1, dctx += */
     memset(dn, 0, n * sizeof(float));
-    mha_backward(dn, dctx, G + p[T2D_A2_Q], G + p[T2D_A2_K], G + p[T2D_A2_V], G + p[T2D_A2_O], G + p[T2D_A2_OB], dh,
-                 t->n2, t->ctx, P + p[T2D_A2_Q], P + p[T2D_A2_K], P + p[T2D_A2_V], P + p[T2D_A2_O], t->q2, t->k2,
-                 t->v2, t->att2, t->o2, s2, rest);
+    mha_backward(dn, dctx, G + p[T2D_A2_Q], G + p[T2D_A2_O], G + p[T2D_A2_OB], dh, t->n2, t->ctx, P + p[T2D_A2_Q],
+                 P + p[T2D_A2_O], t->qkv2, t->att2, t->o2, s2, rest);
     layernorm_backward(dh, G + p[T2D_N2_W], G + p[T2D_N2_B], dn, t->h1, P + p[T2D_N2_W], t->n2m, t->n2r, N, C);
     /* h1 = h0 + attn1(norm1(h0)): dh becomes d h0 */
     memset(dn, 0, n * sizeof(float));
-    mha_backward(dn, dn, G + p[T2D_A1_Q], G + p[T2D_A1_K], G + p[T2D_A1_V], G + p[T2D_A1_O], G + p[T2D_A1_OB], dh,
-                 t->n1, t->n1, P + p[T2D_A1_Q], P + p[T2D_A1_K], P + p[T2D_A1_V], P + p[T2D_A1_O], t->q1, t->k1,
-                 t->v1, t->att1, t->o1, s1, rest);
+    mha_backward(dn, dn, G + p[T2D_A1_Q], G + p[T2D_A1_O], G + p[T2D_A1_OB], dh, t->n1, t->n1, P + p[T2D_A1_Q],
+                 P + p[T2D_A1_O], t->qkv1, t->att1, t->o1, s1, rest);
     layernorm_backward(dh, G + p[T2D_N1_W], G + p[T2D_N1_B], dn, t->h0, P + p[T2D_N1_W], t->n1m, t->n1r, N, C);
     /* h0 = proj_in(GroupNorm(x)) */
     memset(dn, 0, n * sizeof(float));

@@ -87,8 +87,15 @@ static int block_tiles(Geo g, int Cin, int Cout) {
     return balanced_tiles(g, a < b ? a : b);
 }
 
-/* dW blocks: the GEMM is (OC x tb) . (tb x C) */
-static int dw_block_tiles(Geo g, int C, int OC) { return balanced_tiles(g, WINO_BLOCK_MNK / ((long)C * OC)); }
+/* dW blocks: the GEMM is (OC x tb) . (tb x C), adding into a partition's dU (36 OC C floats,
+ * megabytes at 128 channels and more): with fewer than WINO_DW_TB_MIN tiles per block its
+ * inner dimension is short and every block reads and writes all of dU for little work
+ * (256 -> 128 channels: 30 tiles a block by the size rule alone, a quarter slower). */
+#define WINO_DW_TB_MIN 64
+static int dw_block_tiles(Geo g, int C, int OC) {
+    long tb = WINO_BLOCK_MNK / ((long)C * OC);
+    return balanced_tiles(g, tb < WINO_DW_TB_MIN ? WINO_DW_TB_MIN : tb);
+}
 
 static size_t block_floats(int tb, int Cin, int Cout) { return (size_t)WX * tb * (Cin + Cout); }
 
