@@ -20,53 +20,99 @@ static const char SUF_A[] = ".lora_A.weight", SUF_B[] = ".lora_B.weight";
 
 /* ---- kernels ---------------------------------------------------------------------------- */
 
-// inp is (N,IN), A (r,IN), B (OUT,r), h (N,r), out (N,OUT) with rows ldo apart
-void lora_forward(float *out, int ldo, float *h, const float *inp, const float *A, const float *B, int N, int IN,
-                  int OUT, int r, float scale) {
-    if (N <= 0) return;
-    /* h (N,r) = inp (N,IN) . A (r,IN)^T */
-    gemm(0, 1, N, r, IN, 1.0f, inp, IN, A, IN, 0.0f, h, r);
-    if (scale == 0.0f) return;
-    /* out (N,OUT) += scale . h (N,r) . B (OUT,r)^T */
-    gemm(0, 1, N, OUT, r, scale, h, r, B, r, 1.0f, out, ldo);
+void lora_refs_merge(float *Wm, const float *W, const LoraRef *r, int n, int OUT, int K) {
+    if (Wm != W) memcpy(Wm, W, (size_t)OUT * K * sizeof(float));
+    for (int i = 0; i < n; i++) lora_merge_weight(Wm, r[i].A, r[i].B, OUT, K, r[i].rank, r[i].scale);
 }
 
-// dout is (N,OUT) with rows ldo apart, inp (N,IN), A (r,IN), B (OUT,r), h and dh (N,r)
-void lora_backward(float *dinp, float *dA, float *dB, const float *dout, int ldo, const float *inp, const float *A,
-                   const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale) {
+// inp is (N,IN), A (r,IN), h (N,r)
+void lora_h_forward(float *h, const float *inp, const float *A, int N, int IN, int r) {
+    if (N > 0) gemm(0, 1, N, r, IN, 1.0f, inp, IN, A, IN, 0.0f, h, r);
+}
+
+// dout is (N,OUT) with rows ldo apart, inp (N,IN), B (OUT,r), h and dh (N,r)
+void lora_ab_backward(float *dA, float *dB, const float *dout, int ldo, const float *inp, const float *B, const float *h, float *dh,
+                      int N, int IN, int OUT, int r, float scale) {
     if (N <= 0) return;
-    /* out += scale h B^T:  dB (OUT,r) += scale dout^T h,  dh (N,r) = scale dout B */
+    /* the same out as inp W^T + scale h B^T with h = inp A^T:  dB (OUT,r) += scale dout^T h,
+     * dh (N,r) = scale dout B, dA (r,IN) += dh^T inp */
     if (dB) gemm(1, 0, OUT, r, N, scale, dout, ldo, h, r, 1.0f, dB, r);
-    if (!dA && !dinp) return;
+    if (!dA) return;
     gemm(0, 0, N, r, OUT, scale, dout, ldo, B, r, 0.0f, dh, r);
-    /* h = inp A^T:  dA (r,IN) += dh^T inp,  dinp (N,IN) += dh A */
-    if (dA) gemm(1, 0, r, IN, N, 1.0f, dh, r, inp, IN, 1.0f, dA, IN);
-    if (dinp) gemm(0, 0, N, IN, r, 1.0f, dh, r, A, IN, 1.0f, dinp, IN);
+    gemm(1, 0, r, IN, N, 1.0f, dh, r, inp, IN, 1.0f, dA, IN);
+}
+
+// inp is (N,IN), W (OUT,IN), bias (OUT), A (r,IN), B (OUT,r), h (N,r), out (N,OUT), scratch (OUT,IN)
+void lora_forward(float *out, float *h, const float *inp, const float *W, const float *bias, const float *A, const float *B, int N,
+                  int IN, int OUT, int r, float scale, float *scratch) {
+    /* out = inp (W + scale B A)^T + bias: the merged weight, as lora_refs_forward runs it */
+    LoraRef ref = {A, B, r, scale};
+    lora_refs_forward(out, inp, W, bias, &ref, scale != 0.0f, N, IN, OUT, scratch);
+    lora_h_forward(h, inp, A, N, IN, r); /* for dB */
+}
+
+// dout is (N,OUT), inp (N,IN), W (OUT,IN), A (r,IN), B (OUT,r), h and dh (N,r), scratch (OUT,IN)
+void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *W, const float *A,
+                   const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale, float *scratch) {
+    if (N <= 0) return;
+    /* out = inp Wm^T, Wm = W + scale B A:  dinp (N,IN) += dout Wm */
+    if (dinp) {
+        LoraRef ref = {A, B, r, scale};
+        if (scale != 0.0f) lora_refs_merge(scratch, W, &ref, 1, OUT, IN);
+        gemm(0, 0, N, IN, OUT, 1.0f, dout, OUT, scale != 0.0f ? scratch : W, IN, 1.0f, dinp, IN);
+    }
+    lora_ab_backward(dA, dB, dout, OUT, inp, B, h, dh, N, IN, OUT, r, scale);
 }
 
 /* A's convolution: the base's input, kernel and stride, r output channels */
 static ConvShape a_shape(ConvShape s, int r) { return conv_shape(s.B, s.H, s.W, s.C, r, s.k, s.stride); }
 
-size_t lora_conv_scratch(ConvShape s, int r) { return conv2d_scratch(a_shape(s, r)); }
+/* floats of the merged weight W + s·B·A (OC,k,k,C), a 64-byte multiple */
+static size_t merged_floats(ConvShape s) { return ((size_t)s.OC * s.k * s.k * s.C + 15) / 16 * 16; }
 
-// inp is (B,H,W,C), A (r,k,k,C), B (OC,1,1,r), h (B,OH,OW,r), out (B,OH,OW,OC)
-void lora_conv_forward(float *out, float *h, const float *inp, const float *A, const float *B, ConvShape s, int r,
-                       float scale, float *scratch) {
-    conv2d_forward(h, inp, A, NULL, a_shape(s, r), scratch);
-    if (scale == 0.0f) return;
-    const int P = s.B * s.OH * s.OW;
-    gemm(0, 1, P, s.OC, r, scale, h, r, B, r, 1.0f, out, s.OC);
+size_t lora_conv_scratch(ConvShape s, int r) {
+    size_t n = conv2d_scratch(s), na = conv2d_scratch(a_shape(s, r)), nb = (size_t)r * s.OC; /* dB^T */
+    n = n > na ? n : na;
+    return merged_floats(s) + (n > nb ? n : nb);
+}
+
+/* Wm (OC,k,k,C) = W + scale·B·A, as lora_merge_weight (and so `ddpm merge`) computes it */
+static void merge_into(float *Wm, const float *W, const float *A, const float *B, ConvShape s, int r, float scale) {
+    const int K = s.k * s.k * s.C;
+    memcpy(Wm, W, (size_t)s.OC * K * sizeof(float));
+    lora_merge_weight(Wm, A, B, s.OC, K, r, scale);
+}
+
+// inp is (B,H,W,C), W (OC,k,k,C), bias (OC), A (r,k,k,C), B (OC,1,1,r), out (B,OH,OW,OC)
+void lora_conv_forward(float *out, const float *inp, const float *W, const float *bias, const float *A, const float *B, ConvShape s,
+                       int r, float scale, float *scratch) {
+    LoraRef ref = {A, B, r, scale};
+    lora_refs_conv_forward(out, inp, W, bias, &ref, scale != 0.0f, s, scratch);
 }
 
 // dout is (B,OH,OW,OC), h and dh (B,OH,OW,r), dinp (B,H,W,C), dA (r,k,k,C), dB (OC,1,1,r)
-void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *A,
-                        const float *B, const float *h, float *dh, ConvShape s, int r, float scale,
-                        float *scratch) {
+void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *W, const float *A,
+                        const float *B, float *h, float *dh, ConvShape s, int r, float scale, float *scratch) {
     const int P = s.B * s.OH * s.OW;
-    if (dB) gemm(1, 0, s.OC, r, P, scale, dout, s.OC, h, r, 1.0f, dB, r);
-    if (!dA && !dinp) return;
-    gemm(0, 0, P, r, s.OC, scale, dout, s.OC, B, r, 0.0f, dh, r);
-    conv2d_backward(dinp, dA, NULL, dh, inp, A, a_shape(s, r), scratch);
+    float *Wm = scratch, *scr = scratch + merged_floats(s);
+    /* out = conv(inp, W + scale B A):  dinp += conv^T(dout, W + scale B A), one pass */
+    if (dinp) {
+        if (scale != 0.0f) merge_into(Wm, W, A, B, s, r, scale);
+        conv2d_backward(dinp, NULL, NULL, dout, inp, scale != 0.0f ? Wm : W, s, scr);
+    }
+    /* the same out as W x + scale conv1x1(h, B) with h = conv(inp, A):
+     *   dh (P,r) = scale dout B, dA += A's weight gradient from dh, and h again from that
+     *   pass's transform of inp; dB (OC,r) += scale dout^T h */
+    if (dA) gemm(0, 0, P, r, s.OC, scale, dout, s.OC, B, r, 0.0f, dh, r);
+    if (dA) conv2d_backward_refwd(dA, dB ? h : NULL, dh, inp, A, a_shape(s, r), scr);
+    else if (dB) conv2d_forward(h, inp, A, NULL, a_shape(s, r), scr);
+    if (!dB) return;
+    /* dB (OC,r) += scale dout^T h, as dB^T (r,OC) = scale h^T dout (faster in OpenBLAS for a
+     * narrow h), added transposed */
+    float *dBt = scr;
+    gemm(1, 0, r, s.OC, P, scale, h, r, dout, s.OC, 0.0f, dBt, s.OC);
+    for (int o = 0; o < s.OC; o++)
+        for (int j = 0; j < r; j++) dB[(size_t)o * r + j] += dBt[(size_t)j * s.OC + o];
 }
 
 // W is (OUT,K), A (r,K), B (OUT,r)
@@ -701,14 +747,19 @@ int lora_stack_max_rank(const LoraStack *st) {
     return r;
 }
 
-void lora_refs_forward(float *out, int ldo, float *h, const float *inp, const LoraRef *r, int n, int N, int IN,
-                       int OUT) {
-    for (int i = 0; i < n; i++) lora_forward(out, ldo, h, inp, r[i].A, r[i].B, N, IN, OUT, r[i].rank, r[i].scale);
+void lora_refs_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, int N, int IN,
+                       int OUT, float *scratch) {
+    /* W + the refs merged one after the other, as lora_stack_merge merges them */
+    if (n) lora_refs_merge(scratch, W, r, n, OUT, IN);
+    linear_forward(out, inp, n ? scratch : W, bias, N, IN, OUT);
 }
 
-void lora_refs_conv_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, ConvShape s,
+void lora_refs_conv_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, ConvShape s,
                             float *scratch) {
-    for (int i = 0; i < n; i++) lora_conv_forward(out, h, inp, r[i].A, r[i].B, s, r[i].rank, r[i].scale, scratch);
+    /* W + the refs merged one after the other, as lora_stack_merge merges them */
+    float *Wm = scratch, *scr = scratch + merged_floats(s);
+    if (n) lora_refs_merge(Wm, W, r, n, s.OC, s.k * s.k * s.C);
+    conv2d_forward(out, inp, n ? Wm : W, bias, s, scr);
 }
 
 void lora_stack_merge(const LoraStack *st, LoraBase *base, int n) {

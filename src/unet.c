@@ -559,14 +559,14 @@ typedef struct {
     int n;          /* adapters on this weight (0: none) */
     LoraRef *r;     /* their A, B, rank, effective scale */
     float *dA, *dB; /* training: the gradients of the one adapter */
-    float *h;       /* training: h = A·x of the last forward (rows * rank) */
+    float *h;       /* training, linear adapters: h = A·x of the last forward (rows * rank) */
 } LoraSlot;
 
 struct UNetLora {
     LoraSlot *slot;    /* one per parameter (u->nP) */
     LoraRef *refs;     /* the slots' refs */
-    float *hbuf;       /* sampling: h; training: dh (rows of the largest layer * largest rank) */
-    float *conv_scr;   /* the adapter convolutions' scratch */
+    float *hbuf;       /* training: dh, and h for a convolution (rows * rank, twice for a convolution) */
+    float *scr;        /* the adapters' scratch: merged weights, the convolutions' scratch */
     float *saved;      /* training: every slot's h */
     int train;
     float *grads;      /* training: the set's gradient block */
@@ -602,22 +602,34 @@ static float *grad(const UNet *u, int i) { return u->P[i].frozen ? NULL : u->gra
 /* The adapters on weight i, NULL when none. */
 static const LoraSlot *slot(const UNet *u, int i) { return u->lora && u->lora->slot[i].n ? &u->lora->slot[i] : NULL; }
 
-/* out (N,n*OUT) = res + inp (N,IN) [W_0; ..; W_n-1]^T + [b_0 .. b_n-1] (+ each layer's
- * adapters' s·(inp A^T) B^T in its column block): n layers of one input whose weights and
- * biases follow each other in the parameter block (linear_params_joined), one GEMM; n = 1:
- * one layer. res: a residual stream the GEMM sums into out (NULL: none; may be out). */
-static void linears_fwd(const UNet *u, float *out, const float *res, const float *inp, const LinearParams *l, int n, int N,
-                        int IN, int OUT) {
-    const int W = n * OUT;
-    PROF(PROF_GEMM, linear_residual_forward(out, res, inp, par(u, l[0].w), par(u, l[0].b), N, IN, W));
+/* The joined weight [W_0; ..; W_n-1] (n*OUT, IN) of n layers of one input: the parameters
+ * themselves, or, when a layer has adapters, a copy in the adapters' scratch with each
+ * layer's adapters merged into its rows (lora_refs_merge: the bits ddpm merge writes). */
+static const float *joined_weight(const UNet *u, const LinearParams *l, int n, int IN, int OUT) {
+    const float *w = par(u, l[0].w);
+    float *wm = NULL;
+    const size_t nw = (size_t)OUT * IN;
     for (int i = 0; i < n; i++) {
         const LoraSlot *sl = slot(u, l[i].w);
         if (!sl) continue;
-        float *o = out + (size_t)i * OUT;
-        if (u->lora->train)
-            PROF(PROF_GEMM, lora_forward(o, W, sl->h, inp, sl->r[0].A, sl->r[0].B, N, IN, OUT, sl->r[0].rank, sl->r[0].scale));
-        else
-            PROF(PROF_GEMM, lora_refs_forward(o, W, u->lora->hbuf, inp, sl->r, sl->n, N, IN, OUT));
+        if (!wm) wm = memcpy(u->lora->scr, w, n * nw * sizeof(float));
+        lora_refs_merge(wm + i * nw, wm + i * nw, sl->r, sl->n, OUT, IN);
+    }
+    return wm ? wm : w;
+}
+
+/* out (N,n*OUT) = res + inp (N,IN) [W_0; ..; W_n-1]^T + [b_0 .. b_n-1] (each layer's adapters
+ * merged into its weight: W + s·B·A): n layers of one input whose weights and biases follow
+ * each other in the parameter block (linear_params_joined), one GEMM; n = 1: one layer.
+ * res: a residual stream the GEMM sums into out (NULL: none; may be out). Training keeps
+ * h = inp A^T of each adapter for dB. */
+static void linears_fwd(const UNet *u, float *out, const float *res, const float *inp, const LinearParams *l, int n, int N,
+                        int IN, int OUT) {
+    const float *w = joined_weight(u, l, n, IN, OUT);
+    PROF(PROF_GEMM, linear_residual_forward(out, res, inp, w, par(u, l[0].b), N, IN, n * OUT));
+    for (int i = 0; i < n; i++) {
+        const LoraSlot *sl = slot(u, l[i].w);
+        if (sl && u->lora->train) PROF(PROF_GEMM, lora_h_forward(sl->h, inp, sl->r[0].A, N, IN, sl->r[0].rank));
     }
 }
 
@@ -625,25 +637,25 @@ static void linear_fwd(const UNet *u, float *out, const float *inp, LinearParams
     linears_fwd(u, out, NULL, inp, &l, 1, N, IN, OUT);
 }
 
-/* The backward of linears_fwd: dinp (N,IN) += ... (dinp may be NULL), dW, db += ... of the
- * layers not frozen, dA, dB += ... of trained adapters. When some of the n layers are frozen
- * and others not, the joined weight gradient goes to scratch and the trained parts are
- * added from there. */
+/* The backward of linears_fwd: dinp (N,IN) += ... through the merged weights (dinp may be
+ * NULL), dW, db += ... of the layers not frozen, dA, dB += ... of trained adapters. When some
+ * of the n layers are frozen and others not, the joined weight gradient goes to scratch and
+ * the trained parts are added from there. */
 static void linears_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, const LinearParams *l, int n, int N,
                         int IN, int OUT) {
     const int W = n * OUT;
+    const float *w = dinp ? joined_weight(u, l, n, IN, OUT) : par(u, l[0].w); /* the weight gradient does not read w */
     int nw = 0, nb = 0;
     for (int i = 0; i < n; i++) nw += grad(u, l[i].w) != NULL, nb += grad(u, l[i].b) != NULL;
     if ((nw == 0 || nw == n) && (nb == 0 || nb == n)) {
-        PROF(PROF_GEMM, linear_backward(dinp, nw ? grad(u, l[0].w) : NULL, nb ? grad(u, l[0].b) : NULL, dout, inp, par(u, l[0].w), N,
-                                        IN, W));
+        PROF(PROF_GEMM, linear_backward(dinp, nw ? grad(u, l[0].w) : NULL, nb ? grad(u, l[0].b) : NULL, dout, inp, w, N, IN, W));
     } else {
         static __thread float *buf;
         static __thread size_t cap;
         const size_t sw = (size_t)W * IN;
         float *gw = grow_buffer(&buf, &cap, sw + W), *gb = gw + sw;
         memset(gw, 0, (sw + W) * sizeof(float));
-        PROF(PROF_GEMM, linear_backward(dinp, gw, gb, dout, inp, par(u, l[0].w), N, IN, W));
+        PROF(PROF_GEMM, linear_backward(dinp, gw, gb, dout, inp, w, N, IN, W));
         for (int i = 0; i < n; i++) {
             float *dw = grad(u, l[i].w), *db = grad(u, l[i].b);
             if (dw) add_inplace(dw, gw + (size_t)i * OUT * IN, (size_t)OUT * IN);
@@ -653,8 +665,8 @@ static void linears_bwd(const UNet *u, float *dinp, const float *dout, const flo
     for (int i = 0; i < n; i++) {
         const LoraSlot *sl = slot(u, l[i].w);
         if (sl && u->lora->train)
-            PROF(PROF_GEMM, lora_backward(dinp, sl->dA, sl->dB, dout + (size_t)i * OUT, W, inp, sl->r[0].A, sl->r[0].B, sl->h,
-                                          u->lora->hbuf, N, IN, OUT, sl->r[0].rank, sl->r[0].scale));
+            PROF(PROF_GEMM, lora_ab_backward(sl->dA, sl->dB, dout + (size_t)i * OUT, W, inp, sl->r[0].B, sl->h, u->lora->hbuf, N, IN, OUT,
+                                             sl->r[0].rank, sl->r[0].scale));
     }
 }
 
@@ -665,26 +677,35 @@ static void linear_bwd(const UNet *u, float *dinp, const float *dout, const floa
 /* A 1x1 conv weight (OC,1,1,C) is a linear weight (OUT,IN) over the B*H*W pixels (NHWC). */
 static LinearParams conv1x1_as_linear(ConvParams c) { return (LinearParams){c.w, c.b}; }
 
-/* out (B,OH,OW,OC) = conv(inp (B,H,W,C)) (+ the adapters' s·conv1x1(conv(inp, A), B)) */
+/* out (B,OH,OW,OC) = conv(inp (B,H,W,C)) (+ the adapters' s·conv1x1(conv(inp, A), B): one
+ * convolution with W + s·B·A) */
 static void conv_fwd(const UNet *u, float *out, const float *inp, ConvParams c, ConvShape s) {
-    PROF(PROF_CONV, conv2d_forward(out, inp, par(u, c.w), par(u, c.b), s, u->conv_scr));
     const LoraSlot *sl = slot(u, c.w);
-    if (!sl) return;
-    float *scr = u->lora->conv_scr;
+    if (!sl) {
+        PROF(PROF_CONV, conv2d_forward(out, inp, par(u, c.w), par(u, c.b), s, u->conv_scr));
+        return;
+    }
+    const float *w = par(u, c.w), *b = par(u, c.b);
+    float *scr = u->lora->scr;
     if (u->lora->train)
-        PROF(PROF_CONV, lora_conv_forward(out, sl->h, inp, sl->r[0].A, sl->r[0].B, s, sl->r[0].rank, sl->r[0].scale, scr));
+        PROF(PROF_CONV, lora_conv_forward(out, inp, w, b, sl->r[0].A, sl->r[0].B, s, sl->r[0].rank, sl->r[0].scale, scr));
     else
-        PROF(PROF_CONV, lora_refs_conv_forward(out, u->lora->hbuf, inp, sl->r, sl->n, s, scr));
+        PROF(PROF_CONV, lora_refs_conv_forward(out, inp, w, b, sl->r, sl->n, s, scr));
 }
 
 /* dinp (B,H,W,C) += ..., dW, db += ... unless frozen, dA, dB += ... of a trained adapter;
  * dinp may be NULL */
 static void conv_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, ConvParams c, ConvShape s) {
-    PROF(PROF_CONV, conv2d_backward(dinp, grad(u, c.w), grad(u, c.b), dout, inp, par(u, c.w), s, u->conv_scr));
     const LoraSlot *sl = slot(u, c.w);
-    if (sl && u->lora->train)
-        PROF(PROF_CONV, lora_conv_backward(dinp, sl->dA, sl->dB, dout, inp, sl->r[0].A, sl->r[0].B, sl->h, u->lora->hbuf, s,
-                                           sl->r[0].rank, sl->r[0].scale, u->lora->conv_scr));
+    if (!sl || !u->lora->train) {
+        PROF(PROF_CONV, conv2d_backward(dinp, grad(u, c.w), grad(u, c.b), dout, inp, par(u, c.w), s, u->conv_scr));
+        return;
+    }
+    float *gw = grad(u, c.w), *gb = grad(u, c.b);
+    if (gw || gb) PROF(PROF_CONV, conv2d_backward(NULL, gw, gb, dout, inp, par(u, c.w), s, u->conv_scr));
+    float *h = u->lora->hbuf, *dh = h + (size_t)s.B * s.OH * s.OW * sl->r[0].rank; /* scratch */
+    PROF(PROF_CONV, lora_conv_backward(dinp, sl->dA, sl->dB, dout, inp, par(u, c.w), sl->r[0].A, sl->r[0].B, h, dh, s, sl->r[0].rank,
+                                       sl->r[0].scale, u->lora->scr));
 }
 
 /* out (B,HW,C) = GroupNorm(inp) (then SiLU if silu); mean, rstd (B,G) saved */
@@ -845,8 +866,15 @@ static float *zeroed(float *p, size_t n) {
     return p;
 }
 
-/* ResBlock i; x is its input (cat for the up path); dL/dx is added into dx. */
-static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
+/* Does parameter i, or an adapter on it, get a gradient? */
+static int trained_param(const UNet *u, int i) { return i >= 0 && (!u->P[i].frozen || (u->lora && u->lora->train && slot(u, i))); }
+
+static int trained_norm(const UNet *u, NormParams n) { return trained_param(u, n.w) || trained_param(u, n.b); }
+
+/* ResBlock i; x is its input (cat for the up path); dL/dx is added into dx. dx may be NULL
+ * (the first block a LoRA backward runs: nothing before it needs a gradient); temb: whether
+ * the timestep MLP needs d_temb_act. */
+static void res_backward(UNet *u, int i, const float *x, float *dx, int B, int temb) {
     Block *b = &u->blk[i];
     ResBlock *r = &b->res;
     UNetScratch *sc = &u->scr;
@@ -855,7 +883,7 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
     /* out = conv2(a2) + shortcut(x) */
     if (r->has_shortcut)
         linear_bwd(u, dx, b->dout, x, conv1x1_as_linear(r->nin_shortcut), B * HW, b->cin, b->cout);
-    else
+    else if (dx)
         PROF(PROF_ELEM, add_inplace(dx, b->dout, nout));
     float *da2 = zeroed(sc->d_a2, nout);
     conv_bwd(u, da2, b->dout, r->a2, r->conv2, conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1));
@@ -863,35 +891,36 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int B) {
     /* a2 = silu(norm2(h1)) */
     float *dh1 = zeroed(sc->d_h1, nout);
     norm_bwd(u, dh1, da2, r->h1, r->norm2, r->mean2, r->rstd2, B, HW, b->cout, 1);
-    /* h1 = conv1(a1) + temb_proj(silu(temb)) */
-    float *dtp = zeroed(sc->d_tp, (size_t)B * b->cout);
-    PROF(PROF_ELEM, add_bcast_backward(dtp, dh1, B, HW, b->cout));
-    linear_bwd(u, u->d_temb_act, dtp, u->temb_act, r->temb_proj, B, u->temb_ch, b->cout);
-    float *da1 = zeroed(sc->d_a1, (size_t)B * HW * b->cin); /* d_a2's buffer, no longer needed */
+    /* h1 = conv1(a1) + temb_proj(silu(temb)); dtp only when temb_proj or the MLP trains */
+    if (temb || trained_param(u, r->temb_proj.w) || trained_param(u, r->temb_proj.b)) {
+        float *dtp = zeroed(sc->d_tp, (size_t)B * b->cout);
+        PROF(PROF_ELEM, add_bcast_backward(dtp, dh1, B, HW, b->cout));
+        linear_bwd(u, temb ? u->d_temb_act : NULL, dtp, u->temb_act, r->temb_proj, B, u->temb_ch, b->cout);
+    }
+    /* a1 = silu(norm1(x)): da1 only when dx or norm1 needs it */
+    int need_a1 = dx || trained_norm(u, r->norm1);
+    float *da1 = need_a1 ? zeroed(sc->d_a1, (size_t)B * HW * b->cin) : NULL; /* d_a2's buffer, no longer needed */
     conv_bwd(u, da1, dh1, r->a1, r->conv1, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
-    /* a1 = silu(norm1(x)) */
-    norm_bwd(u, dx, da1, x, r->norm1, r->mean1, r->rstd1, B, HW, b->cin, 1);
+    if (need_a1) norm_bwd(u, dx, da1, x, r->norm1, r->mean1, r->rstd1, B, HW, b->cin, 1);
 }
 
-/* AttnBlock b on x; dL/dx is added into dx. */
+/* AttnBlock b on x; dL/dx is added into dx (may be NULL, as for res_backward). */
 static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
     AttnBlock *a = &b->attn;
     UNetScratch *sc = &u->scr;
     int N = b->H * b->W, C = b->cin, BN = B * N;
     size_t n = (size_t)BN * C;
-    PROF(PROF_ELEM, add_inplace(dx, b->dout, n)); /* residual */
+    if (dx) PROF(PROF_ELEM, add_inplace(dx, b->dout, n)); /* residual */
     float *d_o = zeroed(sc->d_o, n);
     linear_bwd(u, d_o, b->dout, a->o, a->proj_out, BN, C, C);
     float *dqkv = zeroed(sc->d_qkv, 3 * n);
     PROF(PROF_ATTN, attention_backward(dqkv, dqkv + C, dqkv + 2 * C, d_o, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C, a->att, B,
                                        N, C, u->att_scr));
-    float *dhn = zeroed(sc->d_hn, n);
+    int need_hn = dx || trained_norm(u, a->norm);
+    float *dhn = need_hn ? zeroed(sc->d_hn, n) : NULL;
     linears_bwd(u, dhn, dqkv, a->hn, a->qkv_p, 3, BN, C, C);
-    norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, 0);
+    if (need_hn) norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, 0);
 }
-
-/* Does parameter i, or an adapter on it, get a gradient? */
-static int trained_param(const UNet *u, int i) { return i >= 0 && (!u->P[i].frozen || (u->lora && u->lora->train && slot(u, i))); }
 
 /* Where the backward may stop when dx is not asked for: nothing before the first block
  * (in execution order) with a trained parameter or adapter needs a gradient, unless the
@@ -910,7 +939,9 @@ static int backward_stop(const UNet *u, int *temb) {
 void unet_backward(UNet *u, const float *dout, float *dx) {
     CHECK(u->training, "unet_backward on a model built without training buffers");
     int B = u->last_B, T = u->temb_ch, temb = 1, stop = dx ? 0 : backward_stop(u, &temb);
-    for (int i = 0; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zeroed(u->blk[i].dout, block_out_n(&u->blk[i], B)));
+    /* the blocks from stop on get gradients; stop's own input needs none (dxb NULL below),
+     * nor do the skip outputs of blocks before it */
+    for (int i = stop; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zeroed(u->blk[i].dout, block_out_n(&u->blk[i], B)));
     zeroed(u->d_temb_act, (size_t)B * T);
     if (u->text_L > 0) zeroed(u->d_states, (size_t)B * u->text_L * u->text_d);
     Block *last = &u->blk[u->nblk - 1];
@@ -918,7 +949,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     for (int i = u->nblk - 1; i >= stop; i--) {
         Block *b = &u->blk[i];
         const float *x = i > 0 ? u->blk[i - 1].out : u->x_in;
-        float *dxb = i > 0 ? u->blk[i - 1].dout : NULL;
+        float *dxb = i > stop || (i == stop && i > 0 && b->kind == BLK_XATTN) ? u->blk[i - 1].dout : NULL;
         switch (b->kind) {
         case BLK_CONV_IN:
             conv_bwd(u, dx, b->dout, x, b->conv.conv, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
@@ -927,20 +958,20 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
             conv_bwd(u, dxb, b->dout, x, b->conv.conv, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2));
             break;
         case BLK_UP: {
-            float *dup = zeroed(u->scr.d_up, (size_t)B * 4 * b->H * b->W * b->cin);
+            float *dup = dxb ? zeroed(u->scr.d_up, (size_t)B * 4 * b->H * b->W * b->cin) : NULL;
             conv_bwd(u, dup, b->dout, b->conv.up, b->conv.conv, conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1));
-            PROF(PROF_ELEM, upsample_backward(dxb, dup, B, b->H, b->W, b->cin));
+            if (dxb) PROF(PROF_ELEM, upsample_backward(dxb, dup, B, b->H, b->W, b->cin));
             break;
         }
         case BLK_RES:
             if (b->res.skip >= 0) { /* x = concat(h, skip): its gradient is split between the two */
                 Block *s = &u->blk[b->res.skip];
                 size_t npix = (size_t)B * b->H * b->W;
-                float *dcat = zeroed(u->scr.d_cat, npix * b->cin);
-                res_backward(u, i, b->res.cat, dcat, B);
-                PROF(PROF_ELEM, concat_backward(dxb, s->dout, dcat, npix, b->cin - s->cout, s->cout));
+                float *dcat = dxb ? zeroed(u->scr.d_cat, npix * b->cin) : NULL;
+                res_backward(u, i, b->res.cat, dcat, B, temb);
+                if (dxb) PROF(PROF_ELEM, concat_backward(dxb, b->res.skip >= stop ? s->dout : NULL, dcat, npix, b->cin - s->cout, s->cout));
             } else {
-                res_backward(u, i, x, dxb, B);
+                res_backward(u, i, x, dxb, B, temb);
             }
             break;
         case BLK_ATTN:
@@ -950,9 +981,10 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
             PROF(PROF_ATTN, tf2d_backward(&b->tf, dxb, u->d_states, u->grads, u->params, b->dout, u->text_scr));
             break;
         case BLK_OUT: {
-            float *da = zeroed(u->scr.d_a, (size_t)B * b->H * b->W * b->cin);
+            int need_a = dxb || trained_norm(u, b->head.norm_out);
+            float *da = need_a ? zeroed(u->scr.d_a, (size_t)B * b->H * b->W * b->cin) : NULL;
             conv_bwd(u, da, b->dout, b->head.a, b->head.conv_out, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
-            norm_bwd(u, dxb, da, x, b->head.norm_out, b->head.mean, b->head.rstd, B, b->H * b->W, b->cin, 1);
+            if (need_a) norm_bwd(u, dxb, da, x, b->head.norm_out, b->head.mean, b->head.rstd, B, b->H * b->W, b->cin, 1);
             break;
         }
         }
@@ -1029,13 +1061,23 @@ static size_t lora_rows(const UNet *u, int pi, ConvShape *cs) {
 void unet_lora_detach(UNet *u) {
     struct UNetLora *L = u->lora;
     if (!L) return;
-    free(L->slot), free(L->refs), free(L->hbuf), free(L->conv_scr), free(L->saved);
+    free(L->slot), free(L->refs), free(L->hbuf), free(L->scr), free(L->saved);
     free(L);
     u->lora = NULL;
 }
 
 /* Size and allocate the buffers of the slots filled in L (refs set); EUSAGE when an
  * adapter sits on a tensor the wrappers do not apply. */
+/* Floats of the joined weight linears_fwd runs linear weight pi in (3 of them for q, k, v). */
+static size_t joined_floats(const UNet *u, int pi) {
+    for (int i = 0; i < u->nblk; i++) {
+        const Block *b = &u->blk[i];
+        if (b->kind == BLK_ATTN && (pi == b->attn.qkv_p[0].w || pi == b->attn.qkv_p[1].w || pi == b->attn.qkv_p[2].w))
+            return 3 * u->P[pi].n;
+    }
+    return u->P[pi].n;
+}
+
 static int lora_buffers(UNet *u, struct UNetLora *L) {
     size_t hmax = 0, cmax = 0, saved = 0;
     for (int i = 0; i < u->nP; i++) {
@@ -1048,28 +1090,27 @@ static int lora_buffers(UNet *u, struct UNetLora *L) {
             return err_set(DDPM_EUSAGE, "adapter on \"%s\": ddpm adapts linear and convolution weights of layers only, not this tensor",
                            u->P[i].name);
         }
-        for (int k = 0; k < sl->n; k++) {
-            size_t hn = rows * (size_t)sl->r[k].rank;
-            if (hn > hmax) hmax = hn;
-            if (cs.k == 3) {
-                size_t cn = lora_conv_scratch(cs, sl->r[k].rank);
-                if (cn > cmax) cmax = cn;
-            }
-            if (L->train) saved += hn;
-        }
+        /* a layer's adapters merge into a copy of its weight (scratch; q, k and v are one
+         * joined weight); training keeps a linear adapter's h for backward and needs dh, a
+         * convolution adapter keeps nothing and needs h and dh in backward */
+        size_t hn = rows * (size_t)sl->r[0].rank, cn = cs.k ? lora_conv_scratch(cs, sl->r[0].rank) : joined_floats(u, i);
+        if (cn > cmax) cmax = cn;
+        if (L->train && (cs.k ? 2 : 1) * hn > hmax) hmax = (cs.k ? 2 : 1) * hn;
+        if (L->train && !cs.k) saved += hn;
     }
     L->hbuf = aligned_alloc(64, (hmax + 16) / 16 * 64);
-    L->conv_scr = aligned_alloc(64, (cmax + 16) / 16 * 64);
+    L->scr = aligned_alloc(64, (cmax + 16) / 16 * 64);
     L->saved = L->train ? aligned_alloc(64, (saved + 16) / 16 * 64) : NULL;
-    CHECK(L->hbuf && L->conv_scr && (!L->train || L->saved), "out of memory for the adapters' activations");
+    CHECK(L->hbuf && L->scr && (!L->train || L->saved), "out of memory for the adapters' activations");
     if (L->train) {
         float *h = L->saved;
-        for (int i = 0; i < u->nP; i++)
-            if (L->slot[i].n) {
-                ConvShape cs;
-                L->slot[i].h = h;
-                h += lora_rows(u, i, &cs) * (size_t)L->slot[i].r[0].rank;
-            }
+        for (int i = 0; i < u->nP; i++) {
+            ConvShape cs;
+            size_t rows = L->slot[i].n ? lora_rows(u, i, &cs) : 0;
+            if (!rows || cs.k) continue;
+            L->slot[i].h = h;
+            h += rows * (size_t)L->slot[i].r[0].rank;
+        }
     }
     u->lora = L;
     return DDPM_OK;

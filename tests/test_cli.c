@@ -116,5 +116,13 @@ int main(void) {
          "bench --scaling --json: scaling_train %.2f, scaling_forward %.2f, 3 one-thread steps: %s", s_train, s_fwd, g_out);
     rc = run("bench %s --steps 2 --threads 1 --scaling --json", small);
     T_OK(rc == 0 && !strstr(g_out, "scaling_train"), "bench --scaling with one thread: nothing to compare, no ratio");
+    /* a LoRA twin on the CPU clock, with the profiles of both steps */
+    rc = run("bench %s --set train.lora.rank=2 --set 'train.lora.targets=[\"attn\",\"conv\"]' --steps 2 --threads 1 --cpu-time "
+             "--profile --json", small);
+    const char *lr = strstr(g_out, "\"lora_step_ratio\": ");
+    double ratio = lr ? atof(lr + strlen("\"lora_step_ratio\": ")) : 0;
+    T_OK(rc == 0 && n_lines(g_out) == 1 && strstr(g_out, "\"clock\": \"cpu\"") && ratio > 0 && strstr(g_out, "\"profile_s\"") &&
+             strstr(g_out, "\"lora_profile_s\""),
+         "bench --cpu-time --profile with a LoRA twin: CPU clock, ratio %.2f, both profiles: %s", ratio, g_out);
     return t_done();
 }

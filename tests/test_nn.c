@@ -393,7 +393,8 @@ static void test_conv_tiled(int B, int H, int W, int C, int OC, int stride) {
  * tiles: 7x7, 14x14, 5x3, 1x1), C != OC, channel counts that are not multiples of 16, batch > 1
  * and shapes spanning several tile blocks and dW partial sums. Error metric: max|err| /
  * max|ref| (max_rel) <= WINO_TOL. Also: dinp = NULL and dw = NULL give the same other
- * gradients; identical bits with 1 and 3 OpenMP threads and run to run; the im2col fallback
+ * gradients; conv2d_backward_refwd gives dw's bits and the output within 2 WINO_TOL of the
+ * forward's; identical bits with 1 and 3 OpenMP threads and run to run; the im2col fallback
  * (conv2d_im2col_*) on the same data within the same tolerance. */
 #define WINO_TOL 1e-5
 
@@ -435,6 +436,18 @@ static void test_conv_wino(int B, int H, int W, int C, int OC, int multi) {
     conv_grads(&c, di2, NULL, NULL);
     T_OK(!memcmp(di2, c.dinp, ni * 4) && !memcmp(dw2, c.dw, nw * 4) && !memcmp(db2, c.db, OC * 4),
          "%s: dinp = NULL / dw = NULL give the same other gradients", name);
+    /* conv2d_backward_refwd: dw the same bits, and the output again (without bias) from the
+     * same input transforms, against the forward's */
+    {
+        float *dw4 = alloc0(nw), *o4 = alloc0(no), *o5 = alloc0(no);
+        conv2d_backward_refwd(dw4, o4, c.R, c.inp, c.w, s, c.scratch);
+        conv2d_forward(o5, c.inp, c.w, NULL, s, c.scratch);
+        double eo = 0, mo = 0;
+        for (size_t i = 0; i < no; i++) eo = fmax(eo, fabs(o4[i] - o5[i])), mo = fmax(mo, fabs(o5[i]));
+        T_OK(!memcmp(dw4, c.dw, nw * 4) && eo <= 2 * WINO_TOL * mo && mo > 0,
+             "%s: backward_refwd: dw the same bits, output %.2e of max|out| from the forward's", name, eo / mo);
+        free(dw4), free(o4), free(o5);
+    }
     /* run to run and thread-count independence */
     float *o1 = alloc0(no), *o3 = alloc0(no), *di3 = alloc0(ni), *dw3 = alloc0(nw);
     conv2d_forward(o1, c.inp, c.w, c.b, s, c.scratch);

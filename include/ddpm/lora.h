@@ -61,31 +61,47 @@ enum { LORA_ATTN = 1, LORA_CONV = 2, LORA_TEMB = 4 };
 #define LORA_N_GROUPS 3
 
 /* ---- kernels ----------------------------------------------------------------------------
- * Layer convention: forward ADDS the adapter's term to out (the base layer wrote it) and
- * keeps h for backward; backward ADDS into dA, dB and dinp (may be NULL), never touches
- * the base weight. scale = alpha / rank (times a user scale at sampling); scale 0 leaves
- * out untouched bit for bit. */
+ * An adapter runs with its base layer as the merged weight: W·x + scale·B·(A·x) =
+ * (W + scale·B·A)·x, so the forward is the base layer with Wm = W + scale·B·A
+ * (lora_merge_weight's bits, made per call: OUT·K·r multiply-adds, K = IN or k·k·C) and the
+ * input gradient one pass through Wm; A·x is needed only for dB. Nothing computes W's
+ * gradient (the base is frozen: linear_backward or conv2d_backward with dinp NULL gives it to
+ * a caller that wants it). B = 0 (a fresh adapter) or scale 0 makes Wm W's bits, so the base
+ * output bit for bit; and a layer gives the bits of a checkpoint merged by lora_merge.
+ * scale = alpha / rank (times a user scale at sampling). Backward ADDS into dA, dB and dinp
+ * (each may be NULL). */
 
-/* inp is (N,IN), A (r,IN), B (OUT,r); h (N,r) = inp·Aᵀ is saved; out (N,OUT) += scale·h·Bᵀ.
- * out's rows are ldo >= OUT floats apart (a column block of q, k, v projected together). */
-void lora_forward(float *out, int ldo, float *h, const float *inp, const float *A, const float *B, int N, int IN,
-                  int OUT, int r, float scale);
-/* dout is (N,OUT), rows ldo apart; dB (OUT,r) += scale·doutᵀ·h; dh = scale·dout·B (scratch
- * dh (N,r)); dA (r,IN) += dhᵀ·inp; dinp (N,IN) += dh·A. */
-void lora_backward(float *dinp, float *dA, float *dB, const float *dout, int ldo, const float *inp, const float *A,
-                   const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale);
+/* inp is (N,IN), W (OUT,IN), bias (OUT) or NULL, A (r,IN), B (OUT,r):
+ * out (N,OUT) = inp·Wmᵀ + bias; h (N,r) = inp·Aᵀ is saved. scratch: OUT·IN floats. */
+void lora_forward(float *out, float *h, const float *inp, const float *W, const float *bias, const float *A, const float *B, int N,
+                  int IN, int OUT, int r, float scale, float *scratch);
+/* dout is (N,OUT); dinp (N,IN) += dout·Wm; dB (OUT,r) += scale·doutᵀ·h; dh = scale·dout·B
+ * (scratch dh (N,r)); dA (r,IN) += dhᵀ·inp. scratch: OUT·IN floats. */
+void lora_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *W, const float *A,
+                   const float *B, const float *h, float *dh, int N, int IN, int OUT, int r, float scale, float *scratch);
+/* Their parts, for a caller that runs the merged weight in its own GEMM (the U-Net projects
+ * q, k and v with one): h (N,r) = inp (N,IN)·Aᵀ; and the adapter's own gradients, dout
+ * (N,OUT) with rows ldo apart: dB += scale·doutᵀ·h, dh = scale·dout·B, dA += dhᵀ·inp (dA or
+ * dB may be NULL). lora_refs_merge below makes Wm. */
+void lora_h_forward(float *h, const float *inp, const float *A, int N, int IN, int r);
+void lora_ab_backward(float *dA, float *dB, const float *dout, int ldo, const float *inp, const float *B, const float *h, float *dh,
+                      int N, int IN, int OUT, int r, float scale);
 
-/* s is the base convolution's shape (B,H,W,C -> B,OH,OW,OC, k, stride). inp is (B,H,W,C),
- * A (r,k,k,C), B (OC,1,1,r); h (B,OH,OW,r) = conv(inp, A) with s's stride and padding is
- * saved; out (B,OH,OW,OC) += scale·h·Bᵀ. scratch: lora_conv_scratch(s, r) floats. */
+/* A convolution adapter the same way, A (r,k,k,C) a convolution on the base's stride and
+ * padding, B (OC,1,1,r) a 1x1 convolution: the forward is one convolution with Wm, and the
+ * backward needs A·x only for dB: it is recomputed in the pass that gives dA (nn.h's
+ * conv2d_backward_refwd: one transform of the input for both).
+ * s is the base convolution's shape (B,H,W,C -> B,OH,OW,OC, k, stride). inp is (B,H,W,C),
+ * W (OC,k,k,C), bias (OC) or NULL. scratch: lora_conv_scratch(s, r) floats.
+ * Forward: out (B,OH,OW,OC) = conv(inp, Wm) + bias. Nothing is saved. */
 size_t lora_conv_scratch(ConvShape s, int r);
-void lora_conv_forward(float *out, float *h, const float *inp, const float *A, const float *B, ConvShape s, int r,
-                       float scale, float *scratch);
-/* dB (OC,r) += scale·doutᵀ·h; dh (B,OH,OW,r) = scale·dout·B (scratch dh); dA (r,k,k,C) and
- * dinp (B,H,W,C) (may be NULL) += conv2d_backward of dh through A. */
-void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *A,
-                        const float *B, const float *h, float *dh, ConvShape s, int r, float scale,
-                        float *scratch);
+void lora_conv_forward(float *out, const float *inp, const float *W, const float *bias, const float *A, const float *B, ConvShape s,
+                       int r, float scale, float *scratch);
+/* dinp (B,H,W,C) += conv2d_backward of dout through Wm; dh (B,OH,OW,r) = scale·dout·B,
+ * dA (r,k,k,C) += A's weight gradient from dh, h (B,OH,OW,r) = conv(inp, A), dB (OC,1,1,r)
+ * += scale·doutᵀ·h (h and dh are scratch). */
+void lora_conv_backward(float *dinp, float *dA, float *dB, const float *dout, const float *inp, const float *W, const float *A,
+                        const float *B, float *h, float *dh, ConvShape s, int r, float scale, float *scratch);
 
 /* W (OUT,K) += scale·B (OUT,r)·A (r,K): the merge, K = IN, or k·k·C for a convolution. */
 void lora_merge_weight(float *W, const float *A, const float *B, int OUT, int K, int r, float scale);
@@ -191,13 +207,19 @@ typedef struct {
     float scale;
 } LoraRef;
 int lora_stack_refs(const LoraStack *st, const char *weight_name, LoraRef *out, int max);
-/* Largest rank on the stack (sizes the h scratch: rows · max rank floats). */
+/* Largest rank on the stack. */
 int lora_stack_max_rank(const LoraStack *st);
-/* out (rows ldo apart) += every ref's term, one after the other; h is scratch of rows · max
- * rank floats. */
-void lora_refs_forward(float *out, int ldo, float *h, const float *inp, const LoraRef *r, int n, int N, int IN,
-                       int OUT);
-void lora_refs_conv_forward(float *out, float *h, const float *inp, const LoraRef *r, int n, ConvShape s,
+/* Wm (OUT,K) = W + every ref merged into it one after the other (lora_merge_weight), as
+ * lora_stack_merge (ddpm merge) merges them; Wm may be W (merged in place). */
+void lora_refs_merge(float *Wm, const float *W, const LoraRef *r, int n, int OUT, int K);
+/* Sampling runs a layer's adapters merged: out (N,OUT) = inp (N,IN)·Wmᵀ + bias, Wm as
+ * lora_refs_merge makes it, so a layer gives a merged checkpoint's bits; n = 0 is
+ * linear_forward with W. scratch: OUT·IN floats. */
+void lora_refs_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, int N, int IN,
+                       int OUT, float *scratch);
+/* The same for a convolution: out = conv(inp, Wm) + bias (n = 0: conv2d_forward with W).
+ * scratch: lora_conv_scratch(s, 1) floats. */
+void lora_refs_conv_forward(float *out, const float *inp, const float *W, const float *bias, const LoraRef *r, int n, ConvShape s,
                             float *scratch);
 /* Merge every adapter at its scale into the base weights (ddpm merge). */
 void lora_stack_merge(const LoraStack *st, LoraBase *base, int n);

@@ -35,6 +35,13 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
 /* dinp (B,H,W,C) += ..., dw (OC,k,k,C) += ..., dbias (OC) += ...; dinp may be NULL. */
 void conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, ConvShape s, float *scratch);
+/* The weight gradient and the forward output again, from one pass over inp: dw (OC,k,k,C)
+ * += as conv2d_backward's, out (B,OH,OW,OC) = conv(inp, w) without bias (out may be NULL).
+ * For a layer whose output is needed only in backward (LoRA's A: a few output channels, the
+ * input gradient taken elsewhere): for 3x3 stride 1 one Winograd input transform of inp
+ * serves both. */
+void conv2d_backward_refwd(float *dw, float *out, const float *dout, const float *inp, const float *w, ConvShape s,
+                           float *scratch);
 /* The im2col path alone, for any 3x3 shape (conv2d_forward/backward take it for stride 2 and
  * Winograd for stride 1): the reference tests hold Winograd against. Same contracts. */
 void conv2d_im2col_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s,

@@ -9,5 +9,7 @@ const char *cpu_model_name(void);
 const char *kernel_isa(void);
 /* Monotonic clock in seconds. */
 double now_s(void);
+/* CPU time of the whole process (every thread), in seconds. */
+double cpu_now_s(void);
 
 #endif

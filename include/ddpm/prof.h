@@ -8,19 +8,21 @@ enum { PROF_CONV, PROF_GEMM, PROF_NORM, PROF_ATTN, PROF_ELEM, PROF_OPTIM, PROF_N
 
 typedef struct Prof {
     int on;            /* timing now (bench turns it off for warm-up and its other runs) */
+    int cpu;           /* time with the process's CPU clock instead of the wall clock */
     double s[PROF_N];  /* seconds per kind of work */
 } Prof;
 
 extern const char *const PROF_NAMES[PROF_N];
-double prof_now(void);
+/* now on p's clock */
+double prof_now(const Prof *p);
 
 #define PROF_TO(p, kind, call)                              \
     do {                                                    \
         Prof *_p = (p);                                     \
         if (_p && _p->on) {                                 \
-            double _t = prof_now();                         \
+            double _t = prof_now(_p);                       \
             call;                                           \
-            _p->s[kind] += prof_now() - _t;                 \
+            _p->s[kind] += prof_now(_p) - _t;               \
         } else {                                            \
             call;                                           \
         }                                                   \

@@ -37,6 +37,9 @@ static void usage(FILE *f) {
             "  --profile           time per kind of work (conv, gemm, norm, attention, elementwise, optimizer)\n"
             "  --scaling           also time every repetition on one thread, right after its twin on\n"
             "                      --threads, and report the median speed-up of the extra threads\n"
+            "  --cpu-time          time with the process's CPU clock (every thread's work) instead of\n"
+            "                      the wall clock: with --threads 1 on a machine other jobs share, the\n"
+            "                      work of a step without the waiting for a core\n"
             "  --json              one JSON object on stdout instead of the table\n"
             "  -h, --help          this help\n");
 }
@@ -91,7 +94,7 @@ static double sgemm_ceiling(int threads) {
 
 typedef struct {
     CliConfigArgs cfg;
-    int steps, threads, profile, json, scaling;
+    int steps, threads, profile, json, scaling, cpu_time;
 } Args;
 
 static int on_opt(void *ctx, int o, const char *v) {
@@ -102,6 +105,7 @@ static int on_opt(void *ctx, int o, const char *v) {
     case 'p': a->profile = 1; return 0;
     case 'J': a->json = 1; return 0;
     case 's': a->scaling = 1; return 0;
+    case 'T': a->cpu_time = 1; return 0;
     default: return cli_config_opt("bench", &a->cfg, o, v);
     }
 }
@@ -119,9 +123,13 @@ typedef struct {
     TrainStep *lora;            /* the LoRA step: same model, adapters attached while it runs */
     struct UNetLora *lora_att;  /*   the attached adapters */
     Prof prof;  /* --profile: the timed training steps with `threads` */
+    Prof lprof; /* --profile: the timed LoRA steps */
 } Bench;
 
 /* Warm up (2 steps, 1 forward), then time a.steps training steps and no-grad forwards. */
+/* the clock the repetitions are timed with */
+static double tnow(const Args *a) { return a->cpu_time ? cpu_now_s() : now_s(); }
+
 static int measure(Bench *m, TrainStep *train) {
     const Args *a = m->a;
     UNet *u = train->u;
@@ -130,15 +138,19 @@ static int measure(Bench *m, TrainStep *train) {
         for (int k = 0; k < m->nrun && !rc; k++) {
             threads_set(k ? 1 : m->threads);
             m->prof.on = a->profile && r >= 0 && k == 0;
-            double t0 = now_s(), loss, gn;
+            double t0 = tnow(a), loss, gn;
             if ((rc = train_step(train, r + 2, 1e-6, &loss, &gn))) break;
-            if (r >= 0) (k ? m->ts1 : m->ts)[r] = now_s() - t0;
+            if (r >= 0) (k ? m->ts1 : m->ts)[r] = tnow(a) - t0;
             if (m->lora && k == 0) { /* its LoRA twin: base frozen, adapters on */
                 unet_set_frozen(u, "", 1);
                 u->lora = m->lora_att;
-                t0 = now_s();
+                m->lprof.on = m->prof.on, m->prof.on = 0;
+                u->prof = &m->lprof;
+                t0 = tnow(a);
                 rc = train_step(m->lora, r + 2, 1e-6, &loss, &gn);
-                if (r >= 0) m->tl[r] = now_s() - t0;
+                if (r >= 0) m->tl[r] = tnow(a) - t0;
+                u->prof = &m->prof;
+                m->lprof.on = 0;
                 u->lora = NULL;
                 unet_set_frozen(u, "", 0);
             }
@@ -148,9 +160,9 @@ static int measure(Bench *m, TrainStep *train) {
     for (int r = -1; r < a->steps && !rc; r++)
         for (int k = 0; k < m->nrun; k++) {
             threads_set(k ? 1 : m->threads);
-            double t0 = now_s();
+            double t0 = tnow(a);
             unet_forward_cond(u, train->pred, train->xt, train->t, train->y, m->B);
-            if (r >= 0) (k ? m->tf1 : m->tf)[r] = now_s() - t0;
+            if (r >= 0) (k ? m->tf1 : m->tf)[r] = tnow(a) - t0;
         }
     threads_set(m->threads);
     return rc;
@@ -161,16 +173,21 @@ static void print_json(const Bench *m) {
     int steps = a->steps;
     double step_s = median(m->ts, steps), fwd_s = median(m->tf, steps);
     printf("{\"config\": \"%s\", \"threads\": %d, \"cpu\": \"%s\", \"kernel_isa\": \"%s\", \"blas_core\": \"%s\", "
-           "\"batch\": %d, \"params\": %zu, "
+           "\"clock\": \"%s\", \"batch\": %d, \"params\": %zu, "
            "\"gflop_per_step\": %.3f, \"gflop_per_forward\": %.3f, \"train_step_s\": %.5f, \"forward_s\": %.5f, "
            "\"train_gflops\": %.2f, \"forward_gflops\": %.2f, \"sgemm_gflops\": %.2f, \"ceiling_fraction\": %.4f, "
            "\"peak_rss_mb\": %.1f",
-           a->cfg.path, m->threads, cpu_model_name(), kernel_isa(), blas_core_name(), m->B, m->nparams, m->gf_step, m->gf_fwd, step_s,
+           a->cfg.path, m->threads, cpu_model_name(), kernel_isa(), blas_core_name(), a->cpu_time ? "cpu" : "wall", m->B, m->nparams, m->gf_step, m->gf_fwd, step_s,
            fwd_s, m->gf_step / step_s, m->gf_fwd / fwd_s, m->ceiling, m->gf_step / step_s / m->ceiling, m->rss_mb);
     if (a->profile) {
         printf(", \"profile_s\": {");
         for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], m->prof.s[k] / steps);
         printf("}");
+        if (m->tl) {
+            printf(", \"lora_profile_s\": {");
+            for (int k = 0; k < PROF_N; k++) printf("%s\"%s\": %.5f", k ? ", " : "", PROF_NAMES[k], m->lprof.s[k] / steps);
+            printf("}");
+        }
     }
     if (m->tl) {
         printf(", \"lora_rank\": %d, \"lora_step_s\": %.5f, \"lora_step_ratio\": %.4f", m->lora->c->train.lora.rank, median(m->tl, steps),
@@ -188,11 +205,25 @@ static void print_json(const Bench *m) {
     printf("}\n");
 }
 
+/* --profile's table: time per kind of work of the steps timed in t (means of n) */
+static void print_profile(const char *what, const Prof *p, const double *t, int n) {
+    double tot = 0;
+    for (int k = 0; k < PROF_N; k++) tot += p->s[k];
+    /* the kinds are means over the repetitions, so the rest is against the mean step */
+    double mean_s = 0;
+    for (int r = 0; r < n; r++) mean_s += t[r] / n;
+    printf("  time per %s by kind of work (means of %d):\n", what, n);
+    for (int k = 0; k < PROF_N; k++)
+        printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * p->s[k] / n, 100 * p->s[k] / tot);
+    printf("    %-20s %8.1f ms  (of a mean step of %.1f ms)\n", "(other)", 1000 * (mean_s - tot / n), 1000 * mean_s);
+}
+
 static void print_table(const Bench *m) {
     const Args *a = m->a;
     int steps = a->steps;
     double step_s = median(m->ts, steps), fwd_s = median(m->tf, steps);
-    printf("bench %s: %zu parameters, batch %d, %d threads\n", a->cfg.path, m->nparams, m->B, m->threads);
+    printf("bench %s: %zu parameters, batch %d, %d threads%s\n", a->cfg.path, m->nparams, m->B, m->threads,
+           a->cpu_time ? ", times on the process's CPU clock" : "");
     printf("  CPU %s; ddpm kernels %s, OpenBLAS core %s (%s)\n", cpu_model_name(), kernel_isa(), blas_core_name(),
            blas_core_source());
     printf("  training step   %8.3f s   %7.1f GFLOP/s  (%.1f GFLOP per step, median of %d)\n", step_s, m->gf_step / step_s, m->gf_step,
@@ -213,15 +244,8 @@ static void print_table(const Bench *m) {
                "                  (median of the per-repetition ratios, each 1-thread run right after its twin)\n",
                median(m->ts1, steps), median_ratio(m->ts1, m->ts, steps), median(m->tf1, steps), median_ratio(m->tf1, m->tf, steps));
     if (a->profile) {
-        double tot = 0;
-        for (int k = 0; k < PROF_N; k++) tot += m->prof.s[k];
-        /* the kinds are means over the repetitions, so the rest is against the mean step */
-        double mean_s = 0;
-        for (int r = 0; r < steps; r++) mean_s += m->ts[r] / steps;
-        printf("  time per training step by kind of work (means of %d):\n", steps);
-        for (int k = 0; k < PROF_N; k++)
-            printf("    %-20s %8.1f ms  %5.1f%%\n", PROF_NAMES[k], 1000 * m->prof.s[k] / steps, 100 * m->prof.s[k] / tot);
-        printf("    %-20s %8.1f ms  (of a mean step of %.1f ms)\n", "(other)", 1000 * (mean_s - tot / steps), 1000 * mean_s);
+        print_profile("training step", &m->prof, m->ts, steps);
+        if (m->tl) print_profile("LoRA step", &m->lprof, m->tl, steps);
     }
 }
 
@@ -229,7 +253,7 @@ int cmd_bench(int argc, char **argv) {
     static const struct option opts[] = {CLI_CONFIG_OPTIONS,
                                          {"steps", required_argument, 0, 'n'},  {"threads", required_argument, 0, 'j'},
                                          {"profile", no_argument, 0, 'p'},      {"json", no_argument, 0, 'J'},
-                                         {"scaling", no_argument, 0, 's'},
+                                         {"scaling", no_argument, 0, 's'},      {"cpu-time", no_argument, 0, 'T'},
                                          {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     Args a = {.cfg.path = "configs/bench.json", .steps = 10};
     int rest, rc = cli_parse("bench", argc, argv, ":c:h", opts, on_opt, &a, usage, &rest);
@@ -242,6 +266,7 @@ int cmd_bench(int argc, char **argv) {
     if (c.model.class_cond && c.model.num_classes == 0) c.model.num_classes = 10;
     if (c.model.text.max_len > 0 && c.model.text.vocab == 0) c.model.text.vocab = 64; /* the vocabulary size barely matters for speed */
     Bench m = {.a = &a, .B = c.train.batch_size};
+    m.prof.cpu = m.lprof.cpu = a.cpu_time;
     m.threads = threads_set(a.threads);
     m.nrun = a.scaling && m.threads > 1 ? 2 : 1;
     m.ceiling = sgemm_ceiling(m.threads);

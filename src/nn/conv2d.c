@@ -231,3 +231,13 @@ void conv2d_im2col_backward(float *dinp, float *dw, float *dbias, const float *d
         }
     }
 }
+
+void conv2d_backward_refwd(float *dw, float *out, const float *dout, const float *inp, const float *w, ConvShape s, float *scratch) {
+    if (s.k == 3 && s.stride == 1) {
+        CHECK(scratch, "conv2d_backward_refwd: 3x3 needs scratch (conv2d_scratch floats)");
+        wino_backward_refwd(dw, out, dout, inp, w, s, scratch);
+        return;
+    }
+    conv2d_backward(NULL, dw, NULL, dout, inp, w, s, scratch);
+    if (out) conv2d_forward(out, inp, w, NULL, s, scratch);
+}

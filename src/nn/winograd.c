@@ -469,8 +469,11 @@ static void conv_blocks(float *out, int accum, const float *bias, const float *i
     }
 }
 
-/* dU (36, OC, C) = sum over all tiles of dM[x]^T V[x]; partials (P, 36, OC, C) at dU. */
-static void dw_blocks(float *dU, const float *dout, const float *inp, Geo g, int C, int OC, float *work) {
+/* dU (36, OC, C) = sum over all tiles of dM[x]^T V[x]; partials (P, 36, OC, C) at dU.
+ * With out, also out (B,H,W,OC) = conv(inp, w) from the same V, U[x] (C, OC) being w
+ * transformed (weight_transform): after a block's dU GEMMs, M[x] = V[x] U[x] into D's room. */
+static void dw_blocks(float *dU, const float *dout, const float *inp, Geo g, int C, int OC, float *work, float *out,
+                      const float *U) {
     const int tb = dw_block_tiles(g, C, OC), P = wino_slots();
     const long nblk = (g.NTOT + tb - 1) / tb;
     const size_t slot = block_floats(tb, C, OC);
@@ -493,6 +496,11 @@ static void dw_blocks(float *dU, const float *dout, const float *inp, Geo g, int
                 for (int x = 0; x < WX; x++) /* dU[x] (OC, C) (+)= dM[x]^T (OC, n) . V[x] (n, C) */
                     gemm(1, 0, OC, C, n, 1.0f, D + (size_t)x * OC, WX * OC, V + (size_t)x * C, WX * C, k > k0 ? 1.0f : 0.0f,
                          dUp + (size_t)x * OC * C, C);
+                if (!out) continue;
+                for (int x = 0; x < WX; x++) /* M[x] (n, OC) = V[x] (n, C) . U[x] (C, OC) */
+                    gemm(0, 0, n, OC, C, 1.0f, V + (size_t)x * C, WX * C, U + (size_t)x * C * OC, OC, 0.0f, D + (size_t)x * OC,
+                         WX * OC);
+                for (long gt = g0; gt < g1; gt++) out_tile_at(out, 0, NULL, D + (gt - g0) * WX * OC, OC, g, OC, gt);
             }
         }
     }
@@ -528,7 +536,17 @@ void wino_backward(float *dinp, float *dw, const float *dout, const float *inp, 
         conv_blocks(dinp, 1, NULL, dout, g, OC, C, U, work);
     }
     if (dw) {
-        dw_blocks(dU, dout, inp, g, C, OC, work);
+        dw_blocks(dU, dout, inp, g, C, OC, work, NULL, NULL);
         weight_grad_transform(dw, dU, C, OC);
     }
+}
+
+void wino_backward_refwd(float *dw, float *out, const float *dout, const float *inp, const float *w, ConvShape s, float *scratch) {
+    Geo g = geo_of(s.B, s.H, s.W);
+    const int C = s.C, OC = s.OC;
+    const size_t wt = (size_t)WX * C * OC;
+    float *U = scratch, *dU = scratch + WX * weight_floats(C, OC), *work = dU + (size_t)wino_slots() * wt;
+    if (out) weight_transform(U, w, C, OC, 0, 1); /* U[x] (C, OC), the forward's */
+    dw_blocks(dU, dout, inp, g, C, OC, work, out, U);
+    weight_grad_transform(dw, dU, C, OC);
 }

@@ -16,6 +16,10 @@ void wino_forward(float *out, const float *inp, const float *w, const float *bia
 void wino_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
                    ConvShape s, float *scratch);
 
+/* dw += as wino_backward, and out (B,H,W,OC) = conv(inp, w) (out may be NULL) from the same
+ * input transforms (nn.h's conv2d_backward_refwd). */
+void wino_backward_refwd(float *dw, float *out, const float *dout, const float *inp, const float *w, ConvShape s, float *scratch);
+
 /* How s is split (for tests): tiles in all, tiles per forward / dX / dW block, and the number
  * of dW partial sums. */
 typedef struct {
