@@ -633,6 +633,25 @@ static void backward_all(UNet *u, const float *x, const int *t, const int *y, co
     free(out);
 }
 
+
+/* Gradients after a backward with some parameters frozen, against g0 (nothing frozen): the
+ * count of frozen values that are not zero plus unfrozen tensors whose bits differ; *nfrozen
+ * counts the frozen tensors. */
+static int frozen_check(const UNet *u, const float *g0, int *nfrozen) {
+    int bad = 0;
+    *nfrozen = 0;
+    for (int i = 0; i < u->nP; i++) {
+        const Param *p = &u->P[i];
+        const float *g = u->grads + p->off;
+        if (p->frozen) {
+            (*nfrozen)++;
+            for (size_t j = 0; j < p->n; j++) bad += g[j] != 0.0f;
+        } else {
+            bad += memcmp(g, g0 + p->off, p->n * 4) != 0;
+        }
+    }
+    return bad;
+}
 static void test_frozen(void) {
     const char *js = "{\"data\": {\"image_size\": 8, \"channels\": 3}, \"model\": {\"ch\": 8, \"ch_mult\": [1, 2], "
                      "\"num_res_blocks\": 1, \"attn_resolutions\": [4], \"dropout\": 0, \"groups\": 4, \"class_cond\": true, "
@@ -672,17 +691,7 @@ static void test_frozen(void) {
     unet_set_frozen(&u, "", 0);
     int nd = unet_set_frozen(&u, "down.", 1) + unet_set_frozen(&u, "class_emb", 1);
     backward_all(&u, x, t, y, R, dx, nx);
-    int bad = 0, nfrozen = 0;
-    for (int i = 0; i < u.nP; i++) {
-        const Param *p = &u.P[i];
-        const float *g = u.grads + p->off;
-        if (p->frozen) {
-            nfrozen++;
-            for (size_t j = 0; j < p->n; j++) bad += g[j] != 0.0f;
-        } else {
-            bad += memcmp(g, g0 + p->off, p->n * 4) != 0;
-        }
-    }
+    int nfrozen, bad = frozen_check(&u, g0, &nfrozen);
     T_OK(nd == nfrozen && nd > 0 && bad == 0 && !memcmp(dx, dx0, nx * 4),
          "down.* and class_emb frozen (%d parameters): their gradients zero, the other %d and dx the same bits (%d differ)", nd,
          u.nP - nd, bad);
@@ -692,17 +701,7 @@ static void test_frozen(void) {
     unet_set_frozen(&u, "", 0);
     nd = unet_set_frozen(&u, "mid.attn.0.q.weight", 1) + unet_set_frozen(&u, "mid.attn.0.k.", 1);
     backward_all(&u, x, t, y, R, dx, nx);
-    bad = nfrozen = 0;
-    for (int i = 0; i < u.nP; i++) {
-        const Param *p = &u.P[i];
-        const float *g = u.grads + p->off;
-        if (p->frozen) {
-            nfrozen++;
-            for (size_t j = 0; j < p->n; j++) bad += g[j] != 0.0f;
-        } else {
-            bad += memcmp(g, g0 + p->off, p->n * 4) != 0;
-        }
-    }
+    bad = frozen_check(&u, g0, &nfrozen);
     T_OK(nd == 3 && nfrozen == 3 && bad == 0 && !memcmp(dx, dx0, nx * 4),
          "mid.attn.0 q.weight, k.weight, k.bias frozen (%d): their gradients zero; v's, q.bias and every other and dx the same "
          "bits (%d differ)",
