@@ -325,12 +325,7 @@ static size_t block_out_n(const Block *b, int B) { return (size_t)B * b->OH * b-
 static size_t alloc_acts(UNet *u, Arena *a) {
     size_t bytes = 0;
     int B = u->B_max, G = u->groups, T = u->temb_ch, tr = u->training;
-#define ACT(ptr, n)                                          \
-    do {                                                     \
-        size_t _n = (size_t)(n);                             \
-        bytes += arena_need(_n);                             \
-        (ptr) = a ? arena_floats(a, _n) : NULL;              \
-    } while (0)
+#define ACT(ptr, n) ARENA_TAKE(a, bytes, ptr, n)
     ACT(u->x_in, (size_t)B * u->res * u->res * u->C_in);
     ACT(u->temb_sin, B * u->ch);
     ACT(u->temb_h, B * T);
@@ -420,7 +415,7 @@ static size_t alloc_acts(UNet *u, Arena *a) {
     if (tr) { /* buffers 1 to 3 are one run, for d_qkv */
         ACT(buf[0], scr_n);
         ACT(buf[1], 3 * scr_n);
-        buf[2] = buf[1] + scr_n, buf[3] = buf[2] + scr_n;
+        if (a) buf[2] = buf[1] + scr_n, buf[3] = buf[2] + scr_n;
         ACT(buf[4], scr_n);
     }
     UNetScratch *sc = &u->scr;

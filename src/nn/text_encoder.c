@@ -59,12 +59,7 @@ void text_encoder_build(TextEncoder *e, ParamTable *t, const char *prefix, int v
 
 size_t text_encoder_acts(TextEncoder *e, Arena *a, int B_max) {
     size_t bytes = 0;
-#define ACT(ptr, n)                                \
-    do {                                           \
-        size_t _n = (size_t)(n);                   \
-        bytes += arena_need(_n);                   \
-        (ptr) = a ? arena_floats(a, _n) : NULL;    \
-    } while (0)
+#define ACT(ptr, n) ARENA_TAKE(a, bytes, ptr, n)
     const size_t BL = (size_t)B_max * e->L, n = BL * e->d, nh = BL * e->hidden;
     const size_t natt = (size_t)B_max * e->heads * e->L * e->L;
     for (int i = 0; i < e->layers; i++) {

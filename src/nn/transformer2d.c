@@ -85,12 +85,7 @@ void tf2d_build(Transformer2D *t, ParamTable *pt, const char *prefix, int H, int
 
 size_t tf2d_acts(Transformer2D *t, Arena *a, int B_max) {
     size_t bytes = 0;
-#define ACT(ptr, n)                                \
-    do {                                           \
-        size_t _n = (size_t)(n);                   \
-        bytes += arena_need(_n);                   \
-        (ptr) = a ? arena_floats(a, _n) : NULL;    \
-    } while (0)
+#define ACT(ptr, n) ARENA_TAKE(a, bytes, ptr, n)
     const size_t BN = (size_t)B_max * t->HW, n = BN * t->C, nc = (size_t)B_max * t->L * t->C;
     ACT(t->g, n);
     ACT(t->gm, (size_t)B_max * t->groups);
