@@ -5,8 +5,10 @@ timestep embedding.
 
 Shared by scripts/make_reference.py, scripts/make_text_reference.py and
 scripts/make_text_unet_reference.py (float64 test fixtures), scripts/bench_pytorch.py (speed
-comparison) and scripts/text_torch.py (the same-budget training comparison). Standard library
-and torch only.
+comparison), scripts/text_torch.py (the same-budget text comparison) and
+scripts/torch_train.py (the equal-steps image comparison), which also share the end of this
+file: ddpm's training recipe (alpha_bar, lr_at, ema_decay, Trainer, pick_memory_format).
+Standard library and torch only.
 
 Parameter names are the ones src/unet.c gives (temb.dense0.weight, down.0.res.1.conv1.bias,
 up.1.attn.0.proj_out.weight, norm_out.weight, conv_out.bias, ...), and named_parameters()
@@ -25,7 +27,10 @@ under its block name, down.1.attn.0.norm.weight, ...), then text.* (the encoder)
 text_proj.*. ddpm's table puts the Transformer2D blocks after text_proj; names, shapes and
 values are what the fixtures compare, not the order.
 """
+import copy
 import math
+import struct
+import time
 
 import torch
 import torch.nn as nn
@@ -471,3 +476,214 @@ class UNet(nn.Module):
         h = self.conv_out(F.silu(self.norm_out(h)))
         acts["out"] = h
         return h
+
+
+# ---- ddpm's training recipe (src/diffusion.c, src/optim.c, src/train.c) --------------------
+# A missing key takes ddpm's default (src/config.c), except train.warmup: 0 here, 5000 in ddpm
+# (scripts/torch_train.py passes the config as `ddpm info` resolves it, every key present).
+# ddpm keeps every float key as a float32; f32() rounds the values the way ddpm reads them.
+
+
+def f32(x):
+    """x rounded to float32, as a Python float (ddpm's config floats are float32)."""
+    return struct.unpack("f", struct.pack("f", float(x)))[0]
+
+
+def alpha_bar(cfg):
+    """[alpha_bar_t for t = 0..T-1] as src/diffusion.c's schedule_init computes it, in float64
+    from the float32 config values: linear beta_start..beta_end, cosine with offset cosine_s
+    (beta capped at 0.999), sigmoid between the two betas. ValueError for an unknown schedule
+    or a beta outside (0, 1)."""
+    dc = cfg.get("diffusion", {})
+    T, kind = int(dc.get("T", 1000)), dc.get("schedule", "linear")
+    b0, b1, s = f32(dc.get("beta_start", 1e-4)), f32(dc.get("beta_end", 0.02)), f32(dc.get("cosine_s", 0.008))
+    if kind not in ("linear", "cosine", "sigmoid"):
+        raise ValueError('diffusion.schedule "%s": use linear, cosine or sigmoid' % kind)
+
+    def cf(t):
+        c = math.cos((t / T + s) / (1 + s) * math.pi / 2)
+        return c * c
+
+    out, ab = [], 1.0
+    for t in range(T):
+        if kind == "linear":
+            b = b0 + (b1 - b0) * t / (T - 1) if T > 1 else b0
+        elif kind == "cosine":
+            b = min(1 - cf(t + 1) / cf(t), 0.999)
+        else:
+            b = b0 + (b1 - b0) / (1 + math.exp(-(-6.0 + 12.0 * t / (T - 1 if T > 1 else 1))))
+        if not 0 < b < 1:
+            raise ValueError("diffusion schedule: beta[%d] = %g is outside (0, 1); check diffusion.beta_start/beta_end"
+                             % (t, b))
+        ab *= 1 - b
+        out.append(ab)
+    return out
+
+
+def lr_at(tr, step, decay_steps, frac=None):
+    """ddpm's optim_lr (src/optim.c) at step (0-based): lr (s+1)/warmup for s < warmup, then
+    with lr_decay "cosine" min_lr + (lr - min_lr)(1 + cos(pi p))/2, p = (s - warmup) /
+    (decay_steps - warmup) (ddpm's decay_steps is train.steps); frac, when given, replaces that
+    progress p (a time-based horizon)."""
+    lr, w = f32(tr.get("lr", 2e-4)), tr.get("warmup", 0)
+    if step < w:
+        return lr * (step + 1) / w
+    if tr.get("lr_decay", "none") != "cosine":
+        return lr
+    if frac is None:
+        if decay_steps <= w:
+            return lr
+        frac = (step - w) / (decay_steps - w)
+    p = min(max(frac, 0.0), 1.0)
+    lo = f32(tr.get("min_lr", 0.0))
+    return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * p))
+
+
+def ema_decay(tr, step):
+    """ddpm's optim_ema_decay: ema_decay, or min(ema_decay, (1+s)/(10+s)) with ema_warmup;
+    float32, as optim_step applies it."""
+    d = f32(tr.get("ema_decay", 0.9999))
+    if tr.get("ema_warmup", False):
+        d = min(d, (1.0 + step) / (10.0 + step))
+    return f32(d)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm of a step is not finite."""
+
+
+class Trainer:
+    """ddpm's training step (src/train.c train_step) on a model of this file, with torch's
+    random numbers in place of ddpm's Philox streams (the same distributions, other draws).
+
+    A subclass gives batch(s) -> (x0, kwargs): x0 (B,C,H,W) float32 in [-1,1] and the model's
+    condition (y=..., tok=/keep=...), with its own draws (flips, condition drops) made there;
+    indices() is ddpm's batcher for it. step(s, lr) then draws t uniform in 0..T-1 and
+    eps ~ N(0,1) per image, forms x_t = sqrt(ab) x0 + sqrt(1-ab) eps (in float64, rounded to
+    float32, as q_sample), the target of diffusion.objective (eps | x0 | v = sqrt(ab) eps -
+    sqrt(1-ab) x0), the MSE (per image weighted by min(SNR,g)/SNR | min(SNR,g) | min(SNR,g)/(SNR+1)
+    with diffusion.min_snr_gamma g > 0), backpropagates, clips to the global norm grad_clip
+    (scale clip/norm when above it; 0 = off), takes one Adam(W) step (beta1, beta2, eps,
+    weight_decay: L2 with adam, decoupled with adamw) and updates the EMA with ema_decay(s).
+    self.ema starts as the initial weights, as ddpm's does. ValueError for a bad config value."""
+
+    def __init__(self, model, cfg, n):
+        tr, dc = cfg["train"], cfg.get("diffusion", {})
+        self.cfg, self.model, self.n = cfg, model, n
+        self.B = tr.get("batch_size", 64)
+        if self.B > n:
+            raise ValueError("train.batch_size = %d is larger than the dataset (%d images)" % (self.B, n))
+        self.obj = dc.get("objective", "eps")
+        if self.obj not in ("eps", "x0", "v"):
+            raise ValueError('diffusion.objective "%s": use eps, x0 or v' % self.obj)
+        ab = torch.tensor(alpha_bar(cfg), dtype=torch.float64)
+        self.T = len(ab)
+        self.sa64, self.sb64 = ab.sqrt(), (1 - ab).sqrt()
+        self.sa, self.sb = self.sa64.float(), self.sb64.float()
+        g = f32(dc.get("min_snr_gamma", 0.0))
+        self.weight = None
+        if g > 0:
+            snr = ab / (1 - ab)
+            m = snr.clamp(max=g)
+            self.weight = m / snr if self.obj == "eps" else m if self.obj == "x0" else m / (snr + 1)
+        self.params = list(model.parameters())
+        kind = tr.get("optimizer", "adam")
+        if kind not in ("adam", "adamw"):
+            raise ValueError('train.optimizer "%s": use adam or adamw' % kind)
+        opt = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+        self.opt = opt(self.params, lr=lr_at(tr, 0, 0), betas=(f32(tr.get("beta1", 0.9)), f32(tr.get("beta2", 0.999))),
+                       eps=f32(tr.get("eps", 1e-8)), weight_decay=f32(tr.get("weight_decay", 0.0)), foreach=True)
+        self.ema = [p.detach().clone() for p in self.params]
+        self.perm, self.pos, self.epoch = None, 0, -1
+        self.fmt = torch.contiguous_format
+
+    def indices(self):
+        """The next batch's example indices (int64 tensor), as ddpm's batcher (src/data.c): a
+        new shuffle of all n when the epoch has fewer than a batch left (the rest is skipped)."""
+        if self.perm is None or self.pos + self.B > self.n:
+            self.perm, self.pos, self.epoch = torch.randperm(self.n), 0, self.epoch + 1
+        idx = self.perm[self.pos:self.pos + self.B]
+        self.pos += self.B
+        return idx
+
+    def rng_state(self):
+        """Everything the next steps' draws depend on (pick_memory_format restores it)."""
+        return torch.get_rng_state(), self.perm, self.pos, self.epoch
+
+    def set_rng_state(self, st):
+        torch.set_rng_state(st[0])
+        self.perm, self.pos, self.epoch = st[1], st[2], st[3]
+
+    def batch(self, s):
+        raise NotImplementedError
+
+    def step(self, s, lr):
+        """Update s (0-based) at learning rate lr; returns (loss, gradient norm before clipping)."""
+        x0, cond = self.batch(s)
+        tr = self.cfg["train"]
+        B = x0.shape[0]
+        t = torch.randint(0, self.T, (B,))
+        eps = torch.randn_like(x0)
+        a64, b64 = self.sa64[t][:, None, None, None], self.sb64[t][:, None, None, None]
+        xt = (a64 * x0.double() + b64 * eps.double()).float().contiguous(memory_format=self.fmt)
+        if self.obj == "eps":
+            target = eps
+        elif self.obj == "x0":
+            target = x0
+        else:
+            target = self.sa[t][:, None, None, None] * eps - self.sb[t][:, None, None, None] * x0
+        target = target.contiguous(memory_format=self.fmt)
+        for grp in self.opt.param_groups:
+            grp["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        pred = self.model(xt, t, **cond)
+        if self.weight is None:
+            loss = F.mse_loss(pred, target)
+        else:
+            loss = ((pred - target) ** 2).mean(dim=(1, 2, 3)).mul(self.weight[t].float()).mean()
+        loss.backward()
+        grads = [p.grad for p in self.params]
+        gn = float(torch.norm(torch.stack([n.double() for n in torch._foreach_norm(grads)])))
+        lv = loss.item()
+        if not (math.isfinite(lv) and math.isfinite(gn)):
+            raise TrainingDiverged("step %d: %s is not finite (learning rate too high? train.lr = %g)"
+                                   % (s + 1, "the loss" if not math.isfinite(lv) else "the gradient norm",
+                                      f32(tr.get("lr", 2e-4))))
+        clip = f32(tr.get("grad_clip", 1.0))
+        if clip > 0 and gn > clip:
+            torch._foreach_mul_(grads, f32(clip / gn))
+        self.opt.step()
+        d = ema_decay(tr, s)
+        with torch.no_grad():
+            torch._foreach_mul_(self.ema, d)
+            torch._foreach_add_(self.ema, self.params, alpha=1.0 - d)
+        return lv, gn
+
+
+def pick_memory_format(trainer, want):
+    """"channels_last" or "contiguous": the one asked for, or with want "auto" the faster of two
+    steps each (after one warm-up) on copies of the model and optimizer; the trainer's random
+    state is restored afterwards, so the trial changes nothing of the run."""
+    if want != "auto":
+        return want
+    times = {}
+    model0, opt0, ema0, state = trainer.model, trainer.opt, trainer.ema, trainer.rng_state()
+    for name in ("channels_last", "contiguous"):
+        fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
+        trainer.model = copy.deepcopy(model0).to(memory_format=fmt)
+        trainer.params = list(trainer.model.parameters())
+        trainer.opt = type(opt0)(trainer.params, **opt0.defaults)
+        trainer.ema = [p.detach().clone() for p in trainer.params]
+        trainer.fmt = fmt
+        ts = []
+        for s in range(3):
+            t0 = time.perf_counter()
+            trainer.step(s, 1e-6)
+            ts.append(time.perf_counter() - t0)
+        times[name] = min(ts[1:])
+    trainer.model, trainer.opt, trainer.ema = model0, opt0, ema0
+    trainer.params = list(model0.parameters())
+    trainer.set_rng_state(state)
+    best = min(times, key=times.get)
+    print("memory format %s (a training step: %s)" % (best, ", ".join("%s %.3f s" % kv for kv in times.items())))
+    return best

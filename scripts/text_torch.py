@@ -27,18 +27,20 @@ train.max_minutes is, or --steps N; both: whichever comes first):
              punctuation its own token; vocabulary <pad> <unk> <bos> + the sorted words of
              every training caption; a caption is <bos> + its words, padded to
              model.text.max_len with the padding mask
-  step       batch of train.batch_size without replacement (a new shuffle each epoch), x0 in
-             [-1,1]; t uniform in 0..T-1, eps ~ N(0,1), x_t = sqrt(ab) x0 + sqrt(1-ab) eps
-             (diffusion.schedule linear|cosine, T); with probability train.cond_drop a
-             caption becomes the empty caption [<bos>]; MSE to the objective's target
-             (eps|x0|v); global-norm clip to train.grad_clip (scale clip/norm when the norm
-             is above it); Adam(W) with beta1, beta2, eps, weight_decay; EMA of the weights
-             with decay min(ema_decay, (1+s)/(10+s)) at step s when train.ema_warmup
-  lr         ddpm's (src/optim.c): warmup lr (s+1)/warmup for s < warmup, then, with
-             lr_decay "cosine", min_lr + (lr - min_lr)(1 + cos(pi p))/2. p runs over the
-             steps after warmup to --steps (ddpm's p over train.steps); with --minutes it runs
-             over the time left after warmup, so the rate reaches min_lr when the budget ends
-             as ddpm's does at train.steps (--decay-steps N: over steps warmup..N instead)
+  step       ddpm_torch.Trainer's (shared with scripts/torch_train.py): batch of
+             train.batch_size without replacement (a new shuffle each epoch), x0 in [-1,1];
+             with probability train.cond_drop a caption becomes the empty caption [<bos>];
+             t uniform in 0..T-1, eps ~ N(0,1), x_t = sqrt(ab) x0 + sqrt(1-ab) eps
+             (diffusion.schedule linear|cosine|sigmoid, T); MSE to the objective's target
+             (eps|x0|v), weighted by diffusion.min_snr_gamma when > 0; global-norm clip to
+             train.grad_clip (scale clip/norm when the norm is above it); Adam(W) with beta1,
+             beta2, eps, weight_decay; EMA of the weights with decay min(ema_decay,
+             (1+s)/(10+s)) at step s when train.ema_warmup
+  lr         ddpm's (src/optim.c; ddpm_torch.lr_at): warmup lr (s+1)/warmup for s < warmup,
+             then, with lr_decay "cosine", min_lr + (lr - min_lr)(1 + cos(pi p))/2. p runs over
+             the steps after warmup to --steps (ddpm's p over train.steps); with --minutes it
+             runs over the time left after warmup, so the rate reaches min_lr when the budget
+             ends as ddpm's does at train.steps (--decay-steps N: over steps warmup..N instead)
 
 Sampling (EMA weights): DPM-Solver++(2M), sample.steps (20) linspace timesteps from T-1,
 x0 clipped to [-1,1] (sample.clip), classifier-free guidance as src/sampler.c does it:
@@ -53,7 +55,6 @@ the config, the vocabulary, the raw and EMA weights and the run's figures (torch
 OUT/log.csv the logged steps. Exit status: 2 for bad arguments or input, 1 for a failure.
 """
 import argparse
-import copy
 import csv
 import difflib
 import json
@@ -231,24 +232,7 @@ class Scenes:
         self.hflip = d.get("hflip", False)
 
 
-# ---- diffusion (src/diffusion.c) -------------------------------------------------------------
-
-
-def alpha_bar(cfg):
-    """float64 (T): the config's schedule as ddpm computes it."""
-    dc = cfg.get("diffusion", {})
-    T, kind = dc.get("T", 1000), dc.get("schedule", "linear")
-    t = np.arange(T, dtype=np.float64)
-    if kind == "linear":
-        b0, b1 = dc.get("beta_start", 1e-4), dc.get("beta_end", 0.02)
-        beta = b0 + (b1 - b0) * t / (T - 1) if T > 1 else np.full(T, b0)
-    elif kind == "cosine":
-        s = dc.get("cosine_s", 0.008)
-        f = lambda x: np.cos((x / T + s) / (1 + s) * np.pi / 2) ** 2  # noqa: E731
-        beta = np.minimum(1 - f(t + 1) / f(t), 0.999)
-    else:
-        fail('diffusion.schedule "%s": this script knows linear and cosine' % kind)
-    return np.cumprod(1 - beta)
+# ---- sampling timesteps (src/diffusion.c) ----------------------------------------------------
 
 
 def timesteps(K, T, spacing):
@@ -280,63 +264,39 @@ def timesteps(K, T, spacing):
 # ---- training --------------------------------------------------------------------------------
 
 
-def lr_at(tr, step, decay_steps, frac=None):
-    """ddpm's optim_lr (src/optim.c) at step (0-based), the cosine decay over steps
-    warmup..decay_steps; frac, when given, replaces that progress p (the time-based horizon)."""
-    lr, w = tr.get("lr", 2e-4), tr.get("warmup", 0)
-    if step < w:
-        return lr * (step + 1) / w
-    if tr.get("lr_decay", "none") != "cosine":
-        return lr
-    if frac is None:
-        if decay_steps <= w:
-            return lr
-        frac = (step - w) / (decay_steps - w)
-    p = min(max(frac, 0.0), 1.0)
-    lo = tr.get("min_lr", 0.0)
-    return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * p))
+def alpha_bar(cfg):
+    """ddpm_torch.alpha_bar, a bad schedule an error line."""
+    try:
+        return ddpm_torch.alpha_bar(cfg)
+    except ValueError as e:
+        fail(str(e))
 
 
-class Trainer:
+class Trainer(ddpm_torch.Trainer):
+    """ddpm_torch.Trainer's step on the scenes: each image with one of its captions (drawn
+    uniformly), flipped with data.hflip, its caption replaced by the empty one [<bos>] with
+    probability train.cond_drop."""
+
     def __init__(self, cfg, data, args):
-        self.cfg, self.data, self.args = cfg, data, args
-        tr = cfg["train"]
-        dc = cfg.get("diffusion", {})
-        self.B = tr.get("batch_size", 64)
-        if self.B > data.n:
-            fail("train.batch_size = %d is larger than the dataset (%d images)" % (self.B, data.n))
-        self.obj = dc.get("objective", "eps")
-        if self.obj not in ("eps", "x0", "v"):
-            fail('diffusion.objective "%s": use eps, x0 or v' % self.obj)
-        if dc.get("min_snr_gamma", 0) > 0:
-            fail("diffusion.min_snr_gamma is not supported here (set it to 0)")
-        ab = alpha_bar(cfg)
-        self.T = len(ab)
-        self.sa = torch.tensor(np.sqrt(ab), dtype=torch.float32)
-        self.sb = torch.tensor(np.sqrt(1 - ab), dtype=torch.float32)
+        try:
+            super().__init__(args.model, cfg, data.n)
+        except ValueError as e:
+            fail(str(e))
+        self.data, self.args = data, args
         self.L = cfg["model"]["text"]["max_len"]
         self.pool_tok, self.pool_keep = encode_all(args.vocab, data.captions, self.L)
         self.empty_tok, self.empty_keep = ddpm_torch.empty_caption(1, self.L)
-        self.model = args.model
-        self.params = [p for p in self.model.parameters()]
-        opt = torch.optim.AdamW if tr.get("optimizer", "adam") == "adamw" else torch.optim.Adam
-        self.opt = opt(self.params, lr=tr.get("lr", 2e-4), betas=(tr.get("beta1", 0.9), tr.get("beta2", 0.999)),
-                       eps=tr.get("eps", 1e-8), weight_decay=tr.get("weight_decay", 0.0), foreach=True)
-        self.ema = [p.detach().clone() for p in self.params]
-        self.perm, self.pos = None, 0
-        self.fmt = torch.contiguous_format
+        self.cond_drop = ddpm_torch.f32(cfg["train"].get("cond_drop", 0.1))
 
-    def batch(self):
-        """The next batch of example indices: a fresh permutation when the epoch has fewer left."""
-        if self.perm is None or self.pos + self.B > self.data.n:
-            self.perm, self.pos = torch.randperm(self.data.n), 0
-        idx = self.perm[self.pos:self.pos + self.B]
-        self.pos += self.B
-        return idx.numpy()
+    def rng_state(self):
+        return super().rng_state() + (np.random.get_state(),)
 
-    def step(self, s, lr):
-        tr = self.cfg["train"]
-        idx = self.batch()
+    def set_rng_state(self, st):
+        super().set_rng_state(st[:-1])
+        np.random.set_state(st[-1])
+
+    def batch(self, s):
+        idx = self.indices().numpy()
         B = len(idx)
         x0 = torch.from_numpy(self.data.images[idx]).to(torch.float32)[:, None] / 127.5 - 1.0
         if self.data.hflip:
@@ -344,65 +304,9 @@ class Trainer:
             x0[flip] = x0[flip].flip(-1)
         pick = self.data.cap_start[idx] + (np.random.random(B) * self.data.cap_count[idx]).astype(np.int64)
         tok, keep = self.pool_tok[pick].clone(), self.pool_keep[pick].clone()
-        drop = torch.rand(B) < tr.get("cond_drop", 0.1)
+        drop = torch.rand(B) < self.cond_drop
         tok[drop], keep[drop] = self.empty_tok, self.empty_keep
-        t = torch.randint(0, self.T, (B,))
-        eps = torch.randn_like(x0)
-        a, b = self.sa[t][:, None, None, None], self.sb[t][:, None, None, None]
-        xt = (a * x0 + b * eps).contiguous(memory_format=self.fmt)
-        target = eps if self.obj == "eps" else x0 if self.obj == "x0" else a * eps - b * x0
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        self.opt.zero_grad(set_to_none=True)
-        loss = F.mse_loss(self.model(xt, t, tok=tok, keep=keep), target.contiguous(memory_format=self.fmt))
-        loss.backward()
-        grads = [p.grad for p in self.params]
-        gn = float(torch.norm(torch.stack([n.double() for n in torch._foreach_norm(grads)])))
-        if not (math.isfinite(loss.item()) and math.isfinite(gn)):
-            fail("step %d: the loss or the gradient norm is not finite (learning rate too high? train.lr = %g)"
-                 % (s + 1, tr.get("lr", 2e-4)), 1)
-        clip = tr.get("grad_clip", 1.0)
-        if clip > 0 and gn > clip:
-            torch._foreach_mul_(grads, clip / gn)
-        self.opt.step()
-        d = tr.get("ema_decay", 0.9999)
-        if tr.get("ema_warmup", False):
-            d = min(d, (1.0 + s) / (10.0 + s))
-        with torch.no_grad():
-            torch._foreach_mul_(self.ema, d)
-            torch._foreach_add_(self.ema, self.params, alpha=1.0 - d)
-        return loss.item(), gn
-
-
-def pick_memory_format(trainer, want):
-    """channels_last or contiguous: the faster of two steps each (after one warm-up) on copies of
-    the model and optimizer, untimed by the budget; or the one asked for."""
-    if want != "auto":
-        return want
-    times = {}
-    model0, opt0, ema0, rng = trainer.model, trainer.opt, trainer.ema, torch.get_rng_state()
-    perm, pos, nprng = trainer.perm, trainer.pos, np.random.get_state()
-    for name in ("channels_last", "contiguous"):
-        fmt = torch.channels_last if name == "channels_last" else torch.contiguous_format
-        trainer.model = copy.deepcopy(model0).to(memory_format=fmt)
-        trainer.params = list(trainer.model.parameters())
-        trainer.opt = type(opt0)(trainer.params, **opt0.defaults)
-        trainer.ema = [p.detach().clone() for p in trainer.params]
-        trainer.fmt = fmt
-        ts = []
-        for s in range(3):
-            t0 = time.perf_counter()
-            trainer.step(s, 1e-6)
-            ts.append(time.perf_counter() - t0)
-        times[name] = min(ts[1:])
-    trainer.model, trainer.opt, trainer.ema = model0, opt0, ema0
-    trainer.params = list(model0.parameters())
-    trainer.perm, trainer.pos = perm, pos
-    torch.set_rng_state(rng)
-    np.random.set_state(nprng)
-    best = min(times, key=times.get)
-    print("memory format %s (a training step: %s)" % (best, ", ".join("%s %.3f s" % kv for kv in times.items())))
-    return best
+        return x0, {"tok": tok, "keep": keep}
 
 
 _stop = []
@@ -445,7 +349,7 @@ def train(cfg, args):
                          " and ".join(([("%g min" % args.minutes)] if budget else []) +
                                       ([("%d steps" % max_steps)] if max_steps else []))))
     trainer = Trainer(cfg, data, args)
-    fmt = pick_memory_format(trainer, args.memory_format)
+    fmt = ddpm_torch.pick_memory_format(trainer, args.memory_format)
     trainer.fmt = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
     args.model.to(memory_format=trainer.fmt)
     trainer.ema = [p.detach().clone() for p in trainer.params]  # in the chosen layout
@@ -466,7 +370,7 @@ def train(cfg, args):
         frac = None
         if decay_steps is None and s >= tr.get("warmup", 0):
             frac = (now - t_warm) / max(budget - t_warm, 1e-9)
-        lr = lr_at(tr, s, decay_steps, frac)
+        lr = ddpm_torch.lr_at(tr, s, decay_steps, frac)
         loss, gn = trainer.step(s, lr)
         s += 1
         loss_sum += loss
@@ -680,7 +584,10 @@ def main(argv):
             fail("%s: not a text config (model.text.max_len is not set)" % path)
         cfg.setdefault("train", {})
         cfg.setdefault("diffusion", {})
-        ema = train(cfg, a)
+        try:
+            ema = train(cfg, a)
+        except ddpm_torch.TrainingDiverged as e:
+            fail(str(e), 1)
         vocab = a.vocab
     if a.prompts:
         if a.guidance is None:
