@@ -89,6 +89,17 @@ def openblas():
     return None
 
 
+def set_threads(n):
+    """n threads for torch and for the OpenBLAS it loaded; returns OpenBLAS's core name ("none")."""
+    import torch
+    torch.set_num_threads(n)
+    blas = openblas()
+    if blas is None:
+        return "none"
+    blas.openblas_set_num_threads(n)
+    return blas.openblas_get_corename().decode()
+
+
 def trial(args, fmt):
     """Min training-step time of a short run with memory format fmt, in a child process."""
     cmd = [sys.executable, os.path.abspath(__file__), "--config", args.config, "--threads", str(args.threads),
@@ -129,12 +140,7 @@ def main(argv):
         fmt_name = min(trials, key=trials.get)
     fmt = torch.channels_last if fmt_name == "channels_last" else torch.contiguous_format
 
-    torch.set_num_threads(args.threads)
-    blas = openblas()
-    blas_core = "none"
-    if blas is not None:
-        blas.openblas_set_num_threads(args.threads)
-        blas_core = blas.openblas_get_corename().decode()
+    blas_core = set_threads(args.threads)
 
     tr = cfg.get("train", {})
     data = cfg.get("data", {})

@@ -71,7 +71,7 @@ import score  # noqa: E402  (Fashion-MNIST reader; exits with a clear line if to
 import score_text  # noqa: E402  (the scenes: classes, positions, held-out captions, render())
 import restore_compare  # noqa: E402  (write_png, to_u8: ddpm's image_to_u8)
 import ddpm_torch  # noqa: E402  (the text U-Net)
-import bench_pytorch  # noqa: E402  (openblas(): the OpenBLAS torch loaded, for its thread count)
+import bench_pytorch  # noqa: E402  (set_threads: torch's and its OpenBLAS's threads)
 
 np = score.np
 torch = score.torch
@@ -558,12 +558,7 @@ def main(argv):
     if a.guidance is not None and (not a.guidance or any(not math.isfinite(v) or v < 0 for v in a.guidance)):
         ap.error("--guidance: numbers >= 0")
     a.prompt_list = read_prompts(a.prompts) if a.prompts else None
-    torch.set_num_threads(a.threads)
-    blas = bench_pytorch.openblas()
-    a.blas_core = "none"
-    if blas is not None:
-        blas.openblas_set_num_threads(a.threads)
-        a.blas_core = blas.openblas_get_corename().decode()
+    a.blas_core = bench_pytorch.set_threads(a.threads)
     if a.load:
         try:
             ck = torch.load(a.load)

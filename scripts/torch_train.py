@@ -73,7 +73,7 @@ import score  # noqa: E402  (read_idx, read_png, class names; exits with a clear
 import ddpm_torch  # noqa: E402  (the U-Net and ddpm's training recipe)
 import make_reference  # noqa: E402  (to_ddpm, write_safetensors, init_params)
 import restore_compare  # noqa: E402  (to_u8: ddpm's image_to_u8; cpu_name)
-import bench_pytorch  # noqa: E402  (find_config; openblas(): the OpenBLAS torch loaded)
+import bench_pytorch  # noqa: E402  (find_config; set_threads: torch's and its OpenBLAS's threads)
 
 np = score.np
 torch = score.torch
@@ -441,12 +441,7 @@ def main(argv):
         if int(data.labels.max()) >= m["num_classes"]:
             fail("%s: a label is %d, outside 0..%d (model.num_classes = %d)" % (
                 cfg["data"]["path"], int(data.labels.max()), m["num_classes"] - 1, m["num_classes"]))
-    torch.set_num_threads(a.threads)
-    blas = bench_pytorch.openblas()
-    a.blas_core = "none"
-    if blas is not None:
-        blas.openblas_set_num_threads(a.threads)
-        a.blas_core = blas.openblas_get_corename().decode()
+    a.blas_core = bench_pytorch.set_threads(a.threads)
     if a.check:
         check_export(cfg, data, a)
     else:
