@@ -1,7 +1,7 @@
 # ddpm — build, test, demo, bench, install.
 #   make            build ./ddpm (installs missing Debian packages first, see scripts/install-deps.sh)
 #   make test       build and run every test binary; last line "N passed, N failed[, N skipped]"
-#   make demo       noise strip + train configs/demo.json (<= 10 min) + 64 samples
+#   make demo       noise strip + train configs/demo.json (<= 5 min) + 80 samples
 #   make text-demo  train configs/text.json on "scenes" (<= 20 min) + a grid of 5 prompts, one held out
 #   make bench      ddpm bench next to PyTorch on configs/bench.json (CONFIG=... for another), with ratios
 #   make MPI=1      build against Open MPI with mpicc (data-parallel train/sample)

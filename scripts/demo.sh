@@ -1,14 +1,14 @@
 #!/bin/sh
 # make demo: the main job on the default dataset (Fashion-MNIST), end to end.
 #   1. a noise strip of a training image (the forward process)
-#   2. train configs/demo.json into runs/demo/ (stops by itself after at most 9 minutes)
+#   2. train configs/demo.json into runs/demo/ (stops by itself after at most 4.5 minutes)
 #   3. sample 8 images of each of the ten classes, one grid row per class, into out/demo/
 set -e
 cd "$(dirname "$0")/.."
 mkdir -p out/demo
 echo "== 1/3 forward process: out/demo/noise.png"
 ./ddpm noise --config configs/demo.json --index 0 --size 56 -o out/demo/noise.png >/dev/null
-echo "== 2/3 training configs/demo.json into runs/demo (at most 9 minutes)"
+echo "== 2/3 training configs/demo.json into runs/demo (at most 4.5 minutes)"
 ./ddpm train --config configs/demo.json --force
 echo "== 3/3 sampling 8 images of every class into out/demo (one grid row per class)"
 rm -rf out/demo/samples
