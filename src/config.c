@@ -139,8 +139,9 @@ static const Key KEYS[] = {
      "LoRA: freeze the model and train rank-r adapters on train.lora.targets (0 = off: train every weight)"},
     {"train.lora.alpha", K_FLOAT, OFF(train.lora.alpha), 0, 0, 1e6, NULL, "0",
      "LoRA: adapters add (alpha/rank) B A x to their layer (0 = alpha equal to the rank)"},
-    {"train.lora.targets", K_FLAGS, OFF(train.lora.targets), 0, 0, 0, "attn|conv|temb", "[\"attn\"]",
-     "LoRA layer groups: attn (attention q, k, v, proj_out), conv (ResBlock 3x3 convs), temb (ResBlock temb_proj)"},
+    {"train.lora.targets", K_FLAGS, OFF(train.lora.targets), 0, 0, 0, "attn|conv|temb|conv_up", "[\"attn\"]",
+     "LoRA layer groups: attn (attention q, k, v, proj_out), conv (ResBlock 3x3 convs), temb (ResBlock temb_proj), "
+     "conv_up (the 3x3 convs of the middle and up-path ResBlocks only)"},
 
     {"sample.sampler", K_STR, OFF(sample.sampler), 0, 0, 7, "ddpm|ddim|dpm++2m", "\"ddpm\"",
      "sampler: ddpm (ancestral, all T steps), ddim, dpm++2m (DPM-Solver++(2M))"},

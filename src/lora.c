@@ -14,7 +14,7 @@
 #include "ddpm/rng.h"
 #include "ddpm/gemm.h"
 
-static const char *const GROUPS[LORA_N_GROUPS] = {"attn", "conv", "temb"};
+static const char *const GROUPS[LORA_N_GROUPS] = {"attn", "conv", "temb", "conv_up"};
 static const char SUF_A[] = ".lora_A.weight", SUF_B[] = ".lora_B.weight";
 #define MAX_DIM (1 << 24) /* IN, OUT of an adapter: far above any model, far below overflow */
 
@@ -207,7 +207,8 @@ unsigned lora_group_of(const char *w) {
     }
     if (attn && (!strcmp(layer, "q") || !strcmp(layer, "k") || !strcmp(layer, "v") || !strcmp(layer, "proj_out")))
         return LORA_ATTN;
-    if (res && (!strcmp(layer, "conv1") || !strcmp(layer, "conv2"))) return LORA_CONV;
+    if (res && (!strcmp(layer, "conv1") || !strcmp(layer, "conv2")))
+        return !strncmp(buf, "up.", 3) || !strncmp(buf, "mid.", 4) ? LORA_CONV | LORA_CONV_UP : LORA_CONV;
     if (res && !strcmp(layer, "temb_proj")) return LORA_TEMB;
     return 0;
 }

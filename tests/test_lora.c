@@ -462,8 +462,8 @@ static void test_groups(void) {
         unsigned g;
     } cases[] = {{"down.1.attn.0.q.weight", LORA_ATTN},     {"mid.attn.0.proj_out.weight", LORA_ATTN},
                  {"up.0.attn.2.v.weight", LORA_ATTN},       {"mid.attn.0.norm.weight", 0},
-                 {"down.1.attn.0.q.bias", 0},               {"up.1.res.2.conv1.weight", LORA_CONV},
-                 {"mid.res.1.conv2.weight", LORA_CONV},     {"down.0.res.0.temb_proj.weight", LORA_TEMB},
+                 {"down.1.attn.0.q.bias", 0},               {"up.1.res.2.conv1.weight", LORA_CONV | LORA_CONV_UP},
+                 {"mid.res.1.conv2.weight", LORA_CONV | LORA_CONV_UP}, {"down.1.res.0.conv2.weight", LORA_CONV},     {"down.0.res.0.temb_proj.weight", LORA_TEMB},
                  {"down.0.res.0.nin_shortcut.weight", 0},   {"conv_in.weight", 0},
                  {"down.0.downsample.conv.weight", 0},      {"temb.dense0.weight", 0},
                  {"down.0.resx.0.conv1.weight", 0},         {"attn.q.weight", LORA_ATTN}};
@@ -486,6 +486,7 @@ static void test_groups(void) {
     int ok = c.train.lora.targets == LORA_ATTN;
     ok &= config_set(&c, "train.lora.targets=[\"conv\"]") == 0 && c.train.lora.targets == LORA_CONV;
     ok &= config_set(&c, "train.lora.targets=[\"temb\",\"attn\"]") == 0 && c.train.lora.targets == (LORA_TEMB | LORA_ATTN);
+    ok &= config_set(&c, "train.lora.targets=conv_up") == 0 && c.train.lora.targets == LORA_CONV_UP;
     T_OK(ok, "train.lora.targets masks are lora.h's LORA_* bits");
 
     /* on a real U-Net: 2 levels of 2 res blocks (3 on the way up) and the middle's 2, attention at
@@ -502,25 +503,27 @@ static void test_groups(void) {
         T_OK(0, "unet_plan: %s", err_msg());
         return;
     }
-    int n[3] = {0}, nres = 0, nattn = 0, shapes_ok = 1;
+    int n[4] = {0}, nres = 0, nattn = 0, nres_down = 0, shapes_ok = 1;
     for (int i = 0; i < u.nP; i++) {
         const Param *p = &u.P[i];
         unsigned g = lora_group_of(p->name);
-        for (int b = 0; b < 3; b++) n[b] += g == (1u << b);
+        for (int b = 0; b < 4; b++) n[b] += (g >> b) & 1;
         if (g == LORA_ATTN) shapes_ok &= p->ndim == 2 && p->shape[0] == p->shape[1];
-        if (g == LORA_CONV) shapes_ok &= p->ndim == 4 && p->shape[1] == 3 && p->shape[2] == 3;
+        if (g & LORA_CONV) shapes_ok &= p->ndim == 4 && p->shape[1] == 3 && p->shape[2] == 3;
         if (g == LORA_TEMB) shapes_ok &= p->ndim == 2 && p->shape[1] == 4 * 8;
         /* count blocks by their norm1 (res) and norm (attn) tensors */
         const char *dot = strrchr(p->name, '.');
         if (dot && !strcmp(dot, ".weight")) {
             nres += strstr(p->name, ".norm1.weight") != NULL;
+            nres_down += strstr(p->name, ".norm1.weight") != NULL && !strncmp(p->name, "down.", 5);
             nattn += strstr(p->name, ".norm.weight") != NULL && strstr(p->name, "attn") != NULL;
         }
     }
-    T_OK(nattn == 2 + 1 + 3 && nres == 2 * 2 + 2 + 3 * 2 && n[0] == 4 * nattn && n[1] == 2 * nres && n[2] == nres && shapes_ok,
-         "U-Net (16px, ch 8, [1,2], attention at 8): %d attn blocks -> %d attn targets, %d res blocks -> %d conv, %d temb; "
-         "shapes as lora.h says",
-         nattn, n[0], nres, n[1], n[2]);
+    T_OK(nattn == 2 + 1 + 3 && nres == 2 * 2 + 2 + 3 * 2 && n[0] == 4 * nattn && n[1] == 2 * nres && n[2] == nres &&
+             n[3] == 2 * (nres - nres_down) && nres_down == 2 * 2 && shapes_ok,
+         "U-Net (16px, ch 8, [1,2], attention at 8): %d attn blocks -> %d attn targets, %d res blocks -> %d conv, %d temb, "
+         "%d conv_up (%d res blocks down); shapes as lora.h says",
+         nattn, n[0], nres, n[1], n[2], n[3], nres_down);
     unet_free(&u);
 }
 
@@ -1138,6 +1141,7 @@ int main(void) {
     test_unet_stop(LORA_ATTN);
     test_unet_stop(LORA_CONV);
     test_unet_stop(LORA_ATTN | LORA_CONV);
+    test_unet_stop(LORA_CONV_UP);
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
     if (system(cmd)) printf("  note: could not remove %s\n", g_dir);

@@ -81,7 +81,7 @@ typedef struct {
         struct {
             int rank;        /* 0 = off (train every weight); >= 1: frozen base + adapters */
             float alpha;     /* adapters add (alpha/rank) B A x; 0 = alpha equal to rank */
-            unsigned targets; /* LORA_ATTN | LORA_CONV | LORA_TEMB (lora.h), bit i = choice i */
+            unsigned targets; /* LORA_ATTN | LORA_CONV | LORA_TEMB | LORA_CONV_UP (lora.h), bit i = choice i */
         } lora;
     } train;
     struct {

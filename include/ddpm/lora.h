@@ -17,6 +17,9 @@
  *         ("<block>.attn.<i>.{q,k,v,proj_out}.weight", (C,C) linear)
  *   conv  the ResBlocks' 3x3 convolutions ("<block>.res.<i>.{conv1,conv2}.weight")
  *   temb  the ResBlocks' time-embedding projections ("<block>.res.<i>.temb_proj.weight")
+ *   conv_up  the 3x3 convolutions of the middle and up-path ResBlocks only ("mid.res.*",
+ *         "up.*"): the decoder half of conv, so a backward with no other target stops
+ *         before the down path. lora_group_of gives such a layer LORA_CONV | LORA_CONV_UP.
  *
  * The adapter file (lora.safetensors), written atomically with st_write:
  *   tensors   "<base tensor name without .weight>.lora_A.weight" and ".lora_B.weight" (PEFT's
@@ -56,9 +59,9 @@
 #define LORA_FORMAT "ddpm-lora-1"
 #define LORA_MAX_RANK 65536
 /* target groups: bit i <-> name i */
-enum { LORA_ATTN = 1, LORA_CONV = 2, LORA_TEMB = 4 };
-#define LORA_GROUP_NAMES "attn|conv|temb"
-#define LORA_N_GROUPS 3
+enum { LORA_ATTN = 1, LORA_CONV = 2, LORA_TEMB = 4, LORA_CONV_UP = 8 };
+#define LORA_GROUP_NAMES "attn|conv|temb|conv_up"
+#define LORA_N_GROUPS 4
 
 /* ---- kernels ----------------------------------------------------------------------------
  * An adapter runs with its base layer as the merged weight: W·x + scale·B·(A·x) =
@@ -134,7 +137,8 @@ typedef struct {
     float *params;       /* the block: gradients, Adam moments, EMA take the same layout */
 } LoraSet;
 
-/* Target group of a base weight name (one LORA_* bit), 0 when no group adapts it. */
+/* Target groups of a base weight name (LORA_* bits: one, or LORA_CONV | LORA_CONV_UP for a
+ * decoder convolution), 0 when no group adapts it. */
 unsigned lora_group_of(const char *weight_name);
 /* "attn|conv" style text <-> mask, for messages and metadata ("[\"attn\",\"conv\"]" JSON with
  * json != 0). lora_groups_text returns buf. */
