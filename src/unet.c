@@ -569,7 +569,7 @@ struct UNetLora {
 };
 
 void unet_zero_grad(UNet *u) {
-    if (u->grads) memset(u->grads, 0, u->n_floats * sizeof(float));
+    if (u->grads) zero_floats(u->grads, u->n_floats);
     if (u->lora && u->lora->grads) memset(u->lora->grads, 0, u->lora->n_grads * sizeof(float));
 }
 
@@ -856,10 +856,7 @@ static void forward(UNet *u, float *out, const float *x, const int *t, const int
 /* Every backward kernel adds into its gradients (as in llm.c), so each gradient buffer is
  * zeroed before its first writer: the block output gradients once at the start of
  * unet_backward, the scratch buffers right before they are filled. */
-static float *zeroed(float *p, size_t n) {
-    memset(p, 0, n * sizeof(float));
-    return p;
-}
+static float *zeroed(float *p, size_t n) { return zero_floats(p, n); }
 
 /* Does parameter i, or an adapter on it, get a gradient? */
 static int trained_param(const UNet *u, int i) { return i >= 0 && (!u->P[i].frozen || (u->lora && u->lora->train && slot(u, i))); }

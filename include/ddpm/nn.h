@@ -106,6 +106,8 @@ void add_bcast_backward(float *dv, const float *dh, int B, int HW, int C);
 void add_forward(float *out, const float *a, const float *b, size_t n);
 /* d += s */
 void add_inplace(float *d, const float *s, size_t n);
+/* p[0..n) = 0, on the thread pool when n is large; returns p */
+float *zero_floats(float *p, size_t n);
 
 /* ---- sinusoidal timestep embedding ---------------------------------------------------
  * out (B,dim): half = dim/2, freq_i = exp(-ln(10000) * i / (half-1)),

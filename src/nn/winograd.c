@@ -362,7 +362,7 @@ static inline __attribute__((always_inline)) void w_tile(float (*u)[VL], const f
 static void weight_transform(float *U, const float *w, int C, int OC, int rot, int cmajor) {
     const size_t ps = weight_floats(C, OC);
     const int nob = (OC + VL - 1) / VL, ncb = (C + VL - 1) / VL;
-#pragma omp parallel for schedule(static) if ((size_t)OC * C > 4096)
+#pragma omp parallel for schedule(static) if ((size_t)OC * C >= 1024)
     for (int blk = 0; blk < nob * ncb; blk++) {
         const int ob = blk / ncb * VL, cb = blk % ncb * VL;
         const int no = OC - ob < VL ? OC - ob : VL, n = C - cb < VL ? C - cb : VL;
@@ -393,7 +393,7 @@ static void weight_transform(float *U, const float *w, int C, int OC, int rot, i
 /* dw (OC,3,3,C) += G^T dU G, dU (36, OC, C). */
 static void weight_grad_transform(float *dw, const float *dU, int C, int OC) {
     const size_t ps = (size_t)OC * C;
-#pragma omp parallel for schedule(static) if ((size_t)OC * C > 4096)
+#pragma omp parallel for schedule(static) if ((size_t)OC * C >= 1024)
     for (int oc = 0; oc < OC; oc++) {
         float t[18][VL]; /* t[a*6+j] = (G^T dU)[a][j] */
         for (int cb = 0; cb < C; cb += VL) {
