@@ -337,7 +337,6 @@ static size_t alloc_acts(UNet *u, Arena *a) {
         ACT(u->d_temb, B * T);
         ACT(u->d_temb_hs, B * T);
         ACT(u->d_temb_h, B * T);
-        ACT(u->d_temb_sin, B * u->ch);
     }
     size_t scr_n = 0, conv_n = 0, att_n = 0, txt_n = 0;
     if (u->enc) {
@@ -994,7 +993,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     }
     linear_bwd(u, zeroed(u->d_temb_hs, nt), u->d_temb, u->temb_hs, u->temb_dense1, B, T, T);
     PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb_h, nt), u->d_temb_hs, u->temb_h, nt));
-    linear_bwd(u, zeroed(u->d_temb_sin, (size_t)B * u->ch), u->d_temb_h, u->temb_sin, u->temb_dense0, B, u->ch, T);
+    linear_bwd(u, NULL, u->d_temb_h, u->temb_sin, u->temb_dense0, B, u->ch, T); /* the sinusoids need no gradient */
 }
 
 const float *unet_activation(const UNet *u, const char *name, int *H, int *W, int *C) {

@@ -136,7 +136,7 @@ typedef struct {
     float *temb_h, *temb_hs; /* dense0(temb_sin) and its SiLU (B,temb_ch) */
     float *temb;            /* dense1(temb_hs) (+ class_emb[y]) (B,temb_ch) */
     float *temb_act;        /* silu(temb), every ResBlock's temb_proj input (B,temb_ch) */
-    float *d_temb_act, *d_temb, *d_temb_hs, *d_temb_h, *d_temb_sin; /* their gradients (training) */
+    float *d_temb_act, *d_temb, *d_temb_hs, *d_temb_h; /* their gradients (training) */
     /* scratch */
     UNetScratch scr;
     float *conv_scr;        /* conv2d_scratch() floats of the largest convolution */
