@@ -123,7 +123,7 @@ $(BUILD)/%.o: %.c $(wildcard include/ddpm/*.h src/nn/*.h src/cli/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: tests/%.c tests/test.h $(BUILD)/libddpm.a
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/libddpm.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(BUILD)/libddpm.a $(LDLIBS)
 

@@ -42,6 +42,8 @@
 #include "ddpm/rng.h"
 #include "ddpm/unet.h"
 #include "test.h"
+#define TEST_SEED 0x2545F4914F6CDD1Dull
+#include "rand.h"
 
 #define FD_TOL 1e-2
 #define FD_FLOOR 1e-2
@@ -53,109 +55,12 @@
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-static uint64_t g_rs = 0x2545F4914F6CDD1Dull;
-static uint64_t rnd_u64(void) {
-    g_rs ^= g_rs << 13;
-    g_rs ^= g_rs >> 7;
-    g_rs ^= g_rs << 17;
-    return g_rs;
-}
-static float frand(void) { return (float)((rnd_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
-static float *alloc0(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) abort();
-    return p;
-}
-static float *alloc_rand(size_t n, float scale) {
-    float *p = alloc0(n);
-    for (size_t i = 0; i < n; i++) p[i] = scale * frand();
-    return p;
-}
-static float *fdup(const float *x, size_t n) {
-    float *p = alloc0(n);
-    memcpy(p, x, n * sizeof(float));
-    return p;
-}
 static int one_line(const char *m) { return m && *m && !strchr(m, '\n'); }
 
-/* ---- generic gradient check (the pattern of tests/test_nn.c) --------------------------- */
-
-typedef struct {
-    const char *name;
-    float *x, *g;
-    size_t n;
-} GParam;
+/* ---- generic gradient check (tests/gradcheck.h) ------------------------------------------ */
 
 #define MAXP 4
-typedef struct {
-    const char *name;
-    void (*fwd)(void *);
-    void (*bwd)(void *);
-    void *ctx;
-    const float *out, *R;
-    size_t nout;
-    GParam p[MAXP];
-    int np;
-} GradCase;
-
-static double loss_of(GradCase *c, double *abs_sum) {
-    c->fwd(c->ctx);
-    double L = 0, A = 0;
-    for (size_t i = 0; i < c->nout; i++) L += (double)c->out[i] * c->R[i], A += fabs((double)c->out[i] * c->R[i]);
-    *abs_sum = A;
-    return L;
-}
-
-static void grad_check(GradCase *c) {
-    float *g0[MAXP], *an[MAXP];
-    for (int k = 0; k < c->np; k++) {
-        for (size_t i = 0; i < c->p[k].n; i++) c->p[k].g[i] = frand();
-        g0[k] = fdup(c->p[k].g, c->p[k].n);
-    }
-    c->fwd(c->ctx);
-    c->bwd(c->ctx);
-    for (int k = 0; k < c->np; k++) {
-        an[k] = alloc0(c->p[k].n);
-        for (size_t i = 0; i < c->p[k].n; i++) an[k][i] = c->p[k].g[i] - g0[k][i];
-    }
-    c->bwd(c->ctx);
-    for (int k = 0; k < c->np; k++) {
-        double md = 0, ma = 0;
-        for (size_t i = 0; i < c->p[k].n; i++) {
-            double d = fabs(c->p[k].g[i] - ((double)g0[k][i] + 2.0 * an[k][i]));
-            md = d > md || d != d ? d : md;
-            ma = fabs(an[k][i]) > ma ? fabs(an[k][i]) : ma;
-        }
-        T_OK(md <= 1e-5 * (1 + ma) && ma > 0, "%s: backward adds into d%s (|G0+2g - twice| %.2g)", c->name, c->p[k].name, md);
-    }
-    for (int k = 0; k < c->np; k++) {
-        GParam *p = &c->p[k];
-        size_t m = p->n <= FD_ALL ? p->n : FD_SUBSET;
-        double worst = 0, maxfd = 0, wfd = 0, wan = 0;
-        size_t wi = 0;
-        for (size_t j = 0; j < m; j++) {
-            size_t i = p->n <= FD_ALL ? j : (size_t)(rnd_u64() % p->n);
-            float save = p->x[i];
-            double Ap, Am;
-            p->x[i] = save + FD_EPS;
-            double Lp = loss_of(c, &Ap);
-            p->x[i] = save - FD_EPS;
-            double Lm = loss_of(c, &Am);
-            p->x[i] = save;
-            double fd = (Lp - Lm) / (2.0 * (double)FD_EPS), a = an[k][i];
-            double noise = U32 * (Ap + Am) / (2.0 * (double)FD_EPS);
-            double den = fabs(fd) + fabs(a), den_min = noise / FD_TOL > FD_FLOOR ? noise / FD_TOL : FD_FLOOR;
-            double err = fabs(fd - a) / (den > den_min ? den : den_min);
-            if (err > worst || err != err) worst = err != err ? INFINITY : err, wi = i, wfd = fd, wan = a;
-            if (fabs(fd) > maxfd) maxfd = fabs(fd);
-        }
-        T_OK(worst <= FD_TOL && maxfd > 1e-2,
-             "%s: d%s vs FD on %zu/%zu elems: max rel err %.2e (at %zu: fd %.6g an %.6g), max|fd| %.3g, tol %.0e", c->name,
-             p->name, m, p->n, worst, wi, wfd, wan, maxfd, FD_TOL);
-    }
-    c->fwd(c->ctx);
-    for (int k = 0; k < c->np; k++) free(g0[k]), free(an[k]);
-}
+#include "gradcheck.h"
 
 /* ---- linear adapter ------------------------------------------------------------------- */
 
@@ -175,11 +80,11 @@ static void lin_bwd(void *p) {
 }
 static void lin_init(LinCtx *c, int N, int IN, int OUT, int r, float s) {
     c->N = N, c->IN = IN, c->OUT = OUT, c->r = r, c->s = s;
-    c->inp = alloc_rand((size_t)N * IN, 1), c->W = alloc_rand((size_t)OUT * IN, 0.5f), c->b = alloc_rand(OUT, 0.5f);
-    c->A = alloc_rand((size_t)r * IN, 0.7f), c->B = alloc_rand((size_t)OUT * r, 0.7f);
+    c->inp = alloc_rand((size_t)N * IN, 1, 0), c->W = alloc_rand((size_t)OUT * IN, 0.5f, 0), c->b = alloc_rand(OUT, 0.5f, 0);
+    c->A = alloc_rand((size_t)r * IN, 0.7f, 0), c->B = alloc_rand((size_t)OUT * r, 0.7f, 0);
     c->out = alloc0((size_t)N * OUT), c->h = alloc0((size_t)N * r), c->dh = alloc0((size_t)N * r);
     c->dinp = alloc0((size_t)N * IN), c->dA = alloc0((size_t)r * IN), c->dB = alloc0((size_t)OUT * r);
-    c->R = alloc_rand((size_t)N * OUT, 1), c->scr = alloc0((size_t)OUT * IN);
+    c->R = alloc_rand((size_t)N * OUT, 1, 0), c->scr = alloc0((size_t)OUT * IN);
 }
 static void lin_free(LinCtx *c) {
     float *v[] = {c->inp, c->W, c->b, c->A, c->B, c->out, c->h, c->dh, c->dinp, c->dA, c->dB, c->R, c->scr};
@@ -200,7 +105,7 @@ static void test_linear(void) {
     LinCtx c;
     lin_init(&c, 6, 7, 5, 3, 1.7f / 3);
     GradCase g = {"lora linear N6 7->5 r3", lin_fwd, lin_bwd, &c, c.out, c.R, (size_t)6 * 5,
-                  {{"inp", c.inp, c.dinp, (size_t)6 * 7}, {"A", c.A, c.dA, (size_t)3 * 7}, {"B", c.B, c.dB, (size_t)5 * 3}}, 3};
+                  {{"inp", c.inp, c.dinp, (size_t)6 * 7}, {"A", c.A, c.dA, (size_t)3 * 7}, {"B", c.B, c.dB, (size_t)5 * 3}}, 3, NULL, NULL, 0};
     grad_check(&g);
     /* the same with dinp NULL: dA and dB the same bits */
     float *dA1 = alloc0(21), *dB1 = alloc0(15), *dA2 = alloc0(21), *dB2 = alloc0(15);
@@ -271,10 +176,10 @@ static size_t n_pos(ConvShape s) { return (size_t)s.B * s.OH * s.OW; }
 static void cv_init(ConvCtx *c, ConvShape s, int r, float sc) {
     c->s = s, c->r = r, c->sc = sc;
     size_t nw = (size_t)s.OC * s.k * s.k * s.C, na = (size_t)r * s.k * s.k * s.C;
-    c->inp = alloc_rand(n_in(s), 1), c->W = alloc_rand(nw, 0.4f), c->b = alloc_rand(s.OC, 0.5f);
-    c->A = alloc_rand(na, 0.5f), c->B = alloc_rand((size_t)s.OC * r, 0.7f);
+    c->inp = alloc_rand(n_in(s), 1, 0), c->W = alloc_rand(nw, 0.4f, 0), c->b = alloc_rand(s.OC, 0.5f, 0);
+    c->A = alloc_rand(na, 0.5f, 0), c->B = alloc_rand((size_t)s.OC * r, 0.7f, 0);
     c->out = alloc0(n_out(s)), c->h = alloc0(n_pos(s) * r), c->dh = alloc0(n_pos(s) * r);
-    c->dinp = alloc0(n_in(s)), c->dA = alloc0(na), c->dB = alloc0((size_t)s.OC * r), c->R = alloc_rand(n_out(s), 1);
+    c->dinp = alloc0(n_in(s)), c->dA = alloc0(na), c->dB = alloc0((size_t)s.OC * r), c->R = alloc_rand(n_out(s), 1, 0);
     c->scr = alloc0(lora_conv_scratch(s, r)), c->bscr = alloc0(conv2d_scratch(s));
 }
 static void cv_free(ConvCtx *c) {
@@ -313,7 +218,7 @@ static void test_conv_case(int Bn, int H, int W, int C, int OC, int k, int strid
     ConvCtx c;
     cv_init(&c, s, r, 0.75f);
     GradCase g = {name, cv_fwd, cv_bwd, &c, c.out, c.R, n_out(s),
-                  {{"inp", c.inp, c.dinp, n_in(s)}, {"A", c.A, c.dA, (size_t)r * k * k * C}, {"B", c.B, c.dB, (size_t)OC * r}}, 3};
+                  {{"inp", c.inp, c.dinp, n_in(s)}, {"A", c.A, c.dA, (size_t)r * k * k * C}, {"B", c.B, c.dB, (size_t)OC * r}}, 3, NULL, NULL, 0};
     grad_check(&g);
 
     /* B = 0 and scale 0: the base term of the stacked pass is conv2d_forward's bit for bit */
@@ -870,7 +775,7 @@ static void test_stack(void) {
      * the other, as ddpm merge merges them, so the same bits; on a 3x3 stride-2 conv (the
      * im2col path) and a 3x3 stride-1 one (Winograd) */
     ConvShape s = conv_shape(2, 6, 4, 2, 4, 3, 2), sw = conv_shape(2, 6, 5, 2, 4, 3, 1);
-    float *x = alloc_rand(n_in(sw), 1), *bias = alloc_rand(4, 0.5f), *out = alloc0(n_out(sw)), *merged = alloc0(n_out(sw));
+    float *x = alloc_rand(n_in(sw), 1, 0), *bias = alloc_rand(4, 0.5f, 0), *out = alloc0(n_out(sw)), *merged = alloc0(n_out(sw));
     nr = lora_stack_refs(&st, "blk.res.0.conv1.weight", refs, 4);
     float *scr = alloc0(lora_conv_scratch(sw, 1)), *bscr = alloc0(conv2d_scratch(sw));
     float w1[72];
@@ -900,7 +805,7 @@ static void test_stack(void) {
     /* and a linear layer (q gets adapter a only) */
     LoraRef qr[2];
     int nq2 = lora_stack_refs(&st, "blk.attn.0.q.weight", qr, 2);
-    float *xl = alloc_rand(7 * 5, 1), *bl = alloc_rand(6, 0.5f), *ol = alloc0(7 * 6), *ml = alloc0(7 * 6), *sl = alloc0(30);
+    float *xl = alloc_rand(7 * 5, 1, 0), *bl = alloc_rand(6, 0.5f, 0), *ol = alloc0(7 * 6), *ml = alloc0(7 * 6), *sl = alloc0(30);
     lora_refs_forward(ol, xl, g_w0, bl, qr, nq2, 7, 5, 6, sl);
     linear_forward(ml, xl, w0, bl, 7, 5, 6);
     same &= nq2 == 1 && !memcmp(ol, ml, sizeof(float) * 7 * 6) && memcmp(w0, g_w0, sizeof w0);

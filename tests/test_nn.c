@@ -31,6 +31,8 @@
 #include "ddpm/platform.h"
 #include "../src/nn/winograd.h" /* wino_plan: how a shape is split, to test several blocks */
 #include "test.h"
+#define TEST_SEED 0x9E3779B97F4A7C15ull
+#include "rand.h"
 
 #define FD_TOL 1e-2   /* max relative FD error (float32 kernels, eps 1e-2) */
 #define FD_FLOOR 1e-2 /* denominator floor: gradients below ~1e-2 are judged absolutely */
@@ -40,136 +42,11 @@
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-static uint64_t g_rs = 0x9E3779B97F4A7C15ull;
-static uint64_t rnd_u64(void) {
-    g_rs ^= g_rs << 13;
-    g_rs ^= g_rs >> 7;
-    g_rs ^= g_rs << 17;
-    return g_rs;
-}
-static float frand(void) { return (float)((rnd_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
 
-static float *alloc0(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) abort();
-    return p;
-}
-static float *alloc_rand(size_t n, float scale, float offset) {
-    float *p = alloc0(n);
-    for (size_t i = 0; i < n; i++) p[i] = offset + scale * frand();
-    return p;
-}
-static float *dup(const float *x, size_t n) {
-    float *p = alloc0(n);
-    memcpy(p, x, n * sizeof(float));
-    return p;
-}
-
-/* max |a-b| / max(max|b|, 1e-30) */
-static double max_rel(const float *a, const double *b, size_t n) {
-    double md = 0, mb = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > md || d != d) md = d != d ? INFINITY : d;
-        if (fabs(b[i]) > mb) mb = fabs(b[i]);
-    }
-    return md / (mb > 1e-30 ? mb : 1e-30);
-}
-
-/* ---- generic gradient check ---------------------------------------------------------- */
-
-typedef struct {
-    const char *name;
-    float *x; /* input or weight */
-    float *g; /* its gradient buffer (backward adds into it) */
-    size_t n;
-} Param;
+/* ---- generic gradient check (tests/gradcheck.h) ------------------------------------------ */
 
 #define MAXP 6
-typedef struct {
-    const char *name;
-    void (*fwd)(void *);
-    void (*bwd)(void *); /* uses R as dout */
-    void *ctx;
-    const float *out, *R;
-    size_t nout;
-    Param p[MAXP];
-    int np;
-} GradCase;
-
-static double loss_of(GradCase *c, double *abs_sum) {
-    c->fwd(c->ctx);
-    double L = 0, A = 0;
-    for (size_t i = 0; i < c->nout; i++) L += (double)c->out[i] * c->R[i], A += fabs((double)c->out[i] * c->R[i]);
-    if (abs_sum) *abs_sum = A;
-    return L;
-}
-
-static void grad_check(GradCase *c) {
-    float *g0[MAXP], *an[MAXP];
-    /* pre-fill every gradient with random values, run backward twice */
-    for (int k = 0; k < c->np; k++) {
-        for (size_t i = 0; i < c->p[k].n; i++) c->p[k].g[i] = frand();
-        g0[k] = dup(c->p[k].g, c->p[k].n);
-    }
-    c->fwd(c->ctx);
-    c->bwd(c->ctx);
-    for (int k = 0; k < c->np; k++) {
-        an[k] = alloc0(c->p[k].n);
-        for (size_t i = 0; i < c->p[k].n; i++) an[k][i] = c->p[k].g[i] - g0[k][i];
-    }
-    c->bwd(c->ctx);
-    for (int k = 0; k < c->np; k++) {
-        double md = 0, ma = 0;
-        for (size_t i = 0; i < c->p[k].n; i++) {
-            double want = (double)g0[k][i] + 2.0 * an[k][i];
-            double d = fabs(c->p[k].g[i] - want);
-            md = d > md || d != d ? d : md;
-            ma = fabs(an[k][i]) > ma ? fabs(an[k][i]) : ma;
-        }
-        T_OK(md <= 1e-5 * (1 + ma) && ma > 0, "%s: backward adds into d%s (|G0+2g - twice| %.2g)",
-             c->name, c->p[k].name, md);
-    }
-    /* central differences */
-    for (int k = 0; k < c->np; k++) {
-        Param *p = &c->p[k];
-        size_t m = p->n <= FD_ALL ? p->n : FD_SUBSET;
-        double worst = 0, maxfd = 0;
-        size_t worst_i = 0;
-        double worst_fd = 0, worst_an = 0;
-        for (size_t j = 0; j < m; j++) {
-            size_t i = p->n <= FD_ALL ? j : (size_t)(rnd_u64() % p->n);
-            float save = p->x[i];
-            double Ap, Am;
-            p->x[i] = save + FD_EPS;
-            double Lp = loss_of(c, &Ap);
-            p->x[i] = save - FD_EPS;
-            double Lm = loss_of(c, &Am);
-            p->x[i] = save;
-            double fd = (Lp - Lm) / (2.0 * (double)FD_EPS);
-            double noise = 5.96e-8 * (Ap + Am) / (2.0 * (double)FD_EPS);
-            double a = an[k][i];
-            double den = fabs(fd) + fabs(a);
-            double den_min = noise / FD_TOL > FD_FLOOR ? noise / FD_TOL : FD_FLOOR;
-            double err = fabs(fd - a) / (den > den_min ? den : den_min);
-            if (err > worst || err != err) {
-                worst = err != err ? INFINITY : err;
-                worst_i = i;
-                worst_fd = fd;
-                worst_an = a;
-            }
-            if (fabs(fd) > maxfd) maxfd = fabs(fd);
-        }
-        T_OK(worst <= FD_TOL && maxfd > 1e-2,
-             "%s: d%s vs FD on %zu/%zu elems: max rel err %.2e (at %zu: fd %.6g an %.6g), max|fd| %.3g, tol %.0e",
-             c->name, p->name, m, p->n, worst, worst_i, worst_fd, worst_an, maxfd, FD_TOL);
-    }
-    c->fwd(c->ctx); /* leave saved-for-backward state consistent */
-    for (int k = 0; k < c->np; k++) {
-        free(g0[k]);
-        free(an[k]);
-    }
-}
+#include "gradcheck.h"
 
 /* ---- conv2d -------------------------------------------------------------------------- */
 
@@ -290,7 +167,7 @@ static void test_conv_case(int B, int H, int W, int C, int OC, int k, int stride
                   {{"inp", c.inp, c.dinp, (size_t)B * H * W * C},
                    {"w", c.w, c.dw, (size_t)OC * k * k * C},
                    {"bias", c.b, c.db, (size_t)OC}},
-                  3};
+                  3, NULL, NULL, 0};
     grad_check(&g);
     conv_ctx_free(&c);
 }
@@ -526,7 +403,7 @@ static void test_linear(void) {
                   {{"inp", c.inp, c.dinp, (size_t)c.N * c.IN},
                    {"w", c.w, c.dw, (size_t)c.OUT * c.IN},
                    {"bias", c.b, c.db, (size_t)c.OUT}},
-                  3};
+                  3, NULL, NULL, 0};
     grad_check(&g);
     free(c.inp), free(c.w), free(c.b), free(c.out), free(c.dinp), free(c.dw), free(c.db), free(c.R);
 }
@@ -601,7 +478,7 @@ static void test_groupnorm(int B, int HW, int C, int G, int silu) {
     free(ref);
     GradCase gc = {name, gn_fwd, gn_bwd, &c, c.out, c.R, n,
                    {{"inp", c.inp, c.dinp, n}, {"gamma", c.gamma, c.dgamma, (size_t)C}, {"beta", c.beta, c.dbeta, (size_t)C}},
-                   3};
+                   3, NULL, NULL, 0};
     grad_check(&gc);
     gn_ctx_free(&c);
 }
@@ -671,7 +548,7 @@ static void test_silu(void) {
     c.out = alloc0(c.n);
     c.dinp = alloc0(c.n);
     c.R = alloc_rand(c.n, 1, 0);
-    GradCase g = {"silu n150", silu_fwd_c, silu_bwd_c, &c, c.out, c.R, c.n, {{"inp", c.inp, c.dinp, c.n}}, 1};
+    GradCase g = {"silu n150", silu_fwd_c, silu_bwd_c, &c, c.out, c.R, c.n, {{"inp", c.inp, c.dinp, c.n}}, 1, NULL, NULL, 0};
     grad_check(&g);
     free(c.inp), free(c.out), free(c.dinp), free(c.R);
 }
@@ -739,7 +616,7 @@ static void test_attention(int B, int N, int C) {
     double eo = max_rel(c.out, ro, n), ea = max_rel(c.att, ra, (size_t)B * N * N);
     T_OK(eo < 1e-5 && ea < 1e-5, "%s: forward vs direct, max rel err out %.2e att %.2e", name, eo, ea);
     free(ro), free(ra);
-    GradCase g = {name, att_fwd, att_bwd, &c, c.out, c.R, n, {{"[q | k | v]", c.qkv, c.dqkv, 3 * n}}, 1};
+    GradCase g = {name, att_fwd, att_bwd, &c, c.out, c.R, n, {{"[q | k | v]", c.qkv, c.dqkv, 3 * n}}, 1, NULL, NULL, 0};
     grad_check(&g);
     free(c.q), free(c.k), free(c.v), free(c.qkv), free(c.out), free(c.att), free(c.scratch);
     free(c.dqkv), free(c.R);
@@ -775,7 +652,7 @@ static void test_upsample(void) {
                 for (int ch = 0; ch < 5; ch++)
                     bad += c.out[(((size_t)b * 6 + y) * 8 + x) * 5 + ch] != c.inp[(((size_t)b * 3 + y / 2) * 4 + x / 2) * 5 + ch];
     T_OK(bad == 0, "upsample B2 3x4x5: forward equals nearest x2 (%d mismatches)", bad);
-    GradCase g = {"upsample B2 3x4x5", up_fwd, up_bwd, &c, c.out, c.R, no, {{"inp", c.inp, c.dinp, ni}}, 1};
+    GradCase g = {"upsample B2 3x4x5", up_fwd, up_bwd, &c, c.out, c.R, no, {{"inp", c.inp, c.dinp, ni}}, 1, NULL, NULL, 0};
     grad_check(&g);
     free(c.inp), free(c.out), free(c.dinp), free(c.R);
 }
@@ -809,7 +686,7 @@ static void test_concat(void) {
             bad += c.out[p * 8 + ch] != (ch < 3 ? c.a[p * 3 + ch] : c.b[p * 5 + ch - 3]);
     T_OK(bad == 0, "concat P14 3+5: forward layout (%d mismatches)", bad);
     GradCase g = {"concat P14 3+5", cat_fwd, cat_bwd, &c, c.out, c.R, c.P * 8,
-                  {{"a", c.a, c.da, c.P * 3}, {"b", c.b, c.db, c.P * 5}}, 2};
+                  {{"a", c.a, c.da, c.P * 3}, {"b", c.b, c.db, c.P * 5}}, 2, NULL, NULL, 0};
     grad_check(&g);
     free(c.a), free(c.b), free(c.out), free(c.da), free(c.db), free(c.R);
 }
@@ -842,14 +719,14 @@ static void test_add_bcast(int B, int HW, int C) {
     int bad = 0;
     for (size_t i = 0; i < n; i++) bad += c.out[i] != c.h0[i] + c.v[(i / ((size_t)HW * C)) * C + i % C];
     T_OK(bad == 0, "%s: forward (%d mismatches)", name, bad);
-    GradCase g = {name, bc_fwd, bc_bwd, &c, c.out, c.R, n, {{"v", c.v, c.dv, (size_t)B * C}}, 1};
+    GradCase g = {name, bc_fwd, bc_bwd, &c, c.out, c.R, n, {{"v", c.v, c.dv, (size_t)B * C}}, 1, NULL, NULL, 0};
     grad_check(&g);
     free(c.h0), free(c.v), free(c.out), free(c.dv), free(c.R);
 }
 
 static void test_add(void) {
     size_t n = 1003;
-    float *a = alloc_rand(n, 1, 0), *b = alloc_rand(n, 1, 0), *o = alloc0(n), *a2 = dup(a, n);
+    float *a = alloc_rand(n, 1, 0), *b = alloc_rand(n, 1, 0), *o = alloc0(n), *a2 = fdup(a, n);
     add_forward(o, a, b, n);
     add_forward(a2, a2, b, n); /* out aliases a */
     int bad = 0;
@@ -900,11 +777,11 @@ static void test_dropout(void) {
     double rate = (double)kept / n, sd = sqrt(p * (1 - p) / n);
     T_OK(fabs(rate - (1 - p)) < 5 * sd, "dropout p=0.1: keep rate %.5f (want %.2f +- %.4f)", rate, 1 - p, 5 * sd);
     /* in place */
-    float *z = dup(x, n);
+    float *z = fdup(x, n);
     dropout_forward(z, z, n, p, seed, stream);
     T_OK(!memcmp(z, y, n * sizeof(float)), "dropout: in place (out == inp) gives the same output");
     /* backward: adds mask * dout / (1-p) */
-    float *g = alloc_rand(n, 1, 0), *g0 = dup(g, n);
+    float *g = alloc_rand(n, 1, 0), *g0 = fdup(g, n);
     dropout_backward(g, R, n, p, seed, stream);
     bad = 0; /* the kernel may fuse the multiply-add: compare to 1e-6 */
     for (size_t i = 0; i < n; i++)
@@ -1195,7 +1072,7 @@ static void test_optim_vector(void) {
         Optim o1, o3;
         optim_init(&o1, n);
         optim_init(&o3, n);
-        float *p1 = alloc_rand(n, 1, 0), *p3 = dup(p1, n), *g = alloc_rand(n, 2, 0);
+        float *p1 = alloc_rand(n, 1, 0), *p3 = fdup(p1, n), *g = alloc_rand(n, 2, 0);
         double *rp = malloc(n * 8), *rm = calloc(n, 8), *rv = calloc(n, 8), *re = calloc(n, 8);
         for (size_t i = 0; i < n; i++) o1.ema[i] = o3.ema[i] = p1[i], rp[i] = p1[i], re[i] = p1[i];
         double lr = 1e-2, gs = 0.5, d = 0.9, b1 = c.train.beta1, b2 = c.train.beta2, wd = c.train.weight_decay;

@@ -45,6 +45,8 @@
 #include "ddpm/platform.h"
 #include "ddpm/text_nn.h"
 #include "test.h"
+#define TEST_SEED 0x2545F4914F6CDD1Dull
+#include "rand.h"
 
 #define FD_TOL 1e-2   /* max relative FD error (float32 kernels, h = FD_EPS) */
 #define FD_FLOOR 1e-2 /* denominator floor: gradients below ~1e-2 are judged absolutely */
@@ -55,41 +57,6 @@
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
-static uint64_t g_rs = 0x2545F4914F6CDD1Dull;
-static uint64_t rnd_u64(void) {
-    g_rs ^= g_rs << 13;
-    g_rs ^= g_rs >> 7;
-    g_rs ^= g_rs << 17;
-    return g_rs;
-}
-static float frand(void) { return (float)((rnd_u64() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
-
-static float *alloc0(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) abort();
-    return p;
-}
-static float *alloc_rand(size_t n, float scale, float offset) {
-    float *p = alloc0(n);
-    for (size_t i = 0; i < n; i++) p[i] = offset + scale * frand();
-    return p;
-}
-static float *dup(const float *x, size_t n) {
-    float *p = alloc0(n);
-    memcpy(p, x, n * sizeof(float));
-    return p;
-}
-
-/* max |a-b| / max(max|b|, 1e-30) */
-static double max_rel(const float *a, const double *b, size_t n) {
-    double md = 0, mb = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        if (d > md || d != d) md = d != d ? INFINITY : d;
-        if (fabs(b[i]) > mb) mb = fabs(b[i]);
-    }
-    return md / (mb > 1e-30 ? mb : 1e-30);
-}
 
 static int all_finite(const float *a, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -97,111 +64,11 @@ static int all_finite(const float *a, size_t n) {
     return 1;
 }
 
-/* ---- generic gradient check ---------------------------------------------------------- */
-
-typedef struct {
-    const char *name;
-    float *x; /* input or weight */
-    float *g; /* its gradient buffer (backward adds into it) */
-    size_t n;
-} GParam;
+/* ---- generic gradient check (tests/gradcheck.h) ------------------------------------------ */
 
 #define MAXP 40
-typedef struct {
-    const char *name;
-    void (*fwd)(void *);
-    void (*bwd)(void *); /* uses R as dout */
-    void *ctx;
-    const float *out, *R;
-    size_t nout;
-    GParam p[MAXP];
-    int np;
-    const float *out2, *R2; /* a second output (the pooled vector), may be NULL */
-    size_t nout2;
-} GradCase;
-
-static double loss_of(GradCase *c, double *abs_sum) {
-    c->fwd(c->ctx);
-    double L = 0, A = 0;
-    for (size_t i = 0; i < c->nout; i++) L += (double)c->out[i] * c->R[i], A += fabs((double)c->out[i] * c->R[i]);
-    for (size_t i = 0; i < c->nout2; i++)
-        L += (double)c->out2[i] * c->R2[i], A += fabs((double)c->out2[i] * c->R2[i]);
-    if (abs_sum) *abs_sum = A;
-    return L;
-}
-
-static void grad_check(GradCase *c) {
-    float *g0[MAXP], *an[MAXP];
-    /* pre-fill every gradient with random values, run backward twice */
-    for (int k = 0; k < c->np; k++) {
-        for (size_t i = 0; i < c->p[k].n; i++) c->p[k].g[i] = frand();
-        g0[k] = dup(c->p[k].g, c->p[k].n);
-    }
-    c->fwd(c->ctx);
-    c->bwd(c->ctx);
-    for (int k = 0; k < c->np; k++) {
-        an[k] = alloc0(c->p[k].n);
-        for (size_t i = 0; i < c->p[k].n; i++) an[k][i] = c->p[k].g[i] - g0[k][i];
-    }
-    c->bwd(c->ctx);
-    double worst_add = 0;
-    const char *worst_add_name = "";
-    int adds_ok = 1;
-    for (int k = 0; k < c->np; k++) {
-        double md = 0, ma = 0;
-        for (size_t i = 0; i < c->p[k].n; i++) {
-            double want = (double)g0[k][i] + 2.0 * an[k][i];
-            double d = fabs(c->p[k].g[i] - want);
-            md = d > md || d != d ? d : md;
-            ma = fabs(an[k][i]) > ma ? fabs(an[k][i]) : ma;
-        }
-        if (!(md <= 1e-5 * (1 + ma) && ma > 0)) adds_ok = 0;
-        if (md > worst_add || md != md) worst_add = md, worst_add_name = c->p[k].name;
-    }
-    T_OK(adds_ok, "%s: backward adds into all %d gradients (worst |G0+2g - twice| %.2g in d%s)", c->name, c->np,
-         worst_add, worst_add_name);
-    /* central differences */
-    for (int k = 0; k < c->np; k++) {
-        GParam *p = &c->p[k];
-        size_t m = p->n <= FD_ALL ? p->n : FD_SUBSET;
-        double worst = 0, maxfd = 0;
-        size_t worst_i = 0;
-        double worst_fd = 0, worst_an = 0;
-        for (size_t j = 0; j < m; j++) {
-            size_t i = p->n <= FD_ALL ? j : (size_t)(rnd_u64() % p->n);
-            float save = p->x[i];
-            double A[4], Ls[4];
-            const float off[4] = {FD_EPS, -FD_EPS, 2 * FD_EPS, -2 * FD_EPS};
-            for (int q = 0; q < 4; q++) {
-                p->x[i] = save + off[q];
-                Ls[q] = loss_of(c, &A[q]);
-            }
-            p->x[i] = save;
-            /* fourth-order central difference; each L carries up to u sum|out R| of rounding */
-            double fd = (8.0 * (Ls[0] - Ls[1]) - (Ls[2] - Ls[3])) / (12.0 * (double)FD_EPS);
-            double noise = 5.96e-8 * (8.0 * (A[0] + A[1]) + A[2] + A[3]) / (12.0 * (double)FD_EPS);
-            double a = an[k][i];
-            double den = fabs(fd) + fabs(a);
-            double den_min = noise / FD_TOL > FD_FLOOR ? noise / FD_TOL : FD_FLOOR;
-            double err = fabs(fd - a) / (den > den_min ? den : den_min);
-            if (err > worst || err != err) {
-                worst = err != err ? INFINITY : err;
-                worst_i = i;
-                worst_fd = fd;
-                worst_an = a;
-            }
-            if (fabs(fd) > maxfd) maxfd = fabs(fd);
-        }
-        T_OK(worst <= FD_TOL && maxfd > 1e-2,
-             "%s: d%s vs FD on %zu/%zu elems: max rel err %.2e (at %zu: fd %.6g an %.6g), max|fd| %.3g", c->name,
-             p->name, m, p->n, worst, worst_i, worst_fd, worst_an, maxfd);
-    }
-    c->fwd(c->ctx); /* leave saved-for-backward state consistent */
-    for (int k = 0; k < c->np; k++) {
-        free(g0[k]);
-        free(an[k]);
-    }
-}
+#define FD_ORDER 4
+#include "gradcheck.h"
 
 /* ---- layernorm ----------------------------------------------------------------------- */
 
@@ -321,7 +188,7 @@ static void test_layernorm_threads(void) {
         memset(c.dinp, 0, n * 4), memset(c.dgamma, 0, 72 * 4), memset(c.dbeta, 0, 72 * 4);
         ln_fwd(&c);
         ln_bwd(&c);
-        o[r] = dup(c.out, n), di[r] = dup(c.dinp, n), dg[r] = dup(c.dgamma, 72), db[r] = dup(c.dbeta, 72);
+        o[r] = fdup(c.out, n), di[r] = fdup(c.dinp, n), dg[r] = fdup(c.dgamma, 72), db[r] = fdup(c.dbeta, 72);
     }
     omp_set_num_threads(nt);
     T_OK(!memcmp(o[0], o[1], n * 4) && !memcmp(di[0], di[1], n * 4) && !memcmp(dg[0], dg[1], 72 * 4) &&
@@ -754,7 +621,7 @@ static void test_mha_threads(int B, int heads, int N) {
         memset(c.dxq, 0, nq * 4), memset(c.dxkv, 0, nkv * 4), memset(c.dwk, 0, (size_t)s.C * s.Ckv * 4);
         mha_fwd_c(&c);
         mha_bwd_c(&c);
-        o[r] = dup(c.out, nq), dq[r] = dup(c.dxq, nq), dkv[r] = dup(c.dxkv, nkv), dwk[r] = dup(c.dwk, (size_t)s.C * s.Ckv);
+        o[r] = fdup(c.out, nq), dq[r] = fdup(c.dxq, nq), dkv[r] = fdup(c.dxkv, nkv), dwk[r] = fdup(c.dwk, (size_t)s.C * s.Ckv);
     }
     omp_set_num_threads(nt);
     T_OK(!memcmp(o[0], o[1], nq * 4) && !memcmp(dq[0], dq[1], nq * 4) && !memcmp(dkv[0], dkv[1], nkv * 4) &&
@@ -934,7 +801,7 @@ static void test_tf2d(void) {
     c.keep = keep;
     /* with proj_out zero the block is the identity */
     Param *pw = (Param *)ptable_find(&c.pt, "up.0.attn.1.proj_out.weight"), *pb = pw + 1;
-    float *save = dup(c.params + pw->off, pw->n), *saveb = dup(c.params + pb->off, pb->n);
+    float *save = fdup(c.params + pw->off, pw->n), *saveb = fdup(c.params + pb->off, pb->n);
     memset(c.params + pw->off, 0, pw->n * 4), memset(c.params + pb->off, 0, pb->n * 4);
     t2_fwd(&c);
     T_OK(!memcmp(c.out, c.x, nx * 4), "tf2d with proj_out = 0 (its initialization): out == x exactly");
