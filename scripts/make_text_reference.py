@@ -50,13 +50,13 @@ Metadata "sizes": the sizes above as JSON. tests/test_textnn.c reads this file.
 import json
 import math
 import os
-import struct
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ddpm_torch import TextEncoder, Transformer2D  # noqa: E402  (the layers, shared with the U-Net)
+from make_reference import write_safetensors  # noqa: E402
 
 SEED = 20240624
 B = 3
@@ -84,28 +84,6 @@ def init_params(model, gen):
                 bound = 1.0 / math.sqrt(w[0].numel())
                 v = (2.0 * torch.rand(p.shape, generator=gen, dtype=torch.float32) - 1.0) * bound
             p.copy_(v.to(p.dtype))
-
-
-def write_safetensors(path, tensors, metadata):
-    """tensors: list of (name, float32 contiguous tensor) in file order."""
-    header = {"__metadata__": metadata}
-    blobs, off = [], 0
-    for name, t in tensors:
-        assert t.dtype == torch.float32 and t.is_contiguous()
-        raw = struct.pack("<%df" % t.numel(), *t.reshape(-1).tolist())
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
-    h = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    h += b" " * ((8 - len(h) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-    return 8 + len(h) + off
 
 
 def main():
