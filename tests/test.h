@@ -7,6 +7,7 @@
 #define DDPM_TEST_H
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,21 @@ static inline const char *t_tmpdir(void) {
         }
     }
     return dir;
+}
+
+/* t_tmpdir()/<printf-formatted name>, in one of 16 rotating buffers (so a call can take a
+ * few at once) */
+static inline char *t_path(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline char *t_path(const char *fmt, ...) {
+    static char buf[16][512];
+    static int k;
+    char *p = buf[k++ & 15];
+    int n = snprintf(p, 512, "%s/", t_tmpdir());
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p + n, 512 - n, fmt, ap);
+    va_end(ap);
+    return p;
 }
 
 #endif

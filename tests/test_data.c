@@ -19,18 +19,6 @@
 #include "ddpm/rng.h"
 #include "test.h"
 
-static char *tpath(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *tpath(const char *fmt, ...) {
-    static char buf[16][512];
-    static int k;
-    char *p = buf[k++ & 15];
-    int n = snprintf(p, 512, "%s/", t_tmpdir());
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(p + n, 512 - n, fmt, ap);
-    va_end(ap);
-    return p;
-}
 
 static void mkd(const char *p) { mkdir(p, 0777); }
 
@@ -83,17 +71,17 @@ static void test_idx(void) {
     printf("idx\n");
     make_idx_data();
     int idims[3] = {IN, IH, IW}, ldims[1] = {IN};
-    mkd(tpath("idxgz"));
-    mkd(tpath("idxplain"));
-    write_idx(tpath("idxgz/train-images-idx3-ubyte.gz"), 1, 0x803, idims, 3, idx_pix, sizeof idx_pix, 0);
-    write_idx(tpath("idxgz/train-labels-idx1-ubyte.gz"), 1, 0x801, ldims, 1, idx_lab, sizeof idx_lab, 0);
-    write_idx(tpath("idxplain/train-images-idx3-ubyte"), 0, 0x803, idims, 3, idx_pix, sizeof idx_pix, 0);
-    write_idx(tpath("idxplain/train-labels-idx1-ubyte"), 0, 0x801, ldims, 1, idx_lab, sizeof idx_lab, 0);
+    mkd(t_path("idxgz"));
+    mkd(t_path("idxplain"));
+    write_idx(t_path("idxgz/train-images-idx3-ubyte.gz"), 1, 0x803, idims, 3, idx_pix, sizeof idx_pix, 0);
+    write_idx(t_path("idxgz/train-labels-idx1-ubyte.gz"), 1, 0x801, ldims, 1, idx_lab, sizeof idx_lab, 0);
+    write_idx(t_path("idxplain/train-images-idx3-ubyte"), 0, 0x803, idims, 3, idx_pix, sizeof idx_pix, 0);
+    write_idx(t_path("idxplain/train-labels-idx1-ubyte"), 0, 0x801, ldims, 1, idx_lab, sizeof idx_lab, 0);
 
     const char *dirs[2] = {"idxgz", "idxplain"};
     for (int g = 0; g < 2; g++) {
         Dataset ds;
-        int rc = dataset_load_idx(&ds, tpath("%s", dirs[g]), 5, 1, 0);
+        int rc = dataset_load_idx(&ds, t_path("%s", dirs[g]), 5, 1, 0);
         T_OK(rc == 0 && ds.n == IN && ds.size == 5 && ds.c == 1, "%s folder: n=%d size=%d c=%d (%s)",
              dirs[g], ds.n, ds.size, ds.c, rc ? err_msg() : "ok");
         if (rc) continue;
@@ -114,7 +102,7 @@ static void test_idx(void) {
 
     /* The images file itself, channel conversion to RGB, resize, limit. */
     Dataset ds;
-    int rc = dataset_load_idx(&ds, tpath("idxplain/train-images-idx3-ubyte"), 5, 3, 4);
+    int rc = dataset_load_idx(&ds, t_path("idxplain/train-images-idx3-ubyte"), 5, 3, 4);
     T_OK(rc == 0 && ds.n == 4 && ds.c == 3, "images file path, channels 3, limit 4: n=%d c=%d", ds.n, ds.c);
     if (!rc) {
         int bad = 0;
@@ -126,7 +114,7 @@ static void test_idx(void) {
         T_OK(bad == 0 && ds.labels[3] == 3 && ds.n_classes == 4, "grey -> RGB replicates, labels kept");
         dataset_free(&ds);
     }
-    rc = dataset_load_idx(&ds, tpath("idxgz"), 9, 1, 0);
+    rc = dataset_load_idx(&ds, t_path("idxgz"), 9, 1, 0);
     T_OK(rc == 0 && ds.size == 9, "resize to 9x9");
     if (!rc) {
         uint8_t want[81];
@@ -140,9 +128,9 @@ static void test_idx(void) {
     }
 
     /* Images without a labels file: all label 0. */
-    mkd(tpath("idxnolab"));
-    write_idx(tpath("idxnolab/train-images-idx3-ubyte"), 0, 0x803, idims, 3, idx_pix, sizeof idx_pix, 0);
-    rc = dataset_load_idx(&ds, tpath("idxnolab"), 6, 1, 0);
+    mkd(t_path("idxnolab"));
+    write_idx(t_path("idxnolab/train-images-idx3-ubyte"), 0, 0x803, idims, 3, idx_pix, sizeof idx_pix, 0);
+    rc = dataset_load_idx(&ds, t_path("idxnolab"), 6, 1, 0);
     T_OK(rc == 0 && ds.n == IN && ds.labels[5] == 0 && ds.n_classes == 1, "no labels file -> label 0");
     if (!rc) dataset_free(&ds);
 
@@ -160,56 +148,56 @@ static void test_idx(void) {
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const char *sfx = cases[c].gz ? ".gz" : "";
-        mkd(tpath("%s", cases[c].dir));
+        mkd(t_path("%s", cases[c].dir));
         int ld[1] = {cases[c].nlab};
-        write_idx(tpath("%s/train-images-idx3-ubyte%s", cases[c].dir, sfx), cases[c].gz, cases[c].magic_i,
+        write_idx(t_path("%s/train-images-idx3-ubyte%s", cases[c].dir, sfx), cases[c].gz, cases[c].magic_i,
                   idims, 3, idx_pix, sizeof idx_pix, cases[c].cut_i);
-        write_idx(tpath("%s/train-labels-idx1-ubyte%s", cases[c].dir, sfx), cases[c].gz, cases[c].magic_l,
+        write_idx(t_path("%s/train-labels-idx1-ubyte%s", cases[c].dir, sfx), cases[c].gz, cases[c].magic_l,
                   ld, 1, idx_lab, (size_t)cases[c].nlab, 0);
         ds.n = 123;
-        rc = dataset_load_idx(&ds, tpath("%s", cases[c].dir), 6, 1, 0);
+        rc = dataset_load_idx(&ds, t_path("%s", cases[c].dir), 6, 1, 0);
         T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), cases[c].bad) && ds.n == 0 && ds.pix == NULL,
              "%s: %s", cases[c].dir, err_msg());
     }
-    rc = dataset_load_idx(&ds, tpath("idx_trunc"), 6, 1, 0);
+    rc = dataset_load_idx(&ds, t_path("idx_trunc"), 6, 1, 0);
     size_t want_sz = 16 + sizeof idx_pix;
     char expect[64];
     snprintf(expect, sizeof expect, "expected %zu bytes, got %zu", want_sz, want_sz - 7);
     T_OK(strstr(err_msg(), expect) != NULL, "truncated message says \"%s\"", expect);
-    rc = dataset_load_idx(&ds, tpath("idx_truncgz"), 6, 1, 0);
+    rc = dataset_load_idx(&ds, t_path("idx_truncgz"), 6, 1, 0);
     T_OK(strstr(err_msg(), expect) != NULL, "truncated .gz message says \"%s\"", expect);
     /* a gzip stream cut in the middle of the compressed data */
     {
         char *gzbuf;
-        FILE *f = fopen(tpath("idxgz/train-images-idx3-ubyte.gz"), "rb");
+        FILE *f = fopen(t_path("idxgz/train-images-idx3-ubyte.gz"), "rb");
         fseek(f, 0, SEEK_END);
         long sz = ftell(f);
         fseek(f, 0, SEEK_SET);
         gzbuf = malloc((size_t)sz);
         T_OK(fread(gzbuf, 1, (size_t)sz, f) == (size_t)sz, "read back gz");
         fclose(f);
-        mkd(tpath("idx_cutgz"));
-        write_bytes(tpath("idx_cutgz/train-images-idx3-ubyte.gz"), gzbuf, (size_t)sz / 2);
+        mkd(t_path("idx_cutgz"));
+        write_bytes(t_path("idx_cutgz/train-images-idx3-ubyte.gz"), gzbuf, (size_t)sz / 2);
         free(gzbuf);
-        rc = dataset_load_idx(&ds, tpath("idx_cutgz"), 6, 1, 0);
+        rc = dataset_load_idx(&ds, t_path("idx_cutgz"), 6, 1, 0);
         T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "train-images-idx3-ubyte.gz"), "gzip cut in half: %s",
              err_msg());
     }
     /* trailing garbage */
-    mkd(tpath("idx_long"));
+    mkd(t_path("idx_long"));
     {
         uint8_t big[sizeof idx_pix + 5];
         memcpy(big, idx_pix, sizeof idx_pix);
         memset(big + sizeof idx_pix, 0, 5);
-        write_idx(tpath("idx_long/train-images-idx3-ubyte"), 0, 0x803, idims, 3, big, sizeof big, 0);
-        rc = dataset_load_idx(&ds, tpath("idx_long"), 6, 1, 0);
+        write_idx(t_path("idx_long/train-images-idx3-ubyte"), 0, 0x803, idims, 3, big, sizeof big, 0);
+        rc = dataset_load_idx(&ds, t_path("idx_long"), 6, 1, 0);
         T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "train-images-idx3-ubyte"), "trailing bytes: %s",
              err_msg());
     }
-    rc = dataset_load_idx(&ds, tpath("nothing_here"), 6, 1, 0);
+    rc = dataset_load_idx(&ds, t_path("nothing_here"), 6, 1, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "nothing_here"), "missing path: %s", err_msg());
-    mkd(tpath("idx_empty"));
-    rc = dataset_load_idx(&ds, tpath("idx_empty"), 6, 1, 0);
+    mkd(t_path("idx_empty"));
+    rc = dataset_load_idx(&ds, t_path("idx_empty"), 6, 1, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "train-images-idx3-ubyte"), "folder without IDX: %s",
          err_msg());
 }
@@ -235,13 +223,13 @@ static void write_cifar(const char *path, int r0, int nrec, int extra_bytes, int
 
 static void test_cifar(void) {
     printf("cifar10\n");
-    mkd(tpath("cifar"));
-    write_cifar(tpath("cifar/data_batch_1.bin"), 0, 3, 0, 0);
-    write_cifar(tpath("cifar/data_batch_2.bin"), 3, 2, 0, 0);
+    mkd(t_path("cifar"));
+    write_cifar(t_path("cifar/data_batch_1.bin"), 0, 3, 0, 0);
+    write_cifar(t_path("cifar/data_batch_2.bin"), 3, 2, 0, 0);
     /* batch 3 missing: loading stops there, so batch 4 is ignored */
-    write_cifar(tpath("cifar/data_batch_4.bin"), 5, 1, 0, 0);
+    write_cifar(t_path("cifar/data_batch_4.bin"), 5, 1, 0, 0);
     Dataset ds;
-    int rc = dataset_load_cifar10(&ds, tpath("cifar"), 32, 3, 0);
+    int rc = dataset_load_cifar10(&ds, t_path("cifar"), 32, 3, 0);
     T_OK(rc == 0 && ds.n == 5 && ds.size == 32 && ds.c == 3, "2 batch files -> %d images (%s)", ds.n,
          rc ? err_msg() : "ok");
     if (!rc) {
@@ -256,7 +244,7 @@ static void test_cifar(void) {
              "10 CIFAR class names");
         dataset_free(&ds);
     }
-    rc = dataset_load_cifar10(&ds, tpath("cifar"), 32, 1, 4);
+    rc = dataset_load_cifar10(&ds, t_path("cifar"), 32, 1, 4);
     T_OK(rc == 0 && ds.n == 4 && ds.c == 1, "grey, limit 4: n=%d", ds.n);
     if (!rc) {
         int bad = 0;
@@ -268,7 +256,7 @@ static void test_cifar(void) {
         T_OK(bad == 0, "RGB -> grey luma (%d mismatches)", bad);
         dataset_free(&ds);
     }
-    rc = dataset_load_cifar10(&ds, tpath("cifar"), 16, 3, 0);
+    rc = dataset_load_cifar10(&ds, t_path("cifar"), 16, 3, 0);
     T_OK(rc == 0 && ds.size == 16 && ds.n == 5, "resize 32 -> 16");
     if (!rc) {
         uint8_t hwc[32 * 32 * 3], want[16 * 16 * 3];
@@ -279,27 +267,27 @@ static void test_cifar(void) {
         dataset_free(&ds);
     }
 
-    mkd(tpath("cifar_size"));
-    write_cifar(tpath("cifar_size/data_batch_1.bin"), 0, 2, 0, 0);
-    write_cifar(tpath("cifar_size/data_batch_2.bin"), 0, 2, 100, 0);
+    mkd(t_path("cifar_size"));
+    write_cifar(t_path("cifar_size/data_batch_1.bin"), 0, 2, 0, 0);
+    write_cifar(t_path("cifar_size/data_batch_2.bin"), 0, 2, 100, 0);
     ds.n = 9;
-    rc = dataset_load_cifar10(&ds, tpath("cifar_size"), 32, 3, 0);
+    rc = dataset_load_cifar10(&ds, t_path("cifar_size"), 32, 3, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "data_batch_2.bin") && ds.n == 0 && !ds.pix,
          "size not a multiple of 3073: %s", err_msg());
-    mkd(tpath("cifar_label"));
-    write_cifar(tpath("cifar_label/data_batch_1.bin"), 0, 2, 0, 1);
-    rc = dataset_load_cifar10(&ds, tpath("cifar_label"), 32, 3, 0);
+    mkd(t_path("cifar_label"));
+    write_cifar(t_path("cifar_label/data_batch_1.bin"), 0, 2, 0, 1);
+    rc = dataset_load_cifar10(&ds, t_path("cifar_label"), 32, 3, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "data_batch_1.bin"), "label 10: %s", err_msg());
-    mkd(tpath("cifar_empty"));
-    rc = dataset_load_cifar10(&ds, tpath("cifar_empty"), 32, 3, 0);
+    mkd(t_path("cifar_empty"));
+    rc = dataset_load_cifar10(&ds, t_path("cifar_empty"), 32, 3, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "data_batch_1.bin") && strstr(err_msg(), "get_cifar10.sh"),
          "missing data_batch_1.bin: %s", err_msg());
-    rc = dataset_load_cifar10(&ds, tpath("no_cifar_here"), 32, 3, 0);
+    rc = dataset_load_cifar10(&ds, t_path("no_cifar_here"), 32, 3, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "no_cifar_here") && strstr(err_msg(), "get_cifar10.sh"),
          "missing folder: %s", err_msg());
-    mkd(tpath("cifar_zero"));
-    write_bytes(tpath("cifar_zero/data_batch_1.bin"), "", 0);
-    rc = dataset_load_cifar10(&ds, tpath("cifar_zero"), 32, 3, 0);
+    mkd(t_path("cifar_zero"));
+    write_bytes(t_path("cifar_zero/data_batch_1.bin"), "", 0);
+    rc = dataset_load_cifar10(&ds, t_path("cifar_zero"), 32, 3, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "data_batch_1.bin"), "empty batch file: %s", err_msg());
 }
 
@@ -313,28 +301,28 @@ static void fill_rgb(uint8_t *p, int w, int h, int seed) {
 static void test_folder(void) {
     printf("folder\n");
     const char *R = "imgs";
-    mkd(tpath("%s", R));
-    mkd(tpath("%s/dog", R));
-    mkd(tpath("%s/cat", R));
-    mkd(tpath("%s/dog/sub", R));
-    mkd(tpath("%s/.hidden", R));
+    mkd(t_path("%s", R));
+    mkd(t_path("%s/dog", R));
+    mkd(t_path("%s/cat", R));
+    mkd(t_path("%s/dog/sub", R));
+    mkd(t_path("%s/.hidden", R));
     uint8_t a[8 * 8 * 3], b[8 * 8 * 3], c[8 * 8 * 3], wide[12 * 8 * 3], g[8 * 8];
     fill_rgb(a, 8, 8, 1);
     fill_rgb(b, 8, 8, 2);
     fill_rgb(c, 8, 8, 3);
     fill_rgb(wide, 12, 8, 4);
     for (int i = 0; i < 64; i++) g[i] = (uint8_t)(i * 4);
-    stbi_write_png(tpath("%s/cat/a.png", R), 8, 8, 3, a, 8 * 3);
-    stbi_write_png(tpath("%s/cat/b.PNG", R), 8, 8, 3, b, 8 * 3);
-    stbi_write_png(tpath("%s/dog/c.png", R), 8, 8, 3, c, 8 * 3);
-    stbi_write_png(tpath("%s/dog/sub/wide.png", R), 12, 8, 3, wide, 12 * 3);
-    stbi_write_jpg(tpath("%s/dog/sub/photo.JPEG", R), 8, 8, 3, c, 95);
-    stbi_write_png(tpath("%s/root_grey.png", R), 8, 8, 1, g, 8);
-    stbi_write_png(tpath("%s/.hidden/x.png", R), 8, 8, 3, a, 8 * 3);
-    write_bytes(tpath("%s/dog/notes.txt", R), "not an image", 12);
+    stbi_write_png(t_path("%s/cat/a.png", R), 8, 8, 3, a, 8 * 3);
+    stbi_write_png(t_path("%s/cat/b.PNG", R), 8, 8, 3, b, 8 * 3);
+    stbi_write_png(t_path("%s/dog/c.png", R), 8, 8, 3, c, 8 * 3);
+    stbi_write_png(t_path("%s/dog/sub/wide.png", R), 12, 8, 3, wide, 12 * 3);
+    stbi_write_jpg(t_path("%s/dog/sub/photo.JPEG", R), 8, 8, 3, c, 95);
+    stbi_write_png(t_path("%s/root_grey.png", R), 8, 8, 1, g, 8);
+    stbi_write_png(t_path("%s/.hidden/x.png", R), 8, 8, 3, a, 8 * 3);
+    write_bytes(t_path("%s/dog/notes.txt", R), "not an image", 12);
 
     Dataset ds;
-    int rc = dataset_load_folder(&ds, tpath("%s", R), 8, 3, 0);
+    int rc = dataset_load_folder(&ds, t_path("%s", R), 8, 3, 0);
     T_OK(rc == 0 && ds.n == 6 && ds.size == 8 && ds.c == 3, "6 images found (%s)", rc ? err_msg() : "ok");
     if (!rc) {
         /* sorted: cat/a.png cat/b.PNG dog/c.png dog/sub/photo.JPEG dog/sub/wide.png root_grey.png */
@@ -362,7 +350,7 @@ static void test_folder(void) {
         T_OK(bad == 0, "grey PNG -> RGB replicates");
         dataset_free(&ds);
     }
-    rc = dataset_load_folder(&ds, tpath("%s", R), 4, 1, 3);
+    rc = dataset_load_folder(&ds, t_path("%s", R), 4, 1, 3);
     T_OK(rc == 0 && ds.n == 3 && ds.size == 4 && ds.c == 1 && ds.n_classes == 3, "grey 4x4, limit 3");
     if (!rc) {
         uint8_t grey[64], want[16];
@@ -372,20 +360,20 @@ static void test_folder(void) {
         dataset_free(&ds);
     }
 
-    mkd(tpath("imgs_empty"));
-    mkd(tpath("imgs_empty/cat"));
-    write_bytes(tpath("imgs_empty/cat/readme.txt"), "x", 1);
-    rc = dataset_load_folder(&ds, tpath("imgs_empty"), 8, 3, 0);
+    mkd(t_path("imgs_empty"));
+    mkd(t_path("imgs_empty/cat"));
+    write_bytes(t_path("imgs_empty/cat/readme.txt"), "x", 1);
+    rc = dataset_load_folder(&ds, t_path("imgs_empty"), 8, 3, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "imgs_empty"), "empty folder: %s", err_msg());
-    mkd(tpath("imgs_bad"));
-    mkd(tpath("imgs_bad/cat"));
-    stbi_write_png(tpath("imgs_bad/cat/a.png"), 8, 8, 3, a, 8 * 3);
-    write_bytes(tpath("imgs_bad/cat/broken.png"), "\x89PNG garbage garbage garbage", 28);
+    mkd(t_path("imgs_bad"));
+    mkd(t_path("imgs_bad/cat"));
+    stbi_write_png(t_path("imgs_bad/cat/a.png"), 8, 8, 3, a, 8 * 3);
+    write_bytes(t_path("imgs_bad/cat/broken.png"), "\x89PNG garbage garbage garbage", 28);
     ds.n = 5;
-    rc = dataset_load_folder(&ds, tpath("imgs_bad"), 8, 3, 0);
+    rc = dataset_load_folder(&ds, t_path("imgs_bad"), 8, 3, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "broken.png") && ds.n == 0 && !ds.pix,
          "unreadable image: %s", err_msg());
-    rc = dataset_load_folder(&ds, tpath("imgs_missing"), 8, 3, 0);
+    rc = dataset_load_folder(&ds, t_path("imgs_missing"), 8, 3, 0);
     T_OK(rc == DDPM_ERUNTIME && strstr(err_msg(), "imgs_missing"), "missing folder: %s", err_msg());
 }
 
@@ -397,7 +385,7 @@ static void test_dispatch_stats(void) {
     Config cfg;
     memset(&cfg, 0, sizeof cfg);
     strcpy(cfg.data.format, "cifar10");
-    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("cifar"));
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", t_path("cifar"));
     cfg.data.image_size = 32;
     cfg.data.channels = 3;
     cfg.data.limit = 2;
@@ -406,13 +394,13 @@ static void test_dispatch_stats(void) {
     T_OK(rc == 0 && ds.n == 2 && ds.c == 3, "format cifar10 via config");
     if (!rc) dataset_free(&ds);
     strcpy(cfg.data.format, "idx");
-    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("idxgz"));
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", t_path("idxgz"));
     cfg.data.image_size = 6, cfg.data.channels = 1, cfg.data.limit = 0;
     rc = dataset_load(&ds, &cfg);
     T_OK(rc == 0 && ds.n == IN && ds.size == 6, "format idx via config");
     if (!rc) dataset_free(&ds);
     strcpy(cfg.data.format, "folder");
-    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("imgs"));
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", t_path("imgs"));
     rc = dataset_load(&ds, &cfg);
     T_OK(rc == 0 && ds.n == 6 && ds.c == 1, "format folder via config");
     if (!rc) dataset_free(&ds);
@@ -442,7 +430,7 @@ static void test_classes(void) {
     Config cfg;
     memset(&cfg, 0, sizeof cfg);
     strcpy(cfg.data.format, "idx");
-    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("idxgz"));
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", t_path("idxgz"));
     cfg.data.image_size = 5, cfg.data.channels = 1;
     cfg.data.classes[0] = 3, cfg.data.classes[1] = 1, cfg.data.n_classes = 2;
     Dataset ds;
@@ -485,7 +473,7 @@ static void test_classes(void) {
     T_OK(rc == DDPM_EUSAGE && strstr(err_msg(), "data.classes") && strstr(err_msg(), "label 4") && strstr(err_msg(), "0..3") &&
              ds.n == 0 && !ds.pix,
          "a label the dataset does not have: %s", err_msg());
-    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("idxnolab"));
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", t_path("idxnolab"));
     cfg.data.classes[0] = 0;
     rc = dataset_load(&ds, &cfg);
     T_OK(rc == DDPM_EUSAGE && strstr(err_msg(), "data.classes") && strstr(err_msg(), "idxnolab") && strstr(err_msg(), "no labels") &&
@@ -494,7 +482,7 @@ static void test_classes(void) {
 
     /* CIFAR: 10 classes, the 5 images have labels 0..4 */
     strcpy(cfg.data.format, "cifar10");
-    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("cifar"));
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", t_path("cifar"));
     cfg.data.image_size = 32, cfg.data.channels = 3;
     cfg.data.classes[0] = 4, cfg.data.classes[1] = 2, cfg.data.n_classes = 2;
     rc = dataset_load(&ds, &cfg);
@@ -508,7 +496,7 @@ static void test_classes(void) {
 
     /* folder: classes "" (0), cat (1), dog (2) */
     strcpy(cfg.data.format, "folder");
-    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", tpath("imgs"));
+    snprintf(cfg.data.path, sizeof cfg.data.path, "%s", t_path("imgs"));
     cfg.data.image_size = 8;
     cfg.data.classes[0] = 2, cfg.data.n_classes = 1, cfg.data.limit = 2;
     rc = dataset_load(&ds, &cfg);

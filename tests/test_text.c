@@ -22,18 +22,6 @@
 #include "ddpm/fsio.h"
 #include "test.h"
 
-static char *tpath(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *tpath(const char *fmt, ...) {
-    static char buf[16][512];
-    static int k;
-    char *p = buf[k++ & 15];
-    int n = snprintf(p, 512, "%s/", t_tmpdir());
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(p + n, 512 - n, fmt, ap);
-    va_end(ap);
-    return p;
-}
 
 static void write_text(const char *path, const char *s) {
     FILE *f = fopen(path, "wb");
@@ -391,27 +379,27 @@ static void write_png(const char *path, int w, int h, int base) {
 }
 
 static void folder_bad(const char *dir, const char *meta, int want_rc, const char *msg) {
-    if (meta) write_text(tpath("%s/metadata.jsonl", dir), meta);
+    if (meta) write_text(t_path("%s/metadata.jsonl", dir), meta);
     CapData d;
-    int rc = captions_load_folder(&d, tpath("%s", dir), "text", 4, 3, 0);
+    int rc = captions_load_folder(&d, t_path("%s", dir), "text", 4, 3, 0);
     T_OK(rc == want_rc && strstr(err_msg(), msg) && d.img.n == 0 && d.text == NULL, "%s: %s", dir, err_msg());
     capdata_free(&d);
 }
 
 static void test_folder(void) {
     printf("captioned folders\n");
-    mkdir(tpath("cap"), 0777);
-    mkdir(tpath("cap/img"), 0777);
-    write_png(tpath("cap/b.png"), 4, 4, 10);
-    write_png(tpath("cap/img/a.png"), 4, 4, 50);
-    write_png(tpath("cap/c.png"), 8, 8, 90);
-    write_text(tpath("cap/notes.txt"), "not an image, not listed: fine");
-    write_text(tpath("cap/metadata.jsonl"),
+    mkdir(t_path("cap"), 0777);
+    mkdir(t_path("cap/img"), 0777);
+    write_png(t_path("cap/b.png"), 4, 4, 10);
+    write_png(t_path("cap/img/a.png"), 4, 4, 50);
+    write_png(t_path("cap/c.png"), 8, 8, 90);
+    write_text(t_path("cap/notes.txt"), "not an image, not listed: fine");
+    write_text(t_path("cap/metadata.jsonl"),
                "{\"file_name\": \"b.png\", \"text\": \"a blue box\"}\n"
                "{\"file_name\": \"img/a.png\", \"text\": [\"one\", \"two words\", \"three\"]}\n"
                "{\"file_name\": \"c.png\", \"text\": \"a big one\"}\n");
     CapData d;
-    int rc = captions_load_folder(&d, tpath("cap"), "text", 4, 3, 0);
+    int rc = captions_load_folder(&d, t_path("cap"), "text", 4, 3, 0);
     T_OK(rc == DDPM_OK && d.img.n == 3 && d.img.size == 4 && d.img.c == 3 && d.attr == NULL, "loaded 3 examples (%s)",
          rc ? err_msg() : "ok");
     if (rc == DDPM_OK) {
@@ -436,35 +424,35 @@ static void test_folder(void) {
         text_vocab_free(&v);
     }
     capdata_free(&d);
-    rc = captions_load_folder(&d, tpath("cap"), "text", 2, 1, 2);
+    rc = captions_load_folder(&d, t_path("cap"), "text", 2, 1, 2);
     T_OK(rc == DDPM_OK && d.img.n == 2 && d.img.c == 1 && d.cap_start[2] == 4 && d.n_text == 4,
          "limit 2, grey, 2x2: first two lines (%d images)", d.img.n);
     capdata_free(&d);
 
     /* bad folders, each one line naming file (and line) */
-    mkdir(tpath("miss"), 0777);
-    write_png(tpath("miss/a.png"), 4, 4, 0);
+    mkdir(t_path("miss"), 0777);
+    write_png(t_path("miss/a.png"), 4, 4, 0);
     folder_bad("miss", "{\"file_name\": \"a.png\", \"text\": \"x\"}\n{\"file_name\": \"b.png\", \"text\": \"y\"}\n", DDPM_EUSAGE,
                "miss/metadata.jsonl:2: image \"b.png\" not found in");
-    mkdir(tpath("nocap"), 0777);
-    mkdir(tpath("nocap/sub"), 0777);
-    write_png(tpath("nocap/a.png"), 4, 4, 0);
-    write_png(tpath("nocap/sub/z.jpg"), 4, 4, 0);
+    mkdir(t_path("nocap"), 0777);
+    mkdir(t_path("nocap/sub"), 0777);
+    write_png(t_path("nocap/a.png"), 4, 4, 0);
+    write_png(t_path("nocap/sub/z.jpg"), 4, 4, 0);
     folder_bad("nocap", "{\"file_name\": \"a.png\", \"text\": \"x\"}\n", DDPM_EUSAGE,
                "nocap/sub/z.jpg: image without a caption: no line in metadata.jsonl");
-    write_text(tpath("nocap/notes.txt"), "x");
+    write_text(t_path("nocap/notes.txt"), "x");
     folder_bad("nocap", "{\"file_name\": \"notes.txt\", \"text\": \"x\"}\n", DDPM_EUSAGE,
                "nocap/metadata.jsonl:1: \"notes.txt\" is not a .png, .jpg or .jpeg image file");
     folder_bad("nocap", "{\"file_name\": \"sub\", \"text\": \"x\"}\n", DDPM_EUSAGE, ":1: \"sub\" is not a .png");
     folder_bad("nocap", "{\"file_name\": \"a.png\", \"text\": \"x\"}\n{\"file_name\": \"sub/z.jpg\", \"text\": \"\"}\n",
                DDPM_EUSAGE, "nocap/metadata.jsonl:2: caption is empty");
     folder_bad("nocap", "{\"file_name\": \"a.png\", \"text\": \"x\"}\nnot json\n", DDPM_EUSAGE, "nocap/metadata.jsonl:2: not JSON");
-    mkdir(tpath("nometa"), 0777);
-    write_png(tpath("nometa/a.png"), 4, 4, 0);
+    mkdir(t_path("nometa"), 0777);
+    write_png(t_path("nometa/a.png"), 4, 4, 0);
     folder_bad("nometa", NULL, DDPM_EUSAGE, "nometa/metadata.jsonl: not found");
     folder_bad("does_not_exist", NULL, DDPM_EUSAGE, "does_not_exist: captioned image folder not found");
-    mkdir(tpath("corrupt"), 0777);
-    write_text(tpath("corrupt/a.png"), "this is no PNG");
+    mkdir(t_path("corrupt"), 0777);
+    write_text(t_path("corrupt/a.png"), "this is no PNG");
     folder_bad("corrupt", "{\"file_name\": \"a.png\", \"text\": \"x\"}\n", DDPM_ERUNTIME, "corrupt/a.png");
 }
 
