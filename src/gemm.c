@@ -154,6 +154,35 @@ static void gemm_ksplit(int transA, int transB, int M, int N, int K, float alpha
         }
 }
 
+/* A product with few columns (N <= GEMM_NARROW: a LoRA adapter's r, a 1-3 channel image) and
+ * many rows is cut along M into one part per processor, each a single-threaded call on its
+ * own thread: OpenBLAS threads such a shape poorly (measured 2 threads no faster than one at
+ * N = 4). The parts depend on the processor count only, as the K-split's do, so the bytes do
+ * not depend on --threads (OpenBLAS may sum a part in another order than the whole: SkylakeX
+ * takes its small-matrix kernel below a size). Only outside a parallel region: inside one,
+ * the caller's thread runs the whole product. */
+#define GEMM_NARROW 16
+#define GEMM_M_MIN_PART 256 /* rows per part at least */
+
+static int in_parallel(void) {
+#ifdef _OPENMP
+    return omp_in_parallel();
+#else
+    return 1;
+#endif
+}
+
+static void gemm_msplit(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                        const float *B, int ldb, float beta, float *C, int ldc, int P) {
+#pragma omp parallel for schedule(static, 1)
+    for (int p = 0; p < P; p++) {
+        const int m0 = (int)((long)M * p / P), m1 = (int)((long)M * (p + 1) / P);
+        /* rows m0.. of op(A) and of C */
+        const float *Ap = transA ? A + m0 : A + (size_t)m0 * lda;
+        sgemm(transA, transB, m1 - m0, N, K, alpha, Ap, lda, B, ldb, beta, C + (size_t)m0 * ldc, ldc);
+    }
+}
+
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
@@ -167,6 +196,8 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
     const int R = M >= N ? M : N, P = procs_capped(GEMM_MAX_PARTS);
     if (mnk >= GEMM_SPLIT_MIN && P > 1 && K >= (long)GEMM_KSPLIT_RATIO * R && K >= P * GEMM_K_ALIGN)
         gemm_ksplit(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
+    else if (mnk >= GEMM_SPLIT_MIN && P > 1 && N <= GEMM_NARROW && M >= P * GEMM_M_MIN_PART && !in_parallel())
+        gemm_msplit(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
     else
         sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

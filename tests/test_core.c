@@ -20,7 +20,8 @@
  * P <= 16 partial sums afterwards, 15 more roundings of that size at most. */
 static void test_gemm(void) {
     const int shapes[][3] = {{1, 1, 1},   {3, 5, 7},     {17, 13, 29},   {64, 3, 128},
-                             {33, 65, 1}, {128, 96, 200}, {20, 24, 600}, {300, 40, 520}, {40, 300, 64}};
+                             {33, 65, 1}, {128, 96, 200}, {20, 24, 600}, {300, 40, 520}, {40, 300, 64},
+                             {1200, 4, 64}};
     const float alpha = 1.5f;
     double worst = 0;
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
@@ -60,7 +61,35 @@ static void test_gemm(void) {
                     free(A), free(Bm), free(C0), free(C1), free(C2);
                 }
     }
-    T_OK(worst <= 1, "gemm matches the reference for 9 shapes x all transposes x beta (worst %.3g of the float32 bound)", worst);
+    T_OK(worst <= 1, "gemm matches the reference for 10 shapes x all transposes x beta (worst %.3g of the float32 bound)", worst);
+}
+
+/* A narrow product with many rows is cut along M over the processors (gemm.c), into parts
+ * that depend on the processor count only: its bits must not depend on the thread count.
+ * (Its values are checked against the reference by test_gemm's 1200x4x64.) */
+static void test_gemm_msplit(void) {
+    const int M = 4000, N = 4, K = 96;
+    if (procs_capped(16) < 2) {
+        T_SKIP("gemm M-split: one processor, so no product is cut here");
+        return;
+    }
+    int ok = 1, nt = threads_get();
+    for (int ta = 0; ta < 2; ta++) {
+        int lda = ta ? M : K;
+        float *A = malloc((size_t)M * K * 4), *Bm = malloc((size_t)K * N * 4), *C1 = malloc((size_t)M * N * 4),
+              *C2 = malloc((size_t)M * N * 4);
+        rng_normal(A, (size_t)M * K, 5, ta, 0);
+        rng_normal(Bm, (size_t)K * N, 6, ta, 0);
+        threads_set(1);
+        gemm(ta, 0, M, N, K, 1.0f, A, lda, Bm, N, 0.0f, C1, N);
+        threads_set(2);
+        gemm(ta, 0, M, N, K, 1.0f, A, lda, Bm, N, 0.0f, C2, N);
+        ok &= !memcmp(C1, C2, (size_t)M * N * 4);
+        free(A), free(Bm), free(C1), free(C2);
+    }
+    threads_set(nt);
+    T_OK(ok, "gemm %dx%dx%d, cut along M over the processors: the same bits on 1 and 2 threads, A as is and transposed", M,
+         N, K);
 }
 
 /* The OpenBLAS kernel family ddpm sets, for each CPU kind the project runs on and each build:
@@ -162,6 +191,7 @@ static void test_arena(void) {
 int main(void) {
     test_blas_choice();
     test_gemm();
+    test_gemm_msplit();
     test_rng();
     test_arena();
     return t_done();
