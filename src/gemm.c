@@ -154,32 +154,42 @@ static void gemm_ksplit(int transA, int transB, int M, int N, int K, float alpha
         }
 }
 
-/* A product with few columns (N <= GEMM_NARROW: a LoRA adapter's r, a 1-3 channel image) and
- * many rows is cut along M into one part per processor, each a single-threaded call on its
- * own thread: OpenBLAS threads such a shape poorly (measured 2 threads no faster than one at
- * N = 4). The parts depend on the processor count only, as the K-split's do, so the bytes do
- * not depend on --threads (OpenBLAS may sum a part in another order than the whole: SkylakeX
- * takes its small-matrix kernel below a size). Only outside a parallel region: inside one,
- * the caller's thread runs the whole product. */
-#define GEMM_NARROW 16
-#define GEMM_M_MIN_PART 256 /* rows per part at least */
+/* Every other product large enough for OpenBLAS to thread (GEMM_SPLIT_MIN multiply-adds, its
+ * own threshold) is cut along the longer of M and N into one part per processor, each a
+ * single-threaded call on its own thread. OpenBLAS's threaded run sums some shapes in another
+ * order for each thread count (NN 600 x 8 x 600 on every x86 kernel family; TN 6 x 512 x 150
+ * on Haswell/Zen), and ddpm's results must not depend on --threads: the parts depend on the
+ * processor count only, as the K-split's do. It is also faster where OpenBLAS threads poorly:
+ * a 37,632 x 4 x 64 product took 0.55 ms on 1 thread, 0.49 ms on 2 by OpenBLAS, 0.28 ms cut in
+ * two. Only outside every parallel region: inside one, OpenBLAS runs on the calling thread. */
+#define GEMM_COL_ALIGN 16 /* a column cut falls on a multiple of this */
 
+/* Inside any parallel region, active or not: a region of one thread (--threads 1) must decide
+ * as one of many would, or the bits would follow the thread count. */
 static int in_parallel(void) {
 #ifdef _OPENMP
-    return omp_in_parallel();
+    return omp_get_level() > 0;
 #else
     return 1;
 #endif
 }
 
-static void gemm_msplit(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
-                        const float *B, int ldb, float beta, float *C, int ldc, int P) {
+static void gemm_split(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                       const float *B, int ldb, float beta, float *C, int ldc, int P) {
+    const int rows = M >= N;
 #pragma omp parallel for schedule(static, 1)
     for (int p = 0; p < P; p++) {
-        const int m0 = (int)((long)M * p / P), m1 = (int)((long)M * (p + 1) / P);
-        /* rows m0.. of op(A) and of C */
-        const float *Ap = transA ? A + m0 : A + (size_t)m0 * lda;
-        sgemm(transA, transB, m1 - m0, N, K, alpha, Ap, lda, B, ldb, beta, C + (size_t)m0 * ldc, ldc);
+        if (rows) { /* rows m0.. of op(A) and of C */
+            const int m0 = (int)((long)M * p / P), m1 = (int)((long)M * (p + 1) / P);
+            const float *Ap = transA ? A + m0 : A + (size_t)m0 * lda;
+            sgemm(transA, transB, m1 - m0, N, K, alpha, Ap, lda, B, ldb, beta, C + (size_t)m0 * ldc, ldc);
+        } else { /* columns n0.. of op(B) and of C */
+            const int n0 = p == 0 ? 0 : (int)((long)N * p / P / GEMM_COL_ALIGN * GEMM_COL_ALIGN);
+            const int n1 = p + 1 == P ? N : (int)((long)N * (p + 1) / P / GEMM_COL_ALIGN * GEMM_COL_ALIGN);
+            if (n1 <= n0) continue;
+            const float *Bp = transB ? B + (size_t)n0 * ldb : B + n0;
+            sgemm(transA, transB, M, n1 - n0, K, alpha, A, lda, Bp, ldb, beta, C + n0, ldc);
+        }
     }
 }
 
@@ -196,8 +206,8 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
     const int R = M >= N ? M : N, P = procs_capped(GEMM_MAX_PARTS);
     if (mnk >= GEMM_SPLIT_MIN && P > 1 && K >= (long)GEMM_KSPLIT_RATIO * R && K >= P * GEMM_K_ALIGN)
         gemm_ksplit(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
-    else if (mnk >= GEMM_SPLIT_MIN && P > 1 && N <= GEMM_NARROW && M >= P * GEMM_M_MIN_PART && !in_parallel())
-        gemm_msplit(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
+    else if (mnk >= GEMM_SPLIT_MIN && P > 1 && R >= P && !in_parallel())
+        gemm_split(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
     else
         sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }

@@ -64,32 +64,37 @@ static void test_gemm(void) {
     T_OK(worst <= 1, "gemm matches the reference for 10 shapes x all transposes x beta (worst %.3g of the float32 bound)", worst);
 }
 
-/* A narrow product with many rows is cut along M over the processors (gemm.c), into parts
- * that depend on the processor count only: its bits must not depend on the thread count.
- * (Its values are checked against the reference by test_gemm's 1200x4x64.) */
-static void test_gemm_msplit(void) {
-    const int M = 4000, N = 4, K = 96;
+/* Outside a parallel region gemm() cuts a product OpenBLAS would thread into parts that depend
+ * on the processor count only (gemm.c): its bits must not depend on the thread count, for the
+ * shapes where OpenBLAS's own threading changes them (600x8x600, 600x600x8, 6x512x150), a
+ * narrow tall one, and each transpose. (Values: test_gemm's shapes, 1200x4x64 among them.) */
+static void test_gemm_threads(void) {
     if (procs_capped(16) < 2) {
-        T_SKIP("gemm M-split: one processor, so no product is cut here");
+        T_SKIP("gemm thread invariance: one processor, so no product is cut here");
         return;
     }
-    int ok = 1, nt = threads_get();
-    for (int ta = 0; ta < 2; ta++) {
-        int lda = ta ? M : K;
-        float *A = malloc((size_t)M * K * 4), *Bm = malloc((size_t)K * N * 4), *C1 = malloc((size_t)M * N * 4),
-              *C2 = malloc((size_t)M * N * 4);
-        rng_normal(A, (size_t)M * K, 5, ta, 0);
-        rng_normal(Bm, (size_t)K * N, 6, ta, 0);
-        threads_set(1);
-        gemm(ta, 0, M, N, K, 1.0f, A, lda, Bm, N, 0.0f, C1, N);
-        threads_set(2);
-        gemm(ta, 0, M, N, K, 1.0f, A, lda, Bm, N, 0.0f, C2, N);
-        ok &= !memcmp(C1, C2, (size_t)M * N * 4);
-        free(A), free(Bm), free(C1), free(C2);
-    }
+    const int shapes[][3] = {{600, 8, 600}, {600, 600, 8}, {6, 512, 150}, {4000, 4, 96}, {150, 1024, 6}};
+    const int nthr[3] = {1, 3, 2}, nt = threads_get();
+    int ok = 1, cases = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+                const int lda = ta ? M : K, ldb = tb ? K : N;
+                float *A = malloc((size_t)M * K * 4), *Bm = malloc((size_t)K * N * 4), *C[3];
+                rng_normal(A, (size_t)M * K, 5, si * 4 + ta * 2 + tb, 0);
+                rng_normal(Bm, (size_t)K * N, 6, si * 4 + ta * 2 + tb, 0);
+                for (int r = 0; r < 3; r++) {
+                    C[r] = malloc((size_t)M * N * 4);
+                    threads_set(nthr[r]);
+                    gemm(ta, tb, M, N, K, 1.0f, A, lda, Bm, ldb, 0.0f, C[r], N);
+                }
+                ok &= !memcmp(C[0], C[1], (size_t)M * N * 4) && !memcmp(C[0], C[2], (size_t)M * N * 4);
+                cases++;
+                free(A), free(Bm), free(C[0]), free(C[1]), free(C[2]);
+            }
     threads_set(nt);
-    T_OK(ok, "gemm %dx%dx%d, cut along M over the processors: the same bits on 1 and 2 threads, A as is and transposed", M,
-         N, K);
+    T_OK(ok, "gemm: the same bits on 1, 3 and 2 threads for %d products (5 shapes x transposes)", cases);
 }
 
 /* The OpenBLAS kernel family ddpm sets, for each CPU kind the project runs on and each build:
@@ -191,7 +196,7 @@ static void test_arena(void) {
 int main(void) {
     test_blas_choice();
     test_gemm();
-    test_gemm_msplit();
+    test_gemm_threads();
     test_rng();
     test_arena();
     return t_done();
