@@ -692,9 +692,11 @@ static void conv_fwd(const UNet *u, float *out, const float *inp, ConvParams c, 
 static void conv_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, ConvParams c, ConvShape s) {
     const LoraSlot *sl = slot(u, c.w);
     if (!sl || !u->lora->train) {
-        PROF(PROF_CONV, conv2d_backward(dinp, grad(u, c.w), grad(u, c.b), dout, inp, par(u, c.w), s, u->conv_scr));
+        /* a 1x1 convolution (a ResBlock's shortcut) counts as a linear layer's GEMM */
+        PROF(s.k == 1 ? PROF_GEMM : PROF_CONV, conv2d_backward(dinp, grad(u, c.w), grad(u, c.b), dout, inp, par(u, c.w), s, u->conv_scr));
         return;
     }
+    CHECK(s.k == 3, "conv_bwd: trained adapters sit on 3x3 convolutions only (lora_group_of)");
     float *gw = grad(u, c.w), *gb = grad(u, c.b);
     if (gw || gb) PROF(PROF_CONV, conv2d_backward(NULL, gw, gb, dout, inp, par(u, c.w), s, u->conv_scr));
     float *h = u->lora->hbuf, *dh = h + (size_t)s.B * s.OH * s.OW * sl->r[0].rank; /* scratch */
@@ -708,10 +710,11 @@ static void norm_fwd(const UNet *u, float *out, float *mean, float *rstd, const 
     PROF(PROF_NORM, groupnorm_forward(out, mean, rstd, inp, par(u, n.w), par(u, n.b), B, HW, C, u->groups, silu));
 }
 
+/* the gradients of the first gd groups (u->groups: all) */
 static void norm_bwd(const UNet *u, float *dinp, const float *dout, const float *inp, NormParams n, const float *mean,
-                     const float *rstd, int B, int HW, int C, int silu) {
+                     const float *rstd, int B, int HW, int C, int gd, int silu) {
     PROF(PROF_NORM, groupnorm_backward(dinp, grad(u, n.w), grad(u, n.b), dout, inp, par(u, n.w), par(u, n.b), mean, rstd, B, HW, C,
-                                       u->groups, silu));
+                                       u->groups, gd, silu));
 }
 
 /* ---- forward ---------------------------------------------------------------------------- */
@@ -863,25 +866,28 @@ static int trained_param(const UNet *u, int i) { return i >= 0 && (!u->P[i].froz
 static int trained_norm(const UNet *u, NormParams n) { return trained_param(u, n.w) || trained_param(u, n.b); }
 
 /* ResBlock i; x is its input (cat for the up path); dL/dx is added into dx. dx may be NULL
- * (the first block a LoRA backward runs: nothing before it needs a gradient); temb: whether
- * the timestep MLP needs d_temb_act. */
-static void res_backward(UNet *u, int i, const float *x, float *dx, int B, int temb) {
+ * (the first block a LoRA backward runs: nothing before it needs a gradient); dc: the
+ * channels of dx that are read (the first dc; below cin when x = cat(h, skip) and the skip
+ * needs no gradient); temb: whether the timestep MLP needs d_temb_act. */
+static void res_backward(UNet *u, int i, const float *x, float *dx, int dc, int B, int temb) {
     Block *b = &u->blk[i];
     ResBlock *r = &b->res;
     UNetScratch *sc = &u->scr;
     int HW = b->H * b->W;
     size_t nout = (size_t)B * HW * b->cout;
     /* out = conv2(a2) + shortcut(x) */
-    if (r->has_shortcut)
-        linear_bwd(u, dx, b->dout, x, conv1x1_as_linear(r->nin_shortcut), B * HW, b->cin, b->cout);
-    else if (dx)
+    if (r->has_shortcut) { /* a 1x1 convolution: only dx's first dc channels */
+        ConvShape s0 = conv_shape(B, b->H, b->W, b->cin, b->cout, 1, 1);
+        s0.DC = dc;
+        conv_bwd(u, dx, b->dout, x, r->nin_shortcut, s0);
+    } else if (dx)
         PROF(PROF_ELEM, add_inplace(dx, b->dout, nout));
     float *da2 = zeroed(sc->d_a2, nout);
     conv_bwd(u, da2, b->dout, r->a2, r->conv2, conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1));
     if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, da2, B, (size_t)HW * b->cout));
     /* a2 = silu(norm2(h1)) */
     float *dh1 = zeroed(sc->d_h1, nout);
-    norm_bwd(u, dh1, da2, r->h1, r->norm2, r->mean2, r->rstd2, B, HW, b->cout, 1);
+    norm_bwd(u, dh1, da2, r->h1, r->norm2, r->mean2, r->rstd2, B, HW, b->cout, u->groups, 1);
     /* h1 = conv1(a1) + temb_proj(silu(temb)); dtp only when temb_proj or the MLP trains */
     if (temb || trained_param(u, r->temb_proj.w) || trained_param(u, r->temb_proj.b)) {
         float *dtp = zeroed(sc->d_tp, (size_t)B * b->cout);
@@ -891,8 +897,13 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int B, int t
     /* a1 = silu(norm1(x)): da1 only when dx or norm1 needs it */
     int need_a1 = dx || trained_norm(u, r->norm1);
     float *da1 = need_a1 ? zeroed(sc->d_a1, (size_t)B * HW * b->cin) : NULL; /* d_a2's buffer, no longer needed */
-    conv_bwd(u, da1, dh1, r->a1, r->conv1, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
-    if (need_a1) norm_bwd(u, dx, da1, x, r->norm1, r->mean1, r->rstd1, B, HW, b->cin, 1);
+    /* dx's first dc channels need da1 over every GroupNorm group they touch (its backward mixes
+     * a group's channels): the first gd groups, all of them when norm1 trains */
+    const int cpg = b->cin / u->groups, gd = trained_norm(u, r->norm1) ? u->groups : (dc + cpg - 1) / cpg;
+    ConvShape s1 = conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1);
+    s1.DC = gd * cpg;
+    conv_bwd(u, da1, dh1, r->a1, r->conv1, s1);
+    if (need_a1) norm_bwd(u, dx, da1, x, r->norm1, r->mean1, r->rstd1, B, HW, b->cin, gd, 1);
 }
 
 /* AttnBlock b on x; dL/dx is added into dx (may be NULL, as for res_backward). */
@@ -910,7 +921,7 @@ static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
     int need_hn = dx || trained_norm(u, a->norm);
     float *dhn = need_hn ? zeroed(sc->d_hn, n) : NULL;
     linears_bwd(u, dhn, dqkv, a->hn, a->qkv_p, 3, BN, C, C);
-    if (need_hn) norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, 0);
+    if (need_hn) norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, u->groups, 0);
 }
 
 /* Where the backward may stop when dx is not asked for: nothing before the first block
@@ -959,10 +970,11 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
                 Block *s = &u->blk[b->res.skip];
                 size_t npix = (size_t)B * b->H * b->W;
                 float *dcat = dxb ? zeroed(u->scr.d_cat, npix * b->cin) : NULL;
-                res_backward(u, i, b->res.cat, dcat, B, temb);
+                /* a skip from before stop needs no gradient: only h's channels of dcat are read */
+                res_backward(u, i, b->res.cat, dcat, b->res.skip >= stop ? b->cin : b->cin - s->cout, B, temb);
                 if (dxb) PROF(PROF_ELEM, concat_backward(dxb, b->res.skip >= stop ? s->dout : NULL, dcat, npix, b->cin - s->cout, s->cout));
             } else {
-                res_backward(u, i, x, dxb, B, temb);
+                res_backward(u, i, x, dxb, b->cin, B, temb);
             }
             break;
         case BLK_ATTN:
@@ -975,7 +987,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
             int need_a = dxb || trained_norm(u, b->head.norm_out);
             float *da = need_a ? zeroed(u->scr.d_a, (size_t)B * b->H * b->W * b->cin) : NULL;
             conv_bwd(u, da, b->dout, b->head.a, b->head.conv_out, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
-            if (need_a) norm_bwd(u, dxb, da, x, b->head.norm_out, b->head.mean, b->head.rstd, B, b->H * b->W, b->cin, 1);
+            if (need_a) norm_bwd(u, dxb, da, x, b->head.norm_out, b->head.mean, b->head.rstd, B, b->H * b->W, b->cin, u->groups, 1);
             break;
         }
         }

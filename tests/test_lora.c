@@ -870,8 +870,13 @@ static double unet_loss(UNet *u, const float *x, const int *t, const float *R, f
 }
 
 /* The backward without dx stops before the first block with an adapter, gives that block
- * no input gradient and skips the time-embedding gradients nothing trains: the adapters'
- * gradients must be those of the whole backward (dx asked for), bit for bit. */
+ * no input gradient, skips the time-embedding gradients nothing trains and, in the up path,
+ * the input gradients of skip channels from before the stop: the adapters' gradients must be
+ * those of the whole backward (dx asked for). Not bit for bit: the narrower input-gradient
+ * products of the up path's convolutions may sum in another order (OpenBLAS's Haswell and Zen
+ * kernels do), each within float rounding of its K-term sums (relative u·K, K <= 9·64 here,
+ * ~3e-5 at worst, far less on random signs); a wrong or missing path is off by O(1). */
+#define STOP_TOL 1e-4
 static void test_unet_stop(unsigned targets) {
     Config c;
     UNet u;
@@ -903,10 +908,12 @@ static void test_unet_stop(unsigned targets) {
         unet_backward(&u, R, NULL);
     }
     int nz = 0;
-    for (size_t j = 0; j < s.n_floats; j++) nz += g[j] != 0.0f;
-    T_OK(!rc && nz > 0 && !memcmp(g, gfull, s.n_floats * 4),
-         "targets %s: the backward that stops at the first adapter gives every dA, dB of the whole backward bit for bit (%d non-zero)",
-         tg, nz);
+    double e = 0, m = 0;
+    for (size_t j = 0; j < s.n_floats; j++) nz += g[j] != 0.0f, e = fmax(e, fabs(g[j] - gfull[j])), m = fmax(m, fabs(gfull[j]));
+    T_OK(!rc && nz > 0 && e <= STOP_TOL * m,
+         "targets %s: the backward that stops at the first adapter gives the whole backward's dA, dB (%d non-zero; max diff %.1e of "
+         "max|g|, bound %.0e)",
+         tg, nz, e / m, STOP_TOL);
     free(x), free(R), free(o), free(dx), free(all), free(tb), free(g), free(gfull);
     lora_set_free(&s);
     unet_free(&u);

@@ -16,6 +16,8 @@
  *    forward, dinp, dw, dbias against the direct reference within WINO_TOL = 1e-5 of max|ref|
  *    on odd sizes (7x7, 14x14, 28x28, 5x3, 1x1), C != OC, channel tails, batch > 1 and several
  *    tile blocks; the FD checks above run on both paths;
+ *  - input gradients of the first channels only (conv2d's DC, GroupNorm's GD): the other
+ *    channels untouched, the first ones the whole backward's;
  *  - dropout: mask equals rng_uniform(seed, stream, i) >= p, keep rate, backward = mask. */
 #include <math.h>
 #include <stdint.h>
@@ -421,7 +423,7 @@ static void gn_fwd(void *p) {
 static void gn_bwd(void *p) {
     GnCtx *c = p;
     groupnorm_backward(c->dinp, c->dgamma, c->dbeta, c->R, c->inp, c->gamma, c->beta, c->mean, c->rstd, c->B,
-                       c->HW, c->C, c->G, c->silu);
+                       c->HW, c->C, c->G, c->G, c->silu);
 }
 static void gn_ctx_init(GnCtx *c, int B, int HW, int C, int G, int silu) {
     *c = (GnCtx){.B = B, .HW = HW, .C = C, .G = G, .silu = silu};
@@ -1114,6 +1116,67 @@ static void test_optim_vector(void) {
     T_NEAR(optim_grad_norm(big, 3) / want, 1.0, 1e-12, "optim_grad_norm in double (no float overflow)");
 }
 
+/* Input gradients of the first channels only (ConvShape.DC, groupnorm_backward's GD), for a
+ * caller that reads no more (a concatenation whose second part needs no gradient): the
+ * channels from DC on keep what the buffer held, bit for bit; below DC, GroupNorm and im2col
+ * give the whole backward's bits (the same sums; im2col only folds fewer columns back), and
+ * Winograd and 1x1 a narrower GEMM, whose sums OpenBLAS may order otherwise (its Haswell and
+ * Zen kernels do): within WINO_TOL of the direct reference, as the whole backward. */
+static void test_conv_part(int B, int H, int W, int C, int OC, int k, int stride, int DC) {
+    ConvShape s = conv_shape(B, H, W, C, OC, k, stride), sp = s;
+    sp.DC = DC;
+    char name[96];
+    snprintf(name, sizeof name, "conv %dx%d s%d B%d %dx%dx%d->%d, DC %d", k, k, stride, B, H, W, C, OC, DC);
+    ConvCtx c;
+    conv_ctx_init(&c, s);
+    size_t ni = (size_t)B * H * W * C, np = (size_t)B * H * W;
+    float *full = alloc_rand(ni, 1.0f, 0.0f), *part = fdup(full, ni), *before = fdup(full, ni);
+    conv2d_backward(full, NULL, NULL, c.R, c.inp, c.w, s, c.scratch);
+    conv2d_backward(part, NULL, NULL, c.R, c.inp, c.w, sp, c.scratch);
+    double *rdi = malloc(ni * sizeof(double)), *rdw = malloc((size_t)OC * k * k * C * sizeof(double)), rdb[64];
+    conv_ref_backward(rdi, rdw, rdb, c.R, c.inp, c.w, s);
+    int kept = 1, same = 1;
+    double e = 0, m = 0;
+    for (size_t p = 0; p < np; p++)
+        for (int ch = 0; ch < C; ch++) {
+            size_t i = p * C + ch;
+            if (ch >= DC) {
+                kept &= !memcmp(&part[i], &before[i], 4);
+                continue;
+            }
+            same &= !memcmp(&part[i], &full[i], 4);
+            e = fmax(e, fabs(part[i] - before[i] - rdi[i])), m = fmax(m, fabs(rdi[i]));
+        }
+    int bits = k == 3 && stride == 2;
+    T_OK(kept && (bits ? same : e <= WINO_TOL * m) && m > 0,
+         "%s: channels from DC untouched, below it %s (max err %.1e of max|ref|)", name,
+         bits ? "the whole backward's bits" : "within WINO_TOL of the direct conv", e / m);
+    free(full), free(part), free(before), free(rdi), free(rdw);
+    conv_ctx_free(&c);
+}
+
+static void test_groupnorm_part(int B, int HW, int C, int G, int GD) {
+    char name[96];
+    snprintf(name, sizeof name, "groupnorm+silu B%d HW%d C%d G%d, GD %d", B, HW, C, G, GD);
+    GnCtx c;
+    gn_ctx_init(&c, B, HW, C, G, 1);
+    gn_fwd(&c);
+    size_t n = (size_t)B * HW * C;
+    float *di = alloc_rand(n, 1.0f, 0.0f), *dg = alloc_rand(C, 1.0f, 0.0f), *db = alloc_rand(C, 1.0f, 0.0f);
+    float *di0 = fdup(di, n), *dg0 = fdup(dg, C), *db0 = fdup(db, C);
+    float *di2 = fdup(di, n), *dg2 = fdup(dg, C), *db2 = fdup(db, C);
+    groupnorm_backward(di, dg, db, c.R, c.inp, c.gamma, c.beta, c.mean, c.rstd, B, HW, C, G, G, 1);
+    groupnorm_backward(di2, dg2, db2, c.R, c.inp, c.gamma, c.beta, c.mean, c.rstd, B, HW, C, G, GD, 1);
+    const int CD = GD * (C / G);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= !memcmp(&di2[i], i % C < (size_t)CD ? &di[i] : &di0[i], 4);
+    for (int ch = 0; ch < C; ch++)
+        ok &= !memcmp(&dg2[ch], ch < CD ? &dg[ch] : &dg0[ch], 4) && !memcmp(&db2[ch], ch < CD ? &db[ch] : &db0[ch], 4);
+    T_OK(ok, "%s: dinp, dgamma, dbeta of the first %d channels the whole backward's bits, the others untouched", name, CD);
+    free(di), free(dg), free(db), free(di0), free(dg0), free(db0), free(di2), free(dg2), free(db2);
+    gn_ctx_free(&c);
+}
+
 int main(void) {
     double t0 = now_s();
     printf("conv2d\n");
@@ -1137,12 +1200,19 @@ int main(void) {
     test_conv_wino(6, 14, 14, 96, 112, 1);     /* several blocks in every pass */
     test_conv_wino(2, 8, 8, 256, 128, 0);      /* the widest conv of the bench model */
     test_conv_wino(6, 16, 16, 256, 128, 1);    /* dW blocks of 48 tiles, not 24: the 64-tile floor */
+    test_conv_part(3, 14, 14, 96, 32, 3, 1, 80); /* Winograd: an up-path ResBlock's conv1 */
+    test_conv_part(2, 7, 9, 40, 24, 3, 1, 16);
+    test_conv_part(2, 7, 9, 40, 24, 3, 1, 23);
+    test_conv_part(2, 9, 8, 40, 24, 3, 2, 17);   /* im2col */
+    test_conv_part(2, 5, 5, 40, 24, 1, 1, 16);   /* 1x1 */
     printf("linear\n");
     test_linear();
     printf("groupnorm\n");
     test_groupnorm(2, 6, 8, 2, 0);
     test_groupnorm(2, 6, 8, 2, 1);
     test_groupnorm(2, 5, 12, 3, 1);
+    test_groupnorm_part(3, 49, 96, 8, 6);  /* the first 72 of 96 channels: an up-path ResBlock's */
+    test_groupnorm_part(2, 10, 64, 8, 1);
 #ifdef _OPENMP
     test_groupnorm_threads(0);
     test_groupnorm_threads(1);

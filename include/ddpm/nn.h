@@ -24,6 +24,10 @@ typedef struct {
     int B, H, W, C;  /* input */
     int OC, k, stride;
     int OH, OW;      /* output, filled by conv_shape() */
+    int DC;          /* conv2d_backward's dinp: channels [0, DC) get their gradient, the rest are
+                      * left as they are; conv_shape() sets C. A caller lowers it when only the
+                      * first channels' gradient is read (a concatenation whose second part
+                      * needs none). */
 } ConvShape;
 
 ConvShape conv_shape(int B, int H, int W, int C, int OC, int k, int stride);
@@ -32,7 +36,8 @@ size_t conv2d_scratch(ConvShape s);
 /* out (B,OH,OW,OC) = conv(inp (B,H,W,C), w (OC,k,k,C)) + bias (OC) */
 void conv2d_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s,
                     float *scratch);
-/* dinp (B,H,W,C) += ..., dw (OC,k,k,C) += ..., dbias (OC) += ...; dinp may be NULL. */
+/* dinp (B,H,W,C) += ... (channels below s.DC), dw (OC,k,k,C) += ..., dbias (OC) += ...; dinp
+ * may be NULL. */
 void conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, ConvShape s, float *scratch);
 /* The weight gradient and the forward output again, from one pass over inp: dw (OC,k,k,C)
@@ -65,13 +70,15 @@ void linear_backward(float *dinp, float *dw, float *dbias, const float *dout, co
 /* ---- groupnorm (+ optional fused SiLU) ----------------------------------------------
  * inp (B,HW,C), G groups of C/G consecutive channels, eps 1e-6 (GN_EPS).
  * out = gamma * (x - mean) * rstd + beta; mean, rstd saved as (B,G).
- * With silu = 1 the output is SiLU of that (the pre-activation is recomputed in backward). */
+ * With silu = 1 the output is SiLU of that (the pre-activation is recomputed in backward).
+ * The backward gives the gradients of the first GD groups' channels (GD = G: all); the other
+ * channels' dinp, dgamma, dbeta are left as they are. */
 #define GN_EPS 1e-6f
 void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *gamma,
                        const float *beta, int B, int HW, int C, int G, int silu);
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *gamma, const float *beta, const float *mean, const float *rstd,
-                        int B, int HW, int C, int G, int silu);
+                        int B, int HW, int C, int G, int GD, int silu);
 
 /* ---- silu: out = x * sigmoid(x), n elements ---------------------------------------- */
 void silu_forward(float *out, const float *inp, size_t n);

@@ -44,7 +44,9 @@
  * `grads` untouched; gradients flowing through them to earlier layers and to dx are
  * computed as usual. Without dx, the backward stops at the first block (in execution
  * order) that has a trained parameter or adapter, and skips the timestep MLP when none
- * of it trains: nothing there needs a gradient.
+ * of it trains: nothing there needs a gradient. Nor do the skips from those blocks: an
+ * up-path ResBlock then computes the input gradient of concat(h, skip) for h's channels
+ * only (its first conv over the GroupNorm groups they touch, its shortcut over h's).
  *
  * Image conditioning (model.cond_image; SR3, Saharia et al. 2021; Palette, 2022): the input
  * is concat(x_t, y[, mask]) along channels, C_in = C_img + C_img (+ 1 when train.degrade

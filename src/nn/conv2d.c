@@ -33,7 +33,7 @@ ConvShape conv_shape(int B, int H, int W, int C, int OC, int k, int stride) {
           B, H, W, C, OC);
     CHECK((k == 1 && stride == 1) || (k == 3 && (stride == 1 || stride == 2)),
           "conv_shape: unsupported k=%d stride=%d (1x1/s1, 3x3/s1, 3x3/s2)", k, stride);
-    ConvShape s = {B, H, W, C, OC, k, stride, 0, 0};
+    ConvShape s = {B, H, W, C, OC, k, stride, 0, 0, C};
     s.OH = (H + stride - 1) / stride;
     s.OW = (W + stride - 1) / stride;
     return s;
@@ -145,7 +145,7 @@ static void col2im_add(float *dinp, const float *dcol, ConvShape s, int L0, int 
                 if (ox >= OW) continue;
                 for (int j = 0; j < nsrc; j++) {
                     const float *sp = srow[j] + (size_t)ox * K + (size_t)(sky[j] * 3 + kx) * C;
-                    for (int c = 0; c < C; c++) d[c] += sp[c];
+                    for (int c = 0; c < s.DC; c++) d[c] += sp[c];
                 }
             }
         }
@@ -196,12 +196,13 @@ void conv2d_im2col_forward(float *out, const float *inp, const float *w, const f
 void conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                      const float *w, ConvShape s, float *scratch) {
     const size_t P = (size_t)s.B * s.OH * s.OW;
+    CHECK(s.DC > 0 && s.DC <= s.C, "conv2d_backward: input-gradient channels DC=%d not in 1..C=%d", s.DC, s.C);
     if (dbias) add_bcast_backward(dbias, dout, 1, (int)P, s.OC); /* column sums of dout */
     if (s.k == 1) {
         /* dw (OC,C) += dout (P,OC)^T . inp (P,C) */
         if (dw) gemm(1, 0, s.OC, s.C, (int)P, 1.0f, dout, s.OC, inp, s.C, 1.0f, dw, s.C);
-        /* dinp (P,C) += dout (P,OC) . w (OC,C) */
-        if (dinp) gemm(0, 0, (int)P, s.C, s.OC, 1.0f, dout, s.OC, w, s.C, 1.0f, dinp, s.C);
+        /* dinp (P,DC) += dout (P,OC) . w (OC,DC), rows C apart */
+        if (dinp) gemm(0, 0, (int)P, s.DC, s.OC, 1.0f, dout, s.OC, w, s.C, 1.0f, dinp, s.C);
         return;
     }
     if (!dw && !dinp) return;

@@ -332,13 +332,15 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, c
  */
 void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *inp,
                         const float *gamma, const float *beta, const float *mean, const float *rstd, int B, int HW,
-                        int C, int G, int silu) {
+                        int C, int G, int GD, int silu) {
     CHECK(G > 0 && C % G == 0, "groupnorm: C=%d not divisible by G=%d", C, G);
-    const int cg = C / G;
+    CHECK(GD > 0 && GD <= G, "groupnorm_backward: GD=%d groups not in 1..G=%d", GD, G);
+    const int cg = C / G, CD = GD * cg;
     const double invN = 1.0 / ((double)HW * cg);
     const size_t total = (size_t)B * HW * C;
     const int nt = total > PAR_MIN ? max_threads() : 1;
-    const int gpb = groups_per_item(B, HW, C, G, nt), nblk = (G + gpb - 1) / gpb;
+    /* the blocks of groups are G's (so a group's work is the same whatever GD), cut at GD */
+    const int gpb = groups_per_item(B, HW, C, G, nt), nblk = (GD + gpb - 1) / gpb;
     /* per-image channel sums of a chunk of images, then summed in image order */
     const int BCH = C >= PART_MAX ? 1 : (PART_MAX / C < B ? PART_MAX / C : B);
     double pb[(size_t)BCH * C], pg[(size_t)BCH * C], accb[C], accg[C];
@@ -347,7 +349,7 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
         const int b1 = b0 + BCH < B ? b0 + BCH : B;
 #pragma omp parallel for schedule(static) if (nt > 1)
         for (long it = (long)b0 * nblk; it < (long)b1 * nblk; it++) {
-            const int b = (int)(it / nblk), g0 = (int)(it % nblk) * gpb, ng = g0 + gpb < G ? gpb : G - g0;
+            const int b = (int)(it / nblk), g0 = (int)(it % nblk) * gpb, ng = g0 + gpb < GD ? gpb : GD - g0;
             const int c0 = g0 * cg, n = ng * cg;
             const size_t off = (size_t)b * HW * C + c0;
             double *sdy = pb + (size_t)(b - b0) * C + c0, *sdyx = pg + (size_t)(b - b0) * C + c0;
@@ -360,12 +362,12 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
             bwd_pass2(dinp + off, inp + off, HW, C, n, mc, rc, q1, q2);
         }
         for (int b = b0; b < b1; b++)
-            for (int c = 0; c < C; c++) {
+            for (int c = 0; c < CD; c++) {
                 accb[c] += pb[(size_t)(b - b0) * C + c];
                 accg[c] += pg[(size_t)(b - b0) * C + c];
             }
     }
-    for (int c = 0; c < C; c++) {
+    for (int c = 0; c < CD; c++) {
         if (dbeta) dbeta[c] += (float)accb[c];
         if (dgamma) dgamma[c] += (float)accg[c];
     }

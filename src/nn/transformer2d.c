@@ -189,11 +189,11 @@ void tf2d_backward(Transformer2D *t, float *dx, float *dctx, float *grads, const
     linear_backward(dn, G + p[T2D_PIN_W], G + p[T2D_PIN_B], dh, t->g, P + p[T2D_PIN_W], N, C, C);
     if (dx)
         groupnorm_backward(dx, G + p[T2D_NORM_W], G + p[T2D_NORM_B], dn, t->x, P + p[T2D_NORM_W], P + p[T2D_NORM_B],
-                           t->gm, t->gr, B, t->HW, C, t->groups, 0);
+                           t->gm, t->gr, B, t->HW, C, t->groups, t->groups, 0);
     else {
         /* the GroupNorm parameters still get their gradients: dx into the scratch dh */
         memset(dh, 0, n * sizeof(float));
         groupnorm_backward(dh, G + p[T2D_NORM_W], G + p[T2D_NORM_B], dn, t->x, P + p[T2D_NORM_W], P + p[T2D_NORM_B],
-                           t->gm, t->gr, B, t->HW, C, t->groups, 0);
+                           t->gm, t->gr, B, t->HW, C, t->groups, t->groups, 0);
     }
 }

@@ -300,15 +300,16 @@ static void dm_tile_at(float *D, size_t ps, const float *dy, Geo g, int OC, long
     }
 }
 
-/* out (B,H,W,OC) tile gt <- (accum ? out + : ) A^T M A (+ bias) from the 36 rows of M (ps apart). */
-static void out_tile_at(float *out, int accum, const float *bias, const float *M, size_t ps, Geo g, int OC, long gt) {
+/* out (B,H,W, pixels ldo floats apart) tile gt, channels [0, OC) <- (accum ? out + : ) A^T M A
+ * (+ bias) from the 36 rows of M (ps apart). */
+static void out_tile_at(float *out, int ldo, int accum, const float *bias, const float *M, size_t ps, Geo g, int OC, long gt) {
     int b, ty, tx;
     tile_pos(g, gt, &b, &ty, &tx);
     float *base[16];
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) {
             int y = 4 * ty + i, x = 4 * tx + j;
-            base[i * 4 + j] = y < g.H && x < g.W ? out + (((size_t)b * g.H + y) * g.W + x) * OC : NULL;
+            base[i * 4 + j] = y < g.H && x < g.W ? out + (((size_t)b * g.H + y) * g.W + x) * ldo : NULL;
         }
     float y[16][VL];
     for (int cb = 0; cb < OC; cb += VL) {
@@ -447,8 +448,10 @@ static int thread_id(void) {
 
 /* out (B,H,W,Cout) = (accum ? out + : ) conv of inp (B,H,W,Cin) (+ bias) with transformed
  * weights U[x] (Cin, Cout) (weight_transform), by blocks of tiles, each block on one thread
- * start to end. */
-static void conv_blocks(float *out, int accum, const float *bias, const float *inp, Geo g, int Cin, int Cout,
+ * start to end. Only output channels [0, n) are made (U[x]'s first n columns; out's pixels
+ * still Cout floats apart): the input gradient of a convolution whose caller reads only the
+ * first channels. */
+static void conv_blocks(float *out, int accum, const float *bias, const float *inp, Geo g, int Cin, int Cout, int n_out,
                         const float *U, float *work) {
     const int tb = block_tiles(g, Cin, Cout);
     const long nblk = (g.NTOT + tb - 1) / tb;
@@ -461,10 +464,11 @@ static void conv_blocks(float *out, int accum, const float *bias, const float *i
             const long g0 = k * tb, g1 = g0 + tb < g.NTOT ? g0 + tb : g.NTOT;
             const int n = (int)(g1 - g0);
             for (long gt = g0; gt < g1; gt++) in_tile_at(V + (gt - g0) * WX * Cin, Cin, inp, g, Cin, gt);
-            for (int x = 0; x < WX; x++) /* M[x] (n, Cout) = V[x] (n, Cin) . U[x] (Cin, Cout) */
-                gemm(0, 0, n, Cout, Cin, 1.0f, V + (size_t)x * Cin, WX * Cin, U + (size_t)x * us, Cout, 0.0f,
-                     M + (size_t)x * Cout, WX * Cout);
-            for (long gt = g0; gt < g1; gt++) out_tile_at(out, accum, bias, M + (gt - g0) * WX * Cout, Cout, g, Cout, gt);
+            for (int x = 0; x < WX; x++) /* M[x] (n, n_out) = V[x] (n, Cin) . U[x] (Cin, n_out) */
+                gemm(0, 0, n, n_out, Cin, 1.0f, V + (size_t)x * Cin, WX * Cin, U + (size_t)x * us, Cout, 0.0f,
+                     M + (size_t)x * n_out, WX * n_out);
+            for (long gt = g0; gt < g1; gt++)
+                out_tile_at(out, Cout, accum, bias, M + (gt - g0) * WX * n_out, n_out, g, n_out, gt);
         }
     }
 }
@@ -500,7 +504,7 @@ static void dw_blocks(float *dU, const float *dout, const float *inp, Geo g, int
                 for (int x = 0; x < WX; x++) /* M[x] (n, OC) = V[x] (n, C) . U[x] (C, OC) */
                     gemm(0, 0, n, OC, C, 1.0f, V + (size_t)x * C, WX * C, U + (size_t)x * C * OC, OC, 0.0f, D + (size_t)x * OC,
                          WX * OC);
-                for (long gt = g0; gt < g1; gt++) out_tile_at(out, 0, NULL, D + (gt - g0) * WX * OC, OC, g, OC, gt);
+                for (long gt = g0; gt < g1; gt++) out_tile_at(out, OC, 0, NULL, D + (gt - g0) * WX * OC, OC, g, OC, gt);
             }
         }
     }
@@ -521,7 +525,7 @@ void wino_forward(float *out, const float *inp, const float *w, const float *bia
     Geo g = geo_of(s.B, s.H, s.W);
     float *U = scratch, *work = scratch + WX * weight_floats(s.C, s.OC);
     weight_transform(U, w, s.C, s.OC, 0, 1); /* U[x] (C, OC) */
-    conv_blocks(out, 0, bias, inp, g, s.C, s.OC, U, work);
+    conv_blocks(out, 0, bias, inp, g, s.C, s.OC, s.OC, U, work);
 }
 
 void wino_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w, ConvShape s,
@@ -531,9 +535,10 @@ void wino_backward(float *dinp, float *dw, const float *dout, const float *inp, 
     const size_t wt = (size_t)WX * C * OC;
     float *U = scratch, *dU = scratch + WX * weight_floats(C, OC), *work = dU + (size_t)wino_slots() * wt;
     if (dinp) {
-        /* dX = conv(dY, rot180(w)) with C and OC swapped: U[x] (OC, C) is (Cin', Cout') */
+        /* dX = conv(dY, rot180(w)) with C and OC swapped: U[x] (OC, C) is (Cin', Cout'); its
+         * channels below s.DC */
         weight_transform(U, w, C, OC, 1, 0);
-        conv_blocks(dinp, 1, NULL, dout, g, OC, C, U, work);
+        conv_blocks(dinp, 1, NULL, dout, g, OC, C, s.DC, U, work);
     }
     if (dw) {
         dw_blocks(dU, dout, inp, g, C, OC, work, NULL, NULL);
