@@ -448,9 +448,9 @@ static int thread_id(void) {
 
 /* out (B,H,W,Cout) = (accum ? out + : ) conv of inp (B,H,W,Cin) (+ bias) with transformed
  * weights U[x] (Cin, Cout) (weight_transform), by blocks of tiles, each block on one thread
- * start to end. Only output channels [0, n) are made (U[x]'s first n columns; out's pixels
- * still Cout floats apart): the input gradient of a convolution whose caller reads only the
- * first channels. */
+ * start to end. Only output channels [0, n_out) are made (U[x]'s first n_out columns, out's
+ * pixels still Cout floats apart): the input gradient of a convolution whose caller reads only
+ * the first channels. */
 static void conv_blocks(float *out, int accum, const float *bias, const float *inp, Geo g, int Cin, int Cout, int n_out,
                         const float *U, float *work) {
     const int tb = block_tiles(g, Cin, Cout);
