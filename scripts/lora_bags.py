@@ -16,8 +16,8 @@ train.max_minutes of training), it
      process's maximum RSS) and the size of what the run delivers (lora.safetensors; for full
      fine-tuning the model's weights, a quarter of its checkpoint, which also holds EMA and Adam
      moments);
-  4. runs `ddpm bench` with the LoRA step interleaved with its full twin (same model and batch)
-     for the ratio of step times;
+  4. runs `ddpm bench` for each rank, the LoRA step interleaved with its full twin (same model
+     and batch), for the ratio of step times;
   5. writes grids base | LoRA 0.5 | LoRA 1 (16 images each, same seed) and results.json into --out,
      and prints the markdown table.
 The machine the figures come from is named by lscpu's model name; on a shared machine the times
@@ -145,15 +145,22 @@ def main():
         print("rank %-2s %.3f s/step, %.0f MB, %.0f KB" % (rank or "full", row["step_s"], rss, size / 1024), flush=True)
     res["base_checkpoint_bytes"] = base_bytes
 
-    # 4. the bench ratio: the LoRA step right after its full twin
+    # 4. the bench ratio of each rank: the LoRA step right after its full twin (the config's rank
+    #    is "bench")
     cfg = json.load(open(a.config))
-    lo = cfg["train"]["lora"]
-    out = subprocess.run([a.ddpm, "bench", "--config", a.config, "--set", "train.lora.rank=%d" % lo["rank"], "--steps", "10",
-                          "--json"] + th, capture_output=True, text=True)
-    if out.returncode == 0:
+    for row in res["timing"]:
+        if not row["rank"]:
+            continue
+        out = subprocess.run([a.ddpm, "bench", "--config", a.config, "--set", "train.lora.rank=%d" % row["rank"], "--steps", "10",
+                              "--json"] + th, capture_output=True, text=True)
+        if out.returncode != 0:
+            continue
         b = json.loads(out.stdout)
-        res["bench"] = {k: b[k] for k in ("train_step_s", "lora_step_s", "lora_step_ratio", "cpu", "threads")}
-        print("bench: LoRA step %.3f s = %.2fx the full step %.3f s" % (b["lora_step_s"], b["lora_step_ratio"], b["train_step_s"]))
+        row["bench_ratio"] = b["lora_step_ratio"]
+        if row["rank"] == cfg["train"]["lora"]["rank"]:
+            res["bench"] = {k: b[k] for k in ("train_step_s", "lora_step_s", "lora_step_ratio", "cpu", "threads")}
+        print("bench rank %d: LoRA step %.3f s = %.2fx the full step %.3f s" % (row["rank"], b["lora_step_s"], b["lora_step_ratio"],
+                                                                             b["train_step_s"]), flush=True)
     json.dump(res, open(os.path.join(a.out, "results.json"), "w"), indent=1)
 
     # 5. the table
@@ -163,12 +170,13 @@ def main():
     for name, label in (("base", "base (no bags in training)"), ("lora_0.5", "base + LoRA rank 4, scale 0.5"),
                         ("lora_1", "base + LoRA rank 4, scale 1"), ("full", "full fine-tuning, same length")):
         print("| %s | %.1f %% |" % (label, 100 * res["bags_" + name]))
-    print("\n| training | s/step | peak memory | file | of the weights |")
-    print("|---|---|---|---|---|")
+    print("\n| training | s/step (run) | step / full step (bench) | peak memory | file | of the weights |")
+    print("|---|---|---|---|---|---|")
     for r in res["timing"]:
-        print("| %s | %.3f | %.0f MB | %.1f KB | %.1f %% |" % ("LoRA rank %d" % r["rank"] if r["rank"] else "full fine-tuning",
-                                                           r["step_s"], r["peak_rss_mb"], r["bytes"] / 1024,
-                                                           100.0 * r["bytes"] / full_w))
+        ratio = "%.2fx" % r["bench_ratio"] if "bench_ratio" in r else ("1" if not r["rank"] else "-")
+        print("| %s | %.3f | %s | %.0f MB | %.1f KB | %.1f %% |" % ("LoRA rank %d" % r["rank"] if r["rank"] else "full fine-tuning",
+                                                                 r["step_s"], ratio, r["peak_rss_mb"], r["bytes"] / 1024,
+                                                                 100.0 * r["bytes"] / full_w))
     print("\n%s, %s" % (res["cpu"], res["date"]))
 
 
