@@ -856,9 +856,8 @@ static void forward(UNet *u, float *out, const float *x, const int *t, const int
 /* ---- backward ---------------------------------------------------------------------------- */
 
 /* Every backward kernel adds into its gradients (as in llm.c), so each gradient buffer is
- * zeroed before its first writer: the block output gradients once at the start of
- * unet_backward, the scratch buffers right before they are filled. */
-static float *zeroed(float *p, size_t n) { return zero_floats(p, n); }
+ * zeroed (zero_floats) before its first writer: the block output gradients once at the start
+ * of unet_backward, the scratch buffers right before they are filled. */
 
 /* Does parameter i, or an adapter on it, get a gradient? */
 static int trained_param(const UNet *u, int i) { return i >= 0 && (!u->P[i].frozen || (u->lora && u->lora->train && slot(u, i))); }
@@ -882,21 +881,21 @@ static void res_backward(UNet *u, int i, const float *x, float *dx, int dc, int 
         conv_bwd(u, dx, b->dout, x, r->nin_shortcut, s0);
     } else if (dx)
         PROF(PROF_ELEM, add_inplace(dx, b->dout, nout));
-    float *da2 = zeroed(sc->d_a2, nout);
+    float *da2 = zero_floats(sc->d_a2, nout);
     conv_bwd(u, da2, b->dout, r->a2, r->conv2, conv_shape(B, b->H, b->W, b->cout, b->cout, 3, 1));
     if (u->drop_on && u->dropout > 0) PROF(PROF_ELEM, dropout_mask(u, i, da2, B, (size_t)HW * b->cout));
     /* a2 = silu(norm2(h1)) */
-    float *dh1 = zeroed(sc->d_h1, nout);
+    float *dh1 = zero_floats(sc->d_h1, nout);
     norm_bwd(u, dh1, da2, r->h1, r->norm2, r->mean2, r->rstd2, B, HW, b->cout, u->groups, 1);
     /* h1 = conv1(a1) + temb_proj(silu(temb)); dtp only when temb_proj or the MLP trains */
     if (temb || trained_param(u, r->temb_proj.w) || trained_param(u, r->temb_proj.b)) {
-        float *dtp = zeroed(sc->d_tp, (size_t)B * b->cout);
+        float *dtp = zero_floats(sc->d_tp, (size_t)B * b->cout);
         PROF(PROF_ELEM, add_bcast_backward(dtp, dh1, B, HW, b->cout));
         linear_bwd(u, temb ? u->d_temb_act : NULL, dtp, u->temb_act, r->temb_proj, B, u->temb_ch, b->cout);
     }
     /* a1 = silu(norm1(x)): da1 only when dx or norm1 needs it */
     int need_a1 = dx || trained_norm(u, r->norm1);
-    float *da1 = need_a1 ? zeroed(sc->d_a1, (size_t)B * HW * b->cin) : NULL; /* d_a2's buffer, no longer needed */
+    float *da1 = need_a1 ? zero_floats(sc->d_a1, (size_t)B * HW * b->cin) : NULL; /* d_a2's buffer, no longer needed */
     /* dx's first dc channels need da1 over every GroupNorm group they touch (its backward mixes
      * a group's channels): the first gd groups, all of them when norm1 trains */
     const int cpg = b->cin / u->groups, gd = trained_norm(u, r->norm1) ? u->groups : (dc + cpg - 1) / cpg;
@@ -913,13 +912,13 @@ static void attn_backward(UNet *u, Block *b, const float *x, float *dx, int B) {
     int N = b->H * b->W, C = b->cin, BN = B * N;
     size_t n = (size_t)BN * C;
     if (dx) PROF(PROF_ELEM, add_inplace(dx, b->dout, n)); /* residual */
-    float *d_o = zeroed(sc->d_o, n);
+    float *d_o = zero_floats(sc->d_o, n);
     linear_bwd(u, d_o, b->dout, a->o, a->proj_out, BN, C, C);
-    float *dqkv = zeroed(sc->d_qkv, 3 * n);
+    float *dqkv = zero_floats(sc->d_qkv, 3 * n);
     PROF(PROF_ATTN, attention_backward(dqkv, dqkv + C, dqkv + 2 * C, d_o, a->qkv, a->qkv + C, a->qkv + 2 * C, 3 * C, a->att, B,
                                        N, C, u->att_scr));
     int need_hn = dx || trained_norm(u, a->norm);
-    float *dhn = need_hn ? zeroed(sc->d_hn, n) : NULL;
+    float *dhn = need_hn ? zero_floats(sc->d_hn, n) : NULL;
     linears_bwd(u, dhn, dqkv, a->hn, a->qkv_p, 3, BN, C, C);
     if (need_hn) norm_bwd(u, dx, dhn, x, a->norm, a->mean, a->rstd, B, N, C, u->groups, 0);
 }
@@ -943,9 +942,9 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     int B = u->last_B, T = u->temb_ch, temb = 1, stop = dx ? 0 : backward_stop(u, &temb);
     /* the blocks from stop on get gradients; stop's own input needs none (dxb NULL below),
      * nor do the skip outputs of blocks before it */
-    for (int i = stop; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zeroed(u->blk[i].dout, block_out_n(&u->blk[i], B)));
-    zeroed(u->d_temb_act, (size_t)B * T);
-    if (u->text_L > 0) zeroed(u->d_states, (size_t)B * u->text_L * u->text_d);
+    for (int i = stop; i + 1 < u->nblk; i++) PROF(PROF_ELEM, zero_floats(u->blk[i].dout, block_out_n(&u->blk[i], B)));
+    zero_floats(u->d_temb_act, (size_t)B * T);
+    if (u->text_L > 0) zero_floats(u->d_states, (size_t)B * u->text_L * u->text_d);
     Block *last = &u->blk[u->nblk - 1];
     memcpy(last->dout, dout, sizeof(float) * B * u->res * u->res * u->C_img);
     for (int i = u->nblk - 1; i >= stop; i--) {
@@ -960,7 +959,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
             conv_bwd(u, dxb, b->dout, x, b->conv.conv, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 2));
             break;
         case BLK_UP: {
-            float *dup = dxb ? zeroed(u->scr.d_up, (size_t)B * 4 * b->H * b->W * b->cin) : NULL;
+            float *dup = dxb ? zero_floats(u->scr.d_up, (size_t)B * 4 * b->H * b->W * b->cin) : NULL;
             conv_bwd(u, dup, b->dout, b->conv.up, b->conv.conv, conv_shape(B, 2 * b->H, 2 * b->W, b->cin, b->cout, 3, 1));
             if (dxb) PROF(PROF_ELEM, upsample_backward(dxb, dup, B, b->H, b->W, b->cin));
             break;
@@ -969,10 +968,11 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
             if (b->res.skip >= 0) { /* x = concat(h, skip): its gradient is split between the two */
                 Block *s = &u->blk[b->res.skip];
                 size_t npix = (size_t)B * b->H * b->W;
-                float *dcat = dxb ? zeroed(u->scr.d_cat, npix * b->cin) : NULL;
-                /* a skip from before stop needs no gradient: only h's channels of dcat are read */
-                res_backward(u, i, b->res.cat, dcat, b->res.skip >= stop ? b->cin : b->cin - s->cout, B, temb);
-                if (dxb) PROF(PROF_ELEM, concat_backward(dxb, b->res.skip >= stop ? s->dout : NULL, dcat, npix, b->cin - s->cout, s->cout));
+                float *dcat = dxb ? zero_floats(u->scr.d_cat, npix * b->cin) : NULL;
+                /* a skip from before stop needs no gradient: then only h's channels of dcat are read */
+                const int skip_grad = b->res.skip >= stop, hc = b->cin - s->cout;
+                res_backward(u, i, b->res.cat, dcat, skip_grad ? b->cin : hc, B, temb);
+                if (dxb) PROF(PROF_ELEM, concat_backward(dxb, skip_grad ? s->dout : NULL, dcat, npix, hc, s->cout));
             } else {
                 res_backward(u, i, x, dxb, b->cin, B, temb);
             }
@@ -985,7 +985,7 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
             break;
         case BLK_OUT: {
             int need_a = dxb || trained_norm(u, b->head.norm_out);
-            float *da = need_a ? zeroed(u->scr.d_a, (size_t)B * b->H * b->W * b->cin) : NULL;
+            float *da = need_a ? zero_floats(u->scr.d_a, (size_t)B * b->H * b->W * b->cin) : NULL;
             conv_bwd(u, da, b->dout, b->head.a, b->head.conv_out, conv_shape(B, b->H, b->W, b->cin, b->cout, 3, 1));
             if (need_a) norm_bwd(u, dxb, da, x, b->head.norm_out, b->head.mean, b->head.rstd, B, b->H * b->W, b->cin, u->groups, 1);
             break;
@@ -995,16 +995,16 @@ void unet_backward(UNet *u, const float *dout, float *dx) {
     if (!temb) return;
     /* timestep MLP: temb_act = silu(temb), temb = dense1(silu(dense0(sin))) + class_emb[y] */
     size_t nt = (size_t)B * T;
-    PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb, nt), u->d_temb_act, u->temb, nt));
+    PROF(PROF_ELEM, silu_backward(zero_floats(u->d_temb, nt), u->d_temb_act, u->temb, nt));
     float *gce = u->n_classes > 0 ? grad(u, u->class_emb) : NULL;
     if (gce) /* d class_emb[y_i] += d temb_i, images in order */
         for (int i = 0; i < B; i++) add_inplace(gce + (size_t)u->y_in[i] * T, u->d_temb + (size_t)i * T, (size_t)T);
     if (u->text_L > 0) { /* temb += text_proj(pooled); then the encoder, from d states and d pooled */
-        linear_bwd(u, zeroed(u->d_pooled, (size_t)B * u->text_d), u->d_temb, u->pooled, u->text_proj, B, u->text_d, T);
+        linear_bwd(u, zero_floats(u->d_pooled, (size_t)B * u->text_d), u->d_temb, u->pooled, u->text_proj, B, u->text_d, T);
         text_encoder_backward(u->enc, u->grads, u->params, u->d_states, u->d_pooled, u->text_scr);
     }
-    linear_bwd(u, zeroed(u->d_temb_hs, nt), u->d_temb, u->temb_hs, u->temb_dense1, B, T, T);
-    PROF(PROF_ELEM, silu_backward(zeroed(u->d_temb_h, nt), u->d_temb_hs, u->temb_h, nt));
+    linear_bwd(u, zero_floats(u->d_temb_hs, nt), u->d_temb, u->temb_hs, u->temb_dense1, B, T, T);
+    PROF(PROF_ELEM, silu_backward(zero_floats(u->d_temb_h, nt), u->d_temb_hs, u->temb_h, nt));
     linear_bwd(u, NULL, u->d_temb_h, u->temb_sin, u->temb_dense0, B, u->ch, T); /* the sinusoids need no gradient */
 }
 

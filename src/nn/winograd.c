@@ -301,8 +301,8 @@ static void dm_tile_at(float *D, size_t ps, const float *dy, Geo g, int OC, long
 }
 
 /* out (B,H,W, pixels ldo floats apart) tile gt, channels [0, OC) <- (accum ? out + : ) A^T M A
- * (+ bias) from the 36 rows of M (ps apart). */
-static void out_tile_at(float *out, int ldo, int accum, const float *bias, const float *M, size_t ps, Geo g, int OC, long gt) {
+ * (+ bias) from the 36 rows of M (OC apart). */
+static void out_tile_at(float *out, int ldo, int accum, const float *bias, const float *M, Geo g, int OC, long gt) {
     int b, ty, tx;
     tile_pos(g, gt, &b, &ty, &tx);
     float *base[16];
@@ -315,9 +315,9 @@ static void out_tile_at(float *out, int ldo, int accum, const float *bias, const
     for (int cb = 0; cb < OC; cb += VL) {
         int n = OC - cb < VL ? OC - cb : VL;
         if (n == VL)
-            out_tile(y, M + cb, ps, VL);
+            out_tile(y, M + cb, OC, VL);
         else
-            out_tile(y, M + cb, ps, n);
+            out_tile(y, M + cb, OC, n);
         for (int k = 0; k < 16; k++) {
             float *o = base[k];
             if (!o) continue;
@@ -468,7 +468,7 @@ static void conv_blocks(float *out, int accum, const float *bias, const float *i
                 gemm(0, 0, n, n_out, Cin, 1.0f, V + (size_t)x * Cin, WX * Cin, U + (size_t)x * us, Cout, 0.0f,
                      M + (size_t)x * n_out, WX * n_out);
             for (long gt = g0; gt < g1; gt++)
-                out_tile_at(out, Cout, accum, bias, M + (gt - g0) * WX * n_out, n_out, g, n_out, gt);
+                out_tile_at(out, Cout, accum, bias, M + (gt - g0) * WX * n_out, g, n_out, gt);
         }
     }
 }
@@ -504,7 +504,7 @@ static void dw_blocks(float *dU, const float *dout, const float *inp, Geo g, int
                 for (int x = 0; x < WX; x++) /* M[x] (n, OC) = V[x] (n, C) . U[x] (C, OC) */
                     gemm(0, 0, n, OC, C, 1.0f, V + (size_t)x * C, WX * C, U + (size_t)x * C * OC, OC, 0.0f, D + (size_t)x * OC,
                          WX * OC);
-                for (long gt = g0; gt < g1; gt++) out_tile_at(out, OC, 0, NULL, D + (gt - g0) * WX * OC, OC, g, OC, gt);
+                for (long gt = g0; gt < g1; gt++) out_tile_at(out, OC, 0, NULL, D + (gt - g0) * WX * OC, g, OC, gt);
             }
         }
     }
