@@ -29,11 +29,12 @@
 static struct {
     pthread_once_t once;
     int rc;
+    int direct; /* the core has OpenBLAS's direct path (see sgemm below) */
     const char *source;
     __typeof__(cblas_sgemm) *sgemm;
     __typeof__(openblas_set_num_threads) *set_threads;
     __typeof__(openblas_get_corename) *corename;
-} blas = {PTHREAD_ONCE_INIT, 0, "", NULL, NULL, NULL};
+} blas = {PTHREAD_ONCE_INIT, 0, 0, "", NULL, NULL, NULL};
 
 const char *blas_core_for(CpuKind cpu, int build_bits) {
     if (!cpu.x86) return NULL;
@@ -72,6 +73,7 @@ static void blas_load(void) {
         blas.set_threads = (__typeof__(blas.set_threads))dlsym(lib, "openblas_set_num_threads");
         blas.corename = (__typeof__(blas.corename))dlsym(lib, "openblas_get_corename");
     }
+    if (blas.corename) blas.direct = !strcmp(blas.corename(), "SkylakeX");
     if (!blas.sgemm || !blas.set_threads || !blas.corename)
         blas.rc = err_set(DDPM_ERUNTIME, "cannot load OpenBLAS from %s (%s): install it with sh scripts/install-deps.sh",
                           DDPM_OPENBLAS_LIB, lib ? "cblas_sgemm missing" : dlerror());
@@ -87,10 +89,26 @@ const char *blas_core_source(void) { return blas_init() ? "not loaded" : blas.so
 
 /* ---- the products ----------------------------------------------------------------------- */
 
+/* OpenBLAS's driver first scales C by beta in a pass of its own, then adds alpha op(A) op(B)
+ * into it. For beta = 0 that pass is a strided clearing loop which took 10-25 % of the time of
+ * the Winograd tile products (their C rows are 36 tiles' worth apart) on the Haswell, Zen and
+ * Sandybridge kernels. So gemm clears C itself, by memset, and asks for beta = 1: the kernels
+ * then add the same product to the same +0, giving the same bits. The exception is OpenBLAS
+ * 0.3.21's direct path on its SkylakeX kernels (row-major, no transposes, alpha 1, beta 0,
+ * M N K < 28 * 512 * 512), which writes C once and neither packs nor clears: there beta = 0
+ * is kept. */
+#define BLAS_DIRECT_MNK (28L * 512 * 512)
+
 static void sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc) {
-    blas.sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K, alpha,
-               A, lda, B, ldb, beta, C, ldc);
+    if (beta == 0 && !(blas.direct && !transA && !transB && alpha == 1 && (long)M * N * K < BLAS_DIRECT_MNK)) {
+        if (ldc == N)
+            memset(C, 0, sizeof(float) * M * N);
+        else
+            for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, sizeof(float) * N);
+        beta = 1;
+    }
+    gemm_blas(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* A weight gradient (OC x C, summed over every pixel of the batch: K dwarfs M and N) gives
@@ -210,6 +228,13 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
         gemm_split(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, P);
     else
         sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void gemm_blas(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+               int ldb, float beta, float *C, int ldc) {
+    CHECK(!blas_init(), "%s", err_msg());
+    blas.sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+               A, lda, B, ldb, beta, C, ldc);
 }
 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,

@@ -64,6 +64,39 @@ static void test_gemm(void) {
     T_OK(worst <= 1, "gemm matches the reference for 10 shapes x all transposes x beta (worst %.3g of the float32 bound)", worst);
 }
 
+/* With beta = 0, gemm() clears C itself and asks OpenBLAS for beta = 1 (except on the path
+ * OpenBLAS computes directly, gemm.c): the same bits as OpenBLAS's own beta = 0 call, and C's
+ * old contents (NaN here) never read. Products too small to be cut, with C's rows far apart as
+ * in the Winograd tile products, and contiguous. */
+static void test_gemm_beta0(void) {
+    const int shapes[][4] = {{103, 64, 32, 36 * 64}, {52, 128, 32, 36 * 128}, {17, 13, 29, 13}, {29, 128, 64, 128}, {7, 300, 9, 301}};
+    int ok = 1, cases = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int a1 = 0; a1 < 2; a1++) {
+                    const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2], ldc = shapes[si][3];
+                    const float alpha = a1 ? 1.0f : 0.75f;
+                    size_t nc = (size_t)M * ldc;
+                    float *A = malloc((size_t)M * K * 4), *Bm = malloc((size_t)K * N * 4), *C1 = malloc(nc * 4),
+                          *C2 = malloc(nc * 4);
+                    rng_normal(A, (size_t)M * K, 7, si * 8 + ta * 4 + tb * 2 + a1, 0);
+                    rng_normal(Bm, (size_t)K * N, 8, si * 8 + ta * 4 + tb * 2 + a1, 0);
+                    for (size_t i = 0; i < nc; i++) C1[i] = C2[i] = NAN;
+                    gemm(ta, tb, M, N, K, alpha, A, ta ? M : K, Bm, tb ? K : N, 0.0f, C1, ldc);
+                    gemm_blas(ta, tb, M, N, K, alpha, A, ta ? M : K, Bm, tb ? K : N, 0.0f, C2, ldc);
+                    for (int i = 0; i < M; i++) {
+                        ok &= !memcmp(C1 + (size_t)i * ldc, C2 + (size_t)i * ldc, (size_t)N * 4);
+                        for (int j = 0; j < N; j++) ok &= isfinite(C1[(size_t)i * ldc + j]);
+                        if (ldc > N) ok &= isnan(C1[(size_t)i * ldc + N]); /* the gap after the row */
+                    }
+                    cases++;
+                    free(A), free(Bm), free(C1), free(C2);
+                }
+    T_OK(ok, "gemm with beta 0: OpenBLAS's own bits for %d products (5 shapes x transposes x alpha), old C never read, "
+             "the gaps between C's rows untouched (core %s)", cases, blas_core_name());
+}
+
 /* Outside a parallel region gemm() cuts a product OpenBLAS would thread into parts that depend
  * on the processor count only (gemm.c): its bits must not depend on the thread count, for the
  * shapes where OpenBLAS's own threading changes them (600x8x600, 600x600x8, 6x512x150), a
@@ -196,6 +229,7 @@ static void test_arena(void) {
 int main(void) {
     test_blas_choice();
     test_gemm();
+    test_gemm_beta0();
     test_gemm_threads();
     test_rng();
     test_arena();

@@ -22,6 +22,10 @@
  * thread count, never on timing. */
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);
+/* OpenBLAS's cblas_sgemm itself (row-major), without gemm()'s cuts or clearing of C. Tests
+ * only: gemm() must give its bits for a product it does not cut. */
+void gemm_blas(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+               const float *B, int ldb, float beta, float *C, int ldc);
 /* Same contract, triple loop with double accumulation. Tests only. */
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc);
