@@ -997,9 +997,8 @@ static void test_attention_large(void) {
     size_t n = (size_t)B * N * C;
     float *q = alloc_rand(n, 1.5f, 0), *k = alloc_rand(n, 1.5f, 0), *v = alloc_rand(n, 1, 0), *dout = alloc_rand(n, 1, 0);
     float *o[2], *att[2], *dq[2], *dk[2], *dv[2], *scr = alloc0(attention_scratch(N));
-    int threads[2] = {1, 3};
 #ifdef _OPENMP
-    int nt = omp_get_max_threads();
+    int threads[2] = {1, 3}, nt = omp_get_max_threads();
 #endif
     for (int r = 0; r < 2; r++) {
         o[r] = alloc0(n), att[r] = alloc0((size_t)B * N * N), dq[r] = alloc0(n), dk[r] = alloc0(n), dv[r] = alloc0(n);

@@ -426,17 +426,14 @@ static void weight_grad_transform(float *dw, const float *dU, int C, int OC) {
 
 /* ---- the convolution core ------------------------------------------------------------- */
 
+#ifdef _OPENMP /* (without OpenMP, the pragmas that call it are ignored) */
 static int run_threads(long nwork) {
-#ifdef _OPENMP
     int nt = omp_get_max_threads(), ns = wino_slots();
     if (nt > ns) nt = ns;
     if (nt > nwork) nt = (int)nwork;
     return nt < 1 ? 1 : nt;
-#else
-    (void)nwork;
-    return 1;
-#endif
 }
+#endif
 
 static int thread_id(void) {
 #ifdef _OPENMP
