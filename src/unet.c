@@ -508,7 +508,15 @@ int unet_init(UNet *u, const Config *c, int B_max, int training) {
     return DDPM_OK;
 }
 
+void unet_fix_weights(UNet *u, int on) {
+    if (u->wprep)
+        for (int i = 0; i < u->nP; i++) free(u->wprep[i]);
+    free(u->wprep);
+    u->wprep = on ? xcalloc((size_t)u->nP, sizeof(float *)) : NULL;
+}
+
 void unet_free(UNet *u) {
+    unet_fix_weights(u, 0);
     unet_lora_detach(u);
     if (u->arena) {
         arena_free(u->arena);
@@ -676,7 +684,14 @@ static LinearParams conv1x1_as_linear(ConvParams c) { return (LinearParams){c.w,
 static void conv_fwd(const UNet *u, float *out, const float *inp, ConvParams c, ConvShape s) {
     const LoraSlot *sl = slot(u, c.w);
     if (!sl) {
-        PROF(PROF_CONV, conv2d_forward(out, inp, par(u, c.w), par(u, c.b), s, u->conv_scr));
+        const float *w = par(u, c.w);
+        float *wp = NULL;
+        size_t n = u->wprep ? conv2d_prepared_floats(s) : 0;
+        if (n && !(wp = u->wprep[c.w])) { /* weights fixed: prepared at the first forward, then kept */
+            wp = u->wprep[c.w] = xmalloc(n * sizeof(float));
+            conv2d_prepare(wp, w, s);
+        }
+        PROF(PROF_CONV, conv2d_forward_prepared(out, inp, w, wp, par(u, c.b), s, u->conv_scr));
         return;
     }
     const float *w = par(u, c.w), *b = par(u, c.b);

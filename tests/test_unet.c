@@ -750,6 +750,55 @@ static void test_batch_invariance(void) {
     unet_free(&u);
 }
 
+/* unet_fix_weights: the convolutions' prepared (Winograd-transformed) weights kept across
+ * forwards give the bits of preparing them every time, at other batch sizes too; unfixing
+ * drops them, so a forward after new weights follows the new weights. */
+static void test_fixed_weights(void) {
+    Config c;
+    config_defaults(&c);
+    int rc = config_load(&c, repo_path("configs/demo.json"));
+    c.model.num_classes = 10; /* (the dataset would tell) */
+    const int B = 3;
+    UNet u;
+    if (!rc) rc = unet_init(&u, &c, B, 0);
+    T_OK(rc == 0, "unet_init demo.json, batch %d", B);
+    if (rc) return;
+    random_params(&u, 41);
+    const size_t D = (size_t)u.res * u.res * u.C_img;
+    float *x = malloc(B * D * 4), *ref[2], *got = malloc(B * D * 4);
+    int t[3] = {10, 500, 990};
+    rng_normal(x, B * D, 42, 0, 0);
+    for (int k = 0; k < 2; k++) { /* k = 1: other weights */
+        ref[k] = malloc(B * D * 4);
+        if (k) random_params(&u, 43);
+        unet_forward(&u, ref[k], x, t, B);
+    }
+    /* fixed on the second weights: batch B twice (prepared, then kept), then batch 1 */
+    unet_fix_weights(&u, 1);
+    int same = 1, kept = 0;
+    for (int r = 0; r < 2; r++) {
+        unet_forward(&u, got, x, t, B);
+        same &= !memcmp(got, ref[1], B * D * 4);
+    }
+    for (int i = 0; i < u.nP; i++) kept += u.wprep[i] != NULL;
+    unet_forward(&u, got, x + D, t + 1, 1);
+    float *one = malloc(D * 4);
+    unet_fix_weights(&u, 0);
+    unet_forward(&u, one, x + D, t + 1, 1);
+    same &= !memcmp(got, one, D * 4);
+    T_OK(same && kept > 0, "weights fixed: %d convolutions keep their prepared weights; forwards at batch %d (twice) and 1 "
+                           "give the bits of preparing them each time", kept, B);
+    /* unfixed, new weights (the first ones again), fixed again: the new weights' output */
+    random_params(&u, 41);
+    unet_fix_weights(&u, 1);
+    unet_forward(&u, got, x, t, B);
+    T_OK(!memcmp(got, ref[0], B * D * 4) && memcmp(ref[0], ref[1], B * D * 4), "unfixing drops them: new weights, fixed "
+                                                                               "again, give the new weights' bits");
+    unet_fix_weights(&u, 0);
+    free(x), free(ref[0]), free(ref[1]), free(got), free(one);
+    unet_free(&u);
+}
+
 int main(void) {
     double t0 = now_s();
     printf("PyTorch reference (tests/fixtures/unet_ref.safetensors)\n");
@@ -770,6 +819,8 @@ int main(void) {
     test_dropout_grad();
     printf("batch invariance\n");
     test_batch_invariance();
+    printf("fixed weights\n");
+    test_fixed_weights();
     printf("config rejection\n");
     test_bad_configs();
     printf("  (%.1f s)\n", now_s() - t0);

@@ -36,6 +36,15 @@ size_t conv2d_scratch(ConvShape s);
 /* out (B,OH,OW,OC) = conv(inp (B,H,W,C), w (OC,k,k,C)) + bias (OC) */
 void conv2d_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s,
                     float *scratch);
+/* Prepared weights: what a convolution computes from w alone at every forward (for 3x3 stride
+ * 1, Winograd's transformed weights). conv2d_prepared_floats: their size, 0 where nothing is
+ * prepared (1x1, stride 2). A caller whose weights stay fixed over many forwards (sampling)
+ * prepares them once, wp = conv2d_prepare(w), and passes wp to conv2d_forward_prepared: the
+ * bits of conv2d_forward (which is conv2d_forward_prepared with wp NULL) in less time. */
+size_t conv2d_prepared_floats(ConvShape s);
+void conv2d_prepare(float *wp, const float *w, ConvShape s);
+void conv2d_forward_prepared(float *out, const float *inp, const float *w, const float *wp, const float *bias, ConvShape s,
+                             float *scratch);
 /* dinp (B,H,W,C) += ... (channels below s.DC), dw (OC,k,k,C) += ..., dbias (OC) += ...; dinp
  * may be NULL. */
 void conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,

@@ -22,7 +22,8 @@ static void usage(FILE *f) {
             "usage: ddpm bench [--config FILE] [options]\n"
             "\n"
             "Times a training step (noise, forward, loss, backward, Adam/EMA: the step ddpm train\n"
-            "runs) and a no-grad forward on random images at train.batch_size, after warm-up, and\n"
+            "runs) and a no-grad forward on random images at train.batch_size (as sampling runs it:\n"
+            "weights fixed, each convolution's Winograd transforms made once), after warm-up, and\n"
             "reports medians, GFLOP/s (nominal: 2 per multiply-add, backward counted as 2x forward),\n"
             "this machine's sgemm ceiling and peak RSS. With train.lora.rank > 0 (e.g. --set\n"
             "train.lora.rank=4) it also times a LoRA step of the same model and batch (base frozen,\n"
@@ -157,6 +158,7 @@ static int measure(Bench *m, TrainStep *train) {
         }
     m->prof.on = 0;
     u->drop_on = 0;
+    unet_fix_weights(u, 1); /* as sampling runs it: the weights no longer change */
     for (int r = -1; r < a->steps && !rc; r++)
         for (int k = 0; k < m->nrun; k++) {
             threads_set(k ? 1 : m->threads);
@@ -164,6 +166,7 @@ static int measure(Bench *m, TrainStep *train) {
             unet_forward_cond(u, train->pred, train->xt, train->t, train->y, m->B);
             if (r >= 0) (k ? m->tf1 : m->tf)[r] = tnow(a) - t0;
         }
+    unet_fix_weights(u, 0);
     threads_set(m->threads);
     return rc;
 }

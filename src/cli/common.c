@@ -429,6 +429,7 @@ int cli_model_open(CliModel *m, const char *cmd, const CliSampleArgs *a, int n_i
         if (rc) rc = cli_fail(rc);
         if (rc) goto fail;
     }
+    unet_fix_weights(&m->u, 1); /* loaded: from here on only forwards */
     if (m->n_prompts) { /* image g: prompt g / n (synthesis rows), or of input g / n */
         int L = m->u.text_L, np = m->n_prompts;
         int *pt = xmalloc(sizeof(int) * np * L);

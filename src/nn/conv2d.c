@@ -163,9 +163,20 @@ static void fill_bias_rows(float *out, const float *bias, size_t rows, int OC) {
     }
 }
 
+size_t conv2d_prepared_floats(ConvShape s) { return s.k == 3 && s.stride == 1 ? wino_prepared_floats(s) : 0; }
+
+void conv2d_prepare(float *wp, const float *w, ConvShape s) {
+    if (conv2d_prepared_floats(s)) wino_prepare(wp, w, s);
+}
+
 /* out (B,OH,OW,OC) = conv(inp (B,H,W,C), w (OC,k,k,C)) + bias (OC) */
 void conv2d_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s,
                     float *scratch) {
+    conv2d_forward_prepared(out, inp, w, NULL, bias, s, scratch);
+}
+
+void conv2d_forward_prepared(float *out, const float *inp, const float *w, const float *wp, const float *bias, ConvShape s,
+                             float *scratch) {
     const size_t P = (size_t)s.B * s.OH * s.OW;
     if (s.k == 1) {
         /* out (P,OC) = inp (P,C) . w(OC,C)^T + bias */
@@ -173,7 +184,7 @@ void conv2d_forward(float *out, const float *inp, const float *w, const float *b
         return;
     }
     CHECK(scratch, "conv2d_forward: 3x3 needs scratch (conv2d_scratch floats)");
-    if (s.stride == 1) wino_forward(out, inp, w, bias, s, scratch);
+    if (s.stride == 1) wino_forward(out, inp, w, wp, bias, s, scratch);
     else conv2d_im2col_forward(out, inp, w, bias, s, scratch);
 }
 

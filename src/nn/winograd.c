@@ -518,10 +518,18 @@ static void dw_blocks(float *dU, const float *dout, const float *inp, Geo g, int
     }
 }
 
-void wino_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s, float *scratch) {
+size_t wino_prepared_floats(ConvShape s) { return WX * weight_floats(s.C, s.OC); }
+
+void wino_prepare(float *U, const float *w, ConvShape s) { weight_transform(U, w, s.C, s.OC, 0, 1); /* U[x] (C, OC) */ }
+
+void wino_forward(float *out, const float *inp, const float *w, const float *U, const float *bias, ConvShape s,
+                  float *scratch) {
     Geo g = geo_of(s.B, s.H, s.W);
-    float *U = scratch, *work = scratch + WX * weight_floats(s.C, s.OC);
-    weight_transform(U, w, s.C, s.OC, 0, 1); /* U[x] (C, OC) */
+    float *work = scratch + wino_prepared_floats(s);
+    if (!U) {
+        wino_prepare(scratch, w, s);
+        U = scratch;
+    }
     conv_blocks(out, 0, bias, inp, g, s.C, s.OC, s.OC, U, work);
 }
 
@@ -548,7 +556,7 @@ void wino_backward_refwd(float *dw, float *out, const float *dout, const float *
     const int C = s.C, OC = s.OC;
     const size_t wt = (size_t)WX * C * OC;
     float *U = scratch, *dU = scratch + WX * weight_floats(C, OC), *work = dU + (size_t)wino_slots() * wt;
-    if (out) weight_transform(U, w, C, OC, 0, 1); /* U[x] (C, OC), the forward's */
+    if (out) wino_prepare(U, w, s); /* U[x] (C, OC), the forward's */
     dw_blocks(dU, dout, inp, g, C, OC, work, out, U);
     weight_grad_transform(dw, dU, C, OC);
 }

@@ -9,8 +9,12 @@
 
 /* Floats of scratch wino_forward and wino_backward need for s. */
 size_t wino_scratch(ConvShape s);
-/* out (B,H,W,OC) = conv(inp, w) + bias (bias may be NULL). */
-void wino_forward(float *out, const float *inp, const float *w, const float *bias, ConvShape s,
+/* The forward's transformed weights U[x] (C, OC) of w (conv2d_prepare): floats, and making them. */
+size_t wino_prepared_floats(ConvShape s);
+void wino_prepare(float *U, const float *w, ConvShape s);
+/* out (B,H,W,OC) = conv(inp, w) + bias (bias may be NULL), from U = wino_prepare(w), or, with
+ * U NULL, transforming w into scratch first. */
+void wino_forward(float *out, const float *inp, const float *w, const float *U, const float *bias, ConvShape s,
                   float *scratch);
 /* dinp += conv^T(dout, w) (dinp may be NULL), dw += (dw may be NULL). No bias. */
 void wino_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
