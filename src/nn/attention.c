@@ -3,9 +3,9 @@
  * GEMM), out (B,N,C); att (B,N,N) kept for backward. Two GEMMs per image forward, four
  * backward.
  *
- * With at least as many images as threads, each OpenMP thread takes whole images and runs
- * their GEMMs on itself (par.h); an image's result then does not depend on the thread
- * count. With fewer images (sampling one image), the images go one after the other with
+ * With at least as many images as threads, each OpenMP thread takes whole images, one at a
+ * time, and runs their GEMMs on itself (par.h); an image's result then does not depend on
+ * the thread count or on which thread made it. With fewer images (sampling one image), the images go one after the other with
  * GEMMs spread over the pool and the softmax split over rows. */
 #include <math.h>
 #include <string.h>
@@ -62,7 +62,7 @@ void attention_forward(float *out, float *att, const float *q, const float *k, c
     const size_t NC = (size_t)N * C, NL = (size_t)N * ld, NN = (size_t)N * N;
     const int nt = nn_max_threads();
     if (nt > 1 && B >= nt) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
         for (int b = 0; b < B; b++)
             fwd_image(out + b * NC, att + b * NN, q + b * NL, k + b * NL, v + b * NL, ld, N, C, scale, 0);
     } else {
@@ -94,7 +94,7 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
     int nt = nn_max_threads();
     if (nt > nn_scratch_slots()) nt = nn_scratch_slots();
     if (nt > 1 && B >= nt) {
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
         for (int b = 0; b < B; b++)
             bwd_image(dq + b * NL, dk + b * NL, dv + b * NL, dout + b * NC, q + b * NL, k + b * NL, v + b * NL, ld,
                       att + b * NN, scratch + (size_t)nn_thread_num() * NN, N, C, scale, 0);

@@ -5,8 +5,10 @@
  * statistics pass over the block and then the elementwise pass while the block is still
  * in its L2 cache, so every tensor crosses the memory bus once. Blocks are as wide as
  * fits 1 MB per tensor (all C channels for the images of the bench model) and
- * narrower when there are fewer items than threads. Backward adds the part of dx that
- * needs the SiLU derivative in its first pass, so the second pass reads only x and dx.
+ * narrower when there are fewer items than threads. Threads take items one at a time, so a
+ * thread the host pauses (shared machines) holds up its item, not a fixed half of the
+ * work. Backward adds the part of dx that needs the SiLU derivative in its first pass, so
+ * the second pass reads only x and dx.
  *
  * Determinism. Every statistic is a per-channel sum over pixels from pixel 0 in order
  * (float within blocks of SUM_PB pixels, double across them), then summed over the
@@ -309,7 +311,7 @@ void groupnorm_forward(float *out, float *mean, float *rstd, const float *inp, c
     const size_t total = (size_t)B * HW * C;
     const int nt = total > PAR_MIN ? max_threads() : 1;
     const int gpb = groups_per_item(B, HW, C, G, nt), nblk = (G + gpb - 1) / gpb;
-#pragma omp parallel for schedule(static) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (nt > 1)
     for (long it = 0; it < (long)B * nblk; it++) {
         const int b = (int)(it / nblk), g0 = (int)(it % nblk) * gpb, ng = g0 + gpb < G ? gpb : G - g0;
         const int c0 = g0 * cg, n = ng * cg;
@@ -347,7 +349,7 @@ void groupnorm_backward(float *dinp, float *dgamma, float *dbeta, const float *d
     for (int c = 0; c < C; c++) accb[c] = accg[c] = 0.0;
     for (int b0 = 0; b0 < B; b0 += BCH) {
         const int b1 = b0 + BCH < B ? b0 + BCH : B;
-#pragma omp parallel for schedule(static) if (nt > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (nt > 1)
         for (long it = (long)b0 * nblk; it < (long)b1 * nblk; it++) {
             const int b = (int)(it / nblk), g0 = (int)(it % nblk) * gpb, ng = g0 + gpb < GD ? gpb : GD - g0;
             const int c0 = g0 * cg, n = ng * cg;
