@@ -5,8 +5,9 @@
  *
  * With at least as many images as threads, each OpenMP thread takes whole images, one at a
  * time, and runs their GEMMs on itself (par.h); an image's result then does not depend on
- * the thread count or on which thread made it. With fewer images (sampling one image), the images go one after the other with
- * GEMMs spread over the pool and the softmax split over rows. */
+ * the thread count or on which thread made it. With fewer images (sampling one image), the
+ * images go one after the other with GEMMs spread over the pool and the softmax split over
+ * rows. */
 #include <math.h>
 #include <string.h>
 
