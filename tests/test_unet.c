@@ -716,17 +716,23 @@ static void test_frozen(void) {
  * timestep MLP): OpenBLAS may give a row other last bits depending on where it sits in a
  * product, so samples of another --batch or MPI rank count agree to float32 rounding, not bit
  * for bit. An image that read another image's data would be off by O(1). */
+/* configs/demo.json's model (class-conditional, ten classes) for inference at batch B, with
+ * random weights from seed; 0 when built. */
+static int demo_unet(UNet *u, Config *c, int B, uint64_t seed) {
+    config_defaults(c);
+    int rc = config_load(c, repo_path("configs/demo.json"));
+    c->model.class_cond = true, c->model.num_classes = 10;
+    if (!rc) rc = unet_init(u, c, B, 0);
+    T_OK(rc == 0, "unet_init demo.json (class-conditional), batch %d", B);
+    if (!rc) random_params(u, seed);
+    return rc;
+}
+
 static void test_batch_invariance(void) {
     Config c;
-    config_defaults(&c);
-    int rc = config_load(&c, repo_path("configs/demo.json"));
-    c.model.class_cond = true, c.model.num_classes = 10;
     const int B = 7;
     UNet u;
-    if (!rc) rc = unet_init(&u, &c, B, 0);
-    T_OK(rc == 0, "unet_init demo.json (class-conditional), batch %d", B);
-    if (rc) return;
-    random_params(&u, 31);
+    if (demo_unet(&u, &c, B, 31)) return;
     const size_t D = (size_t)u.res * u.res * u.C_img;
     float *x = malloc(B * D * 4), *all = malloc(B * D * 4), *one = malloc(D * 4);
     int t[7] = {999, 3, 500, 250, 750, 1, 120}, y[7] = {0, 3, 10, 9, 3, 5, 7};
@@ -755,15 +761,9 @@ static void test_batch_invariance(void) {
  * drops them, so a forward after new weights follows the new weights. */
 static void test_fixed_weights(void) {
     Config c;
-    config_defaults(&c);
-    int rc = config_load(&c, repo_path("configs/demo.json"));
-    c.model.num_classes = 10; /* (the dataset would tell) */
     const int B = 3;
     UNet u;
-    if (!rc) rc = unet_init(&u, &c, B, 0);
-    T_OK(rc == 0, "unet_init demo.json, batch %d", B);
-    if (rc) return;
-    random_params(&u, 41);
+    if (demo_unet(&u, &c, B, 41)) return;
     const size_t D = (size_t)u.res * u.res * u.C_img;
     float *x = malloc(B * D * 4), *ref[2], *got = malloc(B * D * 4);
     int t[3] = {10, 500, 990};
