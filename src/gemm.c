@@ -99,6 +99,13 @@ const char *blas_core_source(void) { return blas_init() ? "not loaded" : blas.so
  * is kept. */
 #define BLAS_DIRECT_MNK (28L * 512 * 512)
 
+/* cblas_sgemm, row-major (OpenBLAS loaded) */
+static void blas_call(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc) {
+    blas.sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K, alpha,
+               A, lda, B, ldb, beta, C, ldc);
+}
+
 static void sgemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc) {
     if (beta == 0 && !(blas.direct && !transA && !transB && alpha == 1 && (long)M * N * K < BLAS_DIRECT_MNK)) {
@@ -108,7 +115,7 @@ static void sgemm(int transA, int transB, int M, int N, int K, float alpha, cons
             for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, sizeof(float) * N);
         beta = 1;
     }
-    gemm_blas(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    blas_call(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 /* A weight gradient (OC x C, summed over every pixel of the batch: K dwarfs M and N) gives
@@ -233,8 +240,7 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
 void gemm_blas(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                int ldb, float beta, float *C, int ldc) {
     CHECK(!blas_init(), "%s", err_msg());
-    blas.sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K, alpha,
-               A, lda, B, ldb, beta, C, ldc);
+    blas_call(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 void gemm_ref(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
